@@ -1,0 +1,1 @@
+"""captionlab.captioning (see DESIGN.md)."""

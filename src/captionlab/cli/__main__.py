@@ -1,0 +1,5 @@
+import sys
+
+from captionlab.cli import main
+
+sys.exit(main())

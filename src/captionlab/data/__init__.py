@@ -1,0 +1,1 @@
+"""captionlab.data (see DESIGN.md)."""

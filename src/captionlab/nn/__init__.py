@@ -1,0 +1,1 @@
+"""captionlab.nn (see DESIGN.md)."""

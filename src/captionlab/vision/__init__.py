@@ -1,0 +1,1 @@
+"""captionlab.vision (see DESIGN.md)."""
