@@ -1,0 +1,391 @@
+"""Decoding captions from a trained :class:`~captionlab.captioning.model.CaptioningRNN`.
+
+Dimensions: ``N`` images, ``B`` beams, ``L`` maximum caption length, ``V`` vocabulary,
+``H`` hidden size, ``G`` gates (1 rnn, 4 lstm, 3 gru).
+
+Every decoder feeds back one word per step. The word's input pre-activation
+``W_embed[word] @ Wx + b`` does not depend on time, so it is folded once per call into a
+table ``(V, G*H)``; each step then looks up a row of the table and computes only
+``h @ Wh`` and ``h @ W_vocab``. The gate arithmetic after that lookup is
+:func:`cell_step_from_input`; with ``fold=False`` each decoder instead calls the
+``captionlab.nn`` step functions themselves (the reference; the tests check both agree).
+
+All decoders return captions as int32 arrays without ``<START>``: each caption stops at
+its first ``<END>`` (kept) and is ``<NULL>`` after it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from captionlab import nn
+
+
+class BeamResult(NamedTuple):
+    """The best ``k`` captions per image, best first.
+
+    Attributes:
+        captions: (N, k, L) int32 words, ``<END>`` kept, ``<NULL>`` after it.
+        logprobs: (N, k) summed log-probabilities of the words up to and including
+            ``<END>`` (the raw model score, whatever the length penalty).
+        scores: (N, k) the ranking score, ``logprobs / length_penalty_factor``.
+        lengths: (N, k) number of words up to and including ``<END>``.
+    """
+
+    captions: np.ndarray
+    logprobs: np.ndarray
+    scores: np.ndarray
+    lengths: np.ndarray
+
+
+# ---------------------------------------------------------------------------- one step
+class _Stepper:
+    """Advances the recurrence by one fed-back word for a batch of rows.
+
+    The state is ``(h, c)``: h (M, H), c (M, H) for the LSTM and ``None`` otherwise.
+    """
+
+    def __init__(self, model, fold: bool = True) -> None:
+        p = model.params
+        self.cell = model.cell_type
+        self.fold = fold
+        self.p = p
+        self.H = p["Wh"].shape[0]
+        if fold:
+            # Hoisted out of the time loop: the input pre-activation of every word.
+            self.table = p["W_embed"] @ p["Wx"] + p["b"]  # (V, G*H)
+
+    def __call__(self, words: np.ndarray, h: np.ndarray, c: np.ndarray | None):
+        """words (M,) int, h (M, H), c (M, H) or None -> next (h, c)."""
+        p = self.p
+        if self.fold:
+            return cell_step_from_input(self.cell, self.table[words], h, c, p["Wh"], p.get("bh"))
+        x = p["W_embed"][words]  # (M, W)
+        if self.cell == "rnn":
+            return nn.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])[0], None
+        if self.cell == "lstm":
+            next_h, next_c, _ = nn.lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+            return next_h, next_c
+        return nn.gru_step_forward(x, h, p["Wx"], p["Wh"], p["b"], p["bh"])[0], None
+
+
+def cell_step_from_input(
+    cell_type: str,
+    xa: np.ndarray,
+    prev_h: np.ndarray,
+    prev_c: np.ndarray | None,
+    Wh: np.ndarray,
+    bh: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One recurrent step given the input pre-activation ``xa = x @ Wx + b``.
+
+    The same equations as ``captionlab.nn``'s step functions, with ``x @ Wx + b`` already
+    computed (test-time only: no cache, no backward)::
+
+        rnn:  h' = tanh(xa + h @ Wh)
+        lstm: a = xa + h @ Wh, gates i, f, o, g = sig, sig, sig, tanh of the four H-blocks;
+              c' = f * c + i * g;  h' = o * tanh(c')
+        gru:  ah = h @ Wh + bh;  r = sig(xa_r + ah_r);  z = sig(xa_z + ah_z)
+              n = tanh(xa_n + r * ah_n);  h' = (1 - z) * n + z * h
+
+    Args:
+        cell_type: ``'rnn'``, ``'lstm'`` or ``'gru'``.
+        xa: input pre-activation (M, G*H).
+        prev_h: (M, H).
+        prev_c: (M, H) for the LSTM, else ignored.
+        Wh: (H, G*H).
+        bh: (3H,), the GRU's recurrent bias.
+
+    Returns:
+        ``(next_h, next_c)``, each (M, H); ``next_c`` is ``None`` except for the LSTM.
+    """
+    H = prev_h.shape[1]
+    if cell_type == "rnn":
+        a = prev_h @ Wh  # (M, H)
+        a += xa
+        return np.tanh(a, out=a), None
+    if cell_type == "lstm":
+        a = prev_h @ Wh  # (M, 4H)
+        a += xa
+        nn.sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
+        g = np.tanh(a[:, 3 * H :])
+        next_c = a[:, H : 2 * H] * prev_c  # f * c
+        g *= a[:, :H]  # i * g
+        next_c += g
+        next_h = np.tanh(next_c)
+        next_h *= a[:, 2 * H : 3 * H]  # o * tanh(c)
+        return next_h, next_c
+    ah = prev_h @ Wh  # (M, 3H)
+    ah += bh
+    rz = xa[:, : 2 * H] + ah[:, : 2 * H]
+    nn.sigmoid(rz, out=rz)
+    n = rz[:, :H] * ah[:, 2 * H :]  # r * (h @ Wh_n + bh_n)
+    n += xa[:, 2 * H :]
+    np.tanh(n, out=n)
+    z = rz[:, H:]
+    # h' = n + z * (h - n)
+    next_h = prev_h - n
+    next_h *= z
+    next_h += n
+    return next_h, None
+
+
+def _vocab_scores(model, h: np.ndarray) -> np.ndarray:
+    """h (M, H) -> word scores (M, V)."""
+    scores = h @ model.params["W_vocab"]
+    scores += model.params["b_vocab"]
+    return scores
+
+
+def _start_state(model, features: np.ndarray):
+    h0 = model.initial_state(features)  # (N, H)
+    c0 = np.zeros_like(h0) if model.cell_type == "lstm" else None
+    return h0, c0
+
+
+def _require_tokens(model) -> tuple[int, int, int]:
+    if model._start is None:
+        raise ValueError("decoding needs '<START>' in the vocabulary (word_to_idx)")
+    end = -1 if model._end is None else model._end
+    return model._start, end, model._null
+
+
+# ---------------------------------------------------------------------------- decoders
+def greedy_decode(
+    model, features: np.ndarray, max_length: int = 30, fold: bool = True
+) -> np.ndarray:
+    """Greedy decoding: at each step feed back the most likely word.
+
+    Args:
+        model: a :class:`CaptioningRNN`.
+        features: image features (N, D).
+        max_length: ``L``, the number of words generated at most.
+        fold: fold the input projection into a table (fast); ``False`` calls the
+            ``captionlab.nn`` step functions (reference).
+
+    Returns:
+        captions (N, L) int32.
+    """
+    start, end, null = _require_tokens(model)
+    h, c = _start_state(model, features)
+    N = h.shape[0]
+    step = _Stepper(model, fold=fold)
+    captions = np.full((N, max_length), null, dtype=np.int32)
+    rows = np.arange(N)  # the captions still being written
+    words = np.full(N, start, dtype=np.int64)
+    for t in range(max_length):
+        h, c = step(words, h, c)
+        words = np.argmax(_vocab_scores(model, h), axis=1)  # (M,)
+        captions[rows, t] = words
+        alive = words != end
+        if not alive.all():  # drop finished captions from the batch
+            rows, words, h = rows[alive], words[alive], h[alive]
+            c = None if c is None else c[alive]
+            if rows.size == 0:
+                break
+    return captions
+
+
+def sample_temperature(
+    model,
+    features: np.ndarray,
+    temperature: float = 1.0,
+    max_length: int = 30,
+    seed: int | np.random.Generator | None = None,
+) -> np.ndarray:
+    """Sample each word from ``softmax(scores / temperature)``.
+
+    Args:
+        model: a :class:`CaptioningRNN`.
+        features: image features (N, D).
+        temperature: > 0; lower is more conservative, 0 means greedy.
+        max_length: ``L``.
+        seed: an int or ``np.random.Generator``; the same seed gives the same captions.
+
+    Returns:
+        captions (N, L) int32.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return greedy_decode(model, features, max_length=max_length)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    start, end, null = _require_tokens(model)
+    h, c = _start_state(model, features)
+    N = h.shape[0]
+    step = _Stepper(model)
+    captions = np.full((N, max_length), null, dtype=np.int32)
+    done = np.zeros(N, dtype=bool)
+    words = np.full(N, start, dtype=np.int64)
+    for t in range(max_length):
+        h, c = step(words, h, c)
+        logp = nn.log_softmax(_vocab_scores(model, h) / temperature)  # (N, V)
+        cdf = np.cumsum(np.exp(logp), axis=1)  # (N, V)
+        u = rng.random((N, 1)) * cdf[:, -1:]
+        words = np.minimum((cdf < u).sum(axis=1), cdf.shape[1] - 1)  # (N,)
+        words[done] = null
+        captions[:, t] = words
+        done |= words == end
+        if done.all():
+            break
+    return captions
+
+
+def _length_factor(lengths: np.ndarray, alpha: float) -> np.ndarray:
+    """GNMT length penalty ``((5 + len) / 6) ** alpha``; 1 when ``alpha == 0``."""
+    if alpha == 0:
+        return np.ones(lengths.shape)
+    return ((5.0 + lengths) / 6.0) ** alpha
+
+
+def _topk_rows(total: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest entries of each row of total (R, C), best first;
+    ties go to the lower index (so k=1 is ``argmax``)."""
+    if k == 1:
+        return np.argmax(total, axis=1)[:, None]
+    if k < total.shape[1]:
+        idx = np.sort(np.argpartition(-total, k - 1, axis=1)[:, :k], axis=1)
+    else:
+        idx = np.broadcast_to(np.arange(total.shape[1]), total.shape).copy()
+    vals = np.take_along_axis(total, idx, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
+
+
+def beam_search(
+    model,
+    features: np.ndarray,
+    beam_size: int = 5,
+    max_length: int = 30,
+    length_penalty: float = 0.0,
+    top_k: int | None = None,
+    fold: bool = True,
+) -> BeamResult:
+    """Beam search, vectorised over images and beams together.
+
+    All ``N * B`` hypotheses advance as one batch (one ``h @ Wh`` and one
+    ``h @ W_vocab`` matmul per step); the ``B`` best extensions of each image are chosen
+    among its ``B * V`` candidates at once. A finished hypothesis (it emitted ``<END>``)
+    keeps its log-probability and competes with the open ones. Beam size 1 is exactly
+    greedy decoding.
+
+    Args:
+        model: a :class:`CaptioningRNN`.
+        features: image features (N, D).
+        beam_size: ``B`` >= 1.
+        max_length: ``L``.
+        length_penalty: ``alpha`` of the GNMT penalty: the final ranking divides the
+            log-probability by ``((5 + length) / 6) ** alpha``; 0 ranks by log-probability.
+        top_k: how many captions to return per image (default ``B``, at most ``B``).
+        fold: see :func:`greedy_decode`.
+
+    Returns:
+        a :class:`BeamResult` with (N, k, L) captions and (N, k) log-probabilities.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    k = beam_size if top_k is None else top_k
+    if not 1 <= k <= beam_size:
+        raise ValueError(f"top_k must be in [1, beam_size={beam_size}], got {top_k}")
+    start, end, null = _require_tokens(model)
+    h, c = _start_state(model, features)  # (N, H)
+    N, B = h.shape[0], beam_size
+    V = model.params["W_vocab"].shape[1]
+    step = _Stepper(model, fold=fold)
+
+    h = np.repeat(h, B, axis=0)  # (N*B, H), beams of image n are rows n*B .. n*B+B-1
+    c = None if c is None else np.repeat(c, B, axis=0)
+    words = np.full(N * B, start, dtype=np.int64)
+    seqs = np.full((N, B, max_length), null, dtype=np.int32)
+    logp = np.zeros((N, B), dtype=np.float64)
+    logp[:, 1:] = -np.inf  # at first all beams are the same: keep one
+    finished = np.zeros((N, B), dtype=bool)
+    lengths = np.zeros((N, B), dtype=np.int64)
+    image = np.arange(N)[:, None]  # (N, 1)
+
+    for t in range(max_length):
+        h, c = step(words, h, c)
+        step_logp = nn.log_softmax(_vocab_scores(model, h))  # (N*B, V)
+        fin = finished.reshape(-1)
+        if fin.any():  # a finished hypothesis has one continuation, <NULL>, at no cost
+            step_logp[fin] = -np.inf
+            step_logp[fin, null] = 0.0
+        total = (logp.reshape(-1, 1) + step_logp).reshape(N, B * V)  # (N, B*V)
+        top = _topk_rows(total, B)  # (N, B)
+        logp = np.take_along_axis(total, top, axis=1)
+        beam, words2d = np.divmod(top, V)  # (N, B) each
+        rows = (image * B + beam).reshape(-1)  # (N*B,)
+        h = h[rows]
+        c = None if c is None else c[rows]
+        seqs = seqs[image, beam]  # (N, B, L)
+        was_finished = finished[image, beam]
+        lengths = lengths[image, beam] + ~was_finished
+        seqs[:, :, t] = np.where(was_finished, null, words2d)
+        finished = was_finished | (words2d == end)
+        words = words2d.reshape(-1)
+        if finished.all():
+            break
+
+    scores = logp / _length_factor(lengths, length_penalty)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+    return BeamResult(
+        captions=seqs[image, order],
+        logprobs=logp[image, order],
+        scores=scores[image, order],
+        lengths=lengths[image, order],
+    )
+
+
+def caption_logprob(model, features: np.ndarray, captions: np.ndarray) -> np.ndarray:
+    """Log-probability the model gives to each caption (teacher forcing).
+
+    Args:
+        model: a :class:`CaptioningRNN`.
+        features: image features (N, D).
+        captions: (N, L) words without ``<START>``, as the decoders return them; words
+            after the first ``<END>`` are ignored.
+
+    Returns:
+        (N,) float64 summed log-probabilities of the words up to and including ``<END>``.
+    """
+    start, end, _ = _require_tokens(model)
+    captions = np.asarray(captions)
+    h, c = _start_state(model, features)
+    N, L = captions.shape
+    step = _Stepper(model)
+    total = np.zeros(N)
+    done = np.zeros(N, dtype=bool)
+    words = np.full(N, start, dtype=np.int64)
+    for t in range(L):
+        h, c = step(words, h, c)
+        step_logp = nn.log_softmax(_vocab_scores(model, h))  # (N, V)
+        words = captions[:, t].astype(np.int64)
+        total += np.where(done, 0.0, step_logp[np.arange(N), words])
+        done |= words == end
+    return total
+
+
+def captions_to_text(captions: np.ndarray, idx_to_word) -> list[str]:
+    """Turn word indices into sentences, stopping at ``<END>``.
+
+    Args:
+        captions: (N, L) integers (or (L,) for one caption).
+        idx_to_word: a list or dict, index -> word.
+
+    Returns:
+        N strings of space-separated words without ``<START>``, ``<END>``, ``<NULL>``.
+    """
+    captions = np.atleast_2d(np.asarray(captions))
+    out = []
+    for row in captions:
+        words = []
+        for idx in row:
+            word = idx_to_word[int(idx)]
+            if word == "<END>":
+                break
+            if word not in ("<NULL>", "<START>"):
+                words.append(word)
+        out.append(" ".join(words))
+    return out

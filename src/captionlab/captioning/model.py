@@ -1,0 +1,238 @@
+"""The image-captioning language model: CNN features -> recurrent net -> word scores.
+
+The cs231n assignment-3 ``CaptioningRNN`` contract, exactly, plus a GRU cell.
+
+Dimensions: ``N`` batch, ``T`` caption length, ``D`` feature size, ``W`` word-vector size,
+``H`` hidden size, ``V`` vocabulary size.
+
+The forward pass of :meth:`CaptioningRNN.loss`::
+
+    h0     = features @ W_proj + b_proj                 # (N, H)
+    x      = W_embed[captions[:, :-1]]                  # (N, T-1, W)
+    h      = recurrence(x, h0; Wx, Wh, b[, bh])         # (N, T-1, H)
+    scores = h @ W_vocab + b_vocab                      # (N, T-1, V)
+    loss   = softmax cross-entropy of scores against captions[:, 1:], <NULL> masked,
+             summed over time, averaged over N
+
+The recurrence is ``rnn`` (``Wx`` is (W, H)), ``lstm`` (gates i, f, o, g in one
+(W, 4H) / (H, 4H) matmul) or ``gru`` (gates r, z, n as in ``torch.nn.GRU``, (W, 3H) /
+(H, 3H), and a recurrent bias ``bh`` (3H,) that the reset gate multiplies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from captionlab import nn
+
+CELL_TYPES = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+# The order of the parameters in ``params`` (the GRU adds ``bh`` after ``b``).
+PARAM_NAMES = ("W_embed", "W_proj", "b_proj", "Wx", "Wh", "b", "bh", "W_vocab", "b_vocab")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`CaptioningRNN` apart from its weights."""
+
+    input_dim: int = 512
+    wordvec_dim: int = 128
+    hidden_dim: int = 128
+    cell_type: str = "rnn"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CaptioningRNN:
+    """A recurrent captioning model over precomputed image features (cs231n contract).
+
+    Args:
+        word_to_idx: vocabulary, word -> index; must hold ``<NULL>``; ``<START>`` and
+            ``<END>`` are needed by :meth:`sample`. ``V = len(word_to_idx)``.
+        input_dim: ``D``, the size of an image feature vector.
+        wordvec_dim: ``W``, the size of a word vector.
+        hidden_dim: ``H``, the size of the hidden state.
+        cell_type: ``'rnn'``, ``'lstm'`` or ``'gru'``.
+        dtype: ``np.float32`` for training, ``np.float64`` for gradient checks.
+        seed: ``None`` draws the initial weights from NumPy's global generator as cs231n
+            does; an int draws them from a private generator (reproducible, no global state).
+
+    Attributes:
+        params: dict of parameter arrays, keyed by :data:`PARAM_NAMES` (``bh`` only for
+            the GRU): ``W_embed`` (V, W), ``W_proj`` (D, H), ``b_proj`` (H,),
+            ``Wx`` (W, G*H), ``Wh`` (H, G*H), ``b`` (G*H,), ``bh`` (3H,),
+            ``W_vocab`` (H, V), ``b_vocab`` (V,), with G = 1, 4, 3 for rnn, lstm, gru.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: dict[str, int],
+        input_dim: int = 512,
+        wordvec_dim: int = 128,
+        hidden_dim: int = 128,
+        cell_type: str = "rnn",
+        dtype=np.float32,
+        seed: int | None = None,
+    ) -> None:
+        if cell_type not in CELL_TYPES:
+            raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}")
+        if "<NULL>" not in word_to_idx:
+            raise ValueError("word_to_idx must hold '<NULL>'")
+        self.cell_type = cell_type
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"dtype must be a floating type, got {self.dtype}")
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {i: w for w, i in word_to_idx.items()}
+        self.params: dict[str, np.ndarray] = {}
+
+        vocab_size = len(word_to_idx)
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx.get("<START>", None)
+        self._end = word_to_idx.get("<END>", None)
+
+        randn = np.random.randn if seed is None else np.random.RandomState(seed).randn
+        V, D, W, H, G = vocab_size, input_dim, wordvec_dim, hidden_dim, GATES[cell_type]
+        # The cs231n initialisation, in the cs231n order of draws.
+        self.params["W_embed"] = randn(V, W) / 100
+        self.params["W_proj"] = randn(D, H) / np.sqrt(D)
+        self.params["b_proj"] = np.zeros(H)
+        self.params["Wx"] = randn(W, G * H) / np.sqrt(W)
+        self.params["Wh"] = randn(H, G * H) / np.sqrt(H)
+        self.params["b"] = np.zeros(G * H)
+        if cell_type == "gru":
+            self.params["bh"] = np.zeros(G * H)
+        self.params["W_vocab"] = randn(H, V) / np.sqrt(H)
+        self.params["b_vocab"] = np.zeros(V)
+        for k, v in self.params.items():
+            self.params[k] = v.astype(self.dtype)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def config(self) -> ModelConfig:
+        """The architecture, read from the parameter shapes."""
+        D, H = self.params["W_proj"].shape
+        return ModelConfig(
+            input_dim=int(D),
+            wordvec_dim=int(self.params["W_embed"].shape[1]),
+            hidden_dim=int(H),
+            cell_type=self.cell_type,
+            dtype=self.dtype.name,
+        )
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape each parameter must have, from :attr:`config` and ``V``."""
+        return param_shapes(self.config, len(self.word_to_idx))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"CaptioningRNN(cell_type={c.cell_type!r}, V={len(self.word_to_idx)}, "
+            f"D={c.input_dim}, W={c.wordvec_dim}, H={c.hidden_dim}, dtype={c.dtype})"
+        )
+
+    # ------------------------------------------------------------------ training loss
+    def _check_features(self, features: np.ndarray) -> np.ndarray:
+        D = self.params["W_proj"].shape[0]
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != D:
+            raise ValueError(f"features must be (N, {D}), got {features.shape}")
+        return features.astype(self.dtype, copy=False)
+
+    def loss(self, features: np.ndarray, captions: np.ndarray) -> tuple[float, dict]:
+        """Training loss and gradients (cs231n contract).
+
+        Args:
+            features: image features, (N, D).
+            captions: ground-truth captions, (N, T) integers in [0, V); the model reads
+                ``captions[:, :-1]`` and predicts ``captions[:, 1:]``; ``<NULL>`` targets
+                are masked out.
+
+        Returns:
+            ``(loss, grads)``: the scalar loss (summed over time, averaged over N) and a
+            dict of gradients keyed and shaped like :attr:`params`.
+        """
+        features = self._check_features(features)
+        captions = np.asarray(captions)
+        if captions.ndim != 2 or captions.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"captions must be (N, T) with N={features.shape[0]}, got {captions.shape}"
+            )
+        if captions.shape[1] < 2:
+            raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
+        captions_in = captions[:, :-1]  # (N, T-1)
+        captions_out = captions[:, 1:]  # (N, T-1)
+        mask = captions_out != self._null  # (N, T-1)
+        p = self.params
+
+        h0, cache_proj = nn.affine_forward(features, p["W_proj"], p["b_proj"])  # (N, H)
+        x, cache_embed = nn.word_embedding_forward(captions_in, p["W_embed"])  # (N, T-1, W)
+        if self.cell_type == "rnn":
+            h, cache_rnn = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        elif self.cell_type == "lstm":
+            h, cache_rnn = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        else:
+            h, cache_rnn = nn.gru_forward(x, h0, p["Wx"], p["Wh"], p["b"], p["bh"])
+        # h: (N, T-1, H)
+        scores, cache_scores = nn.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
+        loss, dscores = nn.temporal_softmax_loss(scores, captions_out, mask)  # (N, T-1, V)
+
+        grads: dict[str, np.ndarray] = {}
+        dh, grads["W_vocab"], grads["b_vocab"] = nn.temporal_affine_backward(dscores, cache_scores)
+        if self.cell_type == "rnn":
+            dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = nn.rnn_backward(dh, cache_rnn)
+        elif self.cell_type == "lstm":
+            dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = nn.lstm_backward(dh, cache_rnn)
+        else:
+            dx, dh0, grads["Wx"], grads["Wh"], grads["b"], grads["bh"] = nn.gru_backward(
+                dh, cache_rnn
+            )
+        grads["W_embed"] = nn.word_embedding_backward(dx, cache_embed)
+        _, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, cache_proj)
+        return float(loss), grads
+
+    # ------------------------------------------------------------------ test-time
+    def initial_state(self, features: np.ndarray) -> np.ndarray:
+        """``h0 = features @ W_proj + b_proj``: features (N, D) -> (N, H)."""
+        features = self._check_features(features)
+        return features @ self.params["W_proj"] + self.params["b_proj"]
+
+    def sample(self, features: np.ndarray, max_length: int = 30) -> np.ndarray:
+        """Greedy decoding from ``<START>`` (cs231n ``sample``).
+
+        Args:
+            features: image features, (N, D).
+            max_length: ``T``, the number of words generated at most.
+
+        Returns:
+            captions (N, max_length) int32: the chosen word at each step (``<START>`` is not
+            included); each caption stops at its first ``<END>`` (kept) and is padded with
+            ``<NULL>`` after it.
+        """
+        from captionlab.captioning.decode import greedy_decode
+
+        return greedy_decode(self, features, max_length=max_length)
+
+
+def param_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter of a model with ``config`` and ``V = vocab_size``."""
+    V, D, W, H = vocab_size, config.input_dim, config.wordvec_dim, config.hidden_dim
+    G = GATES[config.cell_type]
+    shapes = {
+        "W_embed": (V, W),
+        "W_proj": (D, H),
+        "b_proj": (H,),
+        "Wx": (W, G * H),
+        "Wh": (H, G * H),
+        "b": (G * H,),
+        "W_vocab": (H, V),
+        "b_vocab": (V,),
+    }
+    if config.cell_type == "gru":
+        shapes["bh"] = (G * H,)
+    return shapes

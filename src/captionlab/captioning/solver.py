@@ -1,0 +1,578 @@
+"""Training a captioning model: the cs231n ``CaptioningSolver`` and what real training needs.
+
+The solver knows nothing model-specific: it calls ``model.loss(features, captions) ->
+(loss, grads)`` and updates ``model.params`` with an update rule from
+:mod:`captionlab.nn.optim` (``update(w, dw, config) -> (next_w, config)``).
+
+The data dict (cs231n layout; arrays, not files)::
+
+    train_captions   (N, T) int     word indices, <START> ... <END> <NULL> ...
+    train_image_idxs (N,)   int     row of train_features for each caption
+    train_features   (M, D) float   one feature vector per image
+    val_captions, val_image_idxs, val_features    the same, optional
+    idx_to_word      list or dict   optional (the model's vocabulary is used otherwise)
+    word_to_idx      dict           optional
+
+Several captions may share an image: the validation metric compares each image's greedy
+caption with all of that image's reference captions.
+
+Example::
+
+    solver = CaptioningSolver(model, data, update_rule="adam",
+                              optim_config={"learning_rate": 5e-3}, lr_decay=0.995,
+                              batch_size=25, num_epochs=50, print_every=10,
+                              seed=0, grad_clip=5.0, patience=5, checkpoint_dir="runs/a")
+    solver.train()
+    solver.loss_history   # one training loss per iteration
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captionlab.captioning.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from captionlab.captioning.decode import captions_to_text, greedy_decode
+from captionlab.errors import CheckpointError, DataError, UserError
+from captionlab.nn import optim
+
+
+class TrainingDivergedError(UserError, FloatingPointError):
+    """The loss or a gradient became NaN or infinite; training stopped."""
+
+
+@dataclass
+class SolverOptions:
+    """What the solver does beyond cs231n's; every field is also a keyword argument.
+
+    Attributes:
+        seed: seeds the minibatch order; the same seed (and model) gives the same run.
+        grad_clip: if set, scale the gradients so their global L2 norm is at most this.
+        patience: stop after this many epochs without improvement of the monitored value.
+        monitor: ``'auto'`` (the validation metric if there is validation data and a
+            metric, else the validation loss, else the epoch's training loss),
+            ``'val_metric'``, ``'val_loss'`` or ``'train_loss'``.
+        metric: ``metric(hypotheses: list[str], references: list[list[str]]) -> float``,
+            higher is better; default BLEU-4 from :mod:`captionlab.captioning.metrics`.
+        metric_name: the name shown in logs and histories.
+        val_images: how many validation images (a fixed, evenly spaced subset) are used for
+            the validation loss and metric each epoch.
+        max_length: words generated at most when decoding for the metric (default: the
+            caption length T of the validation captions).
+        val_batch_size: batch size for validation loss and decoding.
+        restore_best: at the end of training put the best parameters into the model.
+        progress: show a tqdm progress bar with the loss.
+        loss_curve_path: if set, save a PNG of the loss curves there after every epoch.
+        checkpoint_dir: if set, write ``last.npz`` after every epoch and ``best.npz`` on
+            every improvement (atomically).
+        checkpoint_extra: JSON-able dict stored in every checkpoint's ``extra``.
+        resume_from: a checkpoint written by this solver: continue that run.
+        on_epoch_end: ``callback(solver, record: dict)`` after every epoch.
+        on_checkpoint: ``callback(solver, path: Path, kind: 'last' | 'best')``.
+    """
+
+    seed: int | None = None
+    grad_clip: float | None = None
+    patience: int | None = None
+    monitor: str = "auto"
+    metric: Callable[[list[str], list[list[str]]], float] | None = None
+    metric_name: str = "bleu4"
+    val_images: int = 500
+    max_length: int | None = None
+    val_batch_size: int = 500
+    restore_best: bool = True
+    progress: bool = False
+    loss_curve_path: str | os.PathLike | None = None
+    checkpoint_dir: str | os.PathLike | None = None
+    checkpoint_extra: dict = field(default_factory=dict)
+    resume_from: str | os.PathLike | None = None
+    on_epoch_end: Callable[[Any, dict], None] | None = None
+    on_checkpoint: Callable[[Any, Path, str], None] | None = None
+
+
+_MONITORS = ("auto", "val_metric", "val_loss", "train_loss")
+
+
+class CaptioningSolver:
+    """Trains a captioning model by minibatch gradient descent (cs231n constructor).
+
+    Args:
+        model: an object with ``params`` (dict of arrays) and
+            ``loss(features, captions) -> (loss, grads)``; for validation decoding it must
+            be a :class:`~captionlab.captioning.CaptioningRNN`.
+        data: the data dict described in the module docstring.
+        update_rule: a name in :mod:`captionlab.nn.optim` (``sgd``, ``sgd_momentum``,
+            ``rmsprop``, ``adam``) or a function ``update(w, dw, config)``.
+        optim_config: hyperparameters for the update rule (``learning_rate``, ...), copied
+            for every parameter.
+        lr_decay: multiply the learning rate by this after every epoch.
+        batch_size: captions per minibatch.
+        num_epochs: epochs to train for.
+        print_every: print the training loss every this many iterations (if ``verbose``).
+        verbose: print progress.
+        options: a :class:`SolverOptions`; its fields may also be given as keywords.
+
+    Attributes:
+        loss_history: training loss of every iteration.
+        train_loss_history, val_loss_history, val_metric_history: one entry per epoch.
+        best_params, best_score, best_epoch: the best parameters by the monitored value.
+        epoch: epochs completed.
+    """
+
+    def __init__(
+        self,
+        model,
+        data: dict,
+        update_rule: str | Callable = "sgd",
+        optim_config: dict | None = None,
+        lr_decay: float = 1.0,
+        batch_size: int = 100,
+        num_epochs: int = 10,
+        print_every: int = 10,
+        verbose: bool = True,
+        options: SolverOptions | None = None,
+        **kwargs,
+    ) -> None:
+        names = {f.name for f in fields(SolverOptions)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(
+                f"Unrecognized arguments {', '.join(unknown)}; "
+                f"solver options are: {', '.join(sorted(names))}"
+            )
+        self.options = copy.copy(options) if options is not None else SolverOptions()
+        for key, value in kwargs.items():
+            setattr(self.options, key, value)
+        if self.options.monitor not in _MONITORS:
+            raise ValueError(f"monitor must be one of {_MONITORS}, got {self.options.monitor!r}")
+
+        self.model = model
+        self.data = data
+        self.optim_config = dict(optim_config or {})
+        self.lr_decay = float(lr_decay)
+        self.batch_size = int(batch_size)
+        self.num_epochs = int(num_epochs)
+        self.print_every = int(print_every)
+        self.verbose = bool(verbose)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+        if isinstance(update_rule, str):
+            if not hasattr(optim, update_rule):
+                raise ValueError(f'Invalid update_rule "{update_rule}"')
+            self.update_rule_name = update_rule
+            self.update_rule = getattr(optim, update_rule)
+        else:
+            self.update_rule_name = getattr(update_rule, "__name__", "custom")
+            self.update_rule = update_rule
+
+        self._check_data()
+        self._prepare_validation()
+        self._reset()
+        if self.options.resume_from is not None:
+            self.resume(self.options.resume_from)
+
+    # ------------------------------------------------------------------ set-up
+    def _array(self, key: str, ndim: int, kind: str, dims: str) -> np.ndarray:
+        value = np.asarray(self.data[key])
+        if value.ndim != ndim or value.dtype.kind not in kind:
+            raise DataError(
+                f"data[{key!r}] must be a {dims} array of "
+                f"{'integers' if kind == 'iu' else 'floats'}, got {value.dtype} {value.shape}"
+            )
+        return value
+
+    def _split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        caps = self._array(f"{split}_captions", 2, "iu", "(N, T)")
+        idxs = self._array(f"{split}_image_idxs", 1, "iu", "(N,)")
+        feats = self._array(f"{split}_features", 2, "f", "(M, D)")
+        if idxs.shape[0] != caps.shape[0]:
+            raise DataError(
+                f"data['{split}_image_idxs'] must have one entry per caption "
+                f"({caps.shape[0]}), got {idxs.shape[0]}"
+            )
+        if idxs.size and (idxs.min() < 0 or idxs.max() >= feats.shape[0]):
+            raise DataError(
+                f"data['{split}_image_idxs'] must index rows of {split}_features "
+                f"[0, {feats.shape[0]}), got values in [{idxs.min()}, {idxs.max()}]"
+            )
+        D = self.model.params["W_proj"].shape[0] if "W_proj" in self.model.params else None
+        if D is not None and feats.shape[1] != D:
+            raise DataError(f"data['{split}_features'] must be (M, {D}), got {feats.shape}")
+        return caps, idxs, feats
+
+    def _check_data(self) -> None:
+        missing = [
+            k
+            for k in ("train_captions", "train_image_idxs", "train_features")
+            if k not in self.data
+        ]
+        if missing:
+            raise DataError(f"data is missing {', '.join(repr(k) for k in missing)}")
+        self.train_captions, self.train_image_idxs, self.train_features = self._split("train")
+        if self.train_captions.shape[0] == 0:
+            raise DataError("data['train_captions'] holds no captions")
+        self.has_val = all(
+            k in self.data for k in ("val_captions", "val_image_idxs", "val_features")
+        )
+        if self.has_val:
+            self.val_captions, self.val_image_idxs, self.val_features = self._split("val")
+            self.has_val = self.val_captions.shape[0] > 0
+
+    def _prepare_validation(self) -> None:
+        """Fix the validation subset once: evenly spaced images, all their captions."""
+        self.val_subset = None
+        if not self.has_val:
+            return
+        images = np.unique(self.val_image_idxs)  # (I,)
+        count = min(self.options.val_images, images.size)
+        pick = np.unique(np.linspace(0, images.size - 1, count).round().astype(np.int64))
+        images = images[pick]
+        cap_rows = np.flatnonzero(np.isin(self.val_image_idxs, images))
+        idx_to_word = self.data.get("idx_to_word", getattr(self.model, "idx_to_word", None))
+        references = None
+        if idx_to_word is not None:
+            texts = captions_to_text(self.val_captions[cap_rows], idx_to_word)
+            by_image: dict[int, list[str]] = {int(i): [] for i in images}
+            for row, text in zip(cap_rows, texts, strict=True):
+                by_image[int(self.val_image_idxs[row])].append(text)
+            references = [by_image[int(i)] for i in images]
+        self.val_subset = {
+            "images": images,  # (I,) rows of val_features
+            "caption_rows": cap_rows,  # rows of val_captions for the loss
+            "references": references,  # I lists of reference sentences
+            "idx_to_word": idx_to_word,
+        }
+
+    def _reset(self) -> None:
+        self.epoch = 0
+        self.iteration = 0
+        self.loss_history: list[float] = []
+        self.train_loss_history: list[float] = []
+        self.val_loss_history: list[float] = []
+        self.val_metric_history: list[float] = []
+        self.grad_norm_history: list[float] = []
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_params: dict[str, np.ndarray] | None = None
+        self.bad_epochs = 0
+        self.stop_reason: str | None = None
+        self.last_checkpoint: Path | None = None
+        self.rng = np.random.default_rng(self.options.seed)
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly (arrays and JSON values)."""
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "update_rule": self.update_rule_name,
+            "optim_configs": {p: dict(c) for p, c in self.optim_configs.items()},
+            "lr_decay": self.lr_decay,
+            "batch_size": self.batch_size,
+            "num_epochs": self.num_epochs,
+            "loss_history": list(self.loss_history),
+            "train_loss_history": list(self.train_loss_history),
+            "val_loss_history": list(self.val_loss_history),
+            "val_metric_history": list(self.val_metric_history),
+            "grad_norm_history": list(self.grad_norm_history),
+            "metric_name": self.options.metric_name,
+            "best": {
+                "score": self.best_score,
+                "epoch": self.best_epoch,
+                "params": self.best_params,
+            },
+            "bad_epochs": self.bad_epochs,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (the model's parameters aside)."""
+        try:
+            self.epoch = int(state["epoch"])
+            self.iteration = int(state["iteration"])
+            self.optim_configs = {
+                p: {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
+                for p, c in state["optim_configs"].items()
+            }
+            self.loss_history = [float(x) for x in state["loss_history"]]
+            self.train_loss_history = [float(x) for x in state["train_loss_history"]]
+            self.val_loss_history = [float(x) for x in state["val_loss_history"]]
+            self.val_metric_history = [float(x) for x in state["val_metric_history"]]
+            self.grad_norm_history = [float(x) for x in state.get("grad_norm_history", [])]
+            best = state["best"]
+            self.best_score = best["score"]
+            self.best_epoch = best["epoch"]
+            self.best_params = (
+                None
+                if best["params"] is None
+                else {k: np.array(v) for k, v in best["params"].items()}
+            )
+            self.bad_epochs = int(state["bad_epochs"])
+            self.rng.bit_generator.state = state["rng"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"solver state is incomplete or malformed: {exc!r}") from None
+        if set(self.optim_configs) != set(self.model.params):
+            raise CheckpointError(
+                f"solver state has optimizer state for {sorted(self.optim_configs)}, "
+                f"the model has parameters {sorted(self.model.params)}"
+            )
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Load parameters and solver state from a checkpoint this solver wrote."""
+        loaded, state = load_checkpoint(path)
+        if state["solver_state"] is None:
+            raise CheckpointError(f"{path}: holds no solver state, so the run cannot resume")
+        for name, value in self.model.params.items():
+            got = loaded.params.get(name)
+            if got is None or got.shape != value.shape:
+                raise CheckpointError(
+                    f"{path}: parameter {name!r} must have shape {value.shape} for this model, "
+                    f"got {None if got is None else got.shape}"
+                )
+        if getattr(self.model, "word_to_idx", loaded.word_to_idx) != loaded.word_to_idx:
+            raise CheckpointError(f"{path}: its vocabulary differs from the model's")
+        for name in self.model.params:
+            self.model.params[name] = loaded.params[name].astype(
+                self.model.params[name].dtype, copy=True
+            )
+        try:
+            self.load_state_dict(state["solver_state"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, batch: np.ndarray) -> float:
+        """One gradient step on the captions ``batch`` (indices into train_captions)."""
+        captions = self.train_captions[batch]  # (B, T)
+        features = self.train_features[self.train_image_idxs[batch]]  # (B, D)
+        loss, grads = self.model.loss(features, captions)
+        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+        if not np.isfinite(loss) or not np.isfinite(norm):
+            what = "loss" if not np.isfinite(loss) else "gradient norm"
+            value = loss if not np.isfinite(loss) else norm
+            self._diverged(
+                f"{what} became {value} at epoch {self.epoch + 1}, iteration {self.iteration + 1}"
+            )
+        self.grad_norm_history.append(norm)
+        clip = self.options.grad_clip
+        if clip is not None and norm > clip:
+            scale = clip / (norm + 1e-12)
+            grads = {k: g * np.asarray(scale, dtype=g.dtype) for k, g in grads.items()}
+        for p, w in self.model.params.items():
+            next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
+            self.model.params[p] = next_w
+            self.optim_configs[p] = next_config
+        self.loss_history.append(float(loss))
+        self.iteration += 1
+        return float(loss)
+
+    def _diverged(self, what: str) -> None:
+        kept = ""
+        if self.options.restore_best and self.best_params is not None:
+            self._restore_best()
+            kept = f"; the model holds the best parameters (epoch {self.best_epoch})"
+        ckpt = (
+            f"; last good checkpoint: {self.last_checkpoint}"
+            if self.last_checkpoint is not None
+            else ""
+        )
+        self.stop_reason = f"diverged: {what}"
+        raise TrainingDivergedError(
+            f"training stopped: {what} (try a lower learning rate or grad_clip){kept}{ckpt}"
+        )
+
+    def _restore_best(self) -> None:
+        for k, v in self.best_params.items():
+            self.model.params[k] = v.copy()
+
+    # ------------------------------------------------------------------ validation
+    def _metric_fn(self):
+        if self.options.metric is not None:
+            return self.options.metric
+        from captionlab.captioning.metrics import bleu4
+
+        return bleu4
+
+    def validation_loss(self) -> float | None:
+        """Mean loss per caption over the fixed validation subset (None without val data)."""
+        if self.val_subset is None:
+            return None
+        rows = self.val_subset["caption_rows"]
+        total, count = 0.0, 0
+        for i in range(0, rows.size, self.options.val_batch_size):
+            chunk = rows[i : i + self.options.val_batch_size]
+            feats = self.val_features[self.val_image_idxs[chunk]]
+            loss, _ = self.model.loss(feats, self.val_captions[chunk])
+            total += loss * chunk.size
+            count += chunk.size
+        return total / max(count, 1)
+
+    def validation_metric(self) -> float | None:
+        """The metric of greedy captions of the fixed validation images, each against all
+        of its reference captions (None without val data or vocabulary)."""
+        subset = self.val_subset
+        if subset is None or subset["references"] is None or not hasattr(self.model, "sample"):
+            return None
+        max_length = self.options.max_length or self.val_captions.shape[1]
+        hyps: list[str] = []
+        images = subset["images"]
+        for i in range(0, images.size, self.options.val_batch_size):
+            feats = self.val_features[images[i : i + self.options.val_batch_size]]
+            words = greedy_decode(self.model, feats, max_length=max_length)
+            hyps.extend(captions_to_text(words, subset["idx_to_word"]))
+        return float(self._metric_fn()(hyps, subset["references"]))
+
+    def _monitor(self) -> str:
+        monitor = self.options.monitor
+        if monitor == "auto":
+            if self.val_subset is not None and self.val_subset["references"] is not None:
+                return "val_metric"
+            return "val_loss" if self.val_subset is not None else "train_loss"
+        return monitor
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> CaptioningSolver:
+        """Run (or continue) the optimization for ``num_epochs`` epochs; returns self."""
+        from tqdm.auto import tqdm
+
+        N = self.train_captions.shape[0]
+        iterations_per_epoch = max(N // self.batch_size, 1)
+        num_iterations = self.num_epochs * iterations_per_epoch
+        monitor = self._monitor()
+        bar = tqdm(
+            total=num_iterations,
+            initial=min(self.epoch * iterations_per_epoch, num_iterations),
+            disable=not self.options.progress,
+            desc="train",
+            unit="it",
+        )
+        say = bar.write if self.options.progress else print
+        try:
+            while self.epoch < self.num_epochs:
+                order = self.rng.permutation(N)
+                epoch_losses = []
+                for j in range(iterations_per_epoch):
+                    batch = order[j * self.batch_size : (j + 1) * self.batch_size]
+                    loss = self._step(batch)
+                    epoch_losses.append(loss)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                    if self.verbose and self.iteration % self.print_every == 0:
+                        say(f"(Iteration {self.iteration} / {num_iterations}) loss: {loss:f}")
+                self.epoch += 1
+                for config in self.optim_configs.values():
+                    if "learning_rate" in config:
+                        config["learning_rate"] *= self.lr_decay
+                if self._end_epoch(float(np.mean(epoch_losses)), monitor, say):
+                    break
+        finally:
+            bar.close()
+        if self.options.restore_best and self.best_params is not None:
+            self._restore_best()
+        return self
+
+    def _end_epoch(self, train_loss: float, monitor: str, say) -> bool:
+        """Validate, keep the best, checkpoint, call back; True means stop early."""
+        self.train_loss_history.append(train_loss)
+        val_loss = self.validation_loss()
+        val_metric = self.validation_metric()
+        if val_loss is not None:
+            self.val_loss_history.append(val_loss)
+        if val_metric is not None:
+            self.val_metric_history.append(val_metric)
+        value = {"val_metric": val_metric, "val_loss": val_loss, "train_loss": train_loss}[monitor]
+        if value is None:
+            raise ValueError(f"monitor {monitor!r} needs validation data")
+        score = value if monitor == "val_metric" else -value
+        improved = self.best_score is None or score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch, 0
+            self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+        else:
+            self.bad_epochs += 1
+        patience = self.options.patience
+        stop = patience is not None and self.bad_epochs >= patience
+        if stop:
+            self.stop_reason = f"early stop: no improvement of {monitor} for {patience} epochs"
+
+        record = {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            self.options.metric_name: val_metric,
+            "improved": improved,
+            "learning_rate": next(iter(self.optim_configs.values()), {}).get("learning_rate"),
+        }
+        if self.verbose:
+            parts = [f"(Epoch {self.epoch} / {self.num_epochs}) train loss: {train_loss:.4f}"]
+            if val_loss is not None:
+                parts.append(f"val loss: {val_loss:.4f}")
+            if val_metric is not None:
+                parts.append(f"val {self.options.metric_name}: {val_metric:.4f}")
+            say(", ".join(parts) + (" *" if improved else ""))
+        if self.options.checkpoint_dir is not None:
+            self._checkpoint("last")
+            if improved:
+                self._checkpoint("best")
+        if self.options.loss_curve_path is not None:
+            self.save_loss_curve(self.options.loss_curve_path)
+        if self.options.on_epoch_end is not None:
+            self.options.on_epoch_end(self, record)
+        if stop and self.verbose:
+            say(self.stop_reason)
+        return stop
+
+    def _checkpoint(self, kind: str) -> Path:
+        path = Path(self.options.checkpoint_dir) / f"{kind}.npz"
+        save_checkpoint(
+            path,
+            self.model,
+            solver_state=self.state_dict(),
+            extra=dict(self.options.checkpoint_extra or {}),
+        )
+        self.last_checkpoint = path if kind == "last" else (self.last_checkpoint or path)
+        if self.options.on_checkpoint is not None:
+            self.options.on_checkpoint(self, path, kind)
+        return path
+
+    # ------------------------------------------------------------------ figures
+    def save_loss_curve(self, path: str | os.PathLike) -> Path:
+        """Save the training loss per iteration and the per-epoch curves as a PNG."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 3.5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 2, 1)
+        ax.plot(np.arange(1, len(self.loss_history) + 1), self.loss_history, lw=0.8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss")
+        ax.set_title("training loss")
+        ax2 = fig.add_subplot(1, 2, 2)
+        epochs = np.arange(1, len(self.train_loss_history) + 1)
+        ax2.plot(epochs, self.train_loss_history, marker="o", label="train loss")
+        if self.val_loss_history:
+            ax2.plot(epochs, self.val_loss_history, marker="o", label="val loss")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("loss")
+        if self.val_metric_history:
+            ax3 = ax2.twinx()
+            ax3.plot(epochs, self.val_metric_history, color="C2", marker="s")
+            ax3.set_ylabel(f"val {self.options.metric_name}", color="C2")
+        ax2.legend(loc="upper right")
+        fig.tight_layout()
+        path = Path(path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        return path
+
+
+__all__ = ["CaptioningSolver", "SolverOptions", "TrainingDivergedError"]
