@@ -1,1 +1,40 @@
-"""captionlab.vision (see DESIGN.md)."""
+"""captionlab.vision: the pretrained CNN, image loading, and CNN visualization.
+
+* :mod:`captionlab.vision.backbone` -- ``EfficientNetLite0``, ``load_backbone``,
+  ``preprocess`` / ``deprocess`` (``(pixel - 127) / 128``), ``INPUT_RANGE``.
+* :mod:`captionlab.vision.images`   -- ``load_image(path, size)``: any photo -> uint8 RGB.
+* :mod:`captionlab.vision.imagenet` -- ``CLASS_NAMES``, ``resolve_class``, ``decode_predictions``.
+
+The names above are importable from this package too; they are loaded on first use, so
+``import captionlab.vision`` stays cheap (torch is imported only when the backbone is).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EfficientNetLite0": "backbone",
+    "INPUT_RANGE": "backbone",
+    "FEATURE_DIM": "backbone",
+    "load_backbone": "backbone",
+    "preprocess": "backbone",
+    "deprocess": "backbone",
+    "resolve_device": "backbone",
+    "load_image": "images",
+    "load_images": "images",
+    "list_image_files": "images",
+    "CLASS_NAMES": "imagenet",
+    "resolve_class": "imagenet",
+    "decode_predictions": "imagenet",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'captionlab.vision' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"captionlab.vision.{module}"), name)

@@ -1,0 +1,158 @@
+"""Loading photos for the backbone: any file Pillow reads -> uint8 RGB (size, size, 3).
+
+``load_image`` applies, in order: a cap on decoded pixels (decompression bombs), the EXIF
+orientation, conversion of any mode to RGB (grayscale, palette, RGBA/LA over white, CMYK,
+16-bit and float images rescaled rather than clipped), then a resize of the shorter side to
+``size`` and a centre crop, done as one resampling of the centred square. Every failure
+(missing, truncated, not an image, too large) is a :class:`UserError` naming the file.
+
+Nothing here changes Pillow's global settings (``MAX_IMAGE_PIXELS``, ``LOAD_TRUNCATED_IMAGES``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from captionlab.errors import UserError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "center_crop_resize",
+    "list_image_files",
+    "load_image",
+    "load_images",
+]
+
+# 64 megapixels (8000 x 8000): larger than any camera photo people caption, far below what
+# exhausts memory. A bomb is refused from its header, before any pixel is decoded.
+MAX_PIXELS = 64_000_000
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+_RESAMPLE = Image.Resampling.BILINEAR
+
+
+def list_image_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` (by suffix, case-insensitive), sorted by relative path.
+
+    Hidden files and folders (starting with ".") are skipped.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"{root}: expected a folder of images, got no such folder")
+    pattern = "**/*" if recursive else "*"
+    found = []
+    for p in root.glob(pattern):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Alpha is composited over white; high bit depths are rescaled."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            top = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
+        elif mode.startswith("I;16") or (a.size and a.max() > 255):
+            top = 65535.0
+        else:
+            top = 255.0
+        a = np.clip(np.nan_to_num(a) / top * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and crop the centre ``size x size``, in one step.
+
+    The centred square of side ``min(W, H)`` is resampled (bilinear, antialiased) straight to
+    ``size x size``, which equals resize-then-crop up to sub-pixel placement.
+    """
+    w, h = img.size
+    side = min(w, h)
+    left = (w - side) / 2
+    top = (h - side) / 2
+    box = (left, top, left + side, top + side)
+    if side == size and left == int(left) and top == int(top):
+        return img.crop(tuple(int(v) for v in box))
+    return img.resize((size, size), _RESAMPLE, box=box, reducing_gap=3.0)
+
+
+def load_image(path: str | Path, size: int = 224, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read one image file -> uint8 RGB array (size, size, 3).
+
+    EXIF orientation applied; any mode converted to RGB; shorter side resized to ``size`` and
+    centre-cropped. Files with more than ``max_pixels`` pixels are refused from their header.
+    Raises :class:`UserError` naming the file for a missing, unreadable, truncated, non-image
+    or oversized file.
+    """
+    path = Path(path)
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check warns or raises at its global limit; ours is explicit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise UserError(
+                        f"{path}: image of {w}x{h} = {w * h} pixels exceeds the limit of "
+                        f"{max_pixels} pixels (a decompression bomb or a huge scan)"
+                    )
+                if w < 1 or h < 1:
+                    raise UserError(f"{path}: image has no pixels ({w}x{h})")
+                # JPEG: decode at a reduced scale that still covers `size` (much faster).
+                if img.format == "JPEG":
+                    img.draft("RGB", (size, size))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _to_rgb(img)
+                img = center_crop_resize(img, size)
+                out = np.asarray(img, dtype=np.uint8)
+    except UserError:
+        raise
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: image file not found") from exc
+    except IsADirectoryError as exc:
+        raise UserError(f"{path}: expected an image file, got a folder") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise UserError(f"{path}: not an image Pillow can read") from exc
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"{path}: refused as a decompression bomb ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow reports a truncated or corrupt stream as OSError / SyntaxError / ValueError.
+        raise UserError(f"{path}: corrupt or truncated image ({exc})") from exc
+    if out.shape != (size, size, 3):  # pragma: no cover - guards the conversion above
+        raise RuntimeError(f"{path}: expected ({size}, {size}, 3) pixels, got {out.shape}")
+    return np.ascontiguousarray(out)
+
+
+def load_images(paths: Iterable[str | Path], size: int = 224) -> np.ndarray:
+    """Several files -> uint8 (N, size, size, 3); the first bad file raises UserError."""
+    arrays = [load_image(p, size) for p in paths]
+    if not arrays:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    return np.stack(arrays)
