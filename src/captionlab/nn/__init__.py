@@ -1,1 +1,68 @@
-"""captionlab.nn (see DESIGN.md)."""
+"""captionlab.nn: NumPy layers with hand-written backward passes (cs231n assignment 3 names).
+
+Dimensions everywhere: ``N`` batch, ``T`` time, ``D`` input size, ``H`` hidden size,
+``V`` vocabulary, ``W`` word-vector size. Each layer is a pure ``*_forward`` returning
+``(out, cache)`` and a ``*_backward`` returning gradients in the order of the forward's
+inputs. Layers keep the dtype they are given (float32 or float64).
+
+Modules: :mod:`~captionlab.nn.functional` (stable sigmoid, log-softmax),
+:mod:`~captionlab.nn.layers` (affine, word embedding, temporal affine, temporal softmax
+loss), :mod:`~captionlab.nn.rnn`, :mod:`~captionlab.nn.lstm` (gates i, f, o, g),
+:mod:`~captionlab.nn.gru` (gates r, z, n as torch), :mod:`~captionlab.nn.gradcheck`,
+:mod:`~captionlab.nn.optim`.
+"""
+
+from captionlab.nn import optim
+from captionlab.nn.functional import log_softmax, sigmoid
+from captionlab.nn.gradcheck import (
+    check_layers,
+    eval_numerical_gradient,
+    eval_numerical_gradient_array,
+    rel_error,
+)
+from captionlab.nn.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
+from captionlab.nn.layers import (
+    affine_backward,
+    affine_forward,
+    temporal_affine_backward,
+    temporal_affine_forward,
+    temporal_softmax_loss,
+    word_embedding_backward,
+    word_embedding_forward,
+)
+from captionlab.nn.lstm import (
+    lstm_backward,
+    lstm_forward,
+    lstm_step_backward,
+    lstm_step_forward,
+)
+from captionlab.nn.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+
+__all__ = [
+    "affine_backward",
+    "affine_forward",
+    "check_layers",
+    "eval_numerical_gradient",
+    "eval_numerical_gradient_array",
+    "gru_backward",
+    "gru_forward",
+    "gru_step_backward",
+    "gru_step_forward",
+    "log_softmax",
+    "lstm_backward",
+    "lstm_forward",
+    "lstm_step_backward",
+    "lstm_step_forward",
+    "optim",
+    "rel_error",
+    "rnn_backward",
+    "rnn_forward",
+    "rnn_step_backward",
+    "rnn_step_forward",
+    "sigmoid",
+    "temporal_affine_backward",
+    "temporal_affine_forward",
+    "temporal_softmax_loss",
+    "word_embedding_backward",
+    "word_embedding_forward",
+]

@@ -1,0 +1,219 @@
+"""Gated recurrent unit (GRU) with exactly the equations of ``torch.nn.GRU``.
+
+Dimensions: ``N`` batch, ``T`` time, ``D`` input size, ``H`` hidden size.
+
+Gate order along the last axis of ``Wx`` (D, 3H), ``Wh`` (H, 3H), ``b`` and ``bh`` (3H,) is
+**r, z, n** (torch's ``W_ir|W_iz|W_in``). The GRU has two biases because the reset gate
+multiplies the recurrent term *including its bias*::
+
+    xa = x @ Wx + b                     (N, 3H)   input part
+    ha = h_{t-1} @ Wh + bh              (N, 3H)   recurrent part
+    r = sigmoid(xa_r + ha_r)            reset gate
+    z = sigmoid(xa_z + ha_z)            update gate
+    n = tanh(xa_n + r * ha_n)           candidate
+    h_t = (1 - z) * n + z * h_{t-1}
+
+Mapping from torch: ``Wx = weight_ih_l0.T``, ``Wh = weight_hh_l0.T``, ``b = bias_ih_l0``,
+``bh = bias_hh_l0``.
+
+Backward::
+
+    dn = dh * (1 - z)     dz = dh * (h_{t-1} - n)     dh_{t-1} = dh * z + dha @ Wh.T
+    dxa_n = dn * (1 - n**2)    dha_n = dxa_n * r    dr = dxa_n * ha_n
+    dxa_r = dha_r = dr * r(1-r)    dxa_z = dha_z = dz * z(1-z)
+
+The sequence functions hoist the input projection of all steps into one GEMM, do the gate
+arithmetic in place, and compute dx, dWx, dWh, db, dbh as single GEMMs (or sums) after the
+backward loop; only ``h @ Wh`` and ``dha @ Wh.T`` stay per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captionlab.nn.functional import check_recurrent, check_shape, sigmoid
+
+
+def gru_step_forward(
+    x: np.ndarray,
+    prev_h: np.ndarray,
+    Wx: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+    bh: np.ndarray,
+) -> tuple[np.ndarray, tuple]:
+    """One time step of the GRU.
+
+    Args:
+        x: input of shape (N, D).
+        prev_h: previous hidden state of shape (N, H).
+        Wx: input-to-hidden weights of shape (D, 3H), gates r, z, n.
+        Wh: hidden-to-hidden weights of shape (H, 3H).
+        b: input bias of shape (3H,).
+        bh: recurrent bias of shape (3H,).
+
+    Returns:
+        next_h of shape (N, H) and the cache for :func:`gru_step_backward`.
+    """
+    _, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=3, sequence=False)
+    check_shape("bh", bh, (3 * H,), "(3H,)")
+    xa = x @ Wx + b  # (N, 3H)
+    ha = prev_h @ Wh + bh  # (N, 3H)
+    r = sigmoid(xa[:, :H] + ha[:, :H])
+    z = sigmoid(xa[:, H : 2 * H] + ha[:, H : 2 * H])
+    ha_n = ha[:, 2 * H :]
+    n = np.tanh(xa[:, 2 * H :] + r * ha_n)
+    next_h = (1 - z) * n + z * prev_h  # (N, H)
+    return next_h, (x, prev_h, Wx, Wh, r, z, n, ha_n)
+
+
+def gru_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`gru_step_forward`.
+
+    Args:
+        dnext_h: gradient with respect to next_h, shape (N, H).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dprev_h, dWx, dWh, db, dbh)`` of shapes (N, D), (N, H), (D, 3H), (H, 3H),
+        (3H,), (3H,).
+    """
+    x, prev_h, Wx, Wh, r, z, n, ha_n = cache
+    check_shape("dnext_h", dnext_h, prev_h.shape, "(N, H)")
+    dn = dnext_h * (1 - z)
+    dz = dnext_h * (prev_h - n)
+    dxa_n = dn * (1 - n * n)
+    dr = dxa_n * ha_n
+    dxa_r = dr * r * (1 - r)
+    dxa_z = dz * z * (1 - z)
+    dxa = np.concatenate([dxa_r, dxa_z, dxa_n], axis=1)  # (N, 3H)
+    dha = np.concatenate([dxa_r, dxa_z, dxa_n * r], axis=1)  # (N, 3H)
+    dx = dxa @ Wx.T  # (N, D)
+    dprev_h = dnext_h * z + dha @ Wh.T  # (N, H)
+    dWx = x.T @ dxa  # (D, 3H)
+    dWh = prev_h.T @ dha  # (H, 3H)
+    db = dxa.sum(axis=0)  # (3H,)
+    dbh = dha.sum(axis=0)  # (3H,)
+    return dx, dprev_h, dWx, dWh, db, dbh
+
+
+def gru_forward(
+    x: np.ndarray,
+    h0: np.ndarray,
+    Wx: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+    bh: np.ndarray,
+) -> tuple[np.ndarray, tuple]:
+    """Run the GRU over a whole sequence.
+
+    Args:
+        x: inputs of shape (N, T, D).
+        h0: initial hidden state of shape (N, H).
+        Wx: input-to-hidden weights of shape (D, 3H), gates r, z, n.
+        Wh: hidden-to-hidden weights of shape (H, 3H).
+        b: input bias of shape (3H,).
+        bh: recurrent bias of shape (3H,).
+
+    Returns:
+        h, the hidden states of all steps, shape (N, T, H), and the cache for
+        :func:`gru_backward` (which holds ``h``: do not modify it in place before backward).
+    """
+    N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=3, sequence=True)
+    check_shape("bh", bh, (3 * H,), "(3H,)")
+    # Hoisted: the input projection of all steps as one GEMM. The buffer then holds the
+    # gate activations r, z, n of every step, computed in place.
+    gates = (x.reshape(N * T, D) @ Wx).reshape(N, T, 3 * H)  # (N, T, 3H)
+    gates += b
+    dtype = gates.dtype
+    h = np.empty((N, T, H), dtype=dtype)
+    ha_n = np.empty((N, T, H), dtype=dtype)  # h_{t-1} @ Wh_n + bh_n, kept for backward
+    tmp = np.empty((N, 3 * H), dtype=dtype)
+    prev = h0
+    for t in range(T):
+        at = gates[:, t]  # (N, 3H)
+        np.matmul(prev, Wh, out=tmp)
+        tmp += bh
+        rz = at[:, : 2 * H]
+        rz += tmp[:, : 2 * H]
+        sigmoid(rz, out=rz)
+        r, z, n = at[:, :H], at[:, H : 2 * H], at[:, 2 * H :]
+        hn = ha_n[:, t]
+        hn[...] = tmp[:, 2 * H :]
+        rhn = tmp[:, :H]
+        np.multiply(r, hn, out=rhn)
+        n += rhn
+        np.tanh(n, out=n)
+        ht = h[:, t]
+        np.subtract(prev, n, out=ht)
+        ht *= z
+        ht += n  # h_t = n + z * (h_{t-1} - n) = (1 - z) n + z h_{t-1}
+        prev = ht
+    return h, (x, h0, Wx, Wh, gates, ha_n, h)
+
+
+def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`gru_forward`.
+
+    Args:
+        dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
+            gradient that flows back from later steps: this function adds that).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dh0, dWx, dWh, db, dbh)`` of shapes (N, T, D), (N, H), (D, 3H), (H, 3H),
+        (3H,), (3H,).
+    """
+    x, h0, Wx, Wh, gates, ha_n, h = cache
+    N, T, D = x.shape
+    H = h0.shape[1]
+    check_shape("dh", dh, (N, T, H), "(N, T, H)")
+    dtype = np.result_type(dh, gates)
+    dxa = np.empty((N, T, 3 * H), dtype=dtype)  # gradients of x @ Wx + b, all steps
+    dha = np.empty((N, T, 3 * H), dtype=dtype)  # gradients of h @ Wh + bh, all steps
+    dprev = np.zeros((N, H), dtype=dtype)
+    dht = np.empty((N, H), dtype=dtype)
+    tmp = np.empty((N, H), dtype=dtype)
+    WhT = Wh.T
+    for t in range(T - 1, -1, -1):
+        at = gates[:, t]
+        r, z, n = at[:, :H], at[:, H : 2 * H], at[:, 2 * H :]
+        prev = h0 if t == 0 else h[:, t - 1]
+        dxt, dhat = dxa[:, t], dha[:, t]
+        dr, dz, dn = dxt[:, :H], dxt[:, H : 2 * H], dxt[:, 2 * H :]
+        np.add(dh[:, t], dprev, out=dht)
+        # dz = dh * (h_{t-1} - n) * z(1-z)
+        np.subtract(prev, n, out=dz)
+        dz *= dht
+        np.subtract(1, z, out=tmp)
+        tmp *= z
+        dz *= tmp
+        # dxa_n = dh * (1-z) * (1-n^2)
+        np.subtract(1, z, out=dn)
+        dn *= dht
+        np.multiply(n, n, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        dn *= tmp
+        # dr = dxa_n * ha_n * r(1-r)
+        np.multiply(dn, ha_n[:, t], out=dr)
+        np.subtract(1, r, out=tmp)
+        tmp *= r
+        dr *= tmp
+        dhat[:, : 2 * H] = dxt[:, : 2 * H]
+        np.multiply(dn, r, out=dhat[:, 2 * H :])
+        # dh_{t-1} = dh * z + dha @ Wh.T
+        np.matmul(dhat, WhT, out=dprev)
+        np.multiply(dht, z, out=tmp)
+        dprev += tmp
+    # Hoisted: all weight gradients and dx as single GEMMs over the N*T rows.
+    hprev = np.empty((N, T, H), dtype=h.dtype)  # h_{t-1} for every t
+    hprev[:, 0] = h0
+    hprev[:, 1:] = h[:, :-1]
+    dxa2 = dxa.reshape(N * T, 3 * H)
+    dha2 = dha.reshape(N * T, 3 * H)
+    dx = (dxa2 @ Wx.T).reshape(N, T, D)
+    dWx = x.reshape(N * T, D).T @ dxa2  # (D, 3H)
+    dWh = hprev.reshape(N * T, H).T @ dha2  # (H, 3H)
+    db = dxa2.sum(axis=0)  # (3H,)
+    dbh = dha2.sum(axis=0)  # (3H,)
+    return dx, dprev, dWx, dWh, db, dbh

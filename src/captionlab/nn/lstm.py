@@ -1,0 +1,222 @@
+"""Long short-term memory (LSTM): one step, and a whole sequence (c0 = 0).
+
+Dimensions: ``N`` batch, ``T`` time, ``D`` input size, ``H`` hidden size.
+
+Gate order along the last axis of ``Wx`` (D, 4H), ``Wh`` (H, 4H) and ``b`` (4H,) is
+**i, f, o, g** (cs231n), from one matmul ``a = x @ Wx + prev_h @ Wh + b``::
+
+    i = sigmoid(a[:, 0:H])      input gate
+    f = sigmoid(a[:, H:2H])     forget gate
+    o = sigmoid(a[:, 2H:3H])    output gate
+    g = tanh(a[:, 3H:4H])       candidate cell
+    c_t = f * c_{t-1} + i * g
+    h_t = o * tanh(c_t)
+
+(torch.nn.LSTM orders its gates i, f, g, o and has two biases; ``b = b_ih + b_hh``.)
+
+Backward, with ``dc`` the total gradient of ``c_t``::
+
+    do = dh * tanh(c_t)              dc += dh * o * (1 - tanh(c_t)**2)
+    di = dc * g     df = dc * c_{t-1}     dg = dc * i     dc_{t-1} = dc * f
+    da = [di * i(1-i), df * f(1-f), do * o(1-o), dg * (1-g**2)]
+
+The sequence functions hoist the input projection of all steps into one GEMM, do the gate
+arithmetic in place in preallocated buffers, and compute dx, dWx, dWh, db as single GEMMs
+after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captionlab.nn.functional import check_recurrent, check_shape, sigmoid
+
+
+def lstm_step_forward(
+    x: np.ndarray,
+    prev_h: np.ndarray,
+    prev_c: np.ndarray,
+    Wx: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """One time step of the LSTM.
+
+    Args:
+        x: input of shape (N, D).
+        prev_h: previous hidden state of shape (N, H).
+        prev_c: previous cell state of shape (N, H).
+        Wx: input-to-hidden weights of shape (D, 4H), gates i, f, o, g.
+        Wh: hidden-to-hidden weights of shape (H, 4H).
+        b: bias of shape (4H,).
+
+    Returns:
+        ``(next_h, next_c, cache)`` with next_h and next_c of shape (N, H).
+    """
+    N, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=4, sequence=False)
+    check_shape("prev_c", prev_c, (N, H), "(N, H)")
+    a = x @ Wx + prev_h @ Wh + b  # (N, 4H)
+    i = sigmoid(a[:, :H])
+    f = sigmoid(a[:, H : 2 * H])
+    o = sigmoid(a[:, 2 * H : 3 * H])
+    g = np.tanh(a[:, 3 * H :])
+    next_c = f * prev_c + i * g  # (N, H)
+    tanh_c = np.tanh(next_c)
+    next_h = o * tanh_c  # (N, H)
+    cache = (x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c)
+    return next_h, next_c, cache
+
+
+def lstm_step_backward(
+    dnext_h: np.ndarray, dnext_c: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`lstm_step_forward`.
+
+    Args:
+        dnext_h: gradient with respect to next_h, shape (N, H).
+        dnext_c: gradient with respect to next_c, shape (N, H).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dprev_h, dprev_c, dWx, dWh, db)`` of shapes (N, D), (N, H), (N, H),
+        (D, 4H), (H, 4H), (4H,).
+    """
+    x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c = cache
+    check_shape("dnext_h", dnext_h, prev_h.shape, "(N, H)")
+    check_shape("dnext_c", dnext_c, prev_c.shape, "(N, H)")
+    dc = dnext_c + dnext_h * o * (1 - tanh_c * tanh_c)  # (N, H)
+    do = dnext_h * tanh_c
+    di = dc * g
+    df = dc * prev_c
+    dg = dc * i
+    da = np.concatenate(
+        [di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)], axis=1
+    )  # (N, 4H)
+    dx = da @ Wx.T  # (N, D)
+    dprev_h = da @ Wh.T  # (N, H)
+    dprev_c = dc * f  # (N, H)
+    dWx = x.T @ da  # (D, 4H)
+    dWh = prev_h.T @ da  # (H, 4H)
+    db = da.sum(axis=0)  # (4H,)
+    return dx, dprev_h, dprev_c, dWx, dWh, db
+
+
+def lstm_forward(
+    x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """Run the LSTM over a whole sequence; the initial cell state is zero.
+
+    Args:
+        x: inputs of shape (N, T, D).
+        h0: initial hidden state of shape (N, H).
+        Wx: input-to-hidden weights of shape (D, 4H), gates i, f, o, g.
+        Wh: hidden-to-hidden weights of shape (H, 4H).
+        b: bias of shape (4H,).
+
+    Returns:
+        h, the hidden states of all steps, shape (N, T, H), and the cache for
+        :func:`lstm_backward` (which holds ``h``: do not modify it in place before backward).
+    """
+    N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=4, sequence=True)
+    # Hoisted: the input projection of all steps as one GEMM. The buffer then holds the
+    # gate activations i, f, o, g of every step, computed in place.
+    gates = (x.reshape(N * T, D) @ Wx).reshape(N, T, 4 * H)  # (N, T, 4H)
+    gates += b
+    dtype = gates.dtype
+    h = np.empty((N, T, H), dtype=dtype)
+    c = np.empty((N, T, H), dtype=dtype)
+    tanh_c = np.empty((N, T, H), dtype=dtype)
+    tmp = np.empty((N, 4 * H), dtype=dtype)
+    prev_h = h0
+    prev_c = np.zeros((N, H), dtype=dtype)
+    for t in range(T):
+        at = gates[:, t]  # (N, 4H)
+        np.matmul(prev_h, Wh, out=tmp)
+        at += tmp
+        ifo = at[:, : 3 * H]
+        sigmoid(ifo, out=ifo)
+        g = at[:, 3 * H :]
+        np.tanh(g, out=g)
+        i, f, o = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H]
+        ct = c[:, t]
+        np.multiply(f, prev_c, out=ct)
+        ig = tmp[:, :H]
+        np.multiply(i, g, out=ig)
+        ct += ig  # c_t = f * c_{t-1} + i * g
+        tct = tanh_c[:, t]
+        np.tanh(ct, out=tct)
+        np.multiply(o, tct, out=h[:, t])  # h_t = o * tanh(c_t)
+        prev_h, prev_c = h[:, t], ct
+    return h, (x, h0, Wx, Wh, gates, c, tanh_c, h)
+
+
+def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`lstm_forward`.
+
+    Args:
+        dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
+            gradient that flows back from later steps: this function adds that).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, 4H), (H, 4H), (4H,).
+    """
+    x, h0, Wx, Wh, gates, c, tanh_c, h = cache
+    N, T, D = x.shape
+    H = h0.shape[1]
+    check_shape("dh", dh, (N, T, H), "(N, T, H)")
+    dtype = np.result_type(dh, gates)
+    da = np.empty((N, T, 4 * H), dtype=dtype)  # pre-activation gradients of all steps
+    dprev_h = np.zeros((N, H), dtype=dtype)
+    dc = np.zeros((N, H), dtype=dtype)  # gradient of c_t, carried backwards
+    dht = np.empty((N, H), dtype=dtype)
+    tmp = np.empty((N, H), dtype=dtype)
+    WhT = Wh.T
+    for t in range(T - 1, -1, -1):
+        at = gates[:, t]
+        i, f, o, g = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :]
+        tct = tanh_c[:, t]
+        dat = da[:, t]
+        di, df, do, dg = dat[:, :H], dat[:, H : 2 * H], dat[:, 2 * H : 3 * H], dat[:, 3 * H :]
+        np.add(dh[:, t], dprev_h, out=dht)
+        # dc += dh * o * (1 - tanh(c)^2)
+        np.multiply(tct, tct, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        tmp *= o
+        tmp *= dht
+        dc += tmp
+        # do = dh * tanh(c) * o(1-o)
+        np.multiply(dht, tct, out=do)
+        np.subtract(1, o, out=tmp)
+        tmp *= o
+        do *= tmp
+        # di = dc * g * i(1-i)
+        np.multiply(dc, g, out=di)
+        np.subtract(1, i, out=tmp)
+        tmp *= i
+        di *= tmp
+        # df = dc * c_{t-1} * f(1-f)
+        if t > 0:
+            np.multiply(dc, c[:, t - 1], out=df)
+            np.subtract(1, f, out=tmp)
+            tmp *= f
+            df *= tmp
+        else:
+            df.fill(0)  # c_{-1} = 0
+        # dg = dc * i * (1-g^2)
+        np.multiply(g, g, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        tmp *= i
+        np.multiply(dc, tmp, out=dg)
+        dc *= f  # dc_{t-1}
+        np.matmul(dat, WhT, out=dprev_h)
+    # Hoisted: all weight gradients and dx as single GEMMs over the N*T rows.
+    hprev = np.empty((N, T, H), dtype=h.dtype)  # h_{t-1} for every t
+    hprev[:, 0] = h0
+    hprev[:, 1:] = h[:, :-1]
+    da2 = da.reshape(N * T, 4 * H)
+    dx = (da2 @ Wx.T).reshape(N, T, D)
+    dWx = x.reshape(N * T, D).T @ da2  # (D, 4H)
+    dWh = hprev.reshape(N * T, H).T @ da2  # (H, 4H)
+    db = da2.sum(axis=0)  # (4H,)
+    return dx, dprev_h, dWx, dWh, db
