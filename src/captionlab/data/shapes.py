@@ -41,7 +41,7 @@ from captionlab.data.vocab import tokenize
 from captionlab.errors import DataError
 
 GENERATOR = "captionlab-shapes"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Colours people name the same way, far apart in RGB and hue.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -55,6 +55,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star")
 #: Half the width of an object's box, as a fraction of the image size.
 SIZES: dict[str, float] = {"small": 0.085, "large": 0.165}
+SIZES_ARR = np.array(list(SIZES.values()))
 RELATIONS = ("left of", "right of", "above", "below")
 INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -79,6 +80,11 @@ _ALIGN = 0.07  # centres this close count as aligned
 
 
 # ------------------------------------------------------------------------------- geometry
+
+
+def _pick(rng: np.random.Generator, seq):
+    """One element of ``seq``, uniformly (faster than ``rng.choice`` for short lists)."""
+    return seq[int(rng.integers(len(seq)))]
 
 
 def _outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -159,31 +165,30 @@ def sample_scene(rng: np.random.Generator, image_size: int) -> dict:
     while True:
         triples: list[tuple[str, str, str]] = []
         while len(triples) < n:
-            t = (
-                str(rng.choice(list(SIZES))),
-                str(rng.choice(list(COLOURS))),
-                str(rng.choice(SHAPES)),
-            )
+            t = (_pick(rng, list(SIZES)), _pick(rng, list(COLOURS)), _pick(rng, SHAPES))
             if t not in triples:
                 triples.append(t)
-        radii = [SIZES[t[0]] * S * float(rng.uniform(0.94, 1.06)) for t in triples]
-        axis = str(rng.choice(["h", "v"]))  # two objects: aligned on the other axis
-        for _ in range(300):
+        radii = SIZES_ARR[[list(SIZES).index(t[0]) for t in triples]] * S
+        radii = radii * rng.uniform(0.94, 1.06, size=n)  # (n,)
+        offsets = np.array([_bbox(t[2], 0.0, 0.0, r) for t, r in zip(triples, radii, strict=True)])
+        lo = _MARGIN * S - offsets[:, :2]  # (n, 2) lowest centre x, y inside the margins
+        hi = S - _MARGIN * S - offsets[:, 2:]  # (n, 2) highest
+        tries = 200
+        centres = lo + rng.random((tries, n, 2)) * (hi - lo)  # (tries, n, 2)
+        if n == 2:  # two objects stand in one relation: aligned on the other axis
+            other = int(rng.integers(2))  # 1: side by side (aligned in y); 0: one above
+            jitter = rng.uniform(-2, 2, size=tries)
+            centres[:, 1, other] = np.clip(
+                centres[:, 0, other] + jitter, lo[1, other], hi[1, other]
+            )
+        for trial in range(tries):
             objects = []
-            for (size, colour, shape), r in zip(triples, radii, strict=True):
-                x0, y0, x1, y1 = _bbox(shape, 0.0, 0.0, r)
-                lo_x, hi_x = _MARGIN * S - x0, S - _MARGIN * S - x1
-                lo_y, hi_y = _MARGIN * S - y0, S - _MARGIN * S - y1
-                cx, cy = float(rng.uniform(lo_x, hi_x)), float(rng.uniform(lo_y, hi_y))
-                if n == 2 and objects:  # align with the first object on the other axis
-                    if axis == "h":
-                        cy = float(np.clip(objects[0]["y"] + rng.uniform(-2, 2), lo_y, hi_y))
-                    else:
-                        cx = float(np.clip(objects[0]["x"] + rng.uniform(-2, 2), lo_x, hi_x))
-                bx0, by0, bx1, by1 = _bbox(shape, cx, cy, r)
+            for i, (size, colour, shape) in enumerate(triples):
+                cx, cy = (float(v) for v in centres[trial, i])
+                bbox = [float(v) for v in offsets[i] + (cx, cy, cx, cy)]
                 objects.append(
-                    {"size": size, "colour": colour, "shape": shape, "r": r,
-                     "x": cx, "y": cy, "bbox": [bx0, by0, bx1, by1]}
+                    {"size": size, "colour": colour, "shape": shape, "r": float(radii[i]),
+                     "x": cx, "y": cy, "bbox": bbox}
                 )  # fmt: skip
             rels = scene_relations(objects, S)
             if rels is not None:
@@ -232,9 +237,9 @@ def _phrase(o: dict, rng: np.random.Generator) -> str:
     """``small red circle`` with synonyms (no article)."""
     return " ".join(
         (
-            str(rng.choice(SIZE_WORDS[o["size"]])),
+            _pick(rng, SIZE_WORDS[o["size"]]),
             o["colour"],
-            str(rng.choice(SHAPE_WORDS[o["shape"]])),
+            _pick(rng, SHAPE_WORDS[o["shape"]]),
         )
     )
 
@@ -282,19 +287,17 @@ def make_captions(scene: dict, rng: np.random.Generator, k: int = 5) -> list[str
         template = templates[int(t)]
         idx = [int(i) for i in rng.permutation(len(objects))]
         fields = {
-            "coll": str(rng.choice(COLLECTIVE)),
-            "coll1": str(rng.choice(["shape", "object"])),
+            "coll": _pick(rng, COLLECTIVE),
+            "coll1": _pick(rng, ["shape", "object"]),
         }
-        fields["picture"] = str(rng.choice(["a picture", "an image", "a drawing"]))
+        fields["picture"] = _pick(rng, ["a picture", "an image", "a drawing"])
         if "rel}" in template:  # {rel} or {srel}: pick a relation and put its ends as A, B
             rel = rels[int(rng.integers(len(rels)))]
             a, b = rel["subject"], rel["object"]
             rest = [i for i in idx if i not in (a, b)]
             idx = [a, b, *rest]
             words = SHORT_REL_WORDS if "{srel}" in template else REL_WORDS
-            fields["rel" if "{rel}" in template else "srel"] = str(
-                rng.choice(words[rel["relation"]])
-            )
+            fields["rel" if "{rel}" in template else "srel"] = _pick(rng, words[rel["relation"]])
         for name, i in zip("ABC", idx, strict=False):
             fields[name] = _phrase(objects[i], rng)
         captions.append(template.format(**fields))
@@ -443,7 +446,7 @@ def generate_shapes(
         captions = make_captions(scene, rng)
         filename = f"{split}_{k:05d}.png"
         buf = io.BytesIO()
-        img.save(buf, format="PNG", compress_level=6)
+        img.save(buf, format="PNG", compress_level=3)
         # Images are plain writes: dataset.json, written last, is what marks them complete.
         (img_dir / filename).write_bytes(buf.getvalue())
         ds_images.append(
