@@ -206,3 +206,12 @@ def test_to_caption_data_rows_per_caption(tmp_path):
     assert data["train_urls"][1].endswith("im1.jpg")
     with pytest.raises(DataError, match=r"features for split 'train' must be \(2, D\)"):
         to_caption_data(ds, vocab, lambda ids: np.zeros((1, 3)))
+
+
+def test_karpathy_sentids_count_must_match_sentences(tmp_path):
+    path = _karpathy(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][2]["sentids"] = [1, 2, 3]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"'images\[2\]\.sentids' lists 3 ids but.*holds 2"):
+        load_dataset(path)

@@ -70,3 +70,19 @@ def test_load_errors_name_file_and_field(tmp_path):
         Vocabulary.load(bad)
     with pytest.raises(DataError, match="file not found"):
         Vocabulary.load(tmp_path / "missing.json")
+
+
+def test_decode_method_strips_special_tokens():
+    v = Vocabulary.build(["a red circle"])
+    ids, _ = v.encode(["a red circle", "red"], max_length=6)
+    assert v.decode(ids) == ["a red circle", "red"]
+    assert v.decode(ids[1]) == ["red"]
+
+
+def test_data_package_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, captionlab.data, captionlab.data.shapes; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -40,6 +40,6 @@ __all__ = [
     "load_dataset",
     "sample_coco_minibatch",
     "strip_special",
-    "tokenize",
     "to_caption_data",
+    "tokenize",
 ]

@@ -143,6 +143,11 @@ def _read_karpathy(path: Path, data: dict, image_root: str | Path | None) -> Cap
                 captions.append(" ".join(map(str, tokens)))
         if not captions:
             raise DataError(f"{path}: field '{where}.sentences' is empty (image {filename})")
+        if isinstance(im.get("sentids"), list) and len(im["sentids"]) != len(captions):
+            raise DataError(
+                f"{path}: field '{where}.sentids' lists {len(im['sentids'])} ids but "
+                f"'{where}.sentences' holds {len(captions)} sentences"
+            )
         records.append(ImageRecord(image_id, root / filepath / filename, split, tuple(captions)))
     return CaptionDataset("karpathy", path, records)
 

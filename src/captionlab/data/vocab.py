@@ -150,6 +150,11 @@ class Vocabulary:
             ids[i, : len(row)] = row
         return ids, n_truncated
 
+    def decode(self, ids: np.ndarray) -> list[str]:
+        """(N, T) ids -> N plain captions: words up to ``<END>``, special tokens removed."""
+        out = decode_captions(np.atleast_2d(ids), self.idx_to_word)
+        return [strip_special(c) for c in out]
+
 
 def decode_captions(captions: np.ndarray, idx_to_word: Sequence[str]) -> list[str] | str:
     """Turn id rows back into strings, as cs231n's ``coco_utils.decode_captions``.
