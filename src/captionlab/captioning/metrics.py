@@ -17,17 +17,36 @@ Nothing here touches the network, and importing this module starts no process.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
+import os
 import re
+import shutil
+import subprocess
+import tempfile
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 __all__ = [
+    "METRIC_NAMES",
     "bleu4",
+    "coco_metrics",
     "corpus_bleu",
+    "format_metrics_table",
     "scene_accuracy",
     "simple_tokenize",
 ]
+
+#: The keys of :func:`coco_metrics`'s result that hold scores, in table order.
+METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+
+SPICE_REASON = (
+    "not run: pycocoevalcap's SPICE downloads Stanford CoreNLP models at run time "
+    "and captionlab works offline"
+)
+# Seconds a Java scorer may run before it is killed (METEOR on 5,000 COCO images takes ~1 min).
+JAVA_TIMEOUT_S = 600.0
 
 # pycocoevalcap's BleuScorer constants: ``tiny`` keeps a zero match count finite in the
 # product, ``small`` keeps a zero guess count from dividing by zero.
@@ -160,3 +179,314 @@ def scene_accuracy(*args, **kwargs):
             f"scene_accuracy needs the module {_SCENE_ACCURACY_MODULE}, which is not installed"
         ) from exc
     return module.scene_accuracy(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- COCO metrics
+
+
+class _JavaToolError(RuntimeError):
+    """A Java scorer could not run or gave output that could not be read."""
+
+
+def _pycocoevalcap_dir(subpackage: str) -> str:
+    """Directory of ``pycocoevalcap.<subpackage>`` (where its jar lies)."""
+    spec = importlib.util.find_spec(f"pycocoevalcap.{subpackage}")
+    if spec is None or not spec.submodule_search_locations:
+        raise _JavaToolError(f"pycocoevalcap.{subpackage} is not installed")
+    return next(iter(spec.submodule_search_locations))
+
+
+def _stderr_tail(stderr: bytes | str, limit: int = 300) -> str:
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    text = " ".join(stderr.split())
+    return text[-limit:] if text else "no message"
+
+
+# pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS (with -lowerCase the bracket tokens come
+# out as "-lrb-" and so stay in, as they do in pycocoevalcap).
+_PTB_PUNCTUATION = frozenset("'' ' `` ` -LRB- -RRB- -LCB- -RCB- . ? ! , : - -- ... ;".split())
+
+
+def _ptb_tokenize(java: str, sentences: list[str]) -> list[str]:
+    """Tokenize like pycocoevalcap's ``PTBTokenizer``, one output string per sentence.
+
+    Runs the Stanford PTBTokenizer jar from the pycocoevalcap wheel with its arguments
+    (``-preserveLines -lowerCase``) on a file in a private temp directory (pycocoevalcap
+    writes it into site-packages), then drops the same punctuation tokens. Blank sentences
+    are not sent (they map to ""), so the output lines align with the input by construction.
+    """
+    jar = os.path.join(_pycocoevalcap_dir("tokenizer"), "stanford-corenlp-3.4.1.jar")
+    if not os.path.isfile(jar):
+        raise _JavaToolError(f"the PTB tokenizer jar is missing: {jar}")
+    todo = [i for i, s in enumerate(sentences) if s.strip()]
+    out = [""] * len(sentences)
+    if not todo:
+        return out
+    with tempfile.TemporaryDirectory(prefix="captionlab-ptb-") as tmp:
+        path = os.path.join(tmp, "captions.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(sentences[i] for i in todo) + "\n")
+        cmd = [java, "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer"]
+        cmd += ["-preserveLines", "-lowerCase", "-encoding", "utf-8", path]
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, timeout=JAVA_TIMEOUT_S, check=False, cwd=tmp
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise _JavaToolError(f"the PTB tokenizer did not run: {exc}") from exc
+    if proc.returncode != 0:
+        raise _JavaToolError(
+            f"the PTB tokenizer exited with status {proc.returncode}: {_stderr_tail(proc.stderr)}"
+        )
+    lines = proc.stdout.decode("utf-8", "replace").split("\n")
+    if len(lines) < len(todo):
+        raise _JavaToolError(
+            f"the PTB tokenizer returned {len(lines)} lines for {len(todo)} captions"
+        )
+    for i, line in zip(todo, lines, strict=False):
+        out[i] = " ".join(w for w in line.split() if w not in _PTB_PUNCTUATION)
+    return out
+
+
+def _meteor(java: str, gts: dict, res: dict) -> float:
+    """Corpus METEOR 1.5 through the jar in the pycocoevalcap wheel.
+
+    Speaks the same stdio protocol with the same arguments as
+    ``pycocoevalcap.meteor.meteor.Meteor`` (``-l en -norm``, 2 GB heap): one ``SCORE`` line
+    per image, then one ``EVAL`` line whose last answer is the corpus score. Unlike that
+    class, the process is always stopped here, a watchdog kills it after
+    :data:`JAVA_TIMEOUT_S`, and its stderr goes to a temp file (no pipe to fill up).
+    """
+    meteor_dir = _pycocoevalcap_dir("meteor")
+    jar = os.path.join(meteor_dir, "meteor-1.5.jar")
+    if not os.path.isfile(jar):
+        raise _JavaToolError(f"the METEOR jar is missing: {jar}")
+    # The serial collector changes no score; it halves start-up memory and time on few cores
+    # (loading the paraphrase table takes ~13 s on 2 busy cores, ~18 s with the default G1).
+    cmd = [java, "-Xmx2G", "-XX:+UseSerialGC", "-jar", jar, "-", "-", "-stdio", "-l", "en", "-norm"]
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                cmd, cwd=meteor_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+            )
+        except OSError as exc:
+            raise _JavaToolError(f"METEOR did not start: {exc}") from exc
+        watchdog = threading.Timer(JAVA_TIMEOUT_S, proc.kill)
+        watchdog.start()
+        try:
+
+            def ask(line: str) -> None:
+                proc.stdin.write((line + "\n").encode("utf-8"))
+                proc.stdin.flush()
+
+            def answer() -> str:
+                line = proc.stdout.readline().decode("utf-8", "replace").strip()
+                if not line:
+                    raise _JavaToolError("METEOR stopped answering")
+                return line
+
+            stats = []
+            for key in gts:
+                hyp = res[key][0].replace("|||", "").replace("  ", " ")
+                refs = [r.replace("|||", "") for r in gts[key]]
+                ask(" ||| ".join(["SCORE", *refs, hyp]))
+                stats.append(answer())
+            ask(" ||| ".join(["EVAL", *stats]))
+            for _ in stats:  # per-image scores, not needed
+                answer()
+            return float(answer())
+        except (OSError, ValueError, _JavaToolError) as exc:
+            proc.kill()
+            proc.wait()
+            err.seek(0)
+            tail = _stderr_tail(err.read())
+            raise _JavaToolError(f"METEOR failed ({exc}); its stderr: {tail}") from exc
+        finally:
+            watchdog.cancel()
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _check_caption_dicts(
+    hypotheses: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]
+) -> list[Hashable]:
+    if not isinstance(hypotheses, Mapping) or not isinstance(references, Mapping):
+        raise TypeError(
+            "hypotheses and references must be dicts keyed by image, got "
+            f"{type(hypotheses).__name__} and {type(references).__name__}"
+        )
+    if not hypotheses:
+        raise ValueError("coco_metrics needs at least one hypothesis, got an empty dict")
+    missing = [k for k in hypotheses if k not in references]
+    extra = [k for k in references if k not in hypotheses]
+    if missing or extra:
+        raise ValueError(
+            "hypotheses and references must have the same keys: "
+            f"{len(missing)} hypothesis keys have no references (e.g. {missing[:3]}), "
+            f"{len(extra)} reference keys have no hypothesis (e.g. {extra[:3]})"
+        )
+    for key, hyp in hypotheses.items():
+        if not isinstance(hyp, str):
+            raise TypeError(f"hypotheses[{key!r}] must be a str, got {type(hyp).__name__}")
+        refs = references[key]
+        if isinstance(refs, str) or not isinstance(refs, Sequence) or len(refs) == 0:
+            raise ValueError(f"references[{key!r}] must be a non-empty list of str, got {refs!r}")
+        for j, ref in enumerate(refs):
+            if not isinstance(ref, str):
+                raise TypeError(f"references[{key!r}][{j}] must be a str, got {type(ref).__name__}")
+    return list(hypotheses)
+
+
+def coco_metrics(
+    hypotheses: Mapping[Hashable, str],
+    references: Mapping[Hashable, Sequence[str]],
+    tokenize: bool = True,
+    *,
+    meteor: bool = True,
+) -> dict:
+    """The COCO caption metrics of generated captions, as pycocoevalcap computes them.
+
+    Inputs:
+    - hypotheses: {image key: generated caption}.
+    - references: {image key: [reference caption, ...]}, the same keys, each list non-empty.
+    - tokenize: run the PTB tokenizer (lower-case, punctuation dropped) as the COCO
+      evaluation server does. With False the captions are taken as already tokenized
+      (whitespace-separated words, used as given).
+    - meteor: with False METEOR is skipped (reported unavailable); it costs ~15 s of Java
+      start-up however few captions there are. The tokenizer takes under a second.
+
+    Returns ``{"BLEU-1": .., "BLEU-2": .., "BLEU-3": .., "BLEU-4": .., "METEOR": ..,
+    "ROUGE-L": .., "CIDEr": .., "SPICE": None, "unavailable": {name: reason}}``, scores
+    as floats in pycocoevalcap's scale (CIDEr is its CIDEr-D, up to ~10; the others in
+    [0, 1]). A metric that cannot be computed is None, never 0, and ``unavailable`` says
+    why: SPICE always (it needs a download); METEOR when Java is missing or fails. When the
+    PTB tokenizer cannot run, ``unavailable["PTBTokenizer"]`` says so and
+    :func:`simple_tokenize` is used instead, which agrees on ordinary captions.
+
+    CIDEr's document frequencies come from the references given, so score a whole split at
+    once: on one image every n-gram is in every reference and CIDEr is 0.
+    """
+    keys = _check_caption_dicts(hypotheses, references)
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError as exc:
+        raise ImportError(
+            "coco_metrics needs pycocoevalcap (pip install pycocoevalcap==1.2)"
+        ) from exc
+
+    unavailable: dict[str, str] = {"SPICE": SPICE_REASON}
+    java = shutil.which("java")
+    no_java = "Java was not found on PATH (pycocoevalcap runs it as `java`)"
+
+    sentences = [hypotheses[k] for k in keys] + [r for k in keys for r in references[k]]
+    sentences = [" ".join(s.split()) for s in sentences]  # no newlines into line protocols
+    if tokenize:
+        tokens = None
+        if java is None:
+            problem = no_java
+        else:
+            try:
+                tokens = _ptb_tokenize(java, sentences)
+            except _JavaToolError as exc:
+                problem = str(exc)
+        if tokens is None:
+            unavailable["PTBTokenizer"] = (
+                f"{problem}; captions were tokenized by captionlab's simple_tokenize instead, "
+                "so scores can differ slightly from published ones"
+            )
+            tokens = [" ".join(simple_tokenize(s)) for s in sentences]
+        sentences = tokens
+
+    res: dict = {}
+    gts: dict = {}
+    pos = len(keys)
+    for i, k in enumerate(keys):
+        res[k] = [sentences[i]]
+        n_refs = len(references[k])
+        gts[k] = sentences[pos : pos + n_refs]
+        pos += n_refs
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    meteor_score = None
+    if not meteor:
+        unavailable["METEOR"] = "skipped (meteor=False)"
+    elif java is None:
+        unavailable["METEOR"] = no_java
+    else:
+        try:
+            meteor_score = _meteor(java, gts, res)
+        except _JavaToolError as exc:
+            unavailable["METEOR"] = str(exc)
+
+    result: dict = {f"BLEU-{n}": float(bleu[n - 1]) for n in range(1, 5)}
+    result["METEOR"] = meteor_score
+    result["ROUGE-L"] = float(rouge)
+    result["CIDEr"] = float(cider)
+    result["SPICE"] = None
+    result["unavailable"] = unavailable
+    return result
+
+
+def _format_cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}"
+
+
+def _is_scalar(value) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def format_metrics_table(rows: Mapping[str, Mapping]) -> str:
+    """A plain-text table of several metric dicts, one row each, one column per metric.
+
+    Inputs:
+    - rows: {row name: metrics dict}, e.g. ``{"RNN greedy": coco_metrics(...),
+      "LSTM beam 3": {...}}``. Any numeric or None entry becomes a column (COCO metrics
+      first, in :data:`METRIC_NAMES` order, then others as first seen); nested values such
+      as ``unavailable`` are not columns. None and missing entries print as ``n/a``.
+
+    Reasons from ``unavailable`` entries are listed under the table, each once.
+    """
+    if not rows:
+        raise ValueError("format_metrics_table needs at least one row, got none")
+    columns: list[str] = [
+        m for m in METRIC_NAMES if any(m in r and _is_scalar(r[m]) for r in rows.values())
+    ]
+    for metrics in rows.values():
+        for name, value in metrics.items():
+            if name not in columns and _is_scalar(value):
+                columns.append(name)
+    header = ["", *columns]
+    body = [[str(name)] + [_format_cell(m.get(c)) for c in columns] for name, m in rows.items()]
+    widths = [max(len(line[j]) for line in [header, *body]) for j in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    lines = [render(header), "  ".join("-" * w for w in widths)]
+    lines += [render(line) for line in body]
+    notes: dict[str, None] = {}  # ordered set
+    for metrics in rows.values():
+        for name, reason in (metrics.get("unavailable") or {}).items():
+            notes[f"{name} unavailable: {reason}"] = None
+    lines += [f"* {note}" for note in notes]
+    return "\n".join(lines)
