@@ -73,7 +73,7 @@ def simple_tokenize(caption: str) -> list[str]:
         raise TypeError(f"caption must be a str, got {type(caption).__name__}")
     tokens: list[str] = []
     for word in _WORD.findall(caption.lower().replace("’", "'")):
-        m = _CLITIC.search(word)
+        m = _CLITIC.search(word) if "'" in word else None
         if m and m.start() > 0:
             tokens.extend((word[: m.start()], m.group(1)))
         else:
@@ -82,9 +82,11 @@ def simple_tokenize(caption: str) -> list[str]:
 
 
 def _ngram_counts(words: Sequence[str], max_n: int) -> Counter:
-    return Counter(
-        tuple(words[i : i + k]) for k in range(1, max_n + 1) for i in range(len(words) - k + 1)
-    )
+    """Counts of every n-gram (a tuple of words) of order 1..max_n."""
+    counts: Counter = Counter()
+    for k in range(1, max_n + 1):
+        counts.update(zip(*[words[i:] for i in range(k)], strict=False))  # k-grams
+    return counts
 
 
 def corpus_bleu(
@@ -122,14 +124,16 @@ def corpus_bleu(
             raise ValueError(f"references[{i}] must be a non-empty list of strings, got {refs!r}")
         hyp_words = simple_tokenize(hyp)
         t = len(hyp_words)
-        max_ref_counts: Counter = Counter()
+        ref_counts = []
         ref_lens = []
         for ref in refs:
             ref_words = simple_tokenize(ref)
             ref_lens.append(len(ref_words))
-            max_ref_counts |= _ngram_counts(ref_words, max_n)  # elementwise max
+            ref_counts.append(_ngram_counts(ref_words, max_n))
+        # Clip each hypothesis n-gram count by its largest count in any one reference.
         for ngram, count in _ngram_counts(hyp_words, max_n).items():
-            correct[len(ngram) - 1] += min(max_ref_counts.get(ngram, 0), count)
+            clip = max(c.get(ngram, 0) for c in ref_counts)
+            correct[len(ngram) - 1] += min(clip, count)
         for k in range(max_n):
             guess[k] += max(0, t - k)
         test_len += t
