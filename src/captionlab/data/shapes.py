@@ -1,15 +1,17 @@
 """The shapes benchmark: generated scenes with known truth, captioned like COCO.
 
 Each image holds 1-3 objects on a light, near-neutral background (a mild tint, gradient and
-grain). An object has a **size** (small, large), a **colour** (red, green, blue, yellow,
-purple, black) and a **shape** (circle, square, triangle, star); no two objects in a scene
-share all three. Objects are placed so that every spatial relation is unambiguous:
+soft shading: CNN features keep colour best on such backgrounds, see DESIGN.md). An object
+has a **size** (small, large), a **colour** (red, green, blue, yellow, purple, black) and a
+**shape** (circle, square, triangle, star); no two objects in a scene share all three.
+Objects are placed so that every spatial relation is unambiguous:
 
-* ``A left of B`` holds when A's box ends at least ``gap`` pixels before B's box begins
-  (A lies wholly to the left); ``right of``, ``above`` and ``below`` likewise.
-* On each axis a pair is either separated that way or aligned (centres within ``align``
-  pixels); placements in between are redrawn. Two objects are aligned on one axis, so they
-  stand in exactly one relation (and its inverse); three may also stand diagonally.
+* ``A left of B`` holds when A's box ends at least ``gap`` (4% of the image) before B's box
+  begins (A lies wholly to the left); ``right of``, ``above`` and ``below`` likewise.
+* On each axis a pair is either separated that way or aligned (centres within 7% of the
+  image); placements in between are redrawn. Boxes keep 4% from the border. Two objects
+  are aligned on one axis, so they stand in exactly one relation (and its inverse); three
+  may also stand diagonally.
 
 Each image has five reference captions drawn from different templates (at least five per
 object count) with synonyms ("disk" for circle, "big" for large, "under" for below, ...),
@@ -53,7 +55,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (30, 30, 30),
 }
 SHAPES = ("circle", "square", "triangle", "star")
-#: Half the width of an object's box, as a fraction of the image size.
+#: An object's radius as a fraction of the image size (circle radius, half a triangle's side,
+#: a star's outer radius; a square's half-side is 0.9 of it), varied by +-6%.
 SIZES: dict[str, float] = {"small": 0.085, "large": 0.165}
 SIZES_ARR = np.array(list(SIZES.values()))
 RELATIONS = ("left of", "right of", "above", "below")
