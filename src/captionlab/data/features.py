@@ -1,0 +1,665 @@
+"""The HDF5 feature store: image ids -> CNN features, written resumably and atomically.
+
+Shapes: ``M`` images in the store, ``D`` the stored feature size (after PCA when the config
+asks for it), ``R`` the raw pooled size (``1280 x`` the number of pooled cells), ``C = 1280``
+channels, ``h = w`` the side of the last feature map (``ceil(image_size / 32)``).
+
+File layout (format ``captionlab.features``, version 1)::
+
+    attrs:  format, format_version, complete (bool), config (JSON of FeatureExtractorConfig),
+            captionlab_version, n_failed, pca_fit_rows, pca_fit_split
+    image_ids (M,) str      the dataset's image ids, in extraction order
+    paths     (M,) str      the image files they came from
+    splits    (M,) str      train / val / test ("" for a plain folder of images)
+    features  (M, D) float32    what the captioner consumes (PCA-projected when pca_dim is set)
+    features_raw (M, R) float32 the pooled features before PCA (only when PCA is on)
+    grid      (M, h, w, C) float16 the last feature map (only when config.grid is on)
+    pca/mean (R,), pca/components (R, D), pca/explained_variance (D,)   (only with PCA)
+    failed/image_ids, failed/paths, failed/errors (F,) str   images skipped, and why
+
+A run writes ``<out>.partial`` (with per-row ``done``/``failed`` masks, flushed after every
+batch, so an interrupted run resumes where it stopped) and, once every image is done,
+writes the final file beside it and renames it over ``<out>`` (atomic). Readers also check
+the ``complete`` attribute.
+
+This module imports numpy and h5py only; :mod:`captionlab.extract` runs the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from captionlab import __version__
+from captionlab.errors import DataError, UserError
+
+__all__ = [
+    "CHANNELS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PCA",
+    "FeatureExtractorConfig",
+    "FeatureStore",
+    "FeatureStoreWriter",
+    "fit_pca",
+    "parse_pool",
+    "partial_path",
+]
+
+FORMAT = "captionlab.features"
+FORMAT_VERSION = 1
+CHANNELS = 1280  # EfficientNet-Lite0's head width
+_STR = h5py.string_dtype("utf-8")
+_POOL_PART = re.compile(r"^(avg|max|(\d+)x(\d+))$")
+
+
+def parse_pool(pool: str) -> list[tuple[str, int]]:
+    """``"avg+2x2"`` -> ``[("avg", 1), ("grid", 2)]``: the pooled parts, in output order.
+
+    Parts, joined by ``+``: ``avg`` (global average, C), ``max`` (global max, C), ``KxK``
+    (average over a KxK grid of cells, ``K*K*C``; cells in row-major order, top-left first,
+    each cell's C channels contiguous).
+    """
+    if not isinstance(pool, str) or not pool.strip():
+        raise UserError(f"pool must be like 'avg', 'max' or 'avg+2x2', got {pool!r}")
+    parts = []
+    for token in pool.lower().replace(" ", "").split("+"):
+        m = _POOL_PART.match(token)
+        if not m:
+            raise UserError(
+                f"pool part {token!r} not understood: expected 'avg', 'max' or 'KxK' "
+                f"(e.g. 'avg+2x2'), got pool={pool!r}"
+            )
+        if m.group(2) is not None:
+            k, k2 = int(m.group(2)), int(m.group(3))
+            if k != k2 or not 1 <= k <= 8:
+                raise UserError(f"pool part {token!r}: expected a square KxK with 1 <= K <= 8")
+            parts.append(("grid", k))
+        else:
+            parts.append((token, 1))
+    if len(set(parts)) != len(parts):
+        raise UserError(f"pool {pool!r} names a part twice")
+    return parts
+
+
+@dataclass(frozen=True)
+class FeatureExtractorConfig:
+    """Everything that decides which numbers come out for an image (stored in the file).
+
+    * ``image_size``: side in pixels the image is resized (shorter side) and centre-cropped to
+      (224 is what the backbone was trained on; 160 is as good for the shapes scenes).
+    * ``pool``: how the last feature map becomes a vector, see :func:`parse_pool`.
+    * ``grid``: also store the last feature map (for attention models), float16.
+    * ``pca_dim``: project the pooled features to this many dimensions (None: no PCA).
+    * ``pca_fit_split``: fit the PCA on this split's images (all images if it has none).
+    * ``fold_bn`` / ``channels_last``: speed settings; they change features only at ~1e-5.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    image_size: int = 160
+    pool: str = "avg"
+    grid: bool = False
+    pca_dim: int | None = None
+    pca_fit_split: str | None = "train"
+    fold_bn: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone != "efficientnet-lite0":
+            raise UserError(f"backbone must be 'efficientnet-lite0', got {self.backbone!r}")
+        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
+            raise UserError(f"image_size must be an int in 32..1024, got {self.image_size!r}")
+        parse_pool(self.pool)
+        if self.pca_dim is not None and (
+            not isinstance(self.pca_dim, int) or self.pca_dim < 1 or self.pca_dim > self.raw_dim
+        ):
+            raise UserError(
+                f"pca_dim must be None or an int in 1..{self.raw_dim} (the pooled size for "
+                f"pool={self.pool!r}), got {self.pca_dim!r}"
+            )
+
+    @property
+    def pool_parts(self) -> list[tuple[str, int]]:
+        return parse_pool(self.pool)
+
+    @property
+    def raw_dim(self) -> int:
+        """R: the pooled feature size before PCA."""
+        return CHANNELS * sum(k * k for _, k in parse_pool(self.pool))
+
+    @property
+    def feature_dim(self) -> int:
+        """D: the stored feature size (after PCA when it is on)."""
+        return self.pca_dim if self.pca_dim is not None else self.raw_dim
+
+    @property
+    def grid_side(self) -> int:
+        """h = w: the last feature map's side (five stride-2 'same' convs: ceil(S / 32))."""
+        return math.ceil(self.image_size / 32)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> FeatureExtractorConfig:
+        if not isinstance(data, dict):
+            raise DataError(f"{source}: config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(
+                f"{source}: unknown config key(s) {unknown}; expected some of {sorted(known)}"
+            )
+        try:
+            return cls(**data)
+        except UserError as exc:
+            raise DataError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> FeatureExtractorConfig:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{source}: config is not valid JSON ({exc})") from exc
+        return cls.from_dict(data, source)
+
+
+# -- PCA ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PCA:
+    """``transform(x) = (x - mean) @ components``: mean (R,), components (R, D) orthonormal."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """x (M, R) -> (M, D) float32."""
+        x = np.asarray(x, dtype=np.float32)
+        R = self.components.shape[0]
+        if x.ndim != 2 or x.shape[1] != R:
+            raise ValueError(f"x must be (M, {R}) raw features, got {x.shape}")
+        return ((x - self.mean) @ self.components).astype(np.float32, copy=False)  # (M, D)
+
+
+def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
+    """Principal components of x (N, R) -> PCA with the top ``k`` components.
+
+    ``method="auto"``: exact (SVD of the centred data) when ``min(N, R) <= 2048``, else a
+    seeded randomized SVD; ``"exact"`` or ``"randomized"`` force one. The randomized one is
+    Halko et al. 2011 (4 power iterations, 32 extra columns), accurate for the leading
+    components and deterministic. Each component's sign is fixed so that its largest-magnitude
+    entry is positive. Needs ``N >= k`` rows.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    N, R = x.shape
+    if not 1 <= k <= min(N, R):
+        raise UserError(
+            f"PCA to {k} dimensions needs at least {k} images and features to fit on, "
+            f"got {N} images x {R} features; lower the PCA size or give more images"
+        )
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)  # (R,)
+    xc = x - mean  # (N, R)
+    if method not in ("auto", "exact", "randomized"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'randomized', got {method!r}")
+    if method == "exact" or (method == "auto" and min(N, R) <= 2048):
+        _, s, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+        components = vt[:k].T  # (R, k)
+        s = s[:k]
+    else:
+        rng = np.random.default_rng(seed)
+        cols = min(k + 32, min(N, R))
+        q = xc @ rng.standard_normal((R, cols), dtype=np.float32)  # (N, cols)
+        for _ in range(4):
+            q, _ = np.linalg.qr(q)
+            q, _ = np.linalg.qr(xc.T @ q)  # (R, cols)
+            q = xc @ q  # (N, cols)
+        q, _ = np.linalg.qr(q)
+        b = q.T @ xc  # (cols, R)
+        _, s, vt = np.linalg.svd(b.astype(np.float64), full_matrices=False)
+        components = vt[:k].T  # (R, k)
+        s = s[:k]
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
+    signs[signs == 0] = 1
+    components = components * signs
+    var = (s**2) / max(N - 1, 1)
+    return PCA(mean, components.astype(np.float32), var.astype(np.float32))
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where an unfinished extraction into ``out`` keeps its work."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _strings(values: Iterable) -> np.ndarray:
+    return np.array([str(v) for v in values], dtype=object)
+
+
+def _read_strings(ds: h5py.Dataset) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in ds[()]]
+
+
+class FeatureStoreWriter:
+    """An extraction in progress, in ``<out>.partial``; see the module docstring.
+
+    ``open(out, config, image_ids, paths, splits)`` creates the partial file or resumes one
+    made by the same config for the same images (anything else raises UserError, or is
+    discarded with ``restart=True``). Then :meth:`write` rows, :meth:`mark_failed` the
+    images that could not be read, and :meth:`finalize` once :meth:`pending` is empty.
+    """
+
+    def __init__(self, out: Path, file: h5py.File, config: FeatureExtractorConfig, resumed: int):
+        self.out = out
+        self.path = partial_path(out)
+        self._f = file
+        self.config = config
+        self.resumed = resumed  # rows already done or failed when this run started
+
+    @classmethod
+    def open(
+        cls,
+        out: str | Path,
+        config: FeatureExtractorConfig,
+        image_ids: Sequence[str],
+        paths: Sequence[str | Path],
+        splits: Sequence[str],
+        restart: bool = False,
+    ) -> FeatureStoreWriter:
+        out = Path(out)
+        part = partial_path(out)
+        M = len(image_ids)
+        if not (len(paths) == len(splits) == M):
+            raise ValueError(f"image_ids, paths, splits must have one length, got {M}, ...")
+        if len(set(image_ids)) != M:
+            dup = next(i for i in image_ids if list(image_ids).count(i) > 1)
+            raise DataError(f"image ids must be unique; {dup!r} occurs more than once")
+        if part.exists() and not restart:
+            writer = cls._resume(out, part, config, image_ids, paths)
+            if writer is not None:
+                return writer
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.unlink(missing_ok=True)
+        f = h5py.File(part, "w")
+        try:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["complete"] = False
+            f.attrs["config"] = config.to_json()
+            f.attrs["captionlab_version"] = __version__
+            f.create_dataset("image_ids", data=_strings(image_ids), dtype=_STR)
+            f.create_dataset("paths", data=_strings(paths), dtype=_STR)
+            f.create_dataset("splits", data=_strings(splits), dtype=_STR)
+            f.create_dataset("done", data=np.zeros(M, bool))
+            f.create_dataset("failed", data=np.zeros(M, bool))
+            f.create_dataset("errors", data=_strings([""] * M), dtype=_STR)
+            rows = max(1, min(M, 64))
+            f.create_dataset(
+                "features_raw", (M, config.raw_dim), np.float32, chunks=(rows, config.raw_dim)
+            )
+            if config.grid:
+                h = config.grid_side
+                f.create_dataset(
+                    "grid", (M, h, h, CHANNELS), np.float16, chunks=(1, h, h, CHANNELS)
+                )
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        return cls(out, f, config, 0)
+
+    @classmethod
+    def _resume(cls, out, part, config, image_ids, paths) -> FeatureStoreWriter | None:
+        try:
+            f = h5py.File(part, "r+")
+        except OSError:
+            return None  # an unreadable partial file (killed mid-write): start over
+        try:
+            if f.attrs.get("format") != FORMAT or "done" not in f:
+                f.close()
+                return None
+            old = f.attrs.get("config")
+            old_ids = _read_strings(f["image_ids"])
+            old_paths = _read_strings(f["paths"])
+        except (OSError, KeyError):
+            f.close()
+            return None
+        if (
+            old != config.to_json()
+            or old_ids != [str(i) for i in image_ids]
+            or old_paths != [str(p) for p in paths]
+        ):
+            f.close()
+            what = "config" if old != config.to_json() else "list of images"
+            raise UserError(
+                f"{part}: an unfinished extraction with a different {what} is there; "
+                f"resume it with the same settings, or restart (--restart) to discard it"
+            )
+        done = f["done"][()] | f["failed"][()]
+        return cls(out, f, config, int(done.sum()))
+
+    # -- progress ---------------------------------------------------------------------------
+    def pending(self) -> np.ndarray:
+        """Indices (P,) of the images neither done nor failed, in order."""
+        return np.flatnonzero(~(self._f["done"][()] | self._f["failed"][()]))
+
+    @property
+    def size(self) -> int:
+        return len(self._f["done"])
+
+    def write(self, rows: np.ndarray, raw: np.ndarray, grid: np.ndarray | None = None) -> None:
+        """Store raw (B, R) float32 (and grid (B, h, w, C)) for rows (B,) increasing; flush."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return
+        R = self.config.raw_dim
+        if raw.shape != (len(rows), R):
+            raise ValueError(f"raw must be ({len(rows)}, {R}), got {raw.shape}")
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError("rows must be strictly increasing")
+        self._f["features_raw"][rows] = raw.astype(np.float32, copy=False)
+        if self.config.grid:
+            h = self.config.grid_side
+            if grid is None or grid.shape != (len(rows), h, h, CHANNELS):
+                got = None if grid is None else grid.shape
+                raise ValueError(f"grid must be ({len(rows)}, {h}, {h}, {CHANNELS}), got {got}")
+            self._f["grid"][rows] = grid.astype(np.float16, copy=False)
+        done = self._f["done"]
+        done[rows] = True
+        self._f.flush()
+
+    def mark_failed(self, row: int, error: str) -> None:
+        self._f["failed"][row] = True
+        self._f["errors"][row] = str(error)
+        self._f.flush()
+
+    def failures(self) -> list[dict[str, str]]:
+        """``[{"image_id", "path", "error"}]`` for every image that could not be read."""
+        idx = np.flatnonzero(self._f["failed"][()])
+        ids, paths = self._f["image_ids"], self._f["paths"]
+        errors = self._f["errors"]
+        return [
+            {
+                "image_id": _read_strings(ids[i : i + 1])[0],
+                "path": _read_strings(paths[i : i + 1])[0],
+                "error": _read_strings(errors[i : i + 1])[0],
+            }
+            for i in idx
+        ]
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def raw_rows(self, rows: np.ndarray) -> np.ndarray:
+        """(K, R) float32 raw features of rows (K,) written so far."""
+        return self._f["features_raw"][()][np.asarray(rows, dtype=np.int64)]
+
+    # -- the end ----------------------------------------------------------------------------
+    def fit_rows(self) -> tuple[np.ndarray, str]:
+        """Rows (K,) the PCA is fitted on, and the split used ("all" when it had no image)."""
+        ok = self._f["done"][()] & ~self._f["failed"][()]
+        split = self.config.pca_fit_split
+        if split:
+            in_split = ok & (np.array(_read_strings(self._f["splits"])) == split)
+            if in_split.any():
+                return np.flatnonzero(in_split), split
+        return np.flatnonzero(ok), "all"
+
+    def finalize(self, pca: PCA | None = None, pca_fit: tuple[int, str] = (0, "")) -> Path:
+        """Write ``out`` from the partial file (atomically) and remove the partial file."""
+        if len(self.pending()):
+            raise RuntimeError(f"{self.path}: {len(self.pending())} images still pending")
+        if (pca is None) != (self.config.pca_dim is None):
+            raise ValueError("pca must be given exactly when config.pca_dim is set")
+        f = self._f
+        keep = np.flatnonzero(f["done"][()] & ~f["failed"][()])
+        if len(keep) == 0:
+            raise UserError(f"no image could be read; first error: {self.failures()[0]['error']}")
+        failures = self.failures()
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with h5py.File(tmp, "w") as g:
+                for key in ("format", "format_version", "config", "captionlab_version"):
+                    g.attrs[key] = f.attrs[key]
+                g.attrs["complete"] = False
+                g.attrs["n_failed"] = len(failures)
+                g.attrs["pca_fit_rows"] = int(pca_fit[0])
+                g.attrs["pca_fit_split"] = pca_fit[1]
+                for key in ("image_ids", "paths", "splits"):
+                    g.create_dataset(
+                        key, data=_strings(np.array(_read_strings(f[key]))[keep]), dtype=_STR
+                    )
+                self._copy_rows(f["features_raw"], g, "features_raw" if pca else "features", keep)
+                if pca is not None:
+                    D = pca.components.shape[1]
+                    out = g.create_dataset("features", (len(keep), D), np.float32)
+                    for start in range(0, len(keep), 1024):
+                        raw = g["features_raw"][start : start + 1024]
+                        out[start : start + len(raw)] = pca.transform(raw)
+                    grp = g.create_group("pca")
+                    grp.create_dataset("mean", data=pca.mean.astype(np.float32))
+                    grp.create_dataset("components", data=pca.components.astype(np.float32))
+                    grp.create_dataset("explained_variance", data=pca.explained_variance)
+                if "grid" in f:
+                    self._copy_rows(f["grid"], g, "grid", keep)
+                fg = g.create_group("failed")
+                for key in ("image_id", "path", "error"):
+                    fg.create_dataset(
+                        key + "s", data=_strings(x[key] for x in failures), dtype=_STR
+                    )
+                g.attrs["complete"] = True
+            _fsync_path(tmp)
+            os.replace(tmp, self.out)
+            _fsync_path(self.out.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.close()
+        self.path.unlink(missing_ok=True)
+        return self.out
+
+    @staticmethod
+    def _copy_rows(src: h5py.Dataset, dst: h5py.File, name: str, keep: np.ndarray) -> None:
+        """Copy rows ``keep`` (increasing) of ``src`` into a new dataset, ~8 MB at a time."""
+        row_bytes = src.dtype.itemsize * int(np.prod(src.shape[1:]))
+        step = max(1, (8 << 20) // row_bytes)
+        chunks = (1 if src.ndim > 2 else min(256, len(keep)), *src.shape[1:])
+        out = dst.create_dataset(name, (len(keep), *src.shape[1:]), src.dtype, chunks=chunks)
+        contiguous = len(keep) == src.shape[0]  # nothing failed: plain slices
+        for start in range(0, len(keep), step):
+            sel = keep[start : start + step]
+            out[start : start + len(sel)] = src[sel[0] : sel[-1] + 1] if contiguous else src[sel]
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+class FeatureStore:
+    """A finished feature store, read-only. ``FeatureStore.open(path)``.
+
+    ``image_ids`` (M,), ``splits`` (M,), ``paths`` (M,), ``config``, ``pca`` (or None),
+    ``dim`` (D), ``failed`` (the skipped images), ``features_for(ids) -> (K, D)``.
+    Arrays are read on demand; no file handle is kept open between calls.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        config: FeatureExtractorConfig,
+        attrs: dict,
+        image_ids: list[str],
+        paths: list[str],
+        splits: list[str],
+        failed: list[dict[str, str]],
+        pca: PCA | None,
+        dim: int,
+        has_grid: bool,
+    ):
+        self.path = path
+        self.config = config
+        self.attrs = attrs
+        self.image_ids = image_ids
+        self.paths = paths
+        self.splits = splits
+        self.failed = failed
+        self.pca = pca
+        self.dim = dim
+        self.has_grid = has_grid
+        self._index = {image_id: i for i, image_id in enumerate(image_ids)}
+        self._features: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, path: str | Path) -> FeatureStore:
+        path = Path(path)
+        if not path.is_file():
+            hint = (
+                " (an extraction was interrupted: rerun it to resume)"
+                if partial_path(path).exists()
+                else ""
+            )
+            raise DataError(f"{path}: feature store not found{hint}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise DataError(f"{path}: not an HDF5 feature store ({exc})") from exc
+        with f:
+            fmt = f.attrs.get("format")
+            if fmt != FORMAT:
+                raise DataError(f"{path}: attribute 'format' must be {FORMAT!r}, got {fmt!r}")
+            version = int(f.attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise DataError(
+                    f"{path}: format_version {version} is newer than this captionlab reads "
+                    f"({FORMAT_VERSION}); upgrade captionlab"
+                )
+            if not bool(f.attrs.get("complete", False)):
+                raise DataError(f"{path}: incomplete feature store (attribute 'complete' is false)")
+            config = FeatureExtractorConfig.from_json(
+                f.attrs.get("config", ""), f"{path}: attrs.config"
+            )
+            for key in ("image_ids", "paths", "splits", "features"):
+                if key not in f:
+                    raise DataError(f"{path}: missing dataset '{key}'")
+            ids = _read_strings(f["image_ids"])
+            M = len(ids)
+            feats = f["features"]
+            if feats.ndim != 2 or feats.shape != (M, config.feature_dim):
+                raise DataError(
+                    f"{path}: dataset 'features' must be ({M}, {config.feature_dim}) for its "
+                    f"config, got {feats.shape}"
+                )
+            pca = None
+            if config.pca_dim is not None:
+                if "pca" not in f:
+                    raise DataError(
+                        f"{path}: config has pca_dim={config.pca_dim} but no 'pca' group"
+                    )
+                pca = PCA(
+                    f["pca/mean"][()], f["pca/components"][()], f["pca/explained_variance"][()]
+                )
+                expected = (config.raw_dim, config.pca_dim)
+                if pca.components.shape != expected or pca.mean.shape != (config.raw_dim,):
+                    raise DataError(
+                        f"{path}: 'pca/components' must be {expected}, got {pca.components.shape}"
+                    )
+            failed = []
+            if "failed" in f:
+                cols = [_read_strings(f[f"failed/{k}s"]) for k in ("image_id", "path", "error")]
+                failed = [
+                    {"image_id": a, "path": b, "error": c} for a, b, c in zip(*cols, strict=True)
+                ]
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            return cls(
+                path,
+                config,
+                attrs,
+                ids,
+                _read_strings(f["paths"]),
+                _read_strings(f["splits"]),
+                failed,
+                pca,
+                config.feature_dim,
+                "grid" in f,
+            )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._index
+
+    def index_of(self, ids: Iterable[str]) -> np.ndarray:
+        """Row indices (K,) of ``ids``; any id not in the store -> DataError naming it."""
+        ids = [str(i) for i in ids]
+        missing = [i for i in ids if i not in self._index]
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataError(
+                f"{self.path}: no features for image id(s) {shown}{more} "
+                f"({len(self)} images stored, {len(self.failed)} skipped at extraction)"
+            )
+        return np.array([self._index[i] for i in ids], dtype=np.int64)
+
+    def all_features(self) -> np.ndarray:
+        """(M, D) float32, every image in store order (cached after the first read)."""
+        if self._features is None:
+            with h5py.File(self.path, "r") as f:
+                self._features = f["features"][()].astype(np.float32, copy=False)
+        return self._features
+
+    def features_for(self, ids: Iterable[str]) -> np.ndarray:
+        """(K, D) float32 features of ``ids``, in the order given."""
+        return self.all_features()[self.index_of(ids)]
+
+    def raw_features_for(self, ids: Iterable[str]) -> np.ndarray:
+        """(K, R) float32 pooled features before PCA (the same as features without PCA)."""
+        rows = self.index_of(ids)
+        name = "features_raw" if self.pca is not None else "features"
+        return self._read_rows(name, rows).astype(np.float32, copy=False)
+
+    def grid_for(self, ids: Iterable[str]) -> np.ndarray:
+        """(K, h, w, C) float32 last feature maps; DataError when the store has none."""
+        if not self.has_grid:
+            raise DataError(f"{self.path}: no spatial grid stored (extract with --grid)")
+        return self._read_rows("grid", self.index_of(ids)).astype(np.float32)
+
+    def split_ids(self, split: str) -> list[str]:
+        """The ids of one split, in store order."""
+        return [i for i, s in zip(self.image_ids, self.splits, strict=True) if s == split]
+
+    def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        order = np.argsort(rows, kind="stable")
+        uniq, inverse = np.unique(rows[order], return_inverse=True)
+        with h5py.File(self.path, "r") as f:
+            block = f[name][uniq] if len(uniq) else f[name][0:0]  # h5py wants increasing rows
+        out = np.empty((len(rows), *block.shape[1:]), block.dtype)
+        out[order] = block[inverse]
+        return out

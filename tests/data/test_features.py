@@ -1,0 +1,241 @@
+"""The HDF5 feature store: config, PCA, resumable atomic writing, reading (no torch here)."""
+
+import h5py
+import numpy as np
+import pytest
+
+from captionlab.data.features import (
+    FORMAT_VERSION,
+    FeatureExtractorConfig,
+    FeatureStore,
+    FeatureStoreWriter,
+    fit_pca,
+    parse_pool,
+    partial_path,
+)
+from captionlab.errors import DataError, UserError
+
+IDS = ["a", "b", "c", "d", "e"]
+PATHS = [f"/img/{i}.png" for i in IDS]
+SPLITS = ["train", "train", "train", "val", "test"]
+
+
+def raw_rows(rows, dim):
+    """Deterministic fake features: row i is filled with i + column / dim."""
+    rows = np.asarray(rows)
+    return (rows[:, None] + np.arange(dim)[None, :] / dim).astype(np.float32)
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def test_config_dims_and_json_roundtrip():
+    c = FeatureExtractorConfig()
+    assert (c.image_size, c.pool, c.raw_dim, c.feature_dim, c.grid_side) == (
+        160,
+        "avg",
+        1280,
+        1280,
+        5,
+    )
+    c2 = FeatureExtractorConfig(image_size=224, pool="avg+2x2", pca_dim=512)
+    assert (c2.raw_dim, c2.feature_dim, c2.grid_side) == (6400, 512, 7)
+    assert FeatureExtractorConfig.from_json(c2.to_json()) == c2
+    assert FeatureExtractorConfig(pool="max+3x3").raw_dim == 1280 * 10
+
+
+def test_parse_pool():
+    assert parse_pool("avg+2x2") == [("avg", 1), ("grid", 2)]
+    assert parse_pool("MAX") == [("max", 1)]
+    for bad in ["", "mean", "2x3", "avg+avg", "9x9"]:
+        with pytest.raises(UserError, match="pool"):
+            parse_pool(bad)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(DataError, match=r"unknown config key\(s\) \['colour'\]"):
+        FeatureExtractorConfig.from_dict({"colour": 1}, "f.h5")
+    with pytest.raises(UserError, match=r"pca_dim must be None or an int in 1\.\.1280"):
+        FeatureExtractorConfig(pca_dim=2000)
+    with pytest.raises(UserError, match="image_size"):
+        FeatureExtractorConfig(image_size=8)
+    with pytest.raises(DataError, match="not valid JSON"):
+        FeatureExtractorConfig.from_json("{nope", "f.h5")
+
+
+# -- PCA -------------------------------------------------------------------------------------
+
+
+def test_pca_exact_matches_svd_and_projects():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 12)).astype(np.float32) * np.arange(1, 13, dtype=np.float32)
+    pca = fit_pca(x, 4)
+    assert pca.components.shape == (12, 4) and pca.mean.shape == (12,)
+    np.testing.assert_allclose(pca.components.T @ pca.components, np.eye(4), atol=1e-5)
+    _, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    np.testing.assert_allclose(np.abs(pca.components), np.abs(vt[:4].T), atol=1e-4)
+    np.testing.assert_allclose(pca.explained_variance, s[:4] ** 2 / 59, rtol=1e-4)
+    z = pca.transform(x)
+    assert z.shape == (60, 4) and z.dtype == np.float32
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-3)
+    assert np.all(np.diff(z.var(0)) < 0)  # components come in decreasing variance
+    big = pca.components[np.abs(pca.components).argmax(0), np.arange(4)]
+    assert np.all(big > 0)  # sign convention: deterministic output
+    with pytest.raises(ValueError, match=r"\(M, 12\)"):
+        pca.transform(x[:, :5])
+
+
+def test_pca_randomized_finds_the_planted_subspace():
+    rng = np.random.default_rng(1)
+    N, R, k = 400, 300, 6
+    basis, _ = np.linalg.qr(rng.standard_normal((R, k)))  # (R, k) orthonormal
+    scores = rng.standard_normal((N, k)) * np.array([50, 40, 30, 20, 15, 10])
+    x = (scores @ basis.T + 0.01 * rng.standard_normal((N, R))).astype(np.float32)
+    pca = fit_pca(x, k, method="randomized")
+    # the found components span the planted subspace: all principal cosines ~ 1
+    cosines = np.linalg.svd(pca.components.T @ basis, compute_uv=False)
+    assert cosines.min() > 0.999
+    np.testing.assert_allclose(pca.components.T @ pca.components, np.eye(k), atol=1e-4)
+    assert np.all(np.diff(pca.explained_variance) < 0)
+    again = fit_pca(x, k, method="randomized")
+    np.testing.assert_array_equal(again.components, pca.components)
+
+
+def test_pca_needs_enough_rows():
+    with pytest.raises(UserError, match="PCA to 8 dimensions needs at least 8 images"):
+        fit_pca(np.zeros((5, 20), np.float32), 8)
+
+
+# -- writing and reading ---------------------------------------------------------------------
+
+
+def write_all(out, config, fail=()):
+    w = FeatureStoreWriter.open(out, config, IDS, PATHS, SPLITS)
+    rows = [i for i in range(len(IDS)) if i not in fail]
+    for i in fail:
+        w.mark_failed(i, f"{PATHS[i]}: corrupt")
+    grid = None
+    if config.grid:
+        h = config.grid_side
+        grid = np.full((len(rows), h, h, 1280), 0.5, np.float32)
+    w.write(np.array(rows), raw_rows(rows, config.raw_dim), grid)
+    return w
+
+
+def test_write_finalize_and_read(tmp_path):
+    out = tmp_path / "feats.h5"
+    config = FeatureExtractorConfig(image_size=64, grid=True)
+    w = write_all(out, config, fail=[2])
+    assert not out.exists() and partial_path(out).exists()  # nothing final before finalize
+    assert len(w.pending()) == 0
+    w.finalize()
+    assert out.exists() and not partial_path(out).exists()
+    store = FeatureStore.open(out)
+    assert store.image_ids == ["a", "b", "d", "e"] and store.splits == [
+        "train",
+        "train",
+        "val",
+        "test",
+    ]
+    assert store.config == config and store.dim == 1280 and store.pca is None
+    assert store.failed == [{"image_id": "c", "path": "/img/c.png", "error": "/img/c.png: corrupt"}]
+    got = store.features_for(["e", "a", "e"])
+    assert got.shape == (3, 1280) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, raw_rows([4, 0, 4], 1280))
+    np.testing.assert_array_equal(store.raw_features_for(["d"]), raw_rows([3], 1280))
+    grid = store.grid_for(["b", "a"])
+    assert grid.shape == (2, 2, 2, 1280) and grid.dtype == np.float32 and np.all(grid == 0.5)
+    assert store.split_ids("train") == ["a", "b"] and "d" in store and "c" not in store
+    with pytest.raises(DataError, match=r"no features for image id\(s\) 'c', 'zz'.*1 skipped"):
+        store.features_for(["a", "c", "zz"])
+
+
+def test_pca_store_keeps_raw_and_basis(tmp_path):
+    out = tmp_path / "pca.h5"
+    config = FeatureExtractorConfig(image_size=64, pca_dim=2)
+    w = write_all(out, config)
+    rows, split = w.fit_rows()
+    assert split == "train" and list(rows) == [0, 1, 2]
+    pca = fit_pca(w.raw_rows(rows), 2)
+    w.finalize(pca, (len(rows), split))
+    store = FeatureStore.open(out)
+    assert store.dim == 2 and store.attrs["pca_fit_rows"] == 3
+    raw = store.raw_features_for(IDS)
+    np.testing.assert_allclose(store.features_for(IDS), pca.transform(raw), atol=1e-5)
+    np.testing.assert_array_equal(store.pca.components, pca.components)
+    with pytest.raises(DataError, match="no spatial grid"):
+        store.grid_for(["a"])
+
+
+def test_resume_after_interruption_and_mismatch(tmp_path):
+    out = tmp_path / "f.h5"
+    config = FeatureExtractorConfig(image_size=64)
+    w = FeatureStoreWriter.open(out, config, IDS, PATHS, SPLITS)
+    w.write(np.array([0, 1]), raw_rows([0, 1], 1280))
+    w.mark_failed(2, "bad")
+    w.close()  # the process dies here
+    w = FeatureStoreWriter.open(out, config, IDS, PATHS, SPLITS)
+    assert w.resumed == 3 and list(w.pending()) == [3, 4]
+    w.close()
+    other = FeatureExtractorConfig(image_size=96)
+    with pytest.raises(UserError, match=r"different config.*--restart"):
+        FeatureStoreWriter.open(out, other, IDS, PATHS, SPLITS)
+    with pytest.raises(UserError, match="different list of images"):
+        FeatureStoreWriter.open(out, config, IDS[::-1], PATHS[::-1], SPLITS[::-1])
+    w = FeatureStoreWriter.open(out, other, IDS, PATHS, SPLITS, restart=True)
+    assert w.resumed == 0 and len(w.pending()) == 5
+    w.close()
+
+
+def test_unreadable_partial_file_starts_over(tmp_path):
+    out = tmp_path / "f.h5"
+    partial_path(out).write_bytes(b"garbage from a killed process")
+    w = FeatureStoreWriter.open(out, FeatureExtractorConfig(image_size=64), IDS, PATHS, SPLITS)
+    assert w.resumed == 0
+    w.close()
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    config = FeatureExtractorConfig(image_size=64)
+    with pytest.raises(DataError, match="'a' occurs more than once"):
+        FeatureStoreWriter.open(tmp_path / "x.h5", config, ["a", "a"], ["p", "q"], ["", ""])
+    w = FeatureStoreWriter.open(tmp_path / "x.h5", config, IDS, PATHS, SPLITS)
+    with pytest.raises(ValueError, match=r"raw must be \(2, 1280\)"):
+        w.write(np.array([0, 1]), np.zeros((2, 10), np.float32))
+    with pytest.raises(RuntimeError, match="5 images still pending"):
+        w.finalize()
+    w.close()
+
+
+def test_reader_refuses_bad_files(tmp_path):
+    missing = tmp_path / "none.h5"
+    with pytest.raises(DataError, match=r"feature store not found$"):
+        FeatureStore.open(missing)
+    partial_path(missing).write_bytes(b"")
+    with pytest.raises(DataError, match="interrupted: rerun it to resume"):
+        FeatureStore.open(missing)
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(DataError, match="not an HDF5 feature store"):
+        FeatureStore.open(tmp_path / "text.h5")
+    out = tmp_path / "ok.h5"
+    write_all(out, FeatureExtractorConfig(image_size=64)).finalize()
+    with h5py.File(out, "r+") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(DataError, match="incomplete feature store"):
+        FeatureStore.open(out)
+    with h5py.File(out, "r+") as f:
+        f.attrs["complete"] = True
+        f.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(DataError, match="newer than this captionlab reads"):
+        FeatureStore.open(out)
+    with h5py.File(out, "r+") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format"] = "something else"
+    with pytest.raises(DataError, match=r"attribute 'format' must be 'captionlab\.features'"):
+        FeatureStore.open(out)
+    with h5py.File(out, "r+") as f:
+        f.attrs["format"] = "captionlab.features"
+        del f["features"]
+        f.create_dataset("features", data=np.zeros((4, 7), np.float32))
+    with pytest.raises(DataError, match=r"'features' must be \(5, 1280\).*got \(4, 7\)"):
+        FeatureStore.open(out)
