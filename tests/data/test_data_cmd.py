@@ -32,3 +32,15 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "choose an action" in capsys.readouterr().err
     assert cli.main(["data", "shapes", "--out", str(tmp_path), "--size", "4"]) == 2
     assert "image_size must be" in capsys.readouterr().err
+
+
+def test_info_on_cs231n_folder(tmp_path, capsys):
+    from test_formats import _cs231n
+
+    base = tmp_path / "coco_captioning"
+    vocab = _cs231n(base)
+    assert cli.main(["data", "info", str(base), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "cs231n" and summary["words"] == len(vocab)
+    assert summary["arrays"]["train_captions"] == [6, 17]
+    assert summary["arrays"]["val_features"] == [2, 512]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from captionlab.cli import add_json_flag
-from captionlab.data import Vocabulary, dataset_summary, load_dataset
+from captionlab.data import Vocabulary, dataset_summary, load_coco_data, load_dataset
 from captionlab.data.shapes import generate_shapes
 from captionlab.errors import UserError
 
@@ -42,7 +42,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
     p = actions.add_parser("info", help="read a dataset and print its splits and counts")
-    p.add_argument("path", type=Path, help="dataset.json, captions_*.json, or a folder")
+    p.add_argument(
+        "path", type=Path, help="dataset.json, captions_*.json, a folder, or cs231n's folder"
+    )
     p.add_argument("--image-root", type=Path, default=None, help="folder the images are in")
     add_json_flag(p)
     p.set_defaults(func=run)
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> dict:
             print(f"shapes benchmark in {out}: {counts} images")
         return summary
     if action == "info":
+        if (args.path / "coco2014_captions.h5").is_file():
+            return _cs231n_info(args)
         summary = dataset_summary(load_dataset(args.path, args.image_root))
         if not args.json:
             print(f"{summary['source']} ({summary['format']})")
@@ -91,3 +95,19 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{args.out}: {len(vocab)} words (min count {args.min_count})")
         return {"out": str(args.out), "words": len(vocab), "min_count": args.min_count}
     raise UserError("data: choose an action: shapes, info or vocab (see captionlab data --help)")
+
+
+def _cs231n_info(args: argparse.Namespace) -> dict:
+    """Shapes of the arrays in a cs231n ``coco_captioning`` folder."""
+    data = load_coco_data(args.path)
+    summary = {
+        "format": "cs231n",
+        "source": str(args.path),
+        "words": len(data["idx_to_word"]),
+        "arrays": {k: list(v.shape) for k, v in data.items() if hasattr(v, "shape")},
+    }
+    if not args.json:
+        print(f"{args.path} (cs231n coco_captioning, {summary['words']} words)")
+        for k, shape in summary["arrays"].items():
+            print(f"  {k:18s} {tuple(shape)}")
+    return summary
