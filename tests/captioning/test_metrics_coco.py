@@ -208,3 +208,17 @@ def test_meteor_driver_equals_pycocoevalcap_meteor():
         del reference
     got = metrics._meteor(metrics.shutil.which("java"), gts, res)
     assert got == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("java", [True, False])
+def test_empty_and_punctuation_only_hypotheses_score_low_not_fail(java, monkeypatch, tmp_path):
+    if not java:
+        _hide_java(monkeypatch, tmp_path)
+    elif metrics.shutil.which("java") is None:
+        pytest.skip("needs Java")
+    hyps = {**HYPS, 1: "", 2: "..."}
+    result = coco_metrics(hyps, REFS, meteor=False)
+    assert ("PTBTokenizer" in result["unavailable"]) is not java
+    assert 0 < result["BLEU-1"] < EXPECTED["BLEU-1"]
+    assert 0 < result["CIDEr"] < EXPECTED["CIDEr"]
+    assert 0 < result["ROUGE-L"] < EXPECTED["ROUGE-L"]
