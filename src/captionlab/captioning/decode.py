@@ -268,8 +268,9 @@ def beam_search(
     All ``N * B`` hypotheses advance as one batch (one ``h @ Wh`` and one
     ``h @ W_vocab`` matmul per step); the ``B`` best extensions of each image are chosen
     among its ``B * V`` candidates at once. A finished hypothesis (it emitted ``<END>``)
-    keeps its log-probability and competes with the open ones. Beam size 1 is exactly
-    greedy decoding.
+    keeps its log-probability and competes with the open ones. The greedy caption is
+    never pruned (it takes the last place if it would fall out), so the best caption's
+    log-probability is never below greedy's, and beam size 1 is exactly greedy decoding.
 
     Args:
         model: a :class:`CaptioningRNN`.
@@ -304,16 +305,29 @@ def beam_search(
     finished = np.zeros((N, B), dtype=bool)
     lengths = np.zeros((N, B), dtype=np.int64)
     image = np.arange(N)[:, None]  # (N, 1)
+    greedy_slot = np.zeros(N, dtype=np.int64)  # the beam that holds the greedy caption
 
     for t in range(max_length):
         h, c = step(words, h, c)
-        step_logp = nn.log_softmax(_vocab_scores(model, h))  # (N*B, V)
+        scores = _vocab_scores(model, h)  # (N*B, V)
+        # The greedy caption's next word, chosen exactly as greedy_decode chooses it.
+        greedy_word = np.argmax(scores[image[:, 0] * B + greedy_slot], axis=1)  # (N,)
+        greedy_word[finished[image[:, 0], greedy_slot]] = null
+        step_logp = nn.log_softmax(scores)  # (N*B, V)
         fin = finished.reshape(-1)
         if fin.any():  # a finished hypothesis has one continuation, <NULL>, at no cost
             step_logp[fin] = -np.inf
             step_logp[fin, null] = 0.0
         total = (logp.reshape(-1, 1) + step_logp).reshape(N, B * V)  # (N, B*V)
         top = _topk_rows(total, B)  # (N, B)
+        # Keep the greedy caption in the beam (in the last place if it fell out), so the
+        # best caption returned is never less likely than greedy's.
+        greedy_cand = greedy_slot * V + greedy_word  # (N,)
+        hit = top == greedy_cand[:, None]  # (N, B)
+        lost = ~hit.any(axis=1)
+        top[lost, B - 1] = greedy_cand[lost]
+        hit[lost, B - 1] = True
+        greedy_slot = np.argmax(hit, axis=1)
         logp = np.take_along_axis(total, top, axis=1)
         beam, words2d = np.divmod(top, V)  # (N, B) each
         rows = (image * B + beam).reshape(-1)  # (N*B,)
