@@ -12,6 +12,16 @@ from captionlab.vision.imagenet import CLASS_NAMES, decode_predictions
 from captionlab.vision.images import load_image
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared, busy 2-core machine, OpenMP threads spinning against
+    other processes make small forward passes 10-50x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model():
     return bb.load_backbone()

@@ -1,0 +1,394 @@
+"""Feature extraction: image files -> EfficientNet-Lite0 -> pooled features -> HDF5 store.
+
+The wiring between :mod:`captionlab.vision` (the network, image loading) and
+:mod:`captionlab.data.features` (the store). Two entry points:
+
+* :func:`extract_features` -- a dataset file or a folder of images -> a feature store,
+  batched, with a progress bar, resumable, skipping (and listing) unreadable files.
+* :class:`FeatureExtractor` -- the same computation for new images at caption time:
+  ``FeatureExtractor.from_store(path).transform(paths) -> (M, D)`` gives exactly the
+  features the store's images got (same size, pooling and PCA basis).
+
+Shapes: ``B`` images in a batch, ``S`` the image side, ``C = 1280``, ``h = w = ceil(S/32)``,
+``R`` the pooled size, ``D`` the stored size (``R``, or the PCA size).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from captionlab.data.features import (
+    PCA,
+    FeatureExtractorConfig,
+    FeatureStore,
+    FeatureStoreWriter,
+    fit_pca,
+    parse_pool,
+)
+from captionlab.errors import DataError, UserError
+from captionlab.vision.backbone import EfficientNetLite0, load_backbone, preprocess, resolve_device
+from captionlab.vision.images import list_image_files, load_image
+
+__all__ = [
+    "FeatureExtractor",
+    "FeatureExtractorConfig",
+    "ImageItem",
+    "collect_images",
+    "extract_features",
+    "pool_grid",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to extract: its id in the store, its file, its split ("" for a folder)."""
+
+    image_id: str
+    path: Path
+    split: str
+
+
+def pool_grid(grid: torch.Tensor, pool: str) -> torch.Tensor:
+    """Last feature map (B, C, h, w) -> pooled features (B, R), parts as :func:`parse_pool`.
+
+    ``avg`` -> mean over h, w (B, C); ``max`` -> max over h, w (B, C); ``KxK`` -> adaptive
+    average to K x K cells, flattened cell-major (row-major cells, each cell's C channels
+    contiguous) (B, K*K*C). Parts are concatenated in the order given.
+    """
+    B, C = grid.shape[:2]
+    outs = []
+    for kind, k in parse_pool(pool):
+        if kind == "avg":
+            outs.append(grid.mean(dim=(2, 3)))  # (B, C)
+        elif kind == "max":
+            outs.append(grid.amax(dim=(2, 3)))  # (B, C)
+        else:
+            cells = F.adaptive_avg_pool2d(grid, k)  # (B, C, k, k)
+            outs.append(cells.permute(0, 2, 3, 1).reshape(B, k * k * C))
+    return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+def _try_load(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_image(path, size), None
+    except UserError as exc:
+        return None, str(exc)
+
+
+class FeatureExtractor:
+    """Runs the backbone the way ``config`` says: uint8 images or files -> features.
+
+    Args:
+        config: the extraction settings (default: :class:`FeatureExtractorConfig()`).
+        device: "cpu", "cuda", "cuda:N"; CUDA asked for but absent raises UserError.
+        pca: the PCA basis; :meth:`transform` needs it when ``config.pca_dim`` is set (see
+            :meth:`from_store`); :meth:`forward` (raw features) does not.
+        batch_size: images per forward pass.
+        workers: threads decoding images while the network runs (0: decode in line).
+        model: an already loaded backbone to reuse (it must match fold_bn/channels_last).
+    """
+
+    def __init__(
+        self,
+        config: FeatureExtractorConfig | None = None,
+        device: str | torch.device = "cpu",
+        pca: PCA | None = None,
+        batch_size: int = 64,
+        workers: int = 2,
+        model: EfficientNetLite0 | None = None,
+    ):
+        self.config = config or FeatureExtractorConfig()
+        if pca is not None and pca.components.shape != (
+            self.config.raw_dim,
+            self.config.feature_dim,
+        ):
+            raise UserError(
+                f"PCA basis must be ({self.config.raw_dim}, {self.config.feature_dim}) for this "
+                f"config, got {pca.components.shape}"
+            )
+        if batch_size < 1 or workers < 0:
+            raise UserError(
+                f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}"
+            )
+        self.device = resolve_device(device)
+        self.pca = pca
+        self.batch_size = int(batch_size)
+        self.workers = int(workers)
+        self.model = model or load_backbone(
+            self.device, fold_bn=self.config.fold_bn, channels_last=self.config.channels_last
+        )
+
+    @classmethod
+    def from_store(
+        cls, store: FeatureStore | str | Path, device: str | torch.device = "cpu", **kwargs
+    ) -> FeatureExtractor:
+        """The extractor that made ``store``, with its config and PCA basis."""
+        if not isinstance(store, FeatureStore):
+            store = FeatureStore.open(store)
+        return cls(store.config, device=device, pca=store.pca, **kwargs)
+
+    # -- arrays -----------------------------------------------------------------------------
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 (B, S, S, 3) -> raw pooled (B, R) float32, and grid (B, h, w, C) float16 or None.
+
+        The grid is returned only when ``config.grid`` is on.
+        """
+        S = self.config.image_size
+        if images.ndim != 4 or images.shape[1:] != (S, S, 3):
+            raise ValueError(f"images must be (B, {S}, {S}, 3) uint8, got {images.shape}")
+        with torch.inference_mode():
+            x = preprocess(images).to(self.device, non_blocking=True)  # (B, 3, S, S)
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            grid = self.model.features(x, "grid")  # (B, C, h, w)
+            raw = pool_grid(grid, self.config.pool).float().cpu().numpy()  # (B, R)
+            grid_out = None
+            if self.config.grid:
+                grid_out = grid.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy()  # (B,h,w,C)
+        return np.ascontiguousarray(raw, dtype=np.float32), grid_out
+
+    def transform_images(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (M, S, S, 3) -> (M, D) float32: pooled, then PCA-projected if configured."""
+        if self.config.pca_dim is not None and self.pca is None:
+            raise UserError(
+                f"config asks for PCA to {self.config.pca_dim} dims but no PCA basis was given; "
+                "use FeatureExtractor.from_store(store_path) to reuse the store's basis"
+            )
+        outs = [
+            self.forward(images[i : i + self.batch_size])[0]
+            for i in range(0, len(images), self.batch_size)
+        ]
+        raw = np.concatenate(outs) if outs else np.zeros((0, self.config.raw_dim), np.float32)
+        return self.pca.transform(raw) if self.pca is not None else raw
+
+    def transform(self, paths: Sequence[str | Path]) -> np.ndarray:
+        """Image files (M,) -> (M, D) float32, exactly as the store's images were extracted.
+
+        An unreadable file raises UserError naming it.
+        """
+        images = []
+        for _rows, results in self.load_batches([Path(p) for p in paths]):
+            for array, error in results:
+                if error is not None:
+                    raise UserError(error)
+                images.append(array)
+        S = self.config.image_size
+        stacked = np.stack(images) if images else np.zeros((0, S, S, 3), np.uint8)
+        return self.transform_images(stacked)
+
+    # -- files ------------------------------------------------------------------------------
+    def load_batches(
+        self, paths: Sequence[Path], rows: Sequence[int] | None = None
+    ) -> Iterator[tuple[list[int], list[tuple[np.ndarray | None, str | None]]]]:
+        """Yield ``(rows, [(image or None, error or None), ...])`` batch by batch.
+
+        ``rows`` index ``paths`` (default: all). The next batch is decoded by ``workers``
+        threads while the caller runs the network on the current one.
+        """
+        order = list(range(len(paths))) if rows is None else [int(r) for r in rows]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        size = self.config.image_size
+        if self.workers == 0:
+            for batch in batches:
+                yield batch, [_try_load(paths[i], size) for i in batch]
+            return
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="captionlab-load") as pool:
+
+            def submit(batch: list[int]) -> list:
+                return [pool.submit(_try_load, paths[i], size) for i in batch]
+
+            pending = submit(batches[0]) if batches else []
+            for k, batch in enumerate(batches):
+                following = submit(batches[k + 1]) if k + 1 < len(batches) else []
+                yield batch, [fut.result() for fut in pending]
+                pending = following
+
+
+# -- the command's work ------------------------------------------------------------------------
+
+
+def collect_images(
+    source: str | Path, image_root: str | Path | None = None, limit: int | None = None
+) -> tuple[list[ImageItem], str]:
+    """A dataset file (Karpathy or COCO JSON) or a folder of images -> (items, kind).
+
+    Folder images get their relative path as id (``"sub/cat.jpg"``) and split ``""``.
+    Listed files that are missing are kept: extraction reports them as failed.
+    """
+    source = Path(source)
+    if source.is_dir() and not (source / "dataset.json").is_file():
+        items = [
+            ImageItem(p.relative_to(source).as_posix(), p, "") for p in list_image_files(source)
+        ]
+        kind = "folder"
+    elif source.exists():
+        from captionlab.data.formats import load_dataset
+
+        ds = load_dataset(source, image_root=image_root, check_images=False)
+        items = [ImageItem(str(r.image_id), Path(r.path), r.split) for r in ds.images]
+        kind = ds.name
+    else:
+        raise UserError(
+            f"{source}: expected a dataset file or a folder of images, got nothing there"
+        )
+    if limit is not None:
+        items = items[: max(0, int(limit))]
+    if not items:
+        raise UserError(f"{source}: no images found")
+    return items, kind
+
+
+def extract_features(
+    source: str | Path,
+    out: str | Path,
+    config: FeatureExtractorConfig | None = None,
+    *,
+    image_root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    workers: int = 2,
+    restart: bool = False,
+    overwrite: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
+    """Extract features of every image of ``source`` into the store ``out``; return a summary.
+
+    Resumes an interrupted run into the same ``out`` with the same config (``restart`` throws
+    the unfinished work away). A finished ``out`` made with the same config for the same images
+    is left as it is (``up_to_date``); a different one needs ``overwrite``. Unreadable images
+    are skipped, logged and listed under ``failed``. ``threads`` sets torch's intra-op threads
+    for the run (restored after; None keeps torch's default, one per core). ``on_batch(k)`` is
+    called after batch ``k`` is safely written (tests use it to interrupt a run).
+    """
+    config = config or FeatureExtractorConfig()
+    out = Path(out)
+    device = resolve_device(device)  # fail before any work when CUDA is asked for but absent
+    items, kind = collect_images(source, image_root, limit)
+    ids = [it.image_id for it in items]
+    if out.exists() and not overwrite:
+        summary = _up_to_date(out, config, ids)
+        if summary is not None:
+            return summary
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = FeatureStoreWriter.open(
+        out, config, ids, [str(it.path) for it in items], [it.split for it in items], restart
+    )
+    processed = 0
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    try:
+        extractor = FeatureExtractor(config, device, batch_size=batch_size, workers=workers)
+        started = time.perf_counter()  # throughput: loading + network + writing, not start-up
+        pending = writer.pending()
+        paths = [it.path for it in items]
+        bar = _progress(len(items), writer.resumed, progress)
+        try:
+            for k, (rows, results) in enumerate(extractor.load_batches(paths, pending)):
+                ok_rows, arrays = [], []
+                for row, (array, error) in zip(rows, results, strict=True):
+                    if error is None:
+                        ok_rows.append(row)
+                        arrays.append(array)
+                    else:
+                        log.warning("skipped %s: %s", ids[row], error)
+                        writer.mark_failed(row, error)
+                if arrays:
+                    raw, grid = extractor.forward(np.stack(arrays))
+                    writer.write(np.array(ok_rows), raw, grid)
+                processed += len(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+                if on_batch is not None:
+                    on_batch(k)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - started
+        pca, fit = None, (0, "")
+        if config.pca_dim is not None:
+            fit_rows, fit_split = writer.fit_rows()
+            if len(fit_rows) == 0:
+                raise UserError(
+                    f"no image could be read; first error: {writer.failures()[0]['error']}"
+                )
+            pca = fit_pca(writer.raw_rows(fit_rows), config.pca_dim)
+            fit = (len(fit_rows), fit_split)
+        failures = writer.failures()
+        resumed = writer.resumed
+        writer.finalize(pca, fit)
+    finally:
+        writer.close()
+        torch.set_num_threads(threads_before)
+    store = FeatureStore.open(out)
+    return {
+        "out": str(out),
+        "source": str(source),
+        "source_kind": kind,
+        "images": len(items),
+        "stored": len(store),
+        "n_failed": len(failures),
+        "failed": failures,
+        "resumed_from": resumed,
+        "processed": processed,
+        "feature_dim": store.dim,
+        "raw_dim": config.raw_dim,
+        "pca_fit_rows": fit[0],
+        "pca_fit_split": fit[1] or None,
+        "config": asdict(config),
+        "device": str(extractor.device),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,
+        "up_to_date": False,
+    }
+
+
+def _up_to_date(out: Path, config: FeatureExtractorConfig, ids: list[str]) -> dict | None:
+    try:
+        store = FeatureStore.open(out)
+    except DataError as exc:
+        raise UserError(
+            f"{out}: exists and is not a finished feature store ({exc}); "
+            "choose another output or overwrite it (--overwrite)"
+        ) from exc
+    failed = [f["image_id"] for f in store.failed]
+    if store.config == config and sorted(store.image_ids + failed) == sorted(ids):
+        return {
+            "out": str(out),
+            "images": len(ids),
+            "stored": len(store),
+            "n_failed": len(failed),
+            "failed": store.failed,
+            "feature_dim": store.dim,
+            "config": asdict(config),
+            "processed": 0,
+            "up_to_date": True,
+        }
+    raise UserError(
+        f"{out}: a feature store made with other settings or images is there "
+        f"(config {store.config.to_json()}); overwrite it (--overwrite) or choose another output"
+    )
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="features", leave=False)
