@@ -1,0 +1,247 @@
+"""Saliency maps: which input pixels move a class score (cs231n assignment 3, then two refinements).
+
+Shapes: ``N`` images, ``C`` = 3 colour channels, ``H x W`` pixels, ``K`` classes.
+``X`` is a float tensor ``(N, C, H, W)`` already preprocessed for ``model``; ``y`` holds one
+class index per image, ``(N,)``; ``model(X)`` returns unnormalised class scores ``(N, K)``.
+
+* **Vanilla** (Simonyan et al. 2014; cs231n ``compute_saliency_maps``): ``|d s_y / d X|``,
+  reduced over channels by the maximum, ``(N, H, W)``.
+* **SmoothGrad** (Smilkov et al. 2017): the mean of ``|d s_y / d X~|`` over ``S`` noisy
+  copies ``X~ = X + eps``, ``eps ~ N(0, sigma^2)``, ``sigma = noise_level * (max X - min X)``.
+  The noisy copies run through the model as one batch (in chunks of ``batch_size``).
+* **Integrated Gradients** (Sundararajan et al. 2017):
+  ``(X - X0) * mean_k d s_y / d X (X0 + a_k (X - X0))`` with midpoints ``a_k = (k + 1/2) / M``,
+  ``k = 0..M-1`` (Captum's ``riemann_middle``); the path points run as one batch.
+
+Every method leaves the caller's objects as found (Captum's contract): the input tensor is
+cloned, the model is put in eval mode with its parameters' ``requires_grad`` switched off for
+the call, and both are restored afterwards; no ``.grad`` is written anywhere (gradients come
+from :func:`torch.autograd.grad`). The deletion metric (Petsiuk et al. 2018) measures how
+faithful a map is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+
+METHODS = ("vanilla", "smoothgrad", "ig")
+REDUCTIONS = ("max", "sum", "none")
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode and no parameter gradients for the duration; restores both on exit.
+
+    Gradients are then computed for the input only, which is what visualization needs and
+    about a third cheaper than also computing weight gradients.
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def as_targets(y: int | Sequence[int] | torch.Tensor, N: int, device: torch.device) -> torch.Tensor:
+    """Class indices as a long tensor ``(N,)``; one int is used for every image."""
+    if isinstance(y, int):
+        return torch.full((N,), y, dtype=torch.long, device=device)
+    t = torch.as_tensor(y, dtype=torch.long, device=device).reshape(-1)
+    if t.shape[0] == 1 and N > 1:
+        t = t.expand(N)
+    if t.shape[0] != N:
+        raise ValueError(f"targets must be one per image, (N,) = ({N},), got {tuple(t.shape)}")
+    return t.clone()
+
+
+def _check_images(X: torch.Tensor) -> None:
+    if not isinstance(X, torch.Tensor) or X.ndim != 4 or not X.is_floating_point():
+        got = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
+        raise ValueError(f"X must be a float tensor (N, C, H, W), got {got}")
+
+
+def _reduce(grads: torch.Tensor, reduce: str) -> torch.Tensor:
+    """``(N, C, H, W)`` attributions -> ``(N, H, W)`` (``max``/``sum`` of ``|.|``) or as is."""
+    if reduce == "max":
+        return grads.abs().amax(dim=1)
+    if reduce == "sum":
+        return grads.abs().sum(dim=1)
+    if reduce == "none":
+        return grads
+    raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+
+
+def score_gradients(
+    X: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, batch_size: int | None = None
+) -> torch.Tensor:
+    """``d s_{y_i} / d X_i`` for each image, ``(N, C, H, W)``, in chunks of ``batch_size``.
+
+    Assumes the model is already :func:`frozen`; ``X`` is not modified.
+    """
+    N = X.shape[0]
+    step = N if not batch_size else batch_size
+    out = torch.empty_like(X)
+    for lo in range(0, N, step):
+        x = X[lo : lo + step].detach().clone().requires_grad_(True)
+        scores = model(x)  # (n, K)
+        picked = scores.gather(1, y[lo : lo + step, None]).sum()
+        (g,) = torch.autograd.grad(picked, x)
+        out[lo : lo + step] = g
+    return out
+
+
+def compute_saliency_maps(
+    X: torch.Tensor,
+    y: int | Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    *,
+    reduce: str = "max",
+) -> torch.Tensor:
+    """Vanilla gradient saliency (cs231n): ``max_c |d s_y / d X|``.
+
+    Inputs: ``X`` (N, C, H, W) float; ``y`` (N,) class indices (or one int for all);
+    ``model`` returning scores (N, K). Returns a detached tensor (N, H, W) on ``X``'s device
+    (``(N, C, H, W)`` signed gradients with ``reduce="none"``).
+    """
+    _check_images(X)
+    targets = as_targets(y, X.shape[0], X.device)
+    with frozen(model):
+        grads = score_gradients(X, targets, model)
+    return _reduce(grads, reduce)
+
+
+def smoothgrad(
+    X: torch.Tensor,
+    y: int | Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    *,
+    n_samples: int = 25,
+    noise_level: float = 0.15,
+    batch_size: int = 25,
+    seed: int = 0,
+    reduce: str = "max",
+) -> torch.Tensor:
+    """SmoothGrad: mean of ``|grad|`` over ``n_samples`` noisy copies, then reduced, (N, H, W).
+
+    ``noise_level`` is the noise standard deviation as a fraction of each image's value range.
+    The noisy copies of all images run as batches of ``batch_size``; the noise comes from a
+    private generator seeded with ``seed`` (the global RNG is untouched).
+    """
+    _check_images(X)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    N, C, H, W = X.shape
+    S = n_samples
+    targets = as_targets(y, N, X.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((N, S, C, H, W), generator=gen, dtype=X.dtype).to(X.device)
+    span = (X.amax(dim=(1, 2, 3)) - X.amin(dim=(1, 2, 3))).reshape(N, 1, 1, 1, 1)
+    noisy = (X.detach()[:, None] + noise_level * span * noise).reshape(N * S, C, H, W)
+    with frozen(model):
+        grads = score_gradients(noisy, targets.repeat_interleave(S), model, batch_size)
+    mean_abs = grads.abs().reshape(N, S, C, H, W).mean(dim=1)  # (N, C, H, W)
+    return _reduce(mean_abs, reduce)
+
+
+def integrated_gradients(
+    X: torch.Tensor,
+    y: int | Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    *,
+    baseline: float | torch.Tensor = 0.0,
+    steps: int = 32,
+    batch_size: int = 32,
+    reduce: str = "max",
+) -> torch.Tensor:
+    """Integrated Gradients from ``baseline`` (a number or a tensor broadcastable to ``X``).
+
+    The ``steps`` path points of all images run as batches of ``batch_size``. With
+    ``reduce="none"`` the signed attributions ``(N, C, H, W)`` are returned; they sum to
+    about ``s_y(X) - s_y(baseline)`` (completeness).
+    """
+    _check_images(X)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    N, C, H, W = X.shape
+    M = steps
+    targets = as_targets(y, N, X.device)
+    x0 = torch.as_tensor(baseline, dtype=X.dtype, device=X.device).expand_as(X).detach()
+    delta = X.detach() - x0  # (N, C, H, W)
+    alphas = (torch.arange(M, dtype=X.dtype, device=X.device) + 0.5) / M  # (M,)
+    path = x0[:, None] + alphas.reshape(1, M, 1, 1, 1) * delta[:, None]  # (N, M, C, H, W)
+    with frozen(model):
+        grads = score_gradients(
+            path.reshape(N * M, C, H, W), targets.repeat_interleave(M), model, batch_size
+        )
+    attributions = delta * grads.reshape(N, M, C, H, W).mean(dim=1)  # (N, C, H, W)
+    return _reduce(attributions, reduce)
+
+
+def saliency(
+    X: torch.Tensor,
+    y: int | Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    method: str = "vanilla",
+    **options,
+) -> torch.Tensor:
+    """Dispatch on ``method`` in :data:`METHODS`; ``options`` go to that method. (N, H, W)."""
+    if method == "vanilla":
+        return compute_saliency_maps(X, y, model, **options)
+    if method == "smoothgrad":
+        return smoothgrad(X, y, model, **options)
+    if method == "ig":
+        return integrated_gradients(X, y, model, **options)
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+@torch.no_grad()
+def deletion_curve(
+    X: torch.Tensor,
+    y: int | Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    maps: torch.Tensor,
+    *,
+    n_steps: int = 16,
+    fill: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deletion metric: delete the most salient pixels first and follow the target probability.
+
+    ``maps`` (N, H, W) ranks the pixels (ties broken by position). At fractions
+    ``0, 1/n_steps, ..., 1`` of the pixels set to ``fill`` (all channels), the softmax
+    probability of ``y`` is measured. Returns ``(probs (N, n_steps + 1), auc (N,))`` where
+    ``auc`` is the trapezoid area under the curve over ``[0, 1]``; lower means the map found
+    the pixels the model relies on. The model runs in eval mode; nothing is modified.
+    """
+    _check_images(X)
+    N, _, H, W = X.shape
+    if maps.shape != (N, H, W):
+        raise ValueError(f"maps must be (N, H, W) = {(N, H, W)}, got {tuple(maps.shape)}")
+    targets = as_targets(y, N, X.device)
+    P = H * W
+    order = maps.reshape(N, P).argsort(dim=1, descending=True, stable=True)  # (N, P)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(P, device=X.device).expand(N, P))
+    counts = [round(P * k / n_steps) for k in range(n_steps + 1)]
+    probs = torch.empty((N, n_steps + 1), dtype=X.dtype, device=X.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(N):
+            keep = rank[i][None, :] >= torch.tensor(counts, device=X.device)[:, None]  # (T, P)
+            keep = keep.reshape(-1, 1, H, W).to(X.dtype)
+            batch = X[i : i + 1] * keep + fill * (1 - keep)  # (T, C, H, W)
+            probs[i] = model(batch).softmax(dim=1)[:, targets[i]]
+    finally:
+        model.train(was_training)
+    auc = torch.trapezoid(probs, dx=1.0 / n_steps, dim=1)
+    return probs, auc

@@ -1,0 +1,220 @@
+"""Saliency maps on a tiny CNN: against Captum, a hand reference, and the caller's objects."""
+
+import pytest
+import torch
+from captum.attr import IntegratedGradients, Saliency
+
+from captionlab.vision import saliency as sal
+
+K = 5  # classes of the tiny model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and far faster on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cnn(seed: int = 0, classes: int = K) -> torch.nn.Module:
+    """A small classifier with batch-norm and dropout, so that eval mode matters."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Softplus(),
+        torch.nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        torch.nn.Softplus(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Dropout(0.5),
+        torch.nn.Linear(32, classes),
+    )
+    with torch.no_grad():  # non-trivial running statistics
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+        model[-1].weight.mul_(20.0)  # scores that can reach confident probabilities
+    return model.eval()
+
+
+def images(N: int = 3, H: int = 12, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((N, 3, H, H), generator=g) * 2 - 1
+
+
+def reference_saliency(X, y, model):
+    """cs231n's loop: one image at a time, .backward(), max |grad| over channels."""
+    model.eval()
+    out = []
+    for i in range(X.shape[0]):
+        x = X[i : i + 1].clone().requires_grad_(True)
+        model(x)[0, y[i]].backward()
+        out.append(x.grad.abs().amax(dim=1)[0])
+    model.zero_grad(set_to_none=True)
+    return torch.stack(out)
+
+
+def snapshot(model, X):
+    return {
+        "training": model.training,
+        "flags": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "X": X.detach().clone(),
+        "X_requires_grad": X.requires_grad,
+        "X_grad": None if X.grad is None else X.grad.clone(),
+    }
+
+
+def assert_unchanged(before, model, X):
+    after = snapshot(model, X)
+    assert after["training"] == before["training"]
+    assert after["flags"] == before["flags"]
+    for a, b in zip(after["grads"], before["grads"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    for a, b in zip(after["params"], before["params"], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(after["X"], before["X"])
+    assert after["X_requires_grad"] == before["X_requires_grad"]
+    assert (after["X_grad"] is None) == (before["X_grad"] is None)
+    if before["X_grad"] is not None:
+        assert torch.equal(after["X_grad"], before["X_grad"])
+
+
+def caller_state(model, X):
+    """A caller in the middle of training: train mode, one frozen layer, stale grads."""
+    model.train()
+    model[0].bias.requires_grad_(False)
+    model[-1].weight.grad = torch.full_like(model[-1].weight, 0.5)
+    X = X.clone().requires_grad_(True)
+    X.grad = torch.full_like(X, 7.0)
+    return X
+
+
+def test_vanilla_matches_captum_and_reference():
+    model, X, y = tiny_cnn(), images(), torch.tensor([0, 3, 4])
+    maps = sal.compute_saliency_maps(X, y, model)
+    assert maps.shape == (3, 12, 12)
+    assert maps.requires_grad is False
+    captum = (
+        Saliency(model).attribute(X.clone().requires_grad_(True), target=y, abs=True).amax(dim=1)
+    )
+    assert torch.allclose(maps, captum, atol=1e-6, rtol=0)
+    assert torch.allclose(maps, reference_saliency(X, y, model), atol=1e-6, rtol=0)
+    assert maps.abs().max() > 0
+
+
+@pytest.mark.parametrize("method", sal.METHODS)
+def test_methods_leave_callers_objects_as_found(method):
+    model = tiny_cnn()
+    X = caller_state(model, images())
+    before = snapshot(model, X)
+    maps = sal.saliency(X, [1, 2, 0], model, method=method)
+    assert maps.shape == (3, 12, 12)
+    assert_unchanged(before, model, X)
+
+
+def test_eval_mode_is_used_even_when_caller_trains():
+    model, X, y = tiny_cnn(), images(), torch.tensor([0, 1, 2])
+    expected = sal.compute_saliency_maps(X, y, model)
+    model.train()
+    assert torch.equal(sal.compute_saliency_maps(X, y, model), expected)
+    assert model.training
+
+
+def test_one_int_target_is_broadcast_and_reduce_options():
+    model, X = tiny_cnn(), images()
+    a = sal.compute_saliency_maps(X, 2, model)
+    b = sal.compute_saliency_maps(X, [2, 2, 2], model)
+    assert torch.equal(a, b)
+    raw = sal.compute_saliency_maps(X, 2, model, reduce="none")
+    assert raw.shape == X.shape
+    assert (raw < 0).any()
+    assert torch.allclose(sal.compute_saliency_maps(X, 2, model, reduce="sum"), raw.abs().sum(1))
+
+
+def test_smoothgrad_seeded_batched_and_reduces_to_vanilla_without_noise():
+    model, X, y = tiny_cnn(), images(), torch.tensor([4, 0, 1])
+    a = sal.smoothgrad(X, y, model, n_samples=10, batch_size=25, seed=3)
+    b = sal.smoothgrad(X, y, model, n_samples=10, batch_size=4, seed=3)
+    c = sal.smoothgrad(X, y, model, n_samples=10, seed=4)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, c, atol=1e-4)
+    state = torch.random.get_rng_state()
+    quiet = sal.smoothgrad(X, y, model, n_samples=4, noise_level=0.0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.allclose(quiet, sal.compute_saliency_maps(X, y, model), atol=1e-6)
+
+
+def test_smoothgrad_is_mean_of_abs_gradients_of_noisy_copies():
+    model, X = tiny_cnn(), images(N=1)
+    S, level = 6, 0.2
+    noise = torch.randn((1, S, 3, 12, 12), generator=torch.Generator().manual_seed(0))
+    span = X.max() - X.min()
+    noisy = (X[:, None] + level * span * noise)[0]
+    raw = sal.smoothgrad(X, 1, model, n_samples=S, noise_level=level, reduce="none")
+    grads = []
+    for i in range(S):
+        x = noisy[i : i + 1].clone().requires_grad_(True)
+        model(x)[0, 1].backward()
+        grads.append(x.grad.abs())
+    assert torch.allclose(raw, torch.cat(grads).mean(0, keepdim=True), atol=1e-6)
+
+
+def test_integrated_gradients_matches_captum_and_completeness():
+    model, X, y = tiny_cnn(), images(N=2), torch.tensor([3, 1])
+    ours = sal.integrated_gradients(X, y, model, steps=16, batch_size=7, reduce="none")
+    ig = IntegratedGradients(model)
+    theirs = ig.attribute(X.clone(), target=y, n_steps=16, method="riemann_middle")
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-4)
+    fine = sal.integrated_gradients(X, y, model, steps=256, reduce="none")
+    with torch.no_grad():
+        gap = model(X).gather(1, y[:, None])[:, 0] - model(torch.zeros_like(X))[:, y].diag()
+    assert torch.allclose(fine.sum(dim=(1, 2, 3)), gap, atol=1e-3, rtol=1e-3)
+
+
+def test_integrated_gradients_tensor_baseline():
+    model, X = tiny_cnn(), images(N=1)
+    base = torch.full_like(X, 0.3)
+    ours = sal.integrated_gradients(X, 0, model, baseline=base, steps=8, reduce="none")
+    theirs = IntegratedGradients(model).attribute(
+        X, baselines=base, target=0, n_steps=8, method="riemann_middle"
+    )
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(ours, sal.integrated_gradients(X, 0, model, steps=8, reduce="none"))
+
+
+class OnePatch(torch.nn.Module):
+    """Class 0's score is the sum of the top-left 4x4 patch: only those pixels matter."""
+
+    def forward(self, x):
+        s = x[:, :, :4, :4].sum(dim=(1, 2, 3)) * 3.0
+        return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+def test_deletion_curve_rewards_the_right_pixels():
+    model = OnePatch()
+    X = torch.ones((1, 3, 12, 12))
+    good = torch.zeros((1, 12, 12))
+    good[:, :4, :4] = 1.0
+    probs, auc_good = sal.deletion_curve(X, 0, model, good, n_steps=12)
+    _, auc_bad = sal.deletion_curve(X, 0, model, 1.0 - good, n_steps=12)
+    assert probs.shape == (1, 13)
+    with torch.no_grad():
+        assert torch.isclose(probs[0, 0], model(X).softmax(1)[0, 0])
+    assert torch.isclose(probs[0, -1], torch.tensor(0.5))  # all pixels filled with 0
+    assert auc_good.item() < auc_bad.item() - 0.3
+
+
+def test_errors_name_what_was_expected():
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match=r"X must be a float tensor \(N, C, H, W\), got \(3, 12\)"):
+        sal.compute_saliency_maps(torch.zeros(3, 12), 0, model)
+    with pytest.raises(ValueError, match="targets must be one per image"):
+        sal.compute_saliency_maps(images(), [0, 1], model)
+    with pytest.raises(ValueError, match="method must be one of"):
+        sal.saliency(images(), 0, model, method="gradcam")
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        sal.compute_saliency_maps(images(), 0, model, reduce="mean")
