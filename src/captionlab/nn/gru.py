@@ -23,15 +23,23 @@ Backward::
     dxa_r = dha_r = dr * r(1-r)    dxa_z = dha_z = dz * z(1-z)
 
 The sequence functions hoist the input projection of all steps into one GEMM, do the gate
-arithmetic in place, and compute dx, dWx, dWh, db, dbh as single GEMMs (or sums) after the
-backward loop; only ``h @ Wh`` and ``dha @ Wh.T`` stay per step.
+arithmetic in place in time-major buffers (each step's slice contiguous), and compute dx,
+dWx, dWh, db, dbh as single GEMMs (or sums) after the backward loop; only ``h @ Wh`` and
+``dha @ Wh.T`` stay per step. Sigmoid and tanh are ``1 / (1 + exp(-a))`` and
+``2 sigmoid(2a) - 1``, with the factors -1 and -2 folded into scaled copies of the weights.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import check_recurrent, check_shape, sigmoid
+from captionlab.nn.functional import (
+    check_recurrent,
+    check_shape,
+    sigmoid,
+    sigmoid_from_negated_,
+    tanh_from_negated_double_,
+)
 
 
 def gru_step_forward(
@@ -117,39 +125,46 @@ def gru_forward(
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H), and the cache for
-        :func:`gru_backward` (which holds ``h``: do not modify it in place before backward).
+        :func:`gru_backward`.
     """
     N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=3, sequence=True)
     check_shape("bh", bh, (3 * H,), "(3H,)")
+    dtype = np.result_type(x, h0, Wx, Wh, b, bh)
+    # Internally time-major (T, N, ...), so that each step's slices are contiguous. The
+    # weights and biases are copied with the columns scaled by -1 (r, z: sigmoid) or -2
+    # (n: tanh), exactly, so the GEMMs give what the in-place kernels take.
+    scale = np.full(3 * H, -1, dtype=dtype)
+    scale[2 * H :] = -2
+    Wx_s, Wh_s, b_s, bh_s = Wx * scale, Wh * scale, b * scale, bh * scale
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)  # (T, N, D)
     # Hoisted: the input projection of all steps as one GEMM. The buffer then holds the
     # gate activations r, z, n of every step, computed in place.
-    gates = (x.reshape(N * T, D) @ Wx).reshape(N, T, 3 * H)  # (N, T, 3H)
-    gates += b
-    dtype = gates.dtype
-    h = np.empty((N, T, H), dtype=dtype)
-    ha_n = np.empty((N, T, H), dtype=dtype)  # h_{t-1} @ Wh_n + bh_n, kept for backward
+    gates = (x_tm.reshape(T * N, D) @ Wx_s).reshape(T, N, 3 * H)  # (T, N, 3H)
+    gates += b_s
+    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
+    hs[0] = h0
+    ha_n = np.empty((T, N, H), dtype=dtype)  # h_{t-1} @ Wh_n + bh_n, kept for backward
     tmp = np.empty((N, 3 * H), dtype=dtype)
-    prev = h0
     for t in range(T):
-        at = gates[:, t]  # (N, 3H)
-        np.matmul(prev, Wh, out=tmp)
-        tmp += bh
+        at = gates[t]  # (N, 3H)
+        np.matmul(hs[t], Wh_s, out=tmp)
+        tmp += bh_s  # -ha_r, -ha_z, -2 ha_n
         rz = at[:, : 2 * H]
         rz += tmp[:, : 2 * H]
-        sigmoid(rz, out=rz)
+        sigmoid_from_negated_(rz)  # r, z
         r, z, n = at[:, :H], at[:, H : 2 * H], at[:, 2 * H :]
-        hn = ha_n[:, t]
-        hn[...] = tmp[:, 2 * H :]
+        hn2 = tmp[:, 2 * H :]
+        np.multiply(hn2, -0.5, out=ha_n[t])
         rhn = tmp[:, :H]
-        np.multiply(r, hn, out=rhn)
-        n += rhn
-        np.tanh(n, out=n)
-        ht = h[:, t]
-        np.subtract(prev, n, out=ht)
+        np.multiply(r, hn2, out=rhn)
+        n += rhn  # -2 (xa_n + r * ha_n)
+        tanh_from_negated_double_(n)
+        ht = hs[t + 1]
+        np.subtract(hs[t], n, out=ht)
         ht *= z
         ht += n  # h_t = n + z * (h_{t-1} - n) = (1 - z) n + z h_{t-1}
-        prev = ht
-    return h, (x, h0, Wx, Wh, gates, ha_n, h)
+    h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
+    return h, (x_tm, Wx, Wh, gates, ha_n, hs)
 
 
 def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -164,22 +179,22 @@ def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         ``(dx, dh0, dWx, dWh, db, dbh)`` of shapes (N, T, D), (N, H), (D, 3H), (H, 3H),
         (3H,), (3H,).
     """
-    x, h0, Wx, Wh, gates, ha_n, h = cache
-    N, T, D = x.shape
-    H = h0.shape[1]
+    x_tm, Wx, Wh, gates, ha_n, hs = cache
+    T, N, D = x_tm.shape
+    H = hs.shape[2]
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
-    dtype = np.result_type(dh, gates)
-    dxa = np.empty((N, T, 3 * H), dtype=dtype)  # gradients of x @ Wx + b, all steps
-    dha = np.empty((N, T, 3 * H), dtype=dtype)  # gradients of h @ Wh + bh, all steps
+    dtype = gates.dtype
+    dxa = np.empty((T, N, 3 * H), dtype=dtype)  # gradients of x @ Wx + b, all steps
+    dha = np.empty((T, N, 3 * H), dtype=dtype)  # gradients of h @ Wh + bh, all steps
     dprev = np.zeros((N, H), dtype=dtype)
     dht = np.empty((N, H), dtype=dtype)
     tmp = np.empty((N, H), dtype=dtype)
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
-        at = gates[:, t]
+        at = gates[t]
         r, z, n = at[:, :H], at[:, H : 2 * H], at[:, 2 * H :]
-        prev = h0 if t == 0 else h[:, t - 1]
-        dxt, dhat = dxa[:, t], dha[:, t]
+        prev = hs[t]
+        dxt, dhat = dxa[t], dha[t]
         dr, dz, dn = dxt[:, :H], dxt[:, H : 2 * H], dxt[:, 2 * H :]
         np.add(dh[:, t], dprev, out=dht)
         # dz = dh * (h_{t-1} - n) * z(1-z)
@@ -195,7 +210,7 @@ def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         np.subtract(1, tmp, out=tmp)
         dn *= tmp
         # dr = dxa_n * ha_n * r(1-r)
-        np.multiply(dn, ha_n[:, t], out=dr)
+        np.multiply(dn, ha_n[t], out=dr)
         np.subtract(1, r, out=tmp)
         tmp *= r
         dr *= tmp
@@ -205,15 +220,12 @@ def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         np.matmul(dhat, WhT, out=dprev)
         np.multiply(dht, z, out=tmp)
         dprev += tmp
-    # Hoisted: all weight gradients and dx as single GEMMs over the N*T rows.
-    hprev = np.empty((N, T, H), dtype=h.dtype)  # h_{t-1} for every t
-    hprev[:, 0] = h0
-    hprev[:, 1:] = h[:, :-1]
-    dxa2 = dxa.reshape(N * T, 3 * H)
-    dha2 = dha.reshape(N * T, 3 * H)
-    dx = (dxa2 @ Wx.T).reshape(N, T, D)
-    dWx = x.reshape(N * T, D).T @ dxa2  # (D, 3H)
-    dWh = hprev.reshape(N * T, H).T @ dha2  # (H, 3H)
+    # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
+    dxa2 = dxa.reshape(T * N, 3 * H)
+    dha2 = dha.reshape(T * N, 3 * H)
+    dx = np.ascontiguousarray((dxa2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
+    dWx = x_tm.reshape(T * N, D).T @ dxa2  # (D, 3H)
+    dWh = hs[:T].reshape(T * N, H).T @ dha2  # (H, 3H); hs[t] = h_{t-1}
     db = dxa2.sum(axis=0)  # (3H,)
     dbh = dha2.sum(axis=0)  # (3H,)
     return dx, dprev, dWx, dWh, db, dbh

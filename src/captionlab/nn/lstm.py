@@ -21,15 +21,23 @@ Backward, with ``dc`` the total gradient of ``c_t``::
     da = [di * i(1-i), df * f(1-f), do * o(1-o), dg * (1-g**2)]
 
 The sequence functions hoist the input projection of all steps into one GEMM, do the gate
-arithmetic in place in preallocated buffers, and compute dx, dWx, dWh, db as single GEMMs
-after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay per step.
+arithmetic in place in preallocated time-major buffers (each step's slice contiguous), and
+compute dx, dWx, dWh, db as single GEMMs after the backward loop; only ``h @ Wh`` and
+``da @ Wh.T`` stay per step. The sigmoid and tanh are ``1 / (1 + exp(-a))`` and
+``2 sigmoid(2a) - 1``, with the factors -1 and -2 folded into scaled copies of the weights.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import check_recurrent, check_shape, sigmoid
+from captionlab.nn.functional import (
+    check_recurrent,
+    check_shape,
+    sigmoid,
+    sigmoid_from_negated_,
+    tanh_from_negated_double_,
+)
 
 
 def lstm_step_forward(
@@ -101,6 +109,13 @@ def lstm_step_backward(
     return dx, dprev_h, dprev_c, dWx, dWh, db
 
 
+def _gate_scale(H: int, dtype: np.dtype) -> np.ndarray:
+    """(4H,) factors folded into the weights: -1 for i, f, o (sigmoid), -2 for g (tanh)."""
+    scale = np.full(4 * H, -1, dtype=dtype)
+    scale[3 * H :] = -2
+    return scale
+
+
 def lstm_forward(
     x: np.ndarray, h0: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray
 ) -> tuple[np.ndarray, tuple]:
@@ -115,39 +130,48 @@ def lstm_forward(
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H), and the cache for
-        :func:`lstm_backward` (which holds ``h``: do not modify it in place before backward).
+        :func:`lstm_backward`.
     """
     N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=4, sequence=True)
+    dtype = np.result_type(x, h0, Wx, Wh, b)
+    # Internally time-major (T, N, ...), so that each step's slices are contiguous.
+    # The weights are copied with the gate columns scaled by -1 (i, f, o) or -2 (g), exactly,
+    # so that the GEMMs produce what the in-place sigmoid/tanh kernels take.
+    scale = _gate_scale(H, dtype)
+    Wx_s, Wh_s, b_s = Wx * scale, Wh * scale, b * scale
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)  # (T, N, D)
     # Hoisted: the input projection of all steps as one GEMM. The buffer then holds the
     # gate activations i, f, o, g of every step, computed in place.
-    gates = (x.reshape(N * T, D) @ Wx).reshape(N, T, 4 * H)  # (N, T, 4H)
-    gates += b
-    dtype = gates.dtype
-    h = np.empty((N, T, H), dtype=dtype)
-    c = np.empty((N, T, H), dtype=dtype)
-    tanh_c = np.empty((N, T, H), dtype=dtype)
+    gates = (x_tm.reshape(T * N, D) @ Wx_s).reshape(T, N, 4 * H)  # (T, N, 4H)
+    gates += b_s
+    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
+    hs[0] = h0
+    c = np.empty((T, N, H), dtype=dtype)
+    tanh_c = np.empty((T, N, H), dtype=dtype)
     tmp = np.empty((N, 4 * H), dtype=dtype)
-    prev_h = h0
-    prev_c = np.zeros((N, H), dtype=dtype)
+    ig = np.empty((N, H), dtype=dtype)
     for t in range(T):
-        at = gates[:, t]  # (N, 4H)
-        np.matmul(prev_h, Wh, out=tmp)
-        at += tmp
-        ifo = at[:, : 3 * H]
-        sigmoid(ifo, out=ifo)
+        at = gates[t]  # (N, 4H)
+        np.matmul(hs[t], Wh_s, out=tmp)
+        at += tmp  # -a for i, f, o and -2a for g
+        sigmoid_from_negated_(at)  # i, f, o; and sigmoid(2 a_g) in the g columns
         g = at[:, 3 * H :]
-        np.tanh(g, out=g)
+        g *= 2
+        g -= 1  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
         i, f, o = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H]
-        ct = c[:, t]
-        np.multiply(f, prev_c, out=ct)
-        ig = tmp[:, :H]
-        np.multiply(i, g, out=ig)
-        ct += ig  # c_t = f * c_{t-1} + i * g
-        tct = tanh_c[:, t]
-        np.tanh(ct, out=tct)
-        np.multiply(o, tct, out=h[:, t])  # h_t = o * tanh(c_t)
-        prev_h, prev_c = h[:, t], ct
-    return h, (x, h0, Wx, Wh, gates, c, tanh_c, h)
+        ct = c[t]
+        if t == 0:
+            np.multiply(i, g, out=ct)  # c_{-1} = 0
+        else:
+            np.multiply(f, c[t - 1], out=ct)
+            np.multiply(i, g, out=ig)
+            ct += ig  # c_t = f * c_{t-1} + i * g
+        tct = tanh_c[t]
+        np.multiply(ct, -2, out=tct)
+        tanh_from_negated_double_(tct)
+        np.multiply(o, tct, out=hs[t + 1])  # h_t = o * tanh(c_t)
+    h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
+    return h, (x_tm, Wx, Wh, gates, c, tanh_c, hs)
 
 
 def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -161,22 +185,22 @@ def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     Returns:
         ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, 4H), (H, 4H), (4H,).
     """
-    x, h0, Wx, Wh, gates, c, tanh_c, h = cache
-    N, T, D = x.shape
-    H = h0.shape[1]
+    x_tm, Wx, Wh, gates, c, tanh_c, hs = cache
+    T, N, D = x_tm.shape
+    H = hs.shape[2]
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
-    dtype = np.result_type(dh, gates)
-    da = np.empty((N, T, 4 * H), dtype=dtype)  # pre-activation gradients of all steps
+    dtype = gates.dtype
+    da = np.empty((T, N, 4 * H), dtype=dtype)  # pre-activation gradients of all steps
     dprev_h = np.zeros((N, H), dtype=dtype)
     dc = np.zeros((N, H), dtype=dtype)  # gradient of c_t, carried backwards
     dht = np.empty((N, H), dtype=dtype)
     tmp = np.empty((N, H), dtype=dtype)
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
-        at = gates[:, t]
+        at = gates[t]
         i, f, o, g = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :]
-        tct = tanh_c[:, t]
-        dat = da[:, t]
+        tct = tanh_c[t]
+        dat = da[t]
         di, df, do, dg = dat[:, :H], dat[:, H : 2 * H], dat[:, 2 * H : 3 * H], dat[:, 3 * H :]
         np.add(dh[:, t], dprev_h, out=dht)
         # dc += dh * o * (1 - tanh(c)^2)
@@ -197,7 +221,7 @@ def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         di *= tmp
         # df = dc * c_{t-1} * f(1-f)
         if t > 0:
-            np.multiply(dc, c[:, t - 1], out=df)
+            np.multiply(dc, c[t - 1], out=df)
             np.subtract(1, f, out=tmp)
             tmp *= f
             df *= tmp
@@ -210,13 +234,10 @@ def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         np.multiply(dc, tmp, out=dg)
         dc *= f  # dc_{t-1}
         np.matmul(dat, WhT, out=dprev_h)
-    # Hoisted: all weight gradients and dx as single GEMMs over the N*T rows.
-    hprev = np.empty((N, T, H), dtype=h.dtype)  # h_{t-1} for every t
-    hprev[:, 0] = h0
-    hprev[:, 1:] = h[:, :-1]
-    da2 = da.reshape(N * T, 4 * H)
-    dx = (da2 @ Wx.T).reshape(N, T, D)
-    dWx = x.reshape(N * T, D).T @ da2  # (D, 4H)
-    dWh = hprev.reshape(N * T, H).T @ da2  # (H, 4H)
+    # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
+    da2 = da.reshape(T * N, 4 * H)
+    dx = np.ascontiguousarray((da2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
+    dWx = x_tm.reshape(T * N, D).T @ da2  # (D, 4H)
+    dWh = hs[:T].reshape(T * N, H).T @ da2  # (H, 4H); hs[t] = h_{t-1}
     db = da2.sum(axis=0)  # (4H,)
     return dx, dprev_h, dWx, dWh, db

@@ -14,13 +14,15 @@ Backward, with ``a_t`` the pre-activation and ``da_t = dh_t * (1 - h_t**2)``::
 The sequence functions are not a loop over the step functions: the input projection of all
 steps is one GEMM before the loop, and dx, dWx, dWh, db are single GEMMs (or sums) over all
 steps after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay inside the loops.
+Buffers are time-major (T, N, H) inside, so each step's slice is contiguous, and tanh is
+computed in place as ``2 sigmoid(2a) - 1`` with the factor -2 folded into the weights.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import check_recurrent, check_shape
+from captionlab.nn.functional import check_recurrent, check_shape, tanh_from_negated_double_
 
 
 def rnn_step_forward(
@@ -78,21 +80,27 @@ def rnn_forward(
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H), and the cache for
-        :func:`rnn_backward` (which holds ``h``: do not modify it in place before backward).
+        :func:`rnn_backward`.
     """
     N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=1, sequence=True)
-    # Hoisted: the input projection of all steps as one GEMM; h starts as x @ Wx + b.
-    h = (x.reshape(N * T, D) @ Wx).reshape(N, T, H)  # (N, T, H)
-    h += b
-    tmp = np.empty((N, H), dtype=h.dtype)
-    prev = h0
+    dtype = np.result_type(x, h0, Wx, Wh, b)
+    # Internally time-major (T, N, ...), so that each step's slices are contiguous. The
+    # weights are copied scaled by -2 (exact), so the GEMMs give what the in-place
+    # tanh(a) = 2 sigmoid(2a) - 1 kernel takes.
+    Wx_s, Wh_s, b_s = Wx * dtype.type(-2), Wh * dtype.type(-2), b * dtype.type(-2)
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)  # (T, N, D)
+    # Hoisted: the input projection of all steps as one GEMM.
+    xa = (x_tm.reshape(T * N, D) @ Wx_s).reshape(T, N, H)  # (T, N, H), -2 (x Wx + b)
+    xa += b_s
+    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
+    hs[0] = h0
     for t in range(T):
-        ht = h[:, t]  # (N, H) view; rows strided, BLAS takes it as is
-        np.matmul(prev, Wh, out=tmp)
-        ht += tmp
-        np.tanh(ht, out=ht)
-        prev = ht
-    return h, (x, h0, Wx, Wh, h)
+        ht = hs[t + 1]
+        np.matmul(hs[t], Wh_s, out=ht)
+        ht += xa[t]
+        tanh_from_negated_double_(ht)  # h_t = tanh(x_t Wx + h_{t-1} Wh + b)
+    h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
+    return h, (x_tm, Wx, Wh, hs)
 
 
 def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -106,30 +114,27 @@ def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     Returns:
         ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, H), (H, H), (H,).
     """
-    x, h0, Wx, Wh, h = cache
-    N, T, D = x.shape
-    H = h0.shape[1]
+    x_tm, Wx, Wh, hs = cache
+    T, N, D = x_tm.shape
+    H = hs.shape[2]
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
-    dtype = np.result_type(dh, h)
-    da = np.empty((N, T, H), dtype=dtype)  # gradients of the pre-activations, all steps
-    dprev = np.zeros((N, H), dtype=dtype)  # gradient flowing into h_{t} from step t+1
+    dtype = hs.dtype
+    da = np.empty((T, N, H), dtype=dtype)  # gradients of the pre-activations, all steps
+    dprev = np.zeros((N, H), dtype=dtype)  # gradient flowing into h_t from step t+1
     tmp = np.empty((N, H), dtype=dtype)
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
-        dat = da[:, t]
+        dat = da[t]
         np.add(dh[:, t], dprev, out=dat)
-        ht = h[:, t]
+        ht = hs[t + 1]
         np.multiply(ht, ht, out=tmp)
         np.subtract(1, tmp, out=tmp)
         dat *= tmp  # da_t = dh_t * (1 - h_t^2)
         np.matmul(dat, WhT, out=dprev)
-    # Hoisted: all weight gradients and dx as single GEMMs over the N*T rows.
-    hprev = np.empty((N, T, H), dtype=h.dtype)  # h_{t-1} for every t
-    hprev[:, 0] = h0
-    hprev[:, 1:] = h[:, :-1]
-    da2 = da.reshape(N * T, H)
-    dx = (da2 @ Wx.T).reshape(N, T, D)
-    dWx = x.reshape(N * T, D).T @ da2  # (D, H)
-    dWh = hprev.reshape(N * T, H).T @ da2  # (H, H)
+    # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
+    da2 = da.reshape(T * N, H)
+    dx = np.ascontiguousarray((da2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
+    dWx = x_tm.reshape(T * N, D).T @ da2  # (D, H)
+    dWh = hs[:T].reshape(T * N, H).T @ da2  # (H, H); hs[t] = h_{t-1}
     db = da2.sum(axis=0)  # (H,)
     return dx, dprev, dWx, dWh, db
