@@ -1,0 +1,245 @@
+"""Time the captioning model against a PyTorch model of the same math on the CPU.
+
+At the cs231n COCO size (N=128 captions of 17 tokens, so T=16 steps; D=512 features,
+W=256, H=512, V=1004) with 2 threads, in one process, this script times
+
+* ``train step``: ``CaptioningRNN.loss`` (LSTM; loss and all gradients) against
+  ``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` + ``cross_entropy(ignore_index=<NULL>)``
+  forward and ``backward()``, in float32 and float64;
+* ``greedy``: 30 steps of greedy decoding (``CaptioningRNN.sample``, which folds
+  ``W_embed @ Wx + b`` into one table per call) against a ``torch.nn.LSTMCell`` loop with
+  the same weights; ``<END>`` is made impossible so both run all 30 steps;
+* ``beam``: beam search (beam 5, 30 steps) in images per second, against greedy's;
+* the projected time of one epoch over COCO's 400k training captions, from the step time.
+
+Cases are interleaved repeat by repeat, with a pause whenever the library switches (OpenBLAS
+and torch worker threads slow each other for a while after a switch); medians are printed
+with ratios ``numpy / torch`` (lower is better for numpy) against the issue's targets. On a
+shared machine the numbers are noisy: compare ratios, not times.
+
+    python benchmarks/bench_captioning.py            # 10 repeats
+    python benchmarks/bench_captioning.py --quick    # 3 repeats, a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+from captionlab.captioning import CaptioningRNN, beam_search
+
+COCO_TRAIN_CAPTIONS = 400_000
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per case (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repeats before timing")
+    p.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up")
+    p.add_argument("--threads", type=int, default=2, help="BLAS and torch threads")
+    p.add_argument("--pause", type=float, default=0.3, help="seconds to wait on library switch")
+    p.add_argument("--size", default="128,16,512,256,512,1004", help="N,T,D,W,H,V")
+    p.add_argument("--steps", type=int, default=30, help="decoding steps")
+    p.add_argument("--beam", type=int, default=5, help="beam size")
+    p.add_argument("--cell", default="lstm", choices=["lstm"], help="cell type (torch peer)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup = 3, 1
+    return args
+
+
+def vocab(V: int) -> dict[str, int]:
+    words = ["<NULL>", "<START>", "<END>", "<UNK>"] + [f"w{i}" for i in range(4, V)]
+    return {w: i for i, w in enumerate(words)}
+
+
+class TorchCaptioner(torch.nn.Module):
+    """The same math in PyTorch: h0 = proj(features), embed, LSTM, vocab projection."""
+
+    def __init__(self, model: CaptioningRNN) -> None:
+        super().__init__()
+        p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.params.items()}
+        V, W = p["W_embed"].shape
+        D, H = p["W_proj"].shape
+        self.proj = torch.nn.Linear(D, H)
+        self.embed = torch.nn.Embedding(V, W)
+        self.lstm = torch.nn.LSTM(W, H, batch_first=True)
+        self.cell = torch.nn.LSTMCell(W, H)
+        self.vocab = torch.nn.Linear(H, V)
+        with torch.no_grad():
+            self.proj.weight.copy_(p["W_proj"].T)
+            self.proj.bias.copy_(p["b_proj"])
+            self.embed.weight.copy_(p["W_embed"])
+            # captionlab gates i, f, o, g; torch gates i, f, g, o
+            i, f, o, g = p["Wx"].T.chunk(4)
+            ih = torch.cat([i, f, g, o])
+            i, f, o, g = p["Wh"].T.chunk(4)
+            hh = torch.cat([i, f, g, o])
+            i, f, o, g = p["b"].chunk(4)
+            bias = torch.cat([i, f, g, o])
+            for mod, suffix in ((self.lstm, "_l0"), (self.cell, "")):
+                getattr(mod, f"weight_ih{suffix}").copy_(ih)
+                getattr(mod, f"weight_hh{suffix}").copy_(hh)
+                getattr(mod, f"bias_ih{suffix}").copy_(bias)
+                getattr(mod, f"bias_hh{suffix}").zero_()
+            self.vocab.weight.copy_(p["W_vocab"].T)
+            self.vocab.bias.copy_(p["b_vocab"])
+        self.to(p["W_embed"].dtype)
+
+    def loss(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        N = features.shape[0]
+        h0 = self.proj(features)[None]  # (1, N, H)
+        x = self.embed(captions[:, :-1])  # (N, T, W)
+        h, _ = self.lstm(x, (h0, torch.zeros_like(h0)))  # (N, T, H)
+        scores = self.vocab(h)  # (N, T, V)
+        target = captions[:, 1:]
+        return (
+            F.cross_entropy(
+                scores.reshape(-1, scores.shape[-1]),
+                target.reshape(-1),
+                ignore_index=0,
+                reduction="sum",
+            )
+            / N
+        )
+
+    @torch.no_grad()
+    def greedy(self, features: torch.Tensor, steps: int) -> torch.Tensor:
+        h = self.proj(features)
+        c = torch.zeros_like(h)
+        word = torch.full((features.shape[0],), 1, dtype=torch.long)
+        out = []
+        for _ in range(steps):
+            h, c = self.cell(self.embed(word), (h, c))
+            word = self.vocab(h).argmax(dim=1)
+            out.append(word)
+        return torch.stack(out, dim=1)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    N, T, D, W, H, V = (int(x) for x in args.size.split(","))
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    captions = rng.integers(4, V, size=(N, T + 1))
+    captions[:, 0] = 1
+    lengths = rng.integers(8, T + 1, size=N)  # COCO-like: some padding at the end
+    for n, L in enumerate(lengths):
+        captions[n, L] = 2
+        captions[n, L + 1 :] = 0
+    feats64 = rng.standard_normal((N, D))
+
+    print(
+        f"captioning benchmark: N={N}, T={T}, D={D}, W={W}, H={H}, V={V}, cell={args.cell}, "
+        f"threads={args.threads}, repeats={args.repeats} (median), torch {torch.__version__}"
+    )
+    results: dict[str, dict[str, float]] = {}
+    with threadpool_limits(args.threads):
+        for dtype in (np.float32, np.float64):
+            model = CaptioningRNN(
+                vocab(V),
+                input_dim=D,
+                wordvec_dim=W,
+                hidden_dim=H,
+                cell_type=args.cell,
+                dtype=dtype,
+                seed=0,
+            )
+            model.params["b_vocab"][2] = -1e4  # no <END>: every decoder runs all steps
+            tmodel = TorchCaptioner(model)
+            feats = feats64.astype(dtype)
+            tfeats, tcaps = torch.from_numpy(feats), torch.from_numpy(captions)
+
+            def np_step(model=model, feats=feats):
+                model.loss(feats, captions)
+
+            def torch_step(tmodel=tmodel, tfeats=tfeats, tcaps=tcaps):
+                tmodel.zero_grad(set_to_none=True)
+                tmodel.loss(tfeats, tcaps).backward()
+
+            def np_greedy(model=model, feats=feats):
+                model.sample(feats, max_length=args.steps)
+
+            def torch_greedy(tmodel=tmodel, tfeats=tfeats):
+                tmodel.greedy(tfeats, args.steps)
+
+            def np_beam(model=model, feats=feats):
+                beam_search(model, feats, beam_size=args.beam, max_length=args.steps)
+
+            # the two models compute the same loss (a check that the peer is fair)
+            np_loss = model.loss(feats, captions)[0]
+            with torch.no_grad():
+                t_loss = float(tmodel.loss(tfeats, tcaps))
+            assert abs(np_loss - t_loss) < 1e-3 * abs(t_loss), (np_loss, t_loss)
+
+            cases = {
+                "step numpy": np_step,
+                "step torch": torch_step,
+                "greedy numpy": np_greedy,
+                "greedy torch": torch_greedy,
+            }
+            if dtype == np.float32:
+                cases["beam numpy"] = np_beam
+            times: dict[str, list[float]] = {k: [] for k in cases}
+            last_lib = None
+            for rep in range(args.warmup + args.repeats):
+                for name, fn in cases.items():
+                    lib = name.split()[1]
+                    if lib != last_lib:
+                        time.sleep(args.pause)
+                        last_lib = lib
+                    t = timed(fn)
+                    if rep >= args.warmup:
+                        times[name].append(t)
+            results[np.dtype(dtype).name] = {k: statistics.median(v) for k, v in times.items()}
+
+    print(f"\n{'':14s}{'numpy ms':>10s}{'torch ms':>10s}{'ratio':>8s}{'target':>9s}")
+    for dt, target in (("float32", 1.0), ("float64", 0.85)):
+        r = results[dt]
+        ratio = r["step numpy"] / r["step torch"]
+        print(
+            f"step {dt:9s}{r['step numpy'] * 1e3:10.1f}{r['step torch'] * 1e3:10.1f}"
+            f"{ratio:8.2f}{'<= ' + str(target):>9s}  {'met' if ratio <= target else 'MISSED'}"
+        )
+    for dt in ("float32", "float64"):
+        r = results[dt]
+        ratio = r["greedy numpy"] / r["greedy torch"]
+        target = "<= 0.8" if dt == "float32" else "-"
+        verdict = ("met" if ratio <= 0.8 else "MISSED") if dt == "float32" else ""
+        print(
+            f"greedy {dt:7s}{r['greedy numpy'] * 1e3:10.1f}{r['greedy torch'] * 1e3:10.1f}"
+            f"{ratio:8.2f}{target:>9s}  {verdict}"
+        )
+    r = results["float32"]
+    greedy_ips = N / r["greedy numpy"]
+    beam_ips = N / r["beam numpy"]
+    frac = beam_ips / greedy_ips
+    print(
+        f"\nbeam {args.beam}, {args.steps} steps (float32): {beam_ips:.0f} images/s; greedy "
+        f"{greedy_ips:.0f} images/s; beam/greedy = {frac:.2f} (target >= 0.33: "
+        f"{'met' if frac >= 1 / 3 else 'MISSED'})"
+    )
+    for dt in ("float32", "float64"):
+        steps = COCO_TRAIN_CAPTIONS / N
+        t_np = steps * results[dt]["step numpy"]
+        t_torch = steps * results[dt]["step torch"]
+        print(
+            f"projected epoch over {COCO_TRAIN_CAPTIONS:,} captions ({dt}): numpy "
+            f"{t_np / 60:.1f} min, torch {t_torch / 60:.1f} min (loss+gradients only)"
+        )
+
+
+if __name__ == "__main__":
+    main()
