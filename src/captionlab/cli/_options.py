@@ -1,0 +1,90 @@
+"""Typed defaults, loud overrides: turn a dataclass of defaults into argparse flags.
+
+Each field becomes ``--field-name`` with its default, type and the help string stored in
+``field(metadata={"help": ...})``. Booleans become ``--flag/--no-flag``. A JSON config file
+(``--config FILE``) may set the same keys; an unknown key is rejected by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from captionlab.errors import UserError
+
+T = TypeVar("T")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str | None = None):
+    """Add one flag per field of the dataclass ``cls`` (help text from field metadata)."""
+    target = parser.add_argument_group(group) if group else parser
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = hints[f.name]
+        choices = f.metadata.get("choices")
+        if kind is bool:
+            target.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {default})",
+            )
+            continue
+        base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
+        if base not in (int, float, str):
+            base = str
+        target.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            type=base,
+            default=None,
+            choices=choices,
+            metavar=f.metadata.get("metavar", f.name.upper()),
+            help=f"{help_text} (default: {default})",
+        )
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
+    """Build ``cls`` from its defaults (or ``base``), overridden by flags the user set."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return cls(**values)
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
+    """Build ``cls`` from a dict (a JSON config), rejecting unknown keys by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"expected some of {', '.join(sorted(names))}"
+        )
+    return cls(**data)
+
+
+def load_json_config(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return dataclass_from_dict(cls, data, str(path))

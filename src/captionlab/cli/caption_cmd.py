@@ -1,0 +1,33 @@
+"""``captionlab caption``: describe image files with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+from captionlab.cli import add_json_flag
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "caption",
+        help="caption image files with a trained model",
+        description="Features are extracted on the fly exactly as in training (same backbone, "
+        "image size, pooling and PCA basis, all stored in the checkpoint).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
+    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda for the feature extractor")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> dict:
+    from captionlab.runs import caption_images
+
+    results = caption_images(args.model, args.images, beam=args.beam, device=args.device)
+    if not args.json:
+        for r in results:
+            print(f"{r['image']}: {r['caption']}")
+    return {"model": args.model, "beam": args.beam, "captions": results}

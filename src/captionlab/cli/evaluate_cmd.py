@@ -1,0 +1,71 @@
+"""``captionlab evaluate``: caption a split with a trained model and score it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from captionlab.cli import add_json_flag
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained model on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr, scenes)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
+    p.add_argument("--data", required=True, help="dataset file (Karpathy or COCO json)")
+    p.add_argument(
+        "--features", default=None, help="feature store (default: the one the model trained on)"
+    )
+    p.add_argument("--split", default="test", help="split to caption: train, val or test")
+    p.add_argument(
+        "--beam", type=int, default=3, help="beam size (1 = greedy); greedy is always reported too"
+    )
+    p.add_argument("--image-root", default=None, help="folder the dataset's image paths are under")
+    p.add_argument("--scenes", default=None, help="scenes.json for scene accuracy (shapes data)")
+    p.add_argument("--limit", type=int, default=None, help="caption only the first N images")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON file for metrics and every caption (default: RUN/eval_SPLIT.json)",
+    )
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> dict:
+    from captionlab.captioning.metrics import format_metrics_table
+    from captionlab.runs import _write_json, evaluate_run, resolve_model_path
+
+    beams = sorted({1, args.beam})
+    result = evaluate_run(
+        args.model,
+        args.data,
+        args.features,
+        split=args.split,
+        beams=beams,
+        image_root=args.image_root,
+        scenes_path=args.scenes,
+        limit=args.limit,
+    )
+    ckpt = resolve_model_path(args.model)
+    out = Path(args.out) if args.out else ckpt.parent / f"eval_{args.split}.json"
+    _write_json(out, result)
+    rows = {name: r["metrics"] for name, r in result["results"].items()}
+    if not args.json:
+        print(f"{result['cell']} on {result['images']} {args.split} images ({ckpt})")
+        print(format_metrics_table(rows))
+        best = result["results"][f"beam{args.beam}" if args.beam > 1 else "greedy"]
+        for item in best["captions"][:5]:
+            print(f"  {Path(item['path']).name}: {item['caption']}")
+        print(f"all captions: {out}")
+    return {
+        "model": str(ckpt),
+        "split": args.split,
+        "images": result["images"],
+        "metrics": json.loads(json.dumps(rows, default=str)),
+        "captions_file": str(out),
+    }

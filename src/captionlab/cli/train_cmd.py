@@ -1,0 +1,63 @@
+"""``captionlab train``: fit a captioner on a dataset's features, into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from captionlab.cli import add_json_flag
+from captionlab.cli._options import add_dataclass_flags, dataclass_from_args, load_json_config
+
+
+def register(sub) -> None:
+    from captionlab.runs import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a captioning RNN/LSTM/GRU on precomputed features",
+        description="Train a captioner. Writes RUN/best.npz, RUN/last.npz, RUN/loss.png, "
+        "RUN/log.json, RUN/config.json and RUN/vocab.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", required=True, help="dataset file (Karpathy dataset.json or COCO json)"
+    )
+    p.add_argument(
+        "--features", required=True, help="HDF5 feature store from `captionlab features`"
+    )
+    p.add_argument("--out", required=True, help="run folder to write (created if missing)")
+    p.add_argument("--image-root", default=None, help="folder the dataset's image paths are under")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.npz")
+    p.add_argument(
+        "--config", default=None, help="JSON file with TrainConfig keys (flags override)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    add_dataclass_flags(p, TrainConfig, "model and optimisation")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> dict:
+    from captionlab.runs import TrainConfig, train_run
+
+    base = load_json_config(TrainConfig, args.config) if args.config else None
+    config = dataclass_from_args(TrainConfig, args, base)
+    summary = train_run(
+        args.data,
+        args.features,
+        args.out,
+        config,
+        image_root=args.image_root,
+        resume=args.resume,
+        progress=not args.quiet and not args.json,
+        verbose=not args.quiet and not args.json,
+    )
+    if not args.json:
+        print(
+            f"trained {summary['cell']} for {summary['epochs']} epochs in {summary['seconds']} s "
+            f"({summary['stop_reason']}); best val BLEU-4 {summary['best_val_bleu4']:.3f} at "
+            f"epoch {summary['best_epoch']}\n  model: {summary['best']}\n  curve: "
+            f"{summary['loss_curve']}"
+        )
+    for key in ("loss_history",):
+        summary.pop(key)
+    return summary
