@@ -155,3 +155,19 @@ def test_update_rules_keep_state_and_defaults():
     np.testing.assert_allclose(w3 - w2, -0.1 * dw * 1.5)
     w4, _ = optim.sgd(w, dw, None)
     np.testing.assert_allclose(w4, w - 1e-2 * dw)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
+def test_saturated_gates_raise_no_floating_point_errors(name):
+    """Pre-activations of +-1e4 saturate every gate; exp overflow there is expected."""
+    rng = np.random.default_rng(6)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[name]
+    args = _seq_args(rng, np.float32, gates)
+    args[2] *= 1e4  # Wx
+    if name == "gru":
+        args.append(args[4].copy())
+    with np.errstate(all="raise"):
+        h, cache = getattr(nn, f"{name}_forward")(*args)
+        grads = getattr(nn, f"{name}_backward")(np.ones_like(h), cache)
+    assert np.all(np.abs(h) <= 1)
+    assert all(np.all(np.isfinite(g)) for g in grads)
