@@ -146,6 +146,9 @@ def test_validation_metric_compares_each_image_with_all_its_references():
     )
     assert all(len(h.split()) <= 5 for h in hyps)
     assert calls[1][1] == refs  # the same fixed subset every epoch
+    capped = CaptioningSolver(_model(data), data, verbose=False, val_images=4, val_loss_captions=5)
+    assert capped.val_subset["caption_rows"].size == 5
+    assert set(data["val_image_idxs"][capped.val_subset["caption_rows"]]) <= set(images)
     assert solver.val_metric_history == [0.1, 0.2]
     assert len(model_hyps) == 4
 
@@ -167,17 +170,22 @@ def test_best_parameters_are_kept_and_restored():
         snapshots[record["epoch"]] = {k: v.copy() for k, v in solver.model.params.items()}
         assert record["bleu4"] == [0.1, 0.5, 0.2, 0.3][record["epoch"] - 1]
 
-    solver = CaptioningSolver(
-        _model(data),
-        data,
+    kwargs = dict(
         update_rule="adam",
         num_epochs=4,
         batch_size=10,
-        optim_config={"learning_rate": 1e-2},
         verbose=False,
-        metric=metric,
+        optim_config={"learning_rate": 1e-2},
         on_epoch_end=on_epoch_end,
     )
+    # by default (cs231n) the model keeps its last parameters; the best ones are kept aside
+    plain = CaptioningSolver(_model(data), data, metric=metric, **kwargs).train()
+    assert plain.best_epoch == 2 and plain.best_score == 0.5
+    for k, v in plain.model.params.items():
+        np.testing.assert_array_equal(v, snapshots[4][k])
+        np.testing.assert_array_equal(plain.best_params[k], snapshots[2][k])
+    metric, _ = _scripted([0.1, 0.5, 0.2, 0.3])
+    solver = CaptioningSolver(_model(data), data, metric=metric, restore_best=True, **kwargs)
     solver.train()
     assert solver.best_epoch == 2 and solver.best_score == 0.5
     for k, v in solver.model.params.items():

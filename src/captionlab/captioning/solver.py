@@ -61,12 +61,16 @@ class SolverOptions:
         metric: ``metric(hypotheses: list[str], references: list[list[str]]) -> float``,
             higher is better; default BLEU-4 from :mod:`captionlab.captioning.metrics`.
         metric_name: the name shown in logs and histories.
-        val_images: how many validation images (a fixed, evenly spaced subset) are used for
-            the validation loss and metric each epoch.
+        val_images: how many validation images (a fixed, evenly spaced subset) are decoded
+            and scored each epoch.
+        val_loss_captions: at most this many of those images' captions (evenly spaced) give
+            the validation loss.
         max_length: words generated at most when decoding for the metric (default: the
             caption length T of the validation captions).
         val_batch_size: batch size for validation loss and decoding.
-        restore_best: at the end of training put the best parameters into the model.
+        restore_best: at the end of training (or on divergence) put the best parameters
+            into the model; by default the model keeps the last parameters, as in cs231n,
+            and the best ones are in ``best_params`` (and ``best.npz``).
         progress: show a tqdm progress bar with the loss.
         loss_curve_path: if set, save a PNG of the loss curves there after every epoch.
         checkpoint_dir: if set, write ``last.npz`` after every epoch and ``best.npz`` on
@@ -83,10 +87,11 @@ class SolverOptions:
     monitor: str = "auto"
     metric: Callable[[list[str], list[list[str]]], float] | None = None
     metric_name: str = "bleu4"
-    val_images: int = 500
+    val_images: int = 200
+    val_loss_captions: int = 500
     max_length: int | None = None
     val_batch_size: int = 500
-    restore_best: bool = True
+    restore_best: bool = False
     progress: bool = False
     loss_curve_path: str | os.PathLike | None = None
     checkpoint_dir: str | os.PathLike | None = None
@@ -235,6 +240,10 @@ class CaptioningSolver:
         pick = np.unique(np.linspace(0, images.size - 1, count).round().astype(np.int64))
         images = images[pick]
         cap_rows = np.flatnonzero(np.isin(self.val_image_idxs, images))
+        loss_rows = cap_rows
+        if cap_rows.size > self.options.val_loss_captions:
+            keep = np.linspace(0, cap_rows.size - 1, self.options.val_loss_captions)
+            loss_rows = cap_rows[np.unique(keep.round().astype(np.int64))]
         idx_to_word = self.data.get("idx_to_word", getattr(self.model, "idx_to_word", None))
         references = None
         if idx_to_word is not None:
@@ -245,7 +254,7 @@ class CaptioningSolver:
             references = [by_image[int(i)] for i in images]
         self.val_subset = {
             "images": images,  # (I,) rows of val_features
-            "caption_rows": cap_rows,  # rows of val_captions for the loss
+            "caption_rows": loss_rows,  # rows of val_captions for the loss
             "references": references,  # I lists of reference sentences
             "idx_to_word": idx_to_word,
         }
