@@ -231,3 +231,49 @@ def test_overfit_50_captions_cs231n_size(cell, bound):
     """The cs231n notebooks' sizes: V=1004, D=512, word vectors 256, hidden 512."""
     history = _overfit(cell, V=1004, D=512, W=256, H=512)
     assert history[-1] < bound
+
+
+def _reference_loss(model, features, captions):
+    """The straightforward cs231n loss: scores at every position, then the masked loss."""
+    from captionlab import nn
+
+    p = model.params
+    h0 = features @ p["W_proj"] + p["b_proj"]
+    x, _ = nn.word_embedding_forward(captions[:, :-1], p["W_embed"])
+    if model.cell_type == "rnn":
+        h, _ = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    elif model.cell_type == "lstm":
+        h, _ = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+    else:
+        h, _ = nn.gru_forward(x, h0, p["Wx"], p["Wh"], p["b"], p["bh"])
+    scores, cache = nn.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
+    out = captions[:, 1:]
+    loss, dscores = nn.temporal_softmax_loss(scores, out, out != 0)
+    _, dW_vocab, db_vocab = nn.temporal_affine_backward(dscores, cache)
+    return loss, dW_vocab, db_vocab
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_scores_only_at_unmasked_positions_equal_the_full_computation(cell):
+    rng = np.random.default_rng(5)
+    model = CaptioningRNN(
+        make_vocab(30),
+        input_dim=6,
+        wordvec_dim=5,
+        hidden_dim=7,
+        cell_type=cell,
+        dtype=np.float64,
+        seed=2,
+    )
+    features, captions = rng.standard_normal((9, 6)), make_captions(rng, 9, 11, 30)
+    assert np.mean(captions[:, 1:] == 0) > 0.2  # plenty of padding
+    loss, grads = model.loss(features, captions)
+    ref_loss, ref_dW, ref_db = _reference_loss(model, features, captions)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(grads["W_vocab"], ref_dW, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(grads["b_vocab"], ref_db, rtol=1e-10, atol=1e-14)
+    # all targets <NULL>: zero loss and zero gradients
+    empty = np.zeros_like(captions)
+    empty[:, 0] = 1
+    loss0, grads0 = model.loss(features, empty)
+    assert loss0 == 0.0 and all(not g.any() for g in grads0.values())

@@ -179,11 +179,31 @@ class CaptioningRNN:
         else:
             h, cache_rnn = nn.gru_forward(x, h0, p["Wx"], p["Wh"], p["b"], p["bh"])
         # h: (N, T-1, H)
-        scores, cache_scores = nn.temporal_affine_forward(h, p["W_vocab"], p["b_vocab"])
-        loss, dscores = nn.temporal_softmax_loss(scores, captions_out, mask)  # (N, T-1, V)
+        # Word scores only where a word is predicted: <NULL> targets (the padding, often a
+        # third of the positions) cost nothing in the loss, so their scores, softmax and
+        # gradients are skipped. The same math as temporal_affine + temporal_softmax_loss
+        # over all positions (the tests compare the two).
+        N, Tm1, H = h.shape
+        rows = np.flatnonzero(mask.reshape(-1))  # (M,) positions that count
+        h_rows = h.reshape(N * Tm1, H)[rows]  # (M, H)
+        scores, cache_scores = nn.affine_forward(h_rows, p["W_vocab"], p["b_vocab"])  # (M, V)
+        targets = captions_out.reshape(-1)[rows]  # (M,)
+        # temporal_softmax_loss averages over its first axis (1 here): divide by N after
+        loss, dscores = nn.temporal_softmax_loss(
+            scores[None], targets[None], np.ones((1, rows.size), dtype=bool)
+        )  # dscores (1, M, V)
+        loss /= N
 
         grads: dict[str, np.ndarray] = {}
-        dh, grads["W_vocab"], grads["b_vocab"] = nn.temporal_affine_backward(dscores, cache_scores)
+        if rows.size:
+            dh_rows, dW_vocab, db_vocab = nn.affine_backward(dscores[0], cache_scores)
+        else:  # nothing to predict (all targets <NULL>)
+            dh_rows, dW_vocab, db_vocab = h_rows, np.zeros_like(p["W_vocab"]), p["b_vocab"] * 0
+        scale = np.asarray(1.0 / N, dtype=self.dtype)
+        grads["W_vocab"], grads["b_vocab"] = dW_vocab * scale, db_vocab * scale
+        dh = np.zeros((N * Tm1, H), dtype=h.dtype)
+        dh[rows] = dh_rows * scale
+        dh = dh.reshape(N, Tm1, H)  # (N, T-1, H)
         if self.cell_type == "rnn":
             dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = nn.rnn_backward(dh, cache_rnn)
         elif self.cell_type == "lstm":
