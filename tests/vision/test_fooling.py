@@ -110,3 +110,16 @@ def test_bad_arguments():
         fooling.pgd_attack(images(), 0, model, input_range=(1.0, -1.0))
     with pytest.raises(ValueError, match="epsilon and max_iter must be >= 0"):
         fooling.pgd_attack(images(), 0, model, epsilon=-1.0)
+
+
+def test_stop_prob_keeps_going_past_the_flip():
+    model, X = tiny_cnn(), images()
+    target, _ = targets_not_predicted(model, X)
+    flip = fooling.fool(X, target, model, learning_rate=0.2, max_iter=300)
+    sure = fooling.fool(X, target, model, learning_rate=0.2, max_iter=300, stop_prob=0.95)
+    assert sure.success.all() and (sure.target_prob >= 0.95).all()
+    assert (sure.iterations > flip.iterations).all()
+    kw = dict(epsilon=1.0, step_size=0.05, max_iter=200)
+    flip = fooling.pgd_attack(X, target, model, **kw)
+    sure = fooling.pgd_attack(X, target, model, stop_prob=0.6, **kw)
+    assert (sure.target_prob >= 0.6).all() and (sure.iterations > flip.iterations).all()

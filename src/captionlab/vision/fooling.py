@@ -67,6 +67,14 @@ def _scale(input_range: tuple[float, float] | None) -> float:
     return float(hi - lo)
 
 
+def _done(scores: torch.Tensor, targets: torch.Tensor, stop_prob: float | None) -> torch.Tensor:
+    """(N,) bool: predicted as the target, with probability >= ``stop_prob`` if given."""
+    done = scores.argmax(dim=1) == targets
+    if stop_prob is not None:
+        done &= scores.softmax(dim=1).gather(1, targets[:, None])[:, 0] >= stop_prob
+    return done
+
+
 def _finish(
     X: torch.Tensor,
     X_adv: torch.Tensor,
@@ -97,11 +105,14 @@ def fool(
     learning_rate: float = 1.0,
     max_iter: int = 100,
     input_range: tuple[float, float] | None = None,
+    stop_prob: float | None = None,
 ) -> FoolingResult:
     """cs231n's normalised-gradient attack on a batch; see the module docstring.
 
     ``learning_rate`` is the L2 length of each step on the model's scale. With
     ``input_range`` given, images are clamped to it after each step (cs231n does not clamp).
+    An image is done when the model predicts the target (cs231n) and, if ``stop_prob`` is
+    given, gives it at least that probability (a margin that survives rounding to pixels).
     """
     _check_images(X)
     if max_iter < 0:
@@ -115,7 +126,7 @@ def fool(
         for _ in range(max_iter):
             x = X_adv.clone().requires_grad_(True)
             scores = model(x)  # (N, K)
-            active = scores.argmax(dim=1) != targets  # (N,)
+            active = ~_done(scores, targets, stop_prob)  # (N,)
             if not bool(active.any()):
                 break
             (g,) = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), x)
@@ -136,6 +147,7 @@ def make_fooling_image(
     learning_rate: float = 1.0,
     max_iter: int = 100,
     input_range: tuple[float, float] | None = None,
+    stop_prob: float | None = None,
 ) -> torch.Tensor:
     """cs231n: ``X`` (N, C, H, W) -> fooling images (N, C, H, W) classified as ``target_y``.
 
@@ -148,6 +160,7 @@ def make_fooling_image(
         learning_rate=learning_rate,
         max_iter=max_iter,
         input_range=input_range,
+        stop_prob=stop_prob,
     ).images
 
 
@@ -161,12 +174,14 @@ def pgd_attack(
     max_iter: int = 50,
     input_range: tuple[float, float] | None = None,
     stop_on_success: bool = True,
+    stop_prob: float | None = None,
 ) -> FoolingResult:
     """Targeted L-infinity PGD: ``max |X_adv - X| <= epsilon`` (pixel units / 255).
 
     ``step_size`` defaults to ``epsilon / 4`` (also in pixel units / 255). Starts at ``X``
     (no random start, so results are deterministic). With ``stop_on_success`` an image stops
-    changing once the model predicts the target; otherwise all ``max_iter`` steps run.
+    changing once the model predicts the target (with probability >= ``stop_prob`` if given);
+    otherwise all ``max_iter`` steps run.
     """
     _check_images(X)
     if epsilon < 0 or max_iter < 0:
@@ -184,7 +199,7 @@ def pgd_attack(
             x = X_adv.clone().requires_grad_(True)
             scores = model(x)  # (N, K)
             if stop_on_success:
-                active = scores.argmax(dim=1) != targets
+                active = ~_done(scores, targets, stop_prob)
             else:
                 active = torch.ones(N, dtype=torch.bool, device=X.device)
             if not bool(active.any()):
