@@ -450,7 +450,7 @@ class CaptioningSolver:
     # ------------------------------------------------------------------ the loop
     def train(self) -> CaptioningSolver:
         """Run (or continue) the optimization for ``num_epochs`` epochs; returns self."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         N = self.train_captions.shape[0]
         iterations_per_epoch = max(N // self.batch_size, 1)
