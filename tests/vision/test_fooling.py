@@ -123,3 +123,22 @@ def test_stop_prob_keeps_going_past_the_flip():
     flip = fooling.pgd_attack(X, target, model, **kw)
     sure = fooling.pgd_attack(X, target, model, stop_prob=0.6, **kw)
     assert (sure.target_prob >= 0.6).all() and (sure.iterations > flip.iterations).all()
+
+
+@pytest.mark.parametrize("attack", ["fool", "pgd"])
+def test_batch_equals_one_image_at_a_time(attack):
+    """Images finish at different steps; the shrinking batch must not mix them up."""
+    model, X = tiny_cnn(), images()
+    target, _ = targets_not_predicted(model, X)
+    run = {
+        "fool": lambda x, t: fooling.fool(x, t, model, learning_rate=0.3, max_iter=100),
+        "pgd": lambda x, t: fooling.pgd_attack(
+            x, t, model, epsilon=1.0, step_size=0.05, max_iter=200
+        ),
+    }[attack]
+    batch = run(X, target)
+    assert len(set(batch.iterations.tolist())) > 1  # they did finish at different steps
+    for i in range(3):
+        one = run(X[i : i + 1], target[i : i + 1])
+        assert torch.allclose(one.images[0], batch.images[i], atol=1e-5)
+        assert one.iterations[0] == batch.iterations[i]

@@ -75,6 +75,39 @@ def _done(scores: torch.Tensor, targets: torch.Tensor, stop_prob: float | None) 
     return done
 
 
+def _run(X, targets, model, max_iter, step, stop_prob, *, early_stop, project=None):
+    """The attack loop shared by both attacks; returns (images (N, C, H, W), iterations (N,)).
+
+    Only the images still going run through the model each step (a fooled image is frozen,
+    so the batch shrinks as images succeed). ``step(x, scores, t)`` returns the next images
+    (n, C, H, W) for the subset ``x`` with scores (n, K) and targets ``t`` (n,);
+    ``project(x_new, x_start)`` maps them back into the budget.
+    """
+    N = X.shape[0]
+    X_adv = X.detach().clone()
+    iterations = torch.zeros(N, dtype=torch.long)
+    going = torch.ones(N, dtype=torch.bool, device=X.device)
+    with frozen(model):
+        for _ in range(max_iter):
+            idx = going.nonzero()[:, 0]
+            x = X_adv[idx].requires_grad_(True)  # (n, C, H, W), a copy
+            scores = model(x)  # (n, K)
+            keep = torch.ones(len(idx), dtype=torch.bool, device=X.device)
+            if early_stop:
+                keep = ~_done(scores, targets[idx], stop_prob)  # (n,)
+                going[idx] = keep
+                if not bool(keep.any()):
+                    break
+            # rows are independent (eval mode), so the rows that just finished are dropped here
+            x_new = step(x, scores, targets[idx])[keep]
+            idx = idx[keep]
+            if project is not None:
+                x_new = project(x_new, X[idx].detach())
+            X_adv[idx] = x_new.detach()
+            iterations[idx.cpu()] += 1
+    return X_adv, iterations
+
+
 def _finish(
     X: torch.Tensor,
     X_adv: torch.Tensor,
@@ -120,22 +153,14 @@ def fool(
     N = X.shape[0]
     targets = as_targets(target_y, N, X.device)
     scale = _scale(input_range)
-    X_adv = X.detach().clone()
-    iterations = torch.zeros(N, dtype=torch.long)
-    with frozen(model):
-        for _ in range(max_iter):
-            x = X_adv.clone().requires_grad_(True)
-            scores = model(x)  # (N, K)
-            active = ~_done(scores, targets, stop_prob)  # (N,)
-            if not bool(active.any()):
-                break
-            (g,) = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), x)
-            norms = g.reshape(N, -1).norm(dim=1).clamp_min(1e-12).reshape(N, 1, 1, 1)
-            step = learning_rate * g / norms * active.reshape(N, 1, 1, 1).to(X.dtype)
-            X_adv = X_adv + step
-            if input_range is not None:
-                X_adv = X_adv.clamp(*input_range)
-            iterations += active.cpu().long()
+
+    def step(x, scores, t):  # x (n, C, H, W) of the images still going
+        (g,) = torch.autograd.grad(scores.gather(1, t[:, None]).sum(), x)
+        norms = g.reshape(len(t), -1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+        x_new = x.detach() + learning_rate * g / norms
+        return x_new if input_range is None else x_new.clamp(*input_range)
+
+    X_adv, iterations = _run(X, targets, model, max_iter, step, stop_prob, early_stop=True)
     return _finish(X, X_adv, targets, model, iterations, scale)
 
 
@@ -192,23 +217,18 @@ def pgd_attack(
     eps = epsilon * scale
     alpha = (epsilon / 4 if step_size is None else step_size) * scale
     X0 = X.detach()
-    X_adv = X0.clone()
-    iterations = torch.zeros(N, dtype=torch.long)
-    with frozen(model):
-        for _ in range(max_iter):
-            x = X_adv.clone().requires_grad_(True)
-            scores = model(x)  # (N, K)
-            if stop_on_success:
-                active = ~_done(scores, targets, stop_prob)
-            else:
-                active = torch.ones(N, dtype=torch.bool, device=X.device)
-            if not bool(active.any()):
-                break
-            loss = torch.nn.functional.cross_entropy(scores, targets, reduction="sum")
-            (g,) = torch.autograd.grad(loss, x)
-            step = alpha * g.sign() * active.reshape(N, 1, 1, 1).to(X.dtype)
-            X_adv = X0 + (X_adv - step - X0).clamp(-eps, eps)
-            if input_range is not None:
-                X_adv = X_adv.clamp(*input_range)
-            iterations += active.cpu().long()
+
+    def step(x, scores, t):
+        loss = torch.nn.functional.cross_entropy(scores, t, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)
+        x_new = x.detach() - alpha * g.sign()
+        return x_new if input_range is None else x_new.clamp(*input_range)
+
+    def project(x_new, x_start):  # onto the L-inf ball around the original images
+        x_new = x_start + (x_new - x_start).clamp(-eps, eps)
+        return x_new if input_range is None else x_new.clamp(*input_range)
+
+    X_adv, iterations = _run(
+        X0, targets, model, max_iter, step, stop_prob, early_stop=stop_on_success, project=project
+    )
     return _finish(X0, X_adv, targets, model, iterations, scale)
