@@ -64,6 +64,19 @@ def tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return tanh_from_negated_double_(out)
 
 
+def time_major_with_ones(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Copy ``x`` (N, T, D) to a time-major (T, N, D + 1) array whose last column is 1.
+
+    With it the bias rides in the input GEMM, ``x1 @ [Wx; b] = x @ Wx + b``, and the
+    backward gets ``x1.T @ da = [dWx; db]`` from one GEMM too.
+    """
+    N, T, D = x.shape
+    x1 = np.empty((T, N, D + 1), dtype=dtype)  # (T, N, D+1)
+    x1[:, :, :D] = x.transpose(1, 0, 2)
+    x1[:, :, D] = 1
+    return x1
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """Log of the softmax along the last axis, with max subtraction.
 

@@ -39,6 +39,7 @@ from captionlab.nn.functional import (
     sigmoid,
     sigmoid_from_negated_,
     tanh_from_negated_double_,
+    time_major_with_ones,
 )
 
 
@@ -135,12 +136,13 @@ def gru_forward(
     # (n: tanh), exactly, so the GEMMs give what the in-place kernels take.
     scale = np.full(3 * H, -1, dtype=dtype)
     scale[2 * H :] = -2
-    Wx_s, Wh_s, b_s, bh_s = Wx * scale, Wh * scale, b * scale, bh * scale
-    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)  # (T, N, D)
-    # Hoisted: the input projection of all steps as one GEMM. The buffer then holds the
-    # gate activations r, z, n of every step, computed in place.
-    gates = (x_tm.reshape(T * N, D) @ Wx_s).reshape(T, N, 3 * H)  # (T, N, 3H)
-    gates += b_s
+    Wxb_s = np.concatenate([Wx, b[None]], dtype=dtype)  # (D+1, 3H)
+    Wxb_s *= scale
+    Wh_s, bh_s = Wh * scale, bh * scale
+    x1 = time_major_with_ones(x, dtype)  # (T, N, D+1)
+    # Hoisted: the input projection of all steps, bias included, as one GEMM. The buffer
+    # then holds the gate activations r, z, n of every step, computed in place.
+    gates = (x1.reshape(T * N, D + 1) @ Wxb_s).reshape(T, N, 3 * H)  # (T, N, 3H)
     hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
     hs[0] = h0
     ha_n = np.empty((T, N, H), dtype=dtype)  # h_{t-1} @ Wh_n + bh_n, kept for backward
@@ -164,7 +166,7 @@ def gru_forward(
         ht *= z
         ht += n  # h_t = n + z * (h_{t-1} - n) = (1 - z) n + z h_{t-1}
     h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
-    return h, (x_tm, Wx, Wh, gates, ha_n, hs)
+    return h, (x1, Wx, Wh, gates, ha_n, hs)
 
 
 def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -179,8 +181,8 @@ def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         ``(dx, dh0, dWx, dWh, db, dbh)`` of shapes (N, T, D), (N, H), (D, 3H), (H, 3H),
         (3H,), (3H,).
     """
-    x_tm, Wx, Wh, gates, ha_n, hs = cache
-    T, N, D = x_tm.shape
+    x1, Wx, Wh, gates, ha_n, hs = cache
+    T, N, D = x1.shape[0], x1.shape[1], x1.shape[2] - 1
     H = hs.shape[2]
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
     dtype = gates.dtype
@@ -224,8 +226,8 @@ def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     dxa2 = dxa.reshape(T * N, 3 * H)
     dha2 = dha.reshape(T * N, 3 * H)
     dx = np.ascontiguousarray((dxa2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
-    dWx = x_tm.reshape(T * N, D).T @ dxa2  # (D, 3H)
+    dWxb = x1.reshape(T * N, D + 1).T @ dxa2  # (D+1, 3H) = [dWx; db]
+    dWx, db = dWxb[:D], dWxb[D]  # (D, 3H), (3H,)
     dWh = hs[:T].reshape(T * N, H).T @ dha2  # (H, 3H); hs[t] = h_{t-1}
-    db = dxa2.sum(axis=0)  # (3H,)
     dbh = dha2.sum(axis=0)  # (3H,)
     return dx, dprev, dWx, dWh, db, dbh

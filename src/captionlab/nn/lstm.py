@@ -37,6 +37,7 @@ from captionlab.nn.functional import (
     sigmoid,
     sigmoid_from_negated_,
     tanh_from_negated_double_,
+    time_major_with_ones,
 )
 
 
@@ -138,12 +139,13 @@ def lstm_forward(
     # The weights are copied with the gate columns scaled by -1 (i, f, o) or -2 (g), exactly,
     # so that the GEMMs produce what the in-place sigmoid/tanh kernels take.
     scale = _gate_scale(H, dtype)
-    Wx_s, Wh_s, b_s = Wx * scale, Wh * scale, b * scale
-    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)  # (T, N, D)
-    # Hoisted: the input projection of all steps as one GEMM. The buffer then holds the
-    # gate activations i, f, o, g of every step, computed in place.
-    gates = (x_tm.reshape(T * N, D) @ Wx_s).reshape(T, N, 4 * H)  # (T, N, 4H)
-    gates += b_s
+    Wxb_s = np.concatenate([Wx, b[None]], dtype=dtype)  # (D+1, 4H)
+    Wxb_s *= scale
+    Wh_s = Wh * scale
+    x1 = time_major_with_ones(x, dtype)  # (T, N, D+1)
+    # Hoisted: the input projection of all steps, bias included, as one GEMM. The buffer
+    # then holds the gate activations i, f, o, g of every step, computed in place.
+    gates = (x1.reshape(T * N, D + 1) @ Wxb_s).reshape(T, N, 4 * H)  # (T, N, 4H)
     hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
     hs[0] = h0
     c = np.empty((T, N, H), dtype=dtype)
@@ -171,7 +173,7 @@ def lstm_forward(
         tanh_from_negated_double_(tct)
         np.multiply(o, tct, out=hs[t + 1])  # h_t = o * tanh(c_t)
     h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
-    return h, (x_tm, Wx, Wh, gates, c, tanh_c, hs)
+    return h, (x1, Wx, Wh, gates, c, tanh_c, hs)
 
 
 def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -185,8 +187,8 @@ def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     Returns:
         ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, 4H), (H, 4H), (4H,).
     """
-    x_tm, Wx, Wh, gates, c, tanh_c, hs = cache
-    T, N, D = x_tm.shape
+    x1, Wx, Wh, gates, c, tanh_c, hs = cache
+    T, N, D = x1.shape[0], x1.shape[1], x1.shape[2] - 1
     H = hs.shape[2]
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
     dtype = gates.dtype
@@ -237,7 +239,7 @@ def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
     da2 = da.reshape(T * N, 4 * H)
     dx = np.ascontiguousarray((da2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
-    dWx = x_tm.reshape(T * N, D).T @ da2  # (D, 4H)
+    dWxb = x1.reshape(T * N, D + 1).T @ da2  # (D+1, 4H) = [dWx; db]
+    dWx, db = dWxb[:D], dWxb[D]  # (D, 4H), (4H,)
     dWh = hs[:T].reshape(T * N, H).T @ da2  # (H, 4H); hs[t] = h_{t-1}
-    db = da2.sum(axis=0)  # (4H,)
     return dx, dprev_h, dWx, dWh, db

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import check_recurrent, check_shape, tanh_from_negated_double_
+from captionlab.nn.functional import (
+    check_recurrent,
+    check_shape,
+    tanh_from_negated_double_,
+    time_major_with_ones,
+)
 
 
 def rnn_step_forward(
@@ -87,11 +92,12 @@ def rnn_forward(
     # Internally time-major (T, N, ...), so that each step's slices are contiguous. The
     # weights are copied scaled by -2 (exact), so the GEMMs give what the in-place
     # tanh(a) = 2 sigmoid(2a) - 1 kernel takes.
-    Wx_s, Wh_s, b_s = Wx * dtype.type(-2), Wh * dtype.type(-2), b * dtype.type(-2)
-    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)  # (T, N, D)
-    # Hoisted: the input projection of all steps as one GEMM.
-    xa = (x_tm.reshape(T * N, D) @ Wx_s).reshape(T, N, H)  # (T, N, H), -2 (x Wx + b)
-    xa += b_s
+    Wxb_s = np.concatenate([Wx, b[None]], dtype=dtype)  # (D+1, H)
+    Wxb_s *= -2
+    Wh_s = Wh * dtype.type(-2)
+    x1 = time_major_with_ones(x, dtype)  # (T, N, D+1)
+    # Hoisted: the input projection of all steps, bias included, as one GEMM.
+    xa = (x1.reshape(T * N, D + 1) @ Wxb_s).reshape(T, N, H)  # (T, N, H), -2 (x Wx + b)
     hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
     hs[0] = h0
     for t in range(T):
@@ -100,7 +106,7 @@ def rnn_forward(
         ht += xa[t]
         tanh_from_negated_double_(ht)  # h_t = tanh(x_t Wx + h_{t-1} Wh + b)
     h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
-    return h, (x_tm, Wx, Wh, hs)
+    return h, (x1, Wx, Wh, hs)
 
 
 def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -114,8 +120,8 @@ def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     Returns:
         ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, H), (H, H), (H,).
     """
-    x_tm, Wx, Wh, hs = cache
-    T, N, D = x_tm.shape
+    x1, Wx, Wh, hs = cache
+    T, N, D = x1.shape[0], x1.shape[1], x1.shape[2] - 1
     H = hs.shape[2]
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
     dtype = hs.dtype
@@ -134,7 +140,7 @@ def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
     da2 = da.reshape(T * N, H)
     dx = np.ascontiguousarray((da2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
-    dWx = x_tm.reshape(T * N, D).T @ da2  # (D, H)
+    dWxb = x1.reshape(T * N, D + 1).T @ da2  # (D+1, H) = [dWx; db]
+    dWx, db = dWxb[:D], dWxb[D]  # (D, H), (H,)
     dWh = hs[:T].reshape(T * N, H).T @ da2  # (H, H); hs[t] = h_{t-1}
-    db = da2.sum(axis=0)  # (H,)
     return dx, dprev, dWx, dWh, db
