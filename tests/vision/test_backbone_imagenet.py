@@ -61,3 +61,13 @@ def test_decode_predictions():
     assert preds[0][0][2] == pytest.approx(np.exp(10) / (np.exp(10) + 999))
     with pytest.raises(ValueError, match=r"\(N, 1000\)"):
         decode_predictions(np.zeros((2, 10)))
+
+
+def test_vision_package_exports_lazily():
+    import captionlab.vision as vision
+    from captionlab.vision import backbone, imagenet
+
+    assert vision.CLASS_NAMES is imagenet.CLASS_NAMES
+    assert vision.load_backbone is backbone.load_backbone
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vision.nope

@@ -32,6 +32,7 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -292,9 +293,12 @@ class FeatureStoreWriter:
         part = partial_path(out)
         M = len(image_ids)
         if not (len(paths) == len(splits) == M):
-            raise ValueError(f"image_ids, paths, splits must have one length, got {M}, ...")
+            raise ValueError(
+                f"image_ids, paths, splits must have one length, got {M}, {len(paths)}, "
+                f"{len(splits)}"
+            )
         if len(set(image_ids)) != M:
-            dup = next(i for i in image_ids if list(image_ids).count(i) > 1)
+            dup = next(i for i, n in Counter(image_ids).items() if n > 1)
             raise DataError(f"image ids must be unique; {dup!r} occurs more than once")
         if part.exists() and not restart:
             writer = cls._resume(out, part, config, image_ids, paths)
