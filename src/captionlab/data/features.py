@@ -383,15 +383,16 @@ class FeatureStoreWriter:
             raise ValueError(f"raw must be ({len(rows)}, {R}), got {raw.shape}")
         if np.any(np.diff(rows) <= 0):
             raise ValueError("rows must be strictly increasing")
-        self._f["features_raw"][rows] = raw.astype(np.float32, copy=False)
+        # a run of consecutive rows (the usual batch) is written as one slice, not point-wise
+        sel = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
         if self.config.grid:
             h = self.config.grid_side
             if grid is None or grid.shape != (len(rows), h, h, CHANNELS):
                 got = None if grid is None else grid.shape
                 raise ValueError(f"grid must be ({len(rows)}, {h}, {h}, {CHANNELS}), got {got}")
-            self._f["grid"][rows] = grid.astype(np.float16, copy=False)
-        done = self._f["done"]
-        done[rows] = True
+            self._f["grid"][sel] = grid.astype(np.float16, copy=False)
+        self._f["features_raw"][sel] = raw.astype(np.float32, copy=False)
+        self._f["done"][sel] = True  # last: a row is done only once its numbers are written
         self._f.flush()
 
     def mark_failed(self, row: int, error: str) -> None:
