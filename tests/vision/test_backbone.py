@@ -1,5 +1,7 @@
 """EfficientNet-Lite0: architecture, ImageNet weights, speed variants, pre/deprocessing."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -126,6 +128,10 @@ def test_preprocess_deprocess_roundtrip():
     assert x[0, 1, 2, 3].item() == pytest.approx((images[0, 2, 3, 1] - 127) / 128)
     np.testing.assert_array_equal(bb.deprocess(x), images)
     assert bb.preprocess(images[0]).shape == (1, 3, 8, 9)
+    images.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "array is not writable" warning from torch
+        torch.testing.assert_close(bb.preprocess(images), x)
     extremes = bb.preprocess(np.array([[[[0, 255, 0]]]], np.uint8))
     assert (extremes.min().item(), extremes.max().item()) == bb.INPUT_RANGE
     assert bb.deprocess(torch.full((1, 3, 2, 2), 50.0)).max() == 255

@@ -33,6 +33,7 @@ def test_plain_rgb_shape_and_centre_crop(tmp_path):
     Image.fromarray(a).save(tmp_path / "wide.png")
     out = load_image(tmp_path / "wide.png", size=16)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert out.flags.writeable
     assert is_close(out[8, 8], GREEN, tol=0)  # the centre band survives the crop
     assert is_close(out[8, 1], GREEN, tol=60)
 

@@ -335,6 +335,8 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
         raise ValueError(f"images must be (N, H, W, 3) or (H, W, 3), got {images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 pixels, got {images.dtype}")
+    if not images.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        images = images.copy()
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, 3, H, W) view
     return ((x.float() - PIXEL_MEAN) / PIXEL_STD).contiguous()
 

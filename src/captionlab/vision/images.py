@@ -131,7 +131,7 @@ def load_image(path: str | Path, size: int = 224, max_pixels: int = MAX_PIXELS) 
                 img = ImageOps.exif_transpose(img)
                 img = _to_rgb(img)
                 img = center_crop_resize(img, size)
-                out = np.asarray(img, dtype=np.uint8)
+                out = np.array(img, dtype=np.uint8)  # a writable copy (torch wants one)
     except UserError:
         raise
     except FileNotFoundError as exc:
@@ -147,7 +147,7 @@ def load_image(path: str | Path, size: int = 224, max_pixels: int = MAX_PIXELS) 
         raise UserError(f"{path}: corrupt or truncated image ({exc})") from exc
     if out.shape != (size, size, 3):  # pragma: no cover - guards the conversion above
         raise RuntimeError(f"{path}: expected ({size}, {size}, 3) pixels, got {out.shape}")
-    return np.ascontiguousarray(out)
+    return out
 
 
 def load_images(paths: Iterable[str | Path], size: int = 224) -> np.ndarray:
