@@ -22,9 +22,10 @@ Backward::
     dxa_n = dn * (1 - n**2)    dha_n = dxa_n * r    dr = dxa_n * ha_n
     dxa_r = dha_r = dr * r(1-r)    dxa_z = dha_z = dz * z(1-z)
 
-The sequence functions hoist the input projection of all steps into one GEMM, do the gate
-arithmetic in place in time-major buffers (each step's slice contiguous), and compute dx,
-dWx, dWh, db, dbh as single GEMMs (or sums) after the backward loop; only ``h @ Wh`` and
+The sequence functions hoist the input projection of all steps into one GEMM (``b`` rides
+in it as a column of ones on x), do the gate arithmetic in place in time-major buffers
+(each step's slice contiguous), and compute dx, [dWx; db], dWh as single GEMMs and dbh as
+one sum after the backward loop; only ``h @ Wh`` and
 ``dha @ Wh.T`` stay per step. Sigmoid and tanh are ``1 / (1 + exp(-a))`` and
 ``2 sigmoid(2a) - 1``, with the factors -1 and -2 folded into scaled copies of the weights.
 """

@@ -20,11 +20,12 @@ Backward, with ``dc`` the total gradient of ``c_t``::
     di = dc * g     df = dc * c_{t-1}     dg = dc * i     dc_{t-1} = dc * f
     da = [di * i(1-i), df * f(1-f), do * o(1-o), dg * (1-g**2)]
 
-The sequence functions hoist the input projection of all steps into one GEMM, do the gate
-arithmetic in place in preallocated time-major buffers (each step's slice contiguous), and
-compute dx, dWx, dWh, db as single GEMMs after the backward loop; only ``h @ Wh`` and
-``da @ Wh.T`` stay per step. The sigmoid and tanh are ``1 / (1 + exp(-a))`` and
-``2 sigmoid(2a) - 1``, with the factors -1 and -2 folded into scaled copies of the weights.
+The sequence functions hoist the input projection of all steps into one GEMM (the bias
+rides in it as a column of ones on x), do the gate arithmetic in place in preallocated
+time-major buffers (each step's slice contiguous), and compute dx, [dWx; db] and dWh as
+single GEMMs after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay per step.
+The sigmoid and tanh are ``1 / (1 + exp(-a))`` and ``2 sigmoid(2a) - 1``, with the
+factors -1 and -2 folded into scaled copies of the weights.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Backward, with ``a_t`` the pre-activation and ``da_t = dh_t * (1 - h_t**2)``::
     dWh += h_{t-1}.T @ da_t    db += sum_n da_t
 
 The sequence functions are not a loop over the step functions: the input projection of all
-steps is one GEMM before the loop, and dx, dWx, dWh, db are single GEMMs (or sums) over all
-steps after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay inside the loops.
+steps is one GEMM before the loop (the bias rides in it as a column of ones on x), and dx,
+[dWx; db] and dWh are single GEMMs over all steps after the backward loop; only
+``h @ Wh`` and ``da @ Wh.T`` stay inside the loops.
 Buffers are time-major (T, N, H) inside, so each step's slice is contiguous, and tanh is
 computed in place as ``2 sigmoid(2a) - 1`` with the factor -2 folded into the weights.
 """
