@@ -361,3 +361,36 @@ def test_loss_curve_png_and_progress_bar(tmp_path, capsys):
     assert "(Iteration 2 / 8) loss:" in out.out + out.err
     assert "(Epoch 2 / 2) train loss:" in out.out + out.err
     assert "train" in out.err  # the tqdm bar
+
+
+def test_cs231n_notebook_flow_runs_unchanged(capsys):
+    """The RNN_Captioning notebook's overfit cell, with its data dict's extra keys."""
+    data = make_data(n_train=50, T=9)
+    small_data = dict(data, train_urls=np.array(["u"] * 50), val_urls=np.array(["v"] * 6))
+    np.random.seed(231)  # noqa: NPY002 (what the notebook does)
+    small_rnn_model = CaptioningRNN(
+        cell_type="rnn",
+        word_to_idx=data["word_to_idx"],
+        input_dim=data["train_features"].shape[1],
+        hidden_dim=16,
+        wordvec_dim=8,
+    )
+    small_rnn_solver = CaptioningSolver(
+        small_rnn_model,
+        small_data,
+        update_rule="adam",
+        num_epochs=4,
+        batch_size=25,
+        optim_config={"learning_rate": 5e-3},
+        lr_decay=0.95,
+        verbose=True,
+        print_every=2,
+    )
+    small_rnn_solver.train()
+    assert len(small_rnn_solver.loss_history) == 8
+    assert "(Iteration 8 / 8) loss:" in capsys.readouterr().out
+    gt_captions = small_data["train_captions"][:2]
+    features = small_data["train_features"][small_data["train_image_idxs"][:2]]
+    sample_captions = small_rnn_model.sample(features)
+    assert sample_captions.shape == (2, 30)
+    assert len(captions_to_text(gt_captions, data["idx_to_word"])) == 2
