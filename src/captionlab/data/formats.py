@@ -178,7 +178,8 @@ def _read_coco(
             )
         captions[image_id].append(caption.strip())
     if image_root is None:
-        candidates = [path.parent, path.parent.parent / _coco_folder(path), path.parent]
+        folder = _coco_folder(path)
+        candidates = [path.parent, path.parent.parent / folder, path.parent / folder]
         first = next(iter(files.values()), "")
         root = next((c for c in candidates if (c / first).is_file()), path.parent)
     else:
