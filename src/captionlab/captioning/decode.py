@@ -6,9 +6,11 @@ Dimensions: ``N`` images, ``B`` beams, ``L`` maximum caption length, ``V`` vocab
 Every decoder feeds back one word per step. The word's input pre-activation
 ``W_embed[word] @ Wx + b`` does not depend on time, so it is folded once per call into a
 table ``(V, G*H)``; each step then looks up a row of the table and computes only
-``h @ Wh`` and ``h @ W_vocab``. The gate arithmetic after that lookup is
-:func:`cell_step_from_input`; with ``fold=False`` each decoder instead calls the
-``captionlab.nn`` step functions themselves (the reference; the tests check both agree).
+``h @ Wh`` and ``h @ W_vocab``. The table costs ``V`` rows of ``x @ Wx``; it is built
+(``fold=None``, the default) when a call feeds back at least ``V`` words in all. The gate
+arithmetic after that lookup is :func:`cell_step_from_input`; with ``fold=False`` each
+decoder instead calls the ``captionlab.nn`` step functions themselves (the reference; the
+tests check both agree).
 
 All decoders return captions as int32 arrays without ``<START>``: each caption stops at
 its first ``<END>`` (kept) and is ``<NULL>`` after it.
@@ -47,8 +49,10 @@ class _Stepper:
     The state is ``(h, c)``: h (M, H), c (M, H) for the LSTM and ``None`` otherwise.
     """
 
-    def __init__(self, model, fold: bool = True) -> None:
+    def __init__(self, model, fold: bool | None, lookups: int) -> None:
         p = model.params
+        if fold is None:  # the table pays off once it replaces at least V input rows
+            fold = lookups >= p["W_embed"].shape[0]
         self.cell = model.cell_type
         self.fold = fold
         self.p = p
@@ -154,7 +158,7 @@ def _require_tokens(model) -> tuple[int, int, int]:
 
 # ---------------------------------------------------------------------------- decoders
 def greedy_decode(
-    model, features: np.ndarray, max_length: int = 30, fold: bool = True
+    model, features: np.ndarray, max_length: int = 30, fold: bool | None = None
 ) -> np.ndarray:
     """Greedy decoding: at each step feed back the most likely word.
 
@@ -162,8 +166,9 @@ def greedy_decode(
         model: a :class:`CaptioningRNN`.
         features: image features (N, D).
         max_length: ``L``, the number of words generated at most.
-        fold: fold the input projection into a table (fast); ``False`` calls the
-            ``captionlab.nn`` step functions (reference).
+        fold: fold the input projection into a table (fast for many words); ``False``
+            calls the ``captionlab.nn`` step functions (the reference); ``None`` decides
+            by size.
 
     Returns:
         captions (N, L) int32.
@@ -171,7 +176,7 @@ def greedy_decode(
     start, end, null = _require_tokens(model)
     h, c = _start_state(model, features)
     N = h.shape[0]
-    step = _Stepper(model, fold=fold)
+    step = _Stepper(model, fold, lookups=N * max_length)
     captions = np.full((N, max_length), null, dtype=np.int32)
     rows = np.arange(N)  # the captions still being written
     words = np.full(N, start, dtype=np.int64)
@@ -215,7 +220,7 @@ def sample_temperature(
     start, end, null = _require_tokens(model)
     h, c = _start_state(model, features)
     N = h.shape[0]
-    step = _Stepper(model)
+    step = _Stepper(model, None, lookups=N * max_length)
     captions = np.full((N, max_length), null, dtype=np.int32)
     done = np.zeros(N, dtype=bool)
     words = np.full(N, start, dtype=np.int64)
@@ -261,7 +266,7 @@ def beam_search(
     max_length: int = 30,
     length_penalty: float = 0.0,
     top_k: int | None = None,
-    fold: bool = True,
+    fold: bool | None = None,
 ) -> BeamResult:
     """Beam search, vectorised over images and beams together.
 
@@ -294,7 +299,7 @@ def beam_search(
     h, c = _start_state(model, features)  # (N, H)
     N, B = h.shape[0], beam_size
     V = model.params["W_vocab"].shape[1]
-    step = _Stepper(model, fold=fold)
+    step = _Stepper(model, fold, lookups=N * B * max_length)
 
     h = np.repeat(h, B, axis=0)  # (N*B, H), beams of image n are rows n*B .. n*B+B-1
     c = None if c is None else np.repeat(c, B, axis=0)
@@ -368,7 +373,7 @@ def caption_logprob(model, features: np.ndarray, captions: np.ndarray) -> np.nda
     captions = np.asarray(captions)
     h, c = _start_state(model, features)
     N, L = captions.shape
-    step = _Stepper(model)
+    step = _Stepper(model, None, lookups=N * L)
     total = np.zeros(N)
     done = np.zeros(N, dtype=bool)
     words = np.full(N, start, dtype=np.int64)
