@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         f"N={N} T={T} D={D} H={H}, {a.threads} threads, median of {a.repeats}, "
         f"{a.clock} clock, numpy {np.__version__}, torch {torch.__version__}"
     )
-    rows = []
+    print(
+        "gemm = the fast path's matrix products alone; 1 - gemm/fast is the share of its\n"
+        "element-wise gate arithmetic and copies, which NumPy runs on one thread."
+    )
     with threadpool_limits(limits=a.threads, user_api="blas"):
         for dname in a.dtypes.split(","):
             dtype = np.dtype(dname)
@@ -212,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"{gflops:>8.1f} {gflops / peak:>7.2f} {med['gemm'] / med['fast']:>9.2f}",
                         flush=True,
                     )
-                    rows.append((dname, layer, mode, med))
     return 0
 
 
