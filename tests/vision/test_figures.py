@@ -26,6 +26,9 @@ def test_normalize_map_clips_outliers_and_handles_flat_maps():
     n = figures.normalize_map(m, percentile=90)
     assert n.min() == 0 and n.max() == 1 and n[0, 0] == 1
     assert np.all(figures.normalize_map(np.zeros((4, 4))) == 0)
+    ramp = figures.normalize_map(np.arange(100.0).reshape(10, 10), percentile=100)
+    assert ramp[0, 0] == 0 and ramp.flat[49] == 0 and ramp[9, 9] == 1  # below the median -> 0
+    assert 0 < ramp.flat[75] < 1
 
 
 def test_all_figures_draw_and_save(tmp_path):
@@ -51,6 +54,7 @@ def test_all_figures_draw_and_save(tmp_path):
         path = figures.save_figure(fig, tmp_path / "sub" / f"{name}.png")
         with Image.open(path) as png:
             assert png.format == "PNG" and min(png.size) > 100
+        assert path.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == [
         "c.png",
         "f.png",

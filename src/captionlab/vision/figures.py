@@ -48,15 +48,19 @@ def _label(name: str | None, prob: float | None) -> str:
     return name if prob is None else f"{name}  {100 * prob:.1f}%"
 
 
-def normalize_map(saliency: np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """Scale a map (H, W) to [0, 1], clipping at its ``percentile`` so a few hot pixels do
-    not wash out the rest."""
+def normalize_map(
+    saliency: np.ndarray, percentile: float = 99.5, floor_percentile: float = 50.0
+) -> np.ndarray:
+    """Scale a map (H, W) to [0, 1] for display: values up to its ``floor_percentile`` map to
+    0 (dense maps such as SmoothGrad's otherwise glow everywhere) and values from its
+    ``percentile`` up map to 1 (so a few hot pixels do not wash out the rest)."""
     m = np.asarray(saliency, dtype=np.float64)
-    m = m - m.min()
-    top = np.percentile(m, percentile)
-    if top <= 0:
-        top = m.max() if m.max() > 0 else 1.0
-    return np.clip(m / top, 0.0, 1.0)
+    lo, hi = np.percentile(m, [floor_percentile, percentile])
+    if hi <= lo:
+        lo, hi = m.min(), m.max()
+    if hi <= lo:
+        return np.zeros_like(m)
+    return np.clip((m - lo) / (hi - lo), 0.0, 1.0)
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, *, cmap: str = "inferno") -> np.ndarray:
@@ -178,6 +182,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for sharing
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
             fh.flush()
