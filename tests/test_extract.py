@@ -136,6 +136,7 @@ def test_dataset_input_pca_on_train_split_and_reuse(tmp_path):
     train = store.features_for(store.split_ids("train"))
     np.testing.assert_allclose(train.mean(axis=0), 0, atol=1e-3)  # PCA centred on train
     fx = FeatureExtractor.from_store(store)
+    assert fx.dim == 4 and fx.pca is not None
     np.testing.assert_allclose(fx.transform([paths[5]]), store.features_for(["5"]), atol=1e-4)
     with pytest.raises(UserError, match="no PCA basis was given"):
         FeatureExtractor(config).transform([paths[5]])

@@ -129,6 +129,11 @@ class FeatureExtractor:
             self.device, fold_bn=self.config.fold_bn, channels_last=self.config.channels_last
         )
 
+    @property
+    def dim(self) -> int:
+        """D: the size of the vectors :meth:`transform` returns."""
+        return self.config.feature_dim
+
     @classmethod
     def from_store(
         cls, store: FeatureStore | str | Path, device: str | torch.device = "cpu", **kwargs
