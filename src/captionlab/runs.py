@@ -305,6 +305,7 @@ def evaluate_run(
     image_root: str | Path | None = None,
     scenes_path: str | Path | None = None,
     coco: bool = True,
+    meteor: bool = True,
     limit: int | None = None,
 ) -> dict:
     """Caption ``split`` of a dataset with a trained model and score it.
@@ -342,7 +343,7 @@ def evaluate_run(
         name = "greedy" if beam == 1 else f"beam{beam}"
         texts = decode(model, features, beam=beam)
         hyps = dict(zip(ids, texts, strict=True))
-        metrics = coco_metrics(hyps, references) if coco else {}
+        metrics = coco_metrics(hyps, references, meteor=meteor) if coco else {}
         if scenes is not None:
             metrics.update(_scene_scores(texts, [scenes[i] for i in ids]))
         results[name] = {

@@ -26,6 +26,9 @@ def register(sub) -> None:
     )
     p.add_argument("--image-root", default=None, help="folder the dataset's image paths are under")
     p.add_argument("--scenes", default=None, help="scenes.json for scene accuracy (shapes data)")
+    p.add_argument(
+        "--no-meteor", action="store_true", help="skip METEOR (it costs ~15 s of Java start-up)"
+    )
     p.add_argument("--limit", type=int, default=None, help="caption only the first N images")
     p.add_argument(
         "--out",
@@ -50,6 +53,7 @@ def run(args) -> dict:
         image_root=args.image_root,
         scenes_path=args.scenes,
         limit=args.limit,
+        meteor=not args.no_meteor,
     )
     ckpt = resolve_model_path(args.model)
     out = Path(args.out) if args.out else ckpt.parent / f"eval_{args.split}.json"
