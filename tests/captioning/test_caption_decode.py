@@ -249,3 +249,14 @@ def test_decoding_needs_start_token():
     model = CaptioningRNN({"<NULL>": 0, "cat": 1}, input_dim=3, wordvec_dim=2, hidden_dim=2)
     with pytest.raises(ValueError, match="<START>"):
         model.sample(np.zeros((1, 3)))
+
+
+def test_beam_wider_than_the_candidates():
+    """B > V: the first step has only V candidates; later steps fill the beam."""
+    model, feats = _model("rnn", V=5), _features(N=3)
+    one = beam_search(model, feats, beam_size=8, max_length=1)
+    assert one.captions.shape == (3, 5, 1)  # only V distinct one-word captions exist
+    assert all(sorted(one.captions[n, :, 0]) == [0, 1, 2, 3, 4] for n in range(3))
+    two = beam_search(model, feats, beam_size=8, max_length=2)
+    assert two.captions.shape == (3, 8, 2)
+    assert all(len({tuple(c) for c in two.captions[n]}) == 8 for n in range(3))

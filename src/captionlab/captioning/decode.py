@@ -301,54 +301,57 @@ def beam_search(
     V = model.params["W_vocab"].shape[1]
     step = _Stepper(model, fold, lookups=N * B * max_length)
 
-    h = np.repeat(h, B, axis=0)  # (N*B, H), beams of image n are rows n*B .. n*B+B-1
-    c = None if c is None else np.repeat(c, B, axis=0)
-    words = np.full(N * B, start, dtype=np.int64)
-    seqs = np.full((N, B, max_length), null, dtype=np.int32)
-    logp = np.zeros((N, B), dtype=np.float64)
-    logp[:, 1:] = -np.inf  # at first all beams are the same: keep one
-    finished = np.zeros((N, B), dtype=bool)
-    lengths = np.zeros((N, B), dtype=np.int64)
+    # All beams of an image start equal, so the first step runs one row per image; from
+    # then on the batch holds Bc = min(B, candidates) beams per image, image n's beams in
+    # rows n*Bc .. n*Bc+Bc-1.
+    Bc = 1
+    words = np.full(N, start, dtype=np.int64)  # (N*Bc,)
+    seqs = np.full((N, 1, max_length), null, dtype=np.int32)  # (N, Bc, L)
+    logp = np.zeros((N, 1), dtype=np.float64)  # (N, Bc)
+    finished = np.zeros((N, 1), dtype=bool)
+    lengths = np.zeros((N, 1), dtype=np.int64)
     image = np.arange(N)[:, None]  # (N, 1)
     greedy_slot = np.zeros(N, dtype=np.int64)  # the beam that holds the greedy caption
 
     for t in range(max_length):
-        h, c = step(words, h, c)
-        scores = _vocab_scores(model, h)  # (N*B, V)
+        h, c = step(words, h, c)  # (N*Bc, H)
+        scores = _vocab_scores(model, h)  # (N*Bc, V)
         # The greedy caption's next word, chosen exactly as greedy_decode chooses it.
-        greedy_word = np.argmax(scores[image[:, 0] * B + greedy_slot], axis=1)  # (N,)
+        greedy_word = np.argmax(scores[image[:, 0] * Bc + greedy_slot], axis=1)  # (N,)
         greedy_word[finished[image[:, 0], greedy_slot]] = null
-        step_logp = nn.log_softmax(scores)  # (N*B, V)
+        step_logp = nn.log_softmax(scores)  # (N*Bc, V)
         fin = finished.reshape(-1)
         if fin.any():  # a finished hypothesis has one continuation, <NULL>, at no cost
             step_logp[fin] = -np.inf
             step_logp[fin, null] = 0.0
-        total = (logp.reshape(-1, 1) + step_logp).reshape(N, B * V)  # (N, B*V)
-        top = _topk_rows(total, B)  # (N, B)
+        total = (logp.reshape(-1, 1) + step_logp).reshape(N, Bc * V)  # (N, Bc*V)
+        width = min(B, Bc * V)
+        top = _topk_rows(total, width)  # (N, width)
         # Keep the greedy caption in the beam (in the last place if it fell out), so the
         # best caption returned is never less likely than greedy's.
         greedy_cand = greedy_slot * V + greedy_word  # (N,)
-        hit = top == greedy_cand[:, None]  # (N, B)
+        hit = top == greedy_cand[:, None]  # (N, width)
         lost = ~hit.any(axis=1)
-        top[lost, B - 1] = greedy_cand[lost]
-        hit[lost, B - 1] = True
+        top[lost, width - 1] = greedy_cand[lost]
+        hit[lost, width - 1] = True
         greedy_slot = np.argmax(hit, axis=1)
         logp = np.take_along_axis(total, top, axis=1)
-        beam, words2d = np.divmod(top, V)  # (N, B) each
-        rows = (image * B + beam).reshape(-1)  # (N*B,)
+        beam, words2d = np.divmod(top, V)  # (N, width) each
+        rows = (image * Bc + beam).reshape(-1)  # (N*width,)
         h = h[rows]
         c = None if c is None else c[rows]
-        seqs = seqs[image, beam]  # (N, B, L)
+        seqs = seqs[image, beam]  # (N, width, L)
         was_finished = finished[image, beam]
         lengths = lengths[image, beam] + ~was_finished
         seqs[:, :, t] = np.where(was_finished, null, words2d)
         finished = was_finished | (words2d == end)
         words = words2d.reshape(-1)
+        Bc = width
         if finished.all():
             break
 
     scores = logp / _length_factor(lengths, length_penalty)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k); k > Bc: Bc of them
     return BeamResult(
         captions=seqs[image, order],
         logprobs=logp[image, order],
