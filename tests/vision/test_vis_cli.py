@@ -118,3 +118,8 @@ def test_parse_epsilon():
     for bad in ("2", "-1/255", "x", "1/0"):
         with pytest.raises(UserError, match="--epsilon"):
             parse_epsilon(bad)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_one_line_error(capsys):
+    assert "CUDA" in one_line_error(["saliency", "skimage:chelsea", "--device", "cuda"], capsys)
