@@ -260,3 +260,22 @@ def test_beam_wider_than_the_candidates():
     two = beam_search(model, feats, beam_size=8, max_length=2)
     assert two.captions.shape == (3, 8, 2)
     assert all(len({tuple(c) for c in two.captions[n]}) == 8 for n in range(3))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_beam_with_captions_that_end_early(cell):
+    """Finished hypotheses skip the step; results still match greedy and the scores."""
+    model, feats = _model(cell, V=10, scale=0.8, seed=4), _features(N=24)
+    model.params["b_vocab"][2] += 0.3  # <END> likelier: beams finish at different steps
+    greedy = greedy_decode(model, feats, max_length=10)
+    one = beam_search(model, feats, beam_size=1, max_length=10)
+    np.testing.assert_array_equal(one.captions[:, 0], greedy)
+    res = beam_search(model, feats, beam_size=4, max_length=10)
+    assert np.sum(res.lengths < 10) > 0 and len(np.unique(res.lengths)) >= 3  # varied ends
+    ref = beam_search(model, feats, beam_size=4, max_length=10, fold=False)
+    np.testing.assert_array_equal(res.captions, ref.captions)
+    for j in range(4):
+        np.testing.assert_allclose(
+            res.logprobs[:, j], caption_logprob(model, feats, res.captions[:, j]), rtol=1e-9
+        )
+    assert np.all(res.logprobs[:, 0] >= caption_logprob(model, feats, greedy) - 1e-9)

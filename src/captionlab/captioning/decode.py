@@ -314,15 +314,28 @@ def beam_search(
     greedy_slot = np.zeros(N, dtype=np.int64)  # the beam that holds the greedy caption
 
     for t in range(max_length):
-        h, c = step(words, h, c)  # (N*Bc, H)
-        scores = _vocab_scores(model, h)  # (N*Bc, V)
-        # The greedy caption's next word, chosen exactly as greedy_decode chooses it.
-        greedy_word = np.argmax(scores[image[:, 0] * Bc + greedy_slot], axis=1)  # (N,)
-        greedy_word[finished[image[:, 0], greedy_slot]] = null
-        step_logp = nn.log_softmax(scores)  # (N*Bc, V)
-        fin = finished.reshape(-1)
-        if fin.any():  # a finished hypothesis has one continuation, <NULL>, at no cost
-            step_logp[fin] = -np.inf
+        fin = finished.reshape(-1)  # (N*Bc,)
+        greedy_rows = image[:, 0] * Bc + greedy_slot  # (N,)
+        if not fin.any():
+            h, c = step(words, h, c)  # (N*Bc, H)
+            scores = _vocab_scores(model, h)  # (N*Bc, V)
+            # The greedy caption's next word, chosen exactly as greedy_decode chooses it.
+            greedy_word = np.argmax(scores[greedy_rows], axis=1)  # (N,)
+            step_logp = nn.log_softmax(scores)  # (N*Bc, V)
+        else:
+            # Finished hypotheses need no step: their one continuation is <NULL>, at no cost.
+            live = np.flatnonzero(~fin)  # (A,)
+            h_live, c_live = step(words[live], h[live], None if c is None else c[live])
+            h[live] = h_live
+            if c is not None:
+                c[live] = c_live
+            scores = _vocab_scores(model, h_live)  # (A, V)
+            greedy_word = np.full(N, null, dtype=np.int64)
+            g_live = ~fin[greedy_rows]
+            pos = np.cumsum(~fin) - 1  # row -> its index in live
+            greedy_word[g_live] = np.argmax(scores[pos[greedy_rows[g_live]]], axis=1)
+            step_logp = np.full((N * Bc, V), -np.inf, dtype=scores.dtype)
+            step_logp[live] = nn.log_softmax(scores)
             step_logp[fin, null] = 0.0
         total = (logp.reshape(-1, 1) + step_logp).reshape(N, Bc * V)  # (N, Bc*V)
         width = min(B, Bc * V)
