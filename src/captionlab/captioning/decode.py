@@ -85,14 +85,9 @@ def cell_step_from_input(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One recurrent step given the input pre-activation ``xa = x @ Wx + b``.
 
-    The same equations as ``captionlab.nn``'s step functions, with ``x @ Wx + b`` already
-    computed (test-time only: no cache, no backward)::
-
-        rnn:  h' = tanh(xa + h @ Wh)
-        lstm: a = xa + h @ Wh, gates i, f, o, g = sig, sig, sig, tanh of the four H-blocks;
-              c' = f * c + i * g;  h' = o * tanh(c')
-        gru:  ah = h @ Wh + bh;  r = sig(xa_r + ah_r);  z = sig(xa_z + ah_z)
-              n = tanh(xa_n + r * ah_n);  h' = (1 - z) * n + z * h
+    Dispatches to ``captionlab.nn``'s ``rnn_cell_forward`` / ``lstm_cell_forward`` /
+    ``gru_cell_forward``, the very functions the step layers use after computing
+    ``x @ Wx + b``, so decoding has no second copy of the recurrence.
 
     Args:
         cell_type: ``'rnn'``, ``'lstm'`` or ``'gru'``.
@@ -105,35 +100,12 @@ def cell_step_from_input(
     Returns:
         ``(next_h, next_c)``, each (M, H); ``next_c`` is ``None`` except for the LSTM.
     """
-    H = prev_h.shape[1]
     if cell_type == "rnn":
-        a = prev_h @ Wh  # (M, H)
-        a += xa
-        return np.tanh(a, out=a), None
+        return nn.rnn_cell_forward(xa, prev_h, Wh), None
     if cell_type == "lstm":
-        a = prev_h @ Wh  # (M, 4H)
-        a += xa
-        nn.sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
-        g = np.tanh(a[:, 3 * H :])
-        next_c = a[:, H : 2 * H] * prev_c  # f * c
-        g *= a[:, :H]  # i * g
-        next_c += g
-        next_h = np.tanh(next_c)
-        next_h *= a[:, 2 * H : 3 * H]  # o * tanh(c)
+        next_h, next_c, _ = nn.lstm_cell_forward(xa, prev_h, prev_c, Wh)
         return next_h, next_c
-    ah = prev_h @ Wh  # (M, 3H)
-    ah += bh
-    rz = xa[:, : 2 * H] + ah[:, : 2 * H]
-    nn.sigmoid(rz, out=rz)
-    n = rz[:, :H] * ah[:, 2 * H :]  # r * (h @ Wh_n + bh_n)
-    n += xa[:, 2 * H :]
-    np.tanh(n, out=n)
-    z = rz[:, H:]
-    # h' = n + z * (h - n)
-    next_h = prev_h - n
-    next_h *= z
-    next_h += n
-    return next_h, None
+    return nn.gru_cell_forward(xa, prev_h, Wh, bh)[0], None
 
 
 def _vocab_scores(model, h: np.ndarray) -> np.ndarray:

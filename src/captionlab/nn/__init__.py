@@ -20,7 +20,13 @@ from captionlab.nn.gradcheck import (
     eval_numerical_gradient_array,
     rel_error,
 )
-from captionlab.nn.gru import gru_backward, gru_forward, gru_step_backward, gru_step_forward
+from captionlab.nn.gru import (
+    gru_backward,
+    gru_cell_forward,
+    gru_forward,
+    gru_step_backward,
+    gru_step_forward,
+)
 from captionlab.nn.layers import (
     affine_backward,
     affine_forward,
@@ -32,11 +38,18 @@ from captionlab.nn.layers import (
 )
 from captionlab.nn.lstm import (
     lstm_backward,
+    lstm_cell_forward,
     lstm_forward,
     lstm_step_backward,
     lstm_step_forward,
 )
-from captionlab.nn.rnn import rnn_backward, rnn_forward, rnn_step_backward, rnn_step_forward
+from captionlab.nn.rnn import (
+    rnn_backward,
+    rnn_cell_forward,
+    rnn_forward,
+    rnn_step_backward,
+    rnn_step_forward,
+)
 
 __all__ = [
     "affine_backward",
@@ -45,17 +58,20 @@ __all__ = [
     "eval_numerical_gradient",
     "eval_numerical_gradient_array",
     "gru_backward",
+    "gru_cell_forward",
     "gru_forward",
     "gru_step_backward",
     "gru_step_forward",
     "log_softmax",
     "lstm_backward",
+    "lstm_cell_forward",
     "lstm_forward",
     "lstm_step_backward",
     "lstm_step_forward",
     "optim",
     "rel_error",
     "rnn_backward",
+    "rnn_cell_forward",
     "rnn_forward",
     "rnn_step_backward",
     "rnn_step_forward",

@@ -44,6 +44,39 @@ from captionlab.nn.functional import (
 )
 
 
+def gru_cell_forward(
+    xa: np.ndarray, prev_h: np.ndarray, Wh: np.ndarray, bh: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """The recurrence given the input pre-activation ``xa = x @ Wx + b``.
+
+    Shared by :func:`gru_step_forward` and the decoders, which look ``xa`` up in a table
+    instead of computing it (no checks: callers check).
+
+    Args:
+        xa: input pre-activation of shape (N, 3H), gates r, z, n.
+        prev_h: previous hidden state of shape (N, H).
+        Wh: hidden-to-hidden weights of shape (H, 3H).
+        bh: recurrent bias of shape (3H,).
+
+    Returns:
+        ``(next_h, (r, z, n, ha_n))``, each (N, H); the gates are what backward needs.
+    """
+    H = prev_h.shape[1]
+    ha = prev_h @ Wh  # (N, 3H)
+    ha += bh
+    rz = xa[:, : 2 * H] + ha[:, : 2 * H]  # (N, 2H)
+    sigmoid(rz, out=rz)
+    r, z = rz[:, :H], rz[:, H:]
+    ha_n = ha[:, 2 * H :]
+    n = r * ha_n  # (N, H)
+    n += xa[:, 2 * H :]
+    np.tanh(n, out=n)
+    next_h = prev_h - n  # h' = (1 - z) n + z h = n + z (h - n)
+    next_h *= z
+    next_h += n
+    return next_h, (r, z, n, ha_n)
+
+
 def gru_step_forward(
     x: np.ndarray,
     prev_h: np.ndarray,
@@ -67,14 +100,8 @@ def gru_step_forward(
     """
     _, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=3, sequence=False)
     check_shape("bh", bh, (3 * H,), "(3H,)")
-    xa = x @ Wx + b  # (N, 3H)
-    ha = prev_h @ Wh + bh  # (N, 3H)
-    r = sigmoid(xa[:, :H] + ha[:, :H])
-    z = sigmoid(xa[:, H : 2 * H] + ha[:, H : 2 * H])
-    ha_n = ha[:, 2 * H :]
-    n = np.tanh(xa[:, 2 * H :] + r * ha_n)
-    next_h = (1 - z) * n + z * prev_h  # (N, H)
-    return next_h, (x, prev_h, Wx, Wh, r, z, n, ha_n)
+    next_h, gates = gru_cell_forward(x @ Wx + b, prev_h, Wh, bh)  # (N, H)
+    return next_h, (x, prev_h, Wx, Wh, *gates)
 
 
 def gru_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:

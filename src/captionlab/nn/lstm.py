@@ -42,6 +42,37 @@ from captionlab.nn.functional import (
 )
 
 
+def lstm_cell_forward(
+    xa: np.ndarray, prev_h: np.ndarray, prev_c: np.ndarray, Wh: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The recurrence given the input pre-activation ``xa = x @ Wx + b``.
+
+    Shared by :func:`lstm_step_forward` and the decoders, which look ``xa`` up in a table
+    instead of computing it (no checks: callers check).
+
+    Args:
+        xa: input pre-activation of shape (N, 4H), gates i, f, o, g.
+        prev_h: previous hidden state of shape (N, H).
+        prev_c: previous cell state of shape (N, H).
+        Wh: hidden-to-hidden weights of shape (H, 4H).
+
+    Returns:
+        ``(next_h, next_c, (i, f, o, g, tanh_c))``, each (N, H); the gates are what the
+        backward pass needs.
+    """
+    H = prev_h.shape[1]
+    a = prev_h @ Wh  # (N, 4H)
+    a += xa
+    sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
+    i, f, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
+    g = np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
+    next_c = f * prev_c  # (N, H)
+    next_c += i * g
+    tanh_c = np.tanh(next_c)
+    next_h = o * tanh_c  # (N, H)
+    return next_h, next_c, (i, f, o, g, tanh_c)
+
+
 def lstm_step_forward(
     x: np.ndarray,
     prev_h: np.ndarray,
@@ -65,15 +96,8 @@ def lstm_step_forward(
     """
     N, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=4, sequence=False)
     check_shape("prev_c", prev_c, (N, H), "(N, H)")
-    a = x @ Wx + prev_h @ Wh + b  # (N, 4H)
-    i = sigmoid(a[:, :H])
-    f = sigmoid(a[:, H : 2 * H])
-    o = sigmoid(a[:, 2 * H : 3 * H])
-    g = np.tanh(a[:, 3 * H :])
-    next_c = f * prev_c + i * g  # (N, H)
-    tanh_c = np.tanh(next_c)
-    next_h = o * tanh_c  # (N, H)
-    cache = (x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c)
+    next_h, next_c, gates = lstm_cell_forward(x @ Wx + b, prev_h, prev_c, Wh)
+    cache = (x, prev_h, prev_c, Wx, Wh, *gates)
     return next_h, next_c, cache
 
 

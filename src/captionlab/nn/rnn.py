@@ -31,6 +31,25 @@ from captionlab.nn.functional import (
 )
 
 
+def rnn_cell_forward(xa: np.ndarray, prev_h: np.ndarray, Wh: np.ndarray) -> np.ndarray:
+    """The recurrence given the input pre-activation: ``tanh(xa + prev_h @ Wh)``.
+
+    Shared by :func:`rnn_step_forward` and the decoders, which look ``xa = x @ Wx + b`` up
+    in a table instead of computing it (no cache, no checks: callers check).
+
+    Args:
+        xa: input pre-activation ``x @ Wx + b`` of shape (N, H).
+        prev_h: previous hidden state of shape (N, H).
+        Wh: hidden-to-hidden weights of shape (H, H).
+
+    Returns:
+        next_h of shape (N, H) (a new array).
+    """
+    a = prev_h @ Wh  # (N, H)
+    a += xa
+    return np.tanh(a, out=a)
+
+
 def rnn_step_forward(
     x: np.ndarray, prev_h: np.ndarray, Wx: np.ndarray, Wh: np.ndarray, b: np.ndarray
 ) -> tuple[np.ndarray, tuple]:
@@ -47,7 +66,7 @@ def rnn_step_forward(
         next_h of shape (N, H) and the cache for :func:`rnn_step_backward`.
     """
     check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=1, sequence=False)
-    next_h = np.tanh(x @ Wx + prev_h @ Wh + b)  # (N, H)
+    next_h = rnn_cell_forward(x @ Wx + b, prev_h, Wh)  # (N, H)
     return next_h, (x, prev_h, Wx, Wh, next_h)
 
 
