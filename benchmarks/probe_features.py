@@ -14,13 +14,14 @@ image sizes -- and prints linear-probe test accuracy for
 * ``colour set``                   -- exact match of the set of colours, 2-3 object scenes;
 
 and the extraction time per image (ms) of each candidate: the forward pass to its tap
-(batch 64, torch threads as set, the minimum of a few repeats, so the least disturbed by
-other work on a shared machine) plus pooling and PCA; image decoding is reported once,
-apart, since every candidate pays it.
+(batch 64, torch threads as set) plus PCA, as wall time and as this process's CPU time, each
+the minimum of a few repeats (the least disturbed by other work on a shared machine); image
+decoding is reported once, apart, since every candidate pays it.
 
 The probe is a **ridge classifier** (least squares on one-hot targets, argmax; for the
 colour set one output per colour, threshold 0.5), fitted in closed form in its dual
-(kernel) form on features standardised with the training set's mean and standard deviation.
+(kernel) form on features centred with the training mean and divided by one global RMS (what a
+captioner's linear layer sees; ``--scaling zscore`` standardises each dimension instead).
 The ridge strength is chosen per task and candidate from 13 values by exact leave-one-out
 accuracy on the training scenes (one eigendecomposition of the Gram matrix gives every
 value's LOO predictions), so the test scenes are never used for a choice. PCA is fitted on
@@ -30,9 +31,13 @@ Scenes are rendered once at ``--render-size`` (default: the largest probe size) 
 (shorter side + centre crop, :func:`captionlab.vision.images.load_image`) to each probe size,
 so every size sees the same scenes.
 
-    python benchmarks/probe_features.py --quick                      # ~600/200 scenes, 2 sizes
+    python benchmarks/probe_features.py --quick --sizes 128,160      # 600/200 scenes, fewer taps
     python benchmarks/probe_features.py --train 2000 --test 500 --sizes 128,160,224 \
         --out probe.json
+    python benchmarks/probe_features.py --train 3000 --test 1500 --sizes 160 --render-size 128 \
+        --only "grid avg+2x2,block15 avg+2x2"                        # a few candidates
+
+Results and the recommendation drawn from them: docs/feature_probe.md.
 """
 
 from __future__ import annotations
@@ -335,6 +340,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         default="global",
         help="probe input: centred / one RMS (global), per-dimension z-score, or both",
     )
+    ap.add_argument(
+        "--only",
+        default="",
+        help="keep only candidates whose name ('128px grid avg+2x2 pca512') contains one of "
+        "these comma-separated strings, e.g. 'grid avg+2x2,block15 avg+2x2'",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
     args = ap.parse_args(argv)
     args.train = args.train or (600 if args.quick else 2000)
@@ -377,9 +388,16 @@ def _run(args: argparse.Namespace) -> dict:
     scalings = ("global", "zscore") if args.scaling == "both" else (args.scaling,)
     model = load_backbone("cpu", fold_bn=True, channels_last=True)
     cands = candidates(sizes, args.quick)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    if wanted:
+        cands = [c for c in cands if any(w in c.name for w in wanted)]
+    if not cands:
+        raise SystemExit(f"--only {args.only!r} matches no candidate")
     rows = []
     for S in sizes:
         mine = [c for c in cands if c.px == S and c.tap != "pixels"]
+        if not mine:
+            continue
         taps: dict[str, list[str]] = {}
         for c in mine:
             for part in c.pool.split("+"):
@@ -418,12 +436,12 @@ def _run(args: argparse.Namespace) -> dict:
                 rows.append(_row(c, scaling, X["train"].shape[1], accs, ms, preds))
                 print(_fmt(rows[-1]), flush=True)
         del feats
-    pix = next(c for c in cands if c.tap == "pixels")
-    X = {sp: thumbnails(paths[sp], pix.px) for sp in paths}
-    for scaling in scalings:
-        accs, preds = probe_all(X["train"], X["test"], *labels.values(), scaling)
-        rows.append(_row(pix, scaling, X["train"].shape[1], accs, (0.0, 0.0), preds))
-        print(_fmt(rows[-1]), flush=True)
+    for pix in (c for c in cands if c.tap == "pixels"):
+        X = {sp: thumbnails(paths[sp], pix.px) for sp in paths}
+        for scaling in scalings:
+            accs, preds = probe_all(X["train"], X["test"], *labels.values(), scaling)
+            rows.append(_row(pix, scaling, X["train"].shape[1], accs, (0.0, 0.0), preds))
+            print(_fmt(rows[-1]), flush=True)
 
     print()
     print(table(rows))
