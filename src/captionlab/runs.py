@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from captionlab._atomic import atomic_write
 from captionlab.captioning import (
     CaptioningRNN,
     CaptioningSolver,
@@ -36,7 +37,6 @@ from captionlab.captioning import (
     greedy_decode,
     load_checkpoint,
 )
-from captionlab.captioning.checkpoint import atomic_write
 from captionlab.data import CaptionDataset, Vocabulary, load_dataset, to_caption_data
 from captionlab.data.features import PCA, FeatureExtractorConfig, FeatureStore
 from captionlab.errors import CheckpointError, DataError, UserError

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from captionlab._atomic import atomic_write
 from captionlab.captioning.model import CaptioningRNN, ModelConfig, param_shapes
 from captionlab.errors import CheckpointError
 
@@ -71,38 +71,6 @@ def _vocab_json(model: CaptioningRNN) -> dict:
     if sorted(model.idx_to_word) == list(range(V)):
         return {"idx_to_word": [model.idx_to_word[i] for i in range(V)]}
     return {"word_to_idx": dict(model.word_to_idx)}
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then rename.
-
-    A crash at any point leaves ``path`` as it was (the temporary file is removed unless
-    the process dies outright).
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(

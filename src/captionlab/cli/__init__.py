@@ -17,8 +17,7 @@ import sys
 from captionlab import __version__
 from captionlab.errors import UserError
 
-# Sub-command modules, in the order `captionlab --help` lists them. A module that is not
-# written yet is skipped, so the command works while the project grows.
+# Sub-command modules (``captionlab/cli/<name>_cmd.py``), in the order `--help` lists them.
 COMMAND_MODULES = [
     "demo",
     "data",
@@ -42,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"captionlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"captionlab.cli.{name}_cmd")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"captionlab.cli.{name}_cmd":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"captionlab.cli.{name}_cmd").register(sub)
     return parser
 
 

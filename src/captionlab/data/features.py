@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -41,6 +39,7 @@ import h5py
 import numpy as np
 
 from captionlab import __version__
+from captionlab._atomic import atomic_path
 from captionlab.errors import DataError, UserError
 
 __all__ = [
@@ -247,14 +246,6 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _strings(values: Iterable) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=object)
 
@@ -444,12 +435,7 @@ class FeatureStoreWriter:
         if len(keep) == 0:
             raise UserError(f"no image could be read; first error: {self.failures()[0]['error']}")
         failures = self.failures()
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent
-        )
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(self.out) as tmp:
             with h5py.File(tmp, "w") as g:
                 for key in ("format", "format_version", "config", "captionlab_version"):
                     g.attrs[key] = f.attrs[key]
@@ -480,12 +466,6 @@ class FeatureStoreWriter:
                         key + "s", data=_strings(x[key] for x in failures), dtype=_STR
                     )
                 g.attrs["complete"] = True
-            _fsync_path(tmp)
-            os.replace(tmp, self.out)
-            _fsync_path(self.out.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         self.close()
         self.path.unlink(missing_ok=True)
         return self.out
