@@ -11,7 +11,8 @@ Quality (issue 6, section 3), over scikit-image's bundled photos:
 * class visualization: target probability after 100 and 200 steps (cs231n's settings).
 
 Speed (section 4), each against a peer measured in the same run: vanilla saliency against
-Captum's ``Saliency`` (also checked equal to 1e-6), SmoothGrad with 25 samples batched, and
+Captum's ``Saliency`` (also checked equal to 1e-6), SmoothGrad with 25 samples (in batches of
+``saliency.default_batch_size``: 5 on a CPU, where one batch of 25 was 2x slower), and
 100 steps of class visualization. Timings on a shared machine are noisy; ratios are what
 to compare. ``--quick`` uses fewer photos, classes and steps.
 """
@@ -147,7 +148,7 @@ def bench_speed(model, x, y, quick: bool, device) -> dict:
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
 
     def smooth():
-        sal.smoothgrad(x, y, model, n_samples=25, batch_size=25)
+        sal.smoothgrad(x, y, model, n_samples=25)  # batches of default_batch_size
         sync()
 
     t_smooth = median_time(smooth, 1 if quick else 3)

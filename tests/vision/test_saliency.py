@@ -141,7 +141,9 @@ def test_smoothgrad_seeded_batched_and_reduces_to_vanilla_without_noise():
     b = sal.smoothgrad(X, y, model, n_samples=10, batch_size=4, seed=3)
     c = sal.smoothgrad(X, y, model, n_samples=10, seed=4)
     assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(a, sal.smoothgrad(X, y, model, n_samples=10, seed=3), atol=1e-6)
     assert not torch.allclose(a, c, atol=1e-4)
+    assert sal.default_batch_size(X) == 5
     state = torch.random.get_rng_state()
     quiet = sal.smoothgrad(X, y, model, n_samples=4, noise_level=0.0)
     assert torch.equal(torch.random.get_rng_state(), state)

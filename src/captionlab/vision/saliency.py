@@ -81,6 +81,16 @@ def _reduce(grads: torch.Tensor, reduce: str) -> torch.Tensor:
     raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
 
 
+def default_batch_size(X: torch.Tensor) -> int:
+    """Images per forward/backward for SmoothGrad and IG: 5 on a CPU, 64 on a GPU.
+
+    Measured on the 2-core CPU with EfficientNet-Lite0 at 224x224, SmoothGrad with 25
+    samples took 1.8-2.0 s in batches of 5 and 4.2-5.0 s in one batch of 25 (the larger
+    batch's activations overflow the caches); a GPU wants large batches.
+    """
+    return 5 if X.device.type == "cpu" else 64
+
+
 def score_gradients(
     X: torch.Tensor, y: torch.Tensor, model: torch.nn.Module, batch_size: int | None = None
 ) -> torch.Tensor:
@@ -127,15 +137,16 @@ def smoothgrad(
     *,
     n_samples: int = 25,
     noise_level: float = 0.15,
-    batch_size: int = 25,
+    batch_size: int | None = None,
     seed: int = 0,
     reduce: str = "max",
 ) -> torch.Tensor:
     """SmoothGrad: mean of ``|grad|`` over ``n_samples`` noisy copies, then reduced, (N, H, W).
 
     ``noise_level`` is the noise standard deviation as a fraction of each image's value range.
-    The noisy copies of all images run as batches of ``batch_size``; the noise comes from a
-    private generator seeded with ``seed`` (the global RNG is untouched).
+    The noisy copies of all images run as batches of ``batch_size`` (default:
+    :func:`default_batch_size`); the noise comes from a private generator seeded with
+    ``seed`` (the global RNG is untouched).
     """
     _check_images(X)
     if n_samples < 1:
@@ -147,8 +158,9 @@ def smoothgrad(
     noise = torch.randn((N, S, C, H, W), generator=gen, dtype=X.dtype).to(X.device)
     span = (X.amax(dim=(1, 2, 3)) - X.amin(dim=(1, 2, 3))).reshape(N, 1, 1, 1, 1)
     noisy = (X.detach()[:, None] + noise_level * span * noise).reshape(N * S, C, H, W)
+    step = batch_size or default_batch_size(X)
     with frozen(model):
-        grads = score_gradients(noisy, targets.repeat_interleave(S), model, batch_size)
+        grads = score_gradients(noisy, targets.repeat_interleave(S), model, step)
     mean_abs = grads.abs().reshape(N, S, C, H, W).mean(dim=1)  # (N, C, H, W)
     return _reduce(mean_abs, reduce)
 
@@ -160,12 +172,13 @@ def integrated_gradients(
     *,
     baseline: float | torch.Tensor = 0.0,
     steps: int = 32,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     reduce: str = "max",
 ) -> torch.Tensor:
     """Integrated Gradients from ``baseline`` (a number or a tensor broadcastable to ``X``).
 
-    The ``steps`` path points of all images run as batches of ``batch_size``. With
+    The ``steps`` path points of all images run as batches of ``batch_size`` (default:
+    :func:`default_batch_size`). With
     ``reduce="none"`` the signed attributions ``(N, C, H, W)`` are returned; they sum to
     about ``s_y(X) - s_y(baseline)`` (completeness).
     """
@@ -179,9 +192,10 @@ def integrated_gradients(
     delta = X.detach() - x0  # (N, C, H, W)
     alphas = (torch.arange(M, dtype=X.dtype, device=X.device) + 0.5) / M  # (M,)
     path = x0[:, None] + alphas.reshape(1, M, 1, 1, 1) * delta[:, None]  # (N, M, C, H, W)
+    step = batch_size or default_batch_size(X)
     with frozen(model):
         grads = score_gradients(
-            path.reshape(N * M, C, H, W), targets.repeat_interleave(M), model, batch_size
+            path.reshape(N * M, C, H, W), targets.repeat_interleave(M), model, step
         )
     attributions = delta * grads.reshape(N, M, C, H, W).mean(dim=1)  # (N, C, H, W)
     return _reduce(attributions, reduce)
