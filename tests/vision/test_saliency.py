@@ -220,3 +220,11 @@ def test_errors_name_what_was_expected():
         sal.saliency(images(), 0, model, method="gradcam")
     with pytest.raises(ValueError, match="reduce must be one of"):
         sal.compute_saliency_maps(images(), 0, model, reduce="mean")
+
+
+def test_mixed_train_eval_modes_survive():
+    """A caller with a frozen-BN recipe (model in train mode, BN in eval) gets it back."""
+    model = tiny_cnn().train()
+    model[1].eval()
+    sal.smoothgrad(images(), 0, model, n_samples=2)
+    assert model.training and model[0].training and not model[1].training

@@ -33,23 +33,27 @@ REDUCTIONS = ("max", "sum", "none")
 
 @contextlib.contextmanager
 def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode and no parameter gradients for the duration; restores both on exit.
+    """Eval mode and no parameter gradients for the duration; restores both exactly on exit.
 
     Gradients are then computed for the input only, which is what visualization needs and
-    about a third cheaper than also computing weight gradients.
+    about a third cheaper than also computing weight gradients. Only the modules that were
+    in training mode and the parameters that required gradients are touched, and each is
+    given back its own flag (a caller's mix of modes survives).
     """
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
+    training = [m for m in model.modules() if m.training]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if training:
+        model.eval()
+    for p in trainable:
         p.requires_grad_(False)
     try:
         with torch.enable_grad():
             yield model
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+        for p in trainable:
+            p.requires_grad_(True)
+        for m in training:
+            m.training = True
 
 
 def as_targets(y: int | Sequence[int] | torch.Tensor, N: int, device: torch.device) -> torch.Tensor:
@@ -100,6 +104,10 @@ def score_gradients(
     """
     N = X.shape[0]
     step = N if not batch_size else batch_size
+    if step >= N:  # one batch: no copy into an output buffer
+        x = X.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(model(x).gather(1, y[:, None]).sum(), x)
+        return g
     out = torch.empty_like(X)
     for lo in range(0, N, step):
         x = X[lo : lo + step].detach().clone().requires_grad_(True)
