@@ -7,7 +7,7 @@ import time
 from captionlab.cli import add_json_flag
 from captionlab.cli.classify_cmd import add_device_flag, load_model, write_figure
 from captionlab.errors import UserError
-from captionlab.vision.class_viz import DEFAULTS
+from captionlab.vision.class_viz_defaults import DEFAULTS
 
 
 def register(subparsers) -> None:

@@ -33,29 +33,19 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from captionlab.vision.class_viz_defaults import CS231N_DEFAULTS, DEFAULTS
 from captionlab.vision.saliency import as_targets, frozen
 
-CS231N_DEFAULTS = {
-    "l2_reg": 1e-3,
-    "learning_rate": 25.0,
-    "num_iterations": 100,
-    "blur_every": 10,
-    "blur_sigma": 0.5,
-    "max_jitter": 16,
-    "init_std": 1.0,
-}
-
-# For the EfficientNet-Lite0 backbone (see the module docstring): cs231n's, but a start
-# noise of half the scale, as the input scale is half SqueezeNet's.
-DEFAULTS = {
-    "l2_reg": 1e-3,
-    "learning_rate": 25.0,
-    "num_iterations": 100,
-    "blur_every": 10,
-    "blur_sigma": 0.5,
-    "max_jitter": 16,
-    "init_std": 0.5,
-}
+__all__ = [
+    "CS231N_DEFAULTS",
+    "DEFAULTS",
+    "ClassVisualization",
+    "blur_image",
+    "create_class_visualization",
+    "gaussian_blur",
+    "jitter",
+    "visualize_class",
+]
 
 
 def jitter(X: torch.Tensor, ox: int, oy: int) -> torch.Tensor:
