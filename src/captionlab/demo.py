@@ -37,17 +37,29 @@ class DemoConfig:
     n_val: int = field(default=500, metadata={"help": "validation images generated"})
     n_test: int = field(default=500, metadata={"help": "test images generated"})
     image_size: int = field(default=128, metadata={"help": "side of the generated images, px"})
-    feature_size: int = field(default=128, metadata={"help": "image side fed to the CNN, px"})
+    feature_size: int = field(default=160, metadata={"help": "image side fed to the CNN, px"})
     pool: str = field(default="avg+2x2", metadata={"help": "feature pooling (see features)"})
     pca_dim: int = field(default=512, metadata={"help": "PCA size of the features (0: none)"})
     cells: str = field(default="lstm,rnn", metadata={"help": "cells to train, comma-separated"})
-    hidden_dim: int = field(default=512, metadata={"help": "H of every captioner"})
-    wordvec_dim: int = field(default=256, metadata={"help": "W of every captioner"})
-    epochs: int = field(default=8, metadata={"help": "training epochs per captioner"})
+    hidden_dim: int = field(default=256, metadata={"help": "H of every captioner"})
+    wordvec_dim: int = field(default=128, metadata={"help": "W of every captioner"})
+    epochs: int = field(default=6, metadata={"help": "training epochs per captioner"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
     beam: int = field(default=3, metadata={"help": "beam size for the test captions"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
     seed: int = field(default=0, metadata={"help": "seed of data, initialisation and batches"})
+
+    def __post_init__(self) -> None:
+        from captionlab.errors import UserError
+
+        bad = [c for c in self.cell_list if c not in ("rnn", "lstm", "gru")]
+        if bad or not self.cell_list:
+            raise UserError(
+                f"cells must be a comma-separated list of rnn, lstm, gru, got {self.cells!r}"
+            )
+        for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -215,8 +227,8 @@ def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: i
     for item in captions:
         item["scene"] = score_caption(parse_caption(item["caption"]), scenes[item["image_id"]])
         item["correct"] = _caption_correct(item)
-    right = [c for c in captions if c["correct"]][:per_kind]
-    wrong = [c for c in captions if not c["correct"]][:per_kind]
+    right = _varied([c for c in captions if c["correct"]], per_kind)
+    wrong = _varied([c for c in captions if not c["correct"]], per_kind)
     chosen = right + wrong
     img_dir = out / "gallery"
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +245,20 @@ def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: i
     }
 
 
+def _varied(items: list[dict], k: int) -> list[dict]:
+    """Up to ``k`` items spread over scenes of 1, 2 and 3 objects (round robin, in order)."""
+    by_count: dict[int, list[dict]] = {}
+    for item in items:
+        by_count.setdefault(item["scene"]["objects"], []).append(item)
+    queues = [by_count[n] for n in sorted(by_count)]
+    chosen: list[dict] = []
+    while len(chosen) < k and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < k:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
 def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -245,7 +271,7 @@ def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
         ((right, "right", "#1a7f37"), (wrong, "wrong", "#c62828"))
     ):
         for c in range(cols):
-            ax = fig.add_axes((c / cols + 0.005, 0.55 - 0.5 * r + 0.17, 1 / cols - 0.01, 0.26))
+            ax = fig.add_axes((c / cols + 0.005, 0.69 - 0.5 * r, 1 / cols - 0.01, 0.25))
             ax.set_axis_off()
             if c >= len(items):
                 continue
@@ -257,7 +283,7 @@ def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
                     fontsize=8.5, color=colour, fontweight="bold")  # fmt: skip
             ax.text(0.5, -0.04 - 0.075 * (gen.count("\n") + 1), refs, transform=ax.transAxes,
                     ha="center", va="top", fontsize=7, color="#555555")  # fmt: skip
-        fig.text(0.005, 0.97 - 0.5 * r, f"{label}: generated caption (bold) and two references",
+        fig.text(0.005, 0.99 - 0.5 * r, f"{label}: generated caption (bold) and two references",
                  fontsize=10, color=colour, va="top")  # fmt: skip
     fig.savefig(path, dpi=90, facecolor="white")
 
@@ -319,12 +345,29 @@ def plot_losses(path: Path, runs: dict[str, dict]) -> None:
     fig.savefig(path, dpi=100)
 
 
+VISION_JOBS = (
+    ("classify.png", ["classify", "skimage:chelsea", "skimage:coffee", "skimage:astronaut",
+                      "skimage:rocket"]),
+    ("saliency_chelsea.png", ["saliency", "skimage:chelsea", "--method", "all"]),
+    ("fool_coffee_goldfish.png", ["fool", "skimage:coffee", "--target", "goldfish",
+                                  "--epsilon", "2/255"]),
+    ("dream.png", ["dream", "tarantula", "flamingo"]),
+)  # fmt: skip
+
+
 def vision_figures(out: Path) -> list[str]:
-    """Saliency, fooling and class-visualization figures on bundled photos."""
-    from captionlab.vision.demo import draw_demo_figures
+    """The network-visualization figures on bundled photos, made by the same commands a
+    user runs (``captionlab classify | saliency | fool | dream``)."""
+    from captionlab.cli import main as captionlab
 
     out.mkdir(parents=True, exist_ok=True)
-    return [str(p) for p in draw_demo_figures(out)]
+    written = []
+    for name, argv in VISION_JOBS:
+        status = captionlab([*argv, "--out", str(out / name)])
+        if status != 0:
+            raise RuntimeError(f"captionlab {' '.join(argv)} failed with status {status}")
+        written.append(str(out / name))
+    return written
 
 
 def _jsonable(obj):

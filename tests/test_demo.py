@@ -1,0 +1,48 @@
+"""`captionlab demo` end to end at tiny settings: every promised file, and the cache."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from captionlab import cli
+
+TINY = ["--quick", "--n-train", "30", "--n-val", "10", "--n-test", "12", "--image-size", "64",
+        "--feature-size", "64", "--epochs", "1", "--hidden-dim", "16", "--wordvec-dim", "8",
+        "--no-progress"]  # fmt: skip
+
+
+def test_demo_writes_gallery_metrics_and_is_cached(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    for row in ("lstm greedy", "lstm beam3", "rnn greedy", "rnn beam3"):
+        assert row in printed
+    for name in ("gallery.html", "gallery.png", "loss.png", "metrics.json", "captions.json"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "gallery.png") as im:
+        assert im.width > 400 and im.height > 300
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == {"lstm greedy", "lstm beam3", "rnn greedy", "rnn beam3"}
+    for row in metrics["metrics"].values():
+        assert 0.0 <= row["BLEU-4"] <= 1.0
+        assert row["object_f1"] is None or 0.0 <= row["object_f1"] <= 1.0
+    gallery = metrics["gallery"]
+    assert gallery["images"] == 12
+    html = (out / "gallery.html").read_text()
+    shown = html.count("<figure")
+    assert shown == min(6, gallery["fully_correct"]) + min(6, 12 - gallery["fully_correct"])
+    for img in (out / "gallery").iterdir():
+        assert f'gallery/{img.name}"' in html
+
+    # A second run reuses data, features and both trained models.
+    assert cli.main(["demo", "--out", str(out), *TINY]) == 0
+    again = capsys.readouterr().out
+    assert again.count("already trained with these settings") == 2
+
+
+def test_demo_rejects_a_bad_setting(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), *TINY, "--cells", "lstm,transformer"]) == 2
+    err = capsys.readouterr().err
+    assert "transformer" in err and "Traceback" not in err
