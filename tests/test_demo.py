@@ -10,7 +10,7 @@ from captionlab import cli
 
 TINY = ["--quick", "--n-train", "30", "--n-val", "10", "--n-test", "12", "--image-size", "64",
         "--feature-size", "64", "--epochs", "1", "--hidden-dim", "16", "--wordvec-dim", "8",
-        "--no-progress"]  # fmt: skip
+        "--no-progress", "--no-meteor"]  # fmt: skip
 
 
 def test_demo_writes_gallery_metrics_and_is_cached(tmp_path, capsys):

@@ -46,6 +46,7 @@ class DemoConfig:
     epochs: int = field(default=6, metadata={"help": "training epochs per captioner"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
     beam: int = field(default=3, metadata={"help": "beam size for the test captions"})
+    meteor: bool = field(default=True, metadata={"help": "compute METEOR (Java start-up ~10 s)"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
     seed: int = field(default=0, metadata={"help": "seed of data, initialisation and batches"})
 
@@ -127,7 +128,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     step("evaluate", f"4. caption the {config.n_test} test images (greedy and beam {config.beam})")
     beams = sorted({1, config.beam})
     evals = {
-        cell: evaluate_run(out / "runs" / cell, dataset, store, split="test", beams=beams)
+        cell: evaluate_run(
+            out / "runs" / cell, dataset, store, split="test", beams=beams, meteor=config.meteor
+        )
         for cell in runs
     }
     done("evaluate")
