@@ -20,6 +20,7 @@ import json
 import shutil
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +75,17 @@ class DemoConfig:
         return [c.strip() for c in self.cells.split(",") if c.strip()]
 
 
-def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> dict:
-    """Run every step; return the summary also written to ``OUT/metrics.json``."""
+def run_demo(
+    out_dir: str | Path,
+    config: DemoConfig,
+    progress: bool = True,
+    vision_figures: Callable[[Path], list[str]] | None = None,
+) -> dict:
+    """Run every step; return the summary also written to ``OUT/metrics.json``.
+
+    ``vision_figures(folder) -> files`` draws the network-visualization figures (step 6,
+    when ``config.vision``); the command passes one that runs its own vision commands.
+    """
     from captionlab.data.shapes import generate_shapes
     from captionlab.extract import extract_features
 
@@ -149,7 +159,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     done("figures")
 
     vision_files: list[str] = []
-    if config.vision:
+    if config.vision and vision_figures is not None:
         step("vision", "6. network visualization on bundled photos")
         vision_files = vision_figures(out / "vision")
         done("vision")
@@ -346,31 +356,6 @@ def plot_losses(path: Path, runs: dict[str, dict]) -> None:
         a.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-VISION_JOBS = (
-    ("classify.png", ["classify", "skimage:chelsea", "skimage:coffee", "skimage:astronaut",
-                      "skimage:rocket"]),
-    ("saliency_chelsea.png", ["saliency", "skimage:chelsea", "--method", "all"]),
-    ("fool_coffee_goldfish.png", ["fool", "skimage:coffee", "--target", "goldfish",
-                                  "--epsilon", "2/255"]),
-    ("dream.png", ["dream", "tarantula", "flamingo"]),
-)  # fmt: skip
-
-
-def vision_figures(out: Path) -> list[str]:
-    """The network-visualization figures on bundled photos, made by the same commands a
-    user runs (``captionlab classify | saliency | fool | dream``)."""
-    from captionlab.cli import main as captionlab
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, argv in VISION_JOBS:
-        status = captionlab([*argv, "--out", str(out / name)])
-        if status != 0:
-            raise RuntimeError(f"captionlab {' '.join(argv)} failed with status {status}")
-        written.append(str(out / name))
-    return written
 
 
 def _jsonable(obj):
