@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from captionlab.data.features import FeatureExtractorConfig
-from captionlab.runs import TrainConfig, _write_json, evaluate_run, train_run
+from captionlab.runs import TrainConfig, evaluate_run, metrics_table, train_run, write_json
 
 
 @dataclass
@@ -155,7 +155,7 @@ def run_demo(
     best_name = f"beam{config.beam}" if config.beam > 1 else "greedy"
     gallery = write_gallery(out, evals[main_cell]["results"][best_name]["captions"], shapes_dir)
     plot_losses(out / "loss.png", runs)
-    _write_json(out / "captions.json", evals)
+    write_json(out / "captions.json", evals)
     done("figures")
 
     vision_files: list[str] = []
@@ -177,8 +177,9 @@ def run_demo(
         "vision_figures": vision_files,
         "seconds": timings,
     }
-    _write_json(out / "metrics.json", summary)
-    print_table(rows)
+    write_json(out / "metrics.json", summary)
+    print()
+    print(metrics_table(rows))
     print(f"\nwrote {out}/gallery.html, gallery.png, loss.png, metrics.json" + (
         ", vision/*.png" if vision_files else ""))  # fmt: skip
     return summary
@@ -199,24 +200,11 @@ def _train_cached(dataset, store, run_dir: Path, config: TrainConfig, progress: 
     summary = train_run(dataset, store, run_dir, config, progress=progress)
     summary["train_config"] = dataclasses.asdict(config)
     summary["features"] = str(Path(store).resolve())
-    _write_json(summary_file, summary)
+    write_json(summary_file, summary)
     return summary
 
 
 # ----------------------------------------------------------------------------- figures
-
-COCO_COLUMNS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-SCENE_COLUMNS = (
-    "object_f1", "attribute_accuracy", "count_accuracy", "relation_accuracy",
-)  # fmt: skip
-
-
-def print_table(rows: dict[str, dict]) -> None:
-    from captionlab.captioning.metrics import format_metrics_table
-
-    keep = COCO_COLUMNS + SCENE_COLUMNS
-    print()
-    print(format_metrics_table({k: {c: v.get(c) for c in keep} for k, v in rows.items()}))
 
 
 def _caption_correct(item: dict) -> bool:

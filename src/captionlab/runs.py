@@ -214,7 +214,7 @@ def train_run(
             "features": str(Path(store_path).resolve()),
             "feature_config": dataclasses.asdict(store.config),
         }
-        _write_json(out / "config.json", header)
+        write_json(out / "config.json", header)
 
     model = CaptioningRNN(
         vocab.word_to_idx,
@@ -231,7 +231,7 @@ def train_run(
 
     def epoch_end(solver, record):
         log.append({k: (None if v is None else v) for k, v in record.items()})
-        _write_json(out / "log.json", {"epochs": log, "cell": config.cell})
+        write_json(out / "log.json", {"epochs": log, "cell": config.cell})
         if on_epoch_end is not None:
             on_epoch_end(solver, record)
 
@@ -402,7 +402,27 @@ def caption_images(
     return [{"image": str(p), "caption": t} for p, t in zip(image_paths, texts, strict=True)]
 
 
-def _write_json(path: Path, obj) -> None:
+#: The columns of the printed comparison tables (all metrics stay in the JSON files).
+TABLE_COLUMNS = (
+    "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
+    "object_f1", "attribute_accuracy", "count_accuracy", "relation_accuracy",
+)  # fmt: skip
+
+
+def metrics_table(rows: dict[str, dict]) -> str:
+    """A printed table of the main metrics, one row per model/decoding."""
+    from captionlab.captioning.metrics import format_metrics_table
+
+    return format_metrics_table(
+        {
+            name: {c: m[c] for c in (*TABLE_COLUMNS, "unavailable") if c in m}
+            for name, m in rows.items()
+        }
+    )
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented JSON atomically (NumPy values and paths converted)."""
     blob = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
     atomic_write(path, lambda f: f.write(blob))
 

@@ -40,8 +40,7 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
-    from captionlab.captioning.metrics import format_metrics_table
-    from captionlab.runs import _write_json, evaluate_run, resolve_model_path
+    from captionlab.runs import evaluate_run, metrics_table, resolve_model_path, write_json
 
     beams = sorted({1, args.beam})
     result = evaluate_run(
@@ -57,11 +56,11 @@ def run(args) -> dict:
     )
     ckpt = resolve_model_path(args.model)
     out = Path(args.out) if args.out else ckpt.parent / f"eval_{args.split}.json"
-    _write_json(out, result)
+    write_json(out, result)
     rows = {name: r["metrics"] for name, r in result["results"].items()}
     if not args.json:
         print(f"{result['cell']} on {result['images']} {args.split} images ({ckpt})")
-        print(format_metrics_table(rows))
+        print(metrics_table(rows))
         best = result["results"][f"beam{args.beam}" if args.beam > 1 else "greedy"]
         for item in best["captions"][:5]:
             print(f"  {Path(item['path']).name}: {item['caption']}")
