@@ -34,7 +34,7 @@ from captionlab.runs import TrainConfig, evaluate_run, metrics_table, train_run,
 class DemoConfig:
     """What the demo does; ``--quick`` swaps in :meth:`quick` (for tests and a first look)."""
 
-    n_train: int = field(default=4000, metadata={"help": "training images generated"})
+    n_train: int = field(default=8000, metadata={"help": "training images generated"})
     n_val: int = field(default=500, metadata={"help": "validation images generated"})
     n_test: int = field(default=500, metadata={"help": "test images generated"})
     image_size: int = field(default=128, metadata={"help": "side of the generated images, px"})
