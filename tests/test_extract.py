@@ -20,14 +20,7 @@ from captionlab.extract import (
 SMALL = FeatureExtractorConfig(image_size=64)  # 2x2 last feature map: fast on any CPU
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared, busy 2-core machine, OpenMP threads spinning against
-    other processes make small forward passes 10-50x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_images(folder, n, seed=0):

@@ -4,21 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from captionlab import cli
 from captionlab.data.features import FeatureStore
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared, busy 2-core machine, OpenMP threads spinning against
-    other processes make small forward passes 10-50x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_features_command(tmp_path, capsys):

@@ -13,15 +13,7 @@ from captionlab.vision import backbone as bb
 from captionlab.vision.imagenet import CLASS_NAMES, decode_predictions
 from captionlab.vision.images import load_image
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared, busy 2-core machine, OpenMP threads spinning against
-    other processes make small forward passes 10-50x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from captionlab.vision import saliency as sal
 K = 5  # classes of the tiny model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cnn(seed: int = 0, classes: int = K) -> torch.nn.Module:
