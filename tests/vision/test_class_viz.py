@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
-from test_saliency import _one_thread, snapshot, tiny_cnn  # noqa: F401 (autouse fixture)
+from test_saliency import snapshot, tiny_cnn
 
 from captionlab.vision import class_viz as cv
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cs231n_jitter(X, ox, oy):

@@ -2,9 +2,11 @@
 
 import pytest
 import torch
-from test_saliency import _one_thread, assert_unchanged, caller_state, images, snapshot, tiny_cnn  # noqa: F401 (autouse fixture)
+from test_saliency import assert_unchanged, caller_state, images, snapshot, tiny_cnn
 
 from captionlab.vision import fooling
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RANGE = (-1.0, 1.0)  # the tiny model's inputs: pixels / 127.5 - 1, so 2 units per 255 levels
 

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_saliency import _one_thread  # noqa: F401 (autouse fixture)
 
 from captionlab import cli
 from captionlab.cli.fool_cmd import parse_epsilon
 from captionlab.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_json(argv, capsys):
