@@ -135,6 +135,15 @@ def test_cli_train_json_and_one_line_errors(shapes, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs"] == 1 and summary["cell"] == "lstm"
 
+    # --resume RUN continues that run to more epochs (the flags of the first run are kept).
+    resume = ["train", "--data", str(dataset), "--features", str(store), "--resume", str(out)]
+    assert cli.main([*resume, "--epochs", "2", "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["epochs"] == 2 and len(resumed["train_loss_history"]) == 2
+    argv_no_out = ["train", "--data", str(dataset), "--features", str(store)]
+    assert cli.main(argv_no_out) == 2
+    assert "--out RUN" in capsys.readouterr().err
+
     bad_config = tmp_path / "bad.json"
     bad_config.write_text(json.dumps({"hidden_dimm": 3}))
     argv = ["train", "--data", str(dataset), "--features", str(store), "--out", str(out)]

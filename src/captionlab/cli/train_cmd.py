@@ -6,6 +6,7 @@ import argparse
 
 from captionlab.cli import add_json_flag
 from captionlab.cli._options import add_dataclass_flags, dataclass_from_args, load_json_config
+from captionlab.errors import UserError
 
 
 def register(sub) -> None:
@@ -24,9 +25,17 @@ def register(sub) -> None:
     p.add_argument(
         "--features", required=True, help="HDF5 feature store from `captionlab features`"
     )
-    p.add_argument("--out", required=True, help="run folder to write (created if missing)")
+    p.add_argument("--out", default=None, help="run folder to write (created if missing)")
     p.add_argument("--image-root", default=None, help="folder the dataset's image paths are under")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.npz")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RUN",
+        help="continue the run in RUN (default: --out) from its last.npz; "
+        "--epochs may raise the total",
+    )
     p.add_argument(
         "--config", default=None, help="JSON file with TrainConfig keys (flags override)"
     )
@@ -41,13 +50,16 @@ def run(args) -> dict:
 
     base = load_json_config(TrainConfig, args.config) if args.config else None
     config = dataclass_from_args(TrainConfig, args, base)
+    out = args.resume or args.out
+    if not out:
+        raise UserError("give --out RUN (a new run folder) or --resume RUN (an existing one)")
     summary = train_run(
         args.data,
         args.features,
-        args.out,
+        out,
         config,
         image_root=args.image_root,
-        resume=args.resume,
+        resume=args.resume is not None,
         progress=not args.quiet and not args.json,
         verbose=not args.quiet and not args.json,
     )
