@@ -21,6 +21,7 @@ import shutil
 import textwrap
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,82 +94,76 @@ def run_demo(
     cache = out / "cache"
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
 
-    def step(name: str, text: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
+    @contextmanager
+    def stage(name: str, text: str):
+        """Print the stage's heading; record its seconds in ``timings[name]``."""
         print(f"\n== {text}", flush=True)
-        clock = now
+        started = time.perf_counter()
+        yield
+        timings[name] = round(time.perf_counter() - started, 1)
 
-    def done(name: str) -> None:
-        timings[name] = round(time.perf_counter() - clock, 1)
+    with stage("data", "1. shapes benchmark (generated once, then cached)"):
+        shapes_dir = (
+            cache / f"shapes_{config.n_train}_{config.n_val}_{config.n_test}_{config.image_size}"
+        )
+        generate_shapes(
+            shapes_dir, config.n_train, config.n_val, config.n_test, config.image_size,
+            seed=config.seed, progress=progress,
+        )  # fmt: skip
+        dataset = shapes_dir / "dataset.json"
 
-    step("data", "1. shapes benchmark (generated once, then cached)")
-    shapes_dir = (
-        cache / f"shapes_{config.n_train}_{config.n_val}_{config.n_test}_{config.image_size}"
-    )
-    generate_shapes(
-        shapes_dir, config.n_train, config.n_val, config.n_test, config.image_size,
-        seed=config.seed, progress=progress,
-    )  # fmt: skip
-    dataset = shapes_dir / "dataset.json"
-    done("data")
-
-    step("features", "2. EfficientNet-Lite0 features (extracted once, then cached)")
-    fconfig = FeatureExtractorConfig(
-        image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None
-    )
-    tag = f"{config.feature_size}_{config.pool.replace('+', '-')}_{config.pca_dim}"
-    store = cache / f"{shapes_dir.name}_features_{tag}.h5"
-    feats = extract_features(dataset, store, fconfig, progress=progress)
-    print(f"{store}: {feats.get('images', '')} images, {fconfig.feature_dim}-d features")
-    done("features")
+    with stage("features", "2. EfficientNet-Lite0 features (extracted once, then cached)"):
+        fconfig = FeatureExtractorConfig(
+            image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None
+        )
+        tag = f"{config.feature_size}_{config.pool.replace('+', '-')}_{config.pca_dim}"
+        store = cache / f"{shapes_dir.name}_features_{tag}.h5"
+        feats = extract_features(dataset, store, fconfig, progress=progress)
+        print(f"{store}: {feats.get('images', '')} images, {fconfig.feature_dim}-d features")
 
     runs = {}
     for cell in config.cell_list:
-        step(f"train_{cell}", f"3. train the {cell.upper()} captioner")
-        tconfig = TrainConfig(
-            cell=cell, hidden_dim=config.hidden_dim, wordvec_dim=config.wordvec_dim,
-            epochs=config.epochs, learning_rate=config.learning_rate, seed=config.seed,
-        )  # fmt: skip
-        runs[cell] = _train_cached(dataset, store, out / "runs" / cell, tconfig, progress)
-        done(f"train_{cell}")
+        with stage(f"train_{cell}", f"3. train the {cell.upper()} captioner"):
+            tconfig = TrainConfig(
+                cell=cell, hidden_dim=config.hidden_dim, wordvec_dim=config.wordvec_dim,
+                epochs=config.epochs, learning_rate=config.learning_rate, seed=config.seed,
+            )  # fmt: skip
+            runs[cell] = _train_cached(dataset, store, out / "runs" / cell, tconfig, progress)
 
-    step("evaluate", f"4. caption the {config.n_test} test images (greedy and beam {config.beam})")
-    beams = sorted({1, config.beam})
-    evals = {
-        cell: evaluate_run(
-            out / "runs" / cell, dataset, store, split="test", beams=beams, meteor=config.meteor
-        )
-        for cell in runs
-    }
-    done("evaluate")
+    with stage(
+        "evaluate", f"4. caption the {config.n_test} test images (greedy and beam {config.beam})"
+    ):
+        beams = sorted({1, config.beam})
+        evals = {
+            cell: evaluate_run(
+                out / "runs" / cell, dataset, store, split="test", beams=beams, meteor=config.meteor
+            )
+            for cell in runs
+        }
 
-    step("figures", "5. gallery, loss curves, metrics")
-    rows = {
-        f"{cell} {name}": r["metrics"]
-        for cell, e in evals.items()
-        for name, r in e["results"].items()
-    }
-    main_cell = config.cell_list[0]
-    best_name = f"beam{config.beam}" if config.beam > 1 else "greedy"
-    gallery = write_gallery(out, evals[main_cell]["results"][best_name]["captions"], shapes_dir)
-    plot_losses(out / "loss.png", runs)
-    write_json(out / "captions.json", evals)
-    done("figures")
+    with stage("figures", "5. gallery, loss curves, metrics"):
+        rows = {
+            f"{cell} {name}": r["metrics"]
+            for cell, e in evals.items()
+            for name, r in e["results"].items()
+        }
+        main_cell = config.cell_list[0]
+        best_name = f"beam{config.beam}" if config.beam > 1 else "greedy"
+        gallery = write_gallery(out, evals[main_cell]["results"][best_name]["captions"], shapes_dir)
+        plot_losses(out / "loss.png", runs)
+        write_json(out / "captions.json", evals)
 
     vision_files: list[str] = []
     if config.vision and vision_figures is not None:
-        step("vision", "6. network visualization on bundled photos")
-        vision_files = vision_figures(out / "vision")
-        done("vision")
+        with stage("vision", "6. network visualization on bundled photos"):
+            vision_files = vision_figures(out / "vision")
 
     summary = {
         "config": dataclasses.asdict(config),
         "dataset": str(dataset),
         "features": str(store),
-        "metrics": _jsonable(rows),
+        "metrics": rows,
         "training": {
             c: {k: v for k, v in r.items() if not k.endswith("history")} for c, r in runs.items()
         },
@@ -344,7 +339,3 @@ def plot_losses(path: Path, runs: dict[str, dict]) -> None:
         a.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: getattr(o, "item", lambda: str(o))()))

@@ -230,7 +230,7 @@ def train_run(
         log = json.loads((out / "log.json").read_text()).get("epochs", [])
 
     def epoch_end(solver, record):
-        log.append({k: (None if v is None else v) for k, v in record.items()})
+        log.append(dict(record))
         write_json(out / "log.json", {"epochs": log, "cell": config.cell})
         if on_epoch_end is not None:
             on_epoch_end(solver, record)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from captionlab.cli import add_json_flag
@@ -69,6 +68,6 @@ def run(args) -> dict:
         "model": str(ckpt),
         "split": args.split,
         "images": result["images"],
-        "metrics": json.loads(json.dumps(rows, default=str)),
+        "metrics": rows,
         "captions_file": str(out),
     }

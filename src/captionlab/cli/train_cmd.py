@@ -70,6 +70,5 @@ def run(args) -> dict:
             f"epoch {summary['best_epoch']}\n  model: {summary['best']}\n  curve: "
             f"{summary['loss_curve']}"
         )
-    for key in ("loss_history",):
-        summary.pop(key)
+    summary.pop("loss_history")  # one value per iteration: in RUN/log.json's curve, not here
     return summary

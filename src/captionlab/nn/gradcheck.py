@@ -40,19 +40,10 @@ def eval_numerical_gradient(
         the gradient, same shape and dtype as ``x``.
     """
     grad = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"], op_flags=[["readwrite"]])
-    while not it.finished:
-        ix = it.multi_index
-        old = x[ix]
-        x[ix] = old + h
-        fxph = f(x)
-        x[ix] = old - h
-        fxmh = f(x)
-        x[ix] = old
+    for ix, fxph, fxmh in _centred_pairs(f, x, h):
         grad[ix] = (fxph - fxmh) / (2 * h)
         if verbose:
             print(ix, grad[ix])
-        it.iternext()
     return grad
 
 
@@ -71,18 +62,25 @@ def eval_numerical_gradient_array(
         the gradient, same shape and dtype as ``x``.
     """
     grad = np.zeros_like(x)
+    for ix, pos, neg in _centred_pairs(lambda v: np.array(f(v), copy=True), x, h):
+        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
+    return grad
+
+
+def _centred_pairs(f: Callable, x: np.ndarray, h: float):
+    """For every index ``ix`` of ``x``: ``(ix, f(x + h e_ix), f(x - h e_ix))``, perturbing
+    ``x`` in place and restoring each entry before the next."""
     it = np.nditer(x, flags=["multi_index"], op_flags=[["readwrite"]])
     while not it.finished:
         ix = it.multi_index
         old = x[ix]
         x[ix] = old + h
-        pos = np.array(f(x), copy=True)
+        pos = f(x)
         x[ix] = old - h
-        neg = np.array(f(x), copy=True)
+        neg = f(x)
         x[ix] = old
-        grad[ix] = np.sum((pos - neg) * df) / (2 * h)
+        yield ix, pos, neg
         it.iternext()
-    return grad
 
 
 def rel_error(x: np.ndarray, y: np.ndarray) -> float:
