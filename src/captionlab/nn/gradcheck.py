@@ -138,30 +138,27 @@ def _check_layer(
     return results
 
 
-def check_layers(seed: int = 0) -> list[GradCheckResult]:
-    """Gradient-check every layer of :mod:`captionlab.nn` on small random float64 inputs.
+class _Inputs:
+    """Small random float64 inputs for the checks, from one seeded generator."""
 
-    Backward functions are looked up on their modules at call time, so a patched (wrong)
-    backward is what gets checked.
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
 
-    Args:
-        seed: seed of the random inputs.
-
-    Returns:
-        one :class:`GradCheckResult` per (layer, parameter).
-    """
-    rng = np.random.default_rng(seed)
-
-    def rand(*shape: int) -> np.ndarray:
+    def __call__(self, *shape: int) -> np.ndarray:
         # Scaled by 1/sqrt(fan-in) so that gates do not saturate: saturated gates give
         # gradients near zero, where finite differences have large relative error.
         scale = 1.0 if len(shape) == 1 else shape[-2] ** -0.5
-        return scale * rng.standard_normal(shape)
+        return scale * self.rng.standard_normal(shape)
 
-    N, T, D, H, V, M = 3, 4, 5, 6, 7, 4
-    step, seq = STEP_TOLERANCE, SEQUENCE_TOLERANCE
-    out: list[GradCheckResult] = []
-    out += _check_layer(
+
+# Sizes of every check: batch, time, input, hidden, vocabulary, output.
+N, T, D, H, V, M = 3, 4, 5, 6, 7, 4
+
+
+def _check_simple_layers(rand: _Inputs) -> list[GradCheckResult]:
+    """affine, word_embedding, temporal_affine, temporal_softmax_loss."""
+    step = STEP_TOLERANCE
+    out = _check_layer(
         "affine",
         _layers.affine_forward,
         _layers.affine_backward,
@@ -170,7 +167,7 @@ def check_layers(seed: int = 0) -> list[GradCheckResult]:
         ["x", "w", "b"],
         step,
     )
-    idx = rng.integers(0, V, size=(N, T))
+    idx = rand.rng.integers(0, V, size=(N, T))
     idx[0, :2] = 1  # a repeated word: its gradients must accumulate
     out += _check_layer(
         "word_embedding",
@@ -191,21 +188,26 @@ def check_layers(seed: int = 0) -> list[GradCheckResult]:
         step,
     )
     scores = rand(N, T, V)
-    y = rng.integers(0, V, size=(N, T))
-    mask = rng.random((N, T)) > 0.3
+    y = rand.rng.integers(0, V, size=(N, T))
+    mask = rand.rng.random((N, T)) > 0.3
     _loss, dscores = _layers.temporal_softmax_loss(scores, y, mask)
     numeric = eval_numerical_gradient(
         lambda s: _layers.temporal_softmax_loss(s, y, mask)[0], scores, verbose=False
     )
     out.append(GradCheckResult("temporal_softmax_loss", "x", rel_error(numeric, dscores), step))
-    out += _check_layer(
+    return out
+
+
+def _check_rnn(rand: _Inputs) -> list[GradCheckResult]:
+    """rnn_step, rnn."""
+    out = _check_layer(
         "rnn_step",
         _rnn.rnn_step_forward,
         _rnn.rnn_step_backward,
         {"x": rand(N, D), "prev_h": rand(N, H), "Wx": rand(D, H), "Wh": rand(H, H), "b": rand(H)},
         [rand(N, H)],
         ["x", "prev_h", "Wx", "Wh", "b"],
-        step,
+        STEP_TOLERANCE,
     )
     out += _check_layer(
         "rnn",
@@ -214,40 +216,52 @@ def check_layers(seed: int = 0) -> list[GradCheckResult]:
         {"x": rand(N, T, D), "h0": rand(N, H), "Wx": rand(D, H), "Wh": rand(H, H), "b": rand(H)},
         [rand(N, T, H)],
         ["x", "h0", "Wx", "Wh", "b"],
-        seq,
+        SEQUENCE_TOLERANCE,
     )
-    out += _check_layer(
+    return out
+
+
+def _check_lstm(rand: _Inputs) -> list[GradCheckResult]:
+    """lstm_step, lstm."""
+    step_inputs = {
+        "x": rand(N, D),
+        "prev_h": rand(N, H),
+        "prev_c": rand(N, H),
+        "Wx": rand(D, 4 * H),
+        "Wh": rand(H, 4 * H),
+        "b": rand(4 * H),
+    }
+    out = _check_layer(
         "lstm_step",
         _lstm.lstm_step_forward,
         _lstm.lstm_step_backward,
-        {
-            "x": rand(N, D),
-            "prev_h": rand(N, H),
-            "prev_c": rand(N, H),
-            "Wx": rand(D, 4 * H),
-            "Wh": rand(H, 4 * H),
-            "b": rand(4 * H),
-        },
+        step_inputs,
         [rand(N, H), rand(N, H)],
-        ["x", "prev_h", "prev_c", "Wx", "Wh", "b"],
-        step,
+        list(step_inputs),
+        STEP_TOLERANCE,
     )
+    seq_inputs = {
+        "x": rand(N, T, D),
+        "h0": rand(N, H),
+        "Wx": rand(D, 4 * H),
+        "Wh": rand(H, 4 * H),
+        "b": rand(4 * H),
+    }
     out += _check_layer(
         "lstm",
         _lstm.lstm_forward,
         _lstm.lstm_backward,
-        {
-            "x": rand(N, T, D),
-            "h0": rand(N, H),
-            "Wx": rand(D, 4 * H),
-            "Wh": rand(H, 4 * H),
-            "b": rand(4 * H),
-        },
+        seq_inputs,
         [rand(N, T, H)],
-        ["x", "h0", "Wx", "Wh", "b"],
-        seq,
+        list(seq_inputs),
+        SEQUENCE_TOLERANCE,
     )
-    gru_step_inputs = {
+    return out
+
+
+def _check_gru(rand: _Inputs) -> list[GradCheckResult]:
+    """gru_step, gru."""
+    step_inputs = {
         "x": rand(N, D),
         "prev_h": rand(N, H),
         "Wx": rand(D, 3 * H),
@@ -255,16 +269,16 @@ def check_layers(seed: int = 0) -> list[GradCheckResult]:
         "b": rand(3 * H),
         "bh": rand(3 * H),
     }
-    out += _check_layer(
+    out = _check_layer(
         "gru_step",
         _gru.gru_step_forward,
         _gru.gru_step_backward,
-        gru_step_inputs,
+        step_inputs,
         [rand(N, H)],
-        list(gru_step_inputs),
-        step,
+        list(step_inputs),
+        STEP_TOLERANCE,
     )
-    gru_inputs = {
+    seq_inputs = {
         "x": rand(N, T, D),
         "h0": rand(N, H),
         "Wx": rand(D, 3 * H),
@@ -276,9 +290,35 @@ def check_layers(seed: int = 0) -> list[GradCheckResult]:
         "gru",
         _gru.gru_forward,
         _gru.gru_backward,
-        gru_inputs,
+        seq_inputs,
         [rand(N, T, H)],
-        list(gru_inputs),
-        seq,
+        list(seq_inputs),
+        SEQUENCE_TOLERANCE,
     )
     return out
+
+
+#: One function per layer family, in the order the table lists them. A new family of
+#: layers adds its ``_check_<family>(rand) -> list[GradCheckResult]`` here.
+LAYER_FAMILIES: tuple[Callable[[_Inputs], list[GradCheckResult]], ...] = (
+    _check_simple_layers,
+    _check_rnn,
+    _check_lstm,
+    _check_gru,
+)
+
+
+def check_layers(seed: int = 0) -> list[GradCheckResult]:
+    """Gradient-check every layer of :mod:`captionlab.nn` on small random float64 inputs.
+
+    Backward functions are looked up on their modules at call time, so a patched (wrong)
+    backward is what gets checked.
+
+    Args:
+        seed: seed of the random inputs.
+
+    Returns:
+        one :class:`GradCheckResult` per (layer, parameter).
+    """
+    rand = _Inputs(seed)
+    return [result for family in LAYER_FAMILIES for result in family(rand)]
