@@ -6,8 +6,9 @@ assignment-3 classes do (see DESIGN.md). Metrics live in
 """
 
 from captionlab.captioning.checkpoint import load_checkpoint, save_checkpoint
-from captionlab.captioning.decode import (
+from captionlab.captioning.generate import (
     BeamResult,
+    DecodeState,
     beam_search,
     caption_logprob,
     captions_to_text,
@@ -21,6 +22,7 @@ __all__ = [
     "BeamResult",
     "CaptioningRNN",
     "CaptioningSolver",
+    "DecodeState",
     "ModelConfig",
     "SolverOptions",
     "TrainingDivergedError",

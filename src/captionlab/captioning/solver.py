@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from captionlab.captioning.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from captionlab.captioning.decode import captions_to_text, greedy_decode
+from captionlab.captioning.checkpoint import load_checkpoint, save_checkpoint
+from captionlab.captioning.generate import captions_to_text, greedy_decode
 from captionlab.errors import CheckpointError, DataError, UserError
 from captionlab.nn import optim
 
@@ -556,32 +556,16 @@ class CaptioningSolver:
     # ------------------------------------------------------------------ figures
     def save_loss_curve(self, path: str | os.PathLike) -> Path:
         """Save the training loss per iteration and the per-epoch curves as a PNG."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from captionlab.captioning.plots import plot_loss_curves
 
-        fig = Figure(figsize=(9, 3.5))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 2, 1)
-        ax.plot(np.arange(1, len(self.loss_history) + 1), self.loss_history, lw=0.8)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("training loss")
-        ax.set_title("training loss")
-        ax2 = fig.add_subplot(1, 2, 2)
-        epochs = np.arange(1, len(self.train_loss_history) + 1)
-        ax2.plot(epochs, self.train_loss_history, marker="o", label="train loss")
-        if self.val_loss_history:
-            ax2.plot(epochs, self.val_loss_history, marker="o", label="val loss")
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("loss")
-        if self.val_metric_history:
-            ax3 = ax2.twinx()
-            ax3.plot(epochs, self.val_metric_history, color="C2", marker="s")
-            ax3.set_ylabel(f"val {self.options.metric_name}", color="C2")
-        ax2.legend(loc="upper right")
-        fig.tight_layout()
-        path = Path(path)
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-        return path
+        histories = {
+            "loss_history": self.loss_history,
+            "train_loss_history": self.train_loss_history,
+            "val_loss_history": self.val_loss_history,
+            "val_metric_history": self.val_metric_history,
+            "metric_name": self.options.metric_name,
+        }
+        return plot_loss_curves(path, {"": histories})
 
 
 __all__ = ["CaptioningSolver", "SolverOptions", "TrainingDivergedError"]
