@@ -130,6 +130,33 @@ class CaptioningRNN:
         """The shape each parameter must have, from :attr:`config` and ``V``."""
         return param_shapes(self.config, len(self.word_to_idx))
 
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of one image's features: ``(D,)``."""
+        return (int(self.params["W_proj"].shape[0]),)
+
+    # ------------------------------------------------------------------ checkpoints
+    # What captionlab.captioning.checkpoint needs of every captioner class.
+    def config_dict(self) -> dict:
+        """The architecture as JSON-able values (a checkpoint's ``model`` field)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def shapes_for(cls, config: dict, vocab_size: int) -> dict[str, tuple[int, ...]]:
+        """The parameter shapes a model of ``config`` has, without building it (a
+        checkpoint's arrays are checked against them first). Raises ValueError or TypeError
+        when ``config`` is malformed."""
+        return param_shapes(_model_config(config), vocab_size)
+
+    @classmethod
+    def from_config(cls, word_to_idx: dict[str, int], config: dict) -> CaptioningRNN:
+        """A model of the architecture ``config`` (weights to be loaded over it)."""
+        c = _model_config(config)
+        return cls(
+            word_to_idx, input_dim=c.input_dim, wordvec_dim=c.wordvec_dim,
+            hidden_dim=c.hidden_dim, cell_type=c.cell_type, dtype=np.dtype(c.dtype), seed=0,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         c = self.config
         return (
@@ -343,6 +370,27 @@ def cell_step_from_input(
         next_h, next_c, _ = nn.lstm_cell_forward(xa, prev_h, prev_c, Wh)
         return next_h, next_c
     return nn.gru_cell_forward(xa, prev_h, Wh, bh)[0], None
+
+
+def _model_config(config: dict) -> ModelConfig:
+    """A :class:`ModelConfig` from a dict of its fields; ValueError names what is wrong."""
+    names = {"input_dim", "wordvec_dim", "hidden_dim", "cell_type", "dtype"}
+    missing, unknown = names - set(config), set(config) - names
+    if missing or unknown:
+        raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
+                         f"unknown {sorted(unknown)}")  # fmt: skip
+    c = ModelConfig(
+        input_dim=int(config["input_dim"]), wordvec_dim=int(config["wordvec_dim"]),
+        hidden_dim=int(config["hidden_dim"]), cell_type=str(config["cell_type"]),
+        dtype=str(config["dtype"]),
+    )  # fmt: skip
+    if c.cell_type not in CELL_TYPES:
+        raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {c.cell_type!r}")
+    if min(c.input_dim, c.wordvec_dim, c.hidden_dim) < 1:
+        raise ValueError(f"sizes must be >= 1, got {c}")
+    if np.dtype(c.dtype).kind != "f":
+        raise ValueError(f"dtype must be a floating type, got {c.dtype!r}")
+    return c
 
 
 def param_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:

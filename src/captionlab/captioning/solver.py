@@ -8,7 +8,8 @@ The data dict (cs231n layout; arrays, not files)::
 
     train_captions   (N, T) int     word indices, <START> ... <END> <NULL> ...
     train_image_idxs (N,)   int     row of train_features for each caption
-    train_features   (M, D) float   one feature vector per image
+    train_features   (M, ...) float one image's features per row: (M, D) pooled vectors, or
+                                    (M, L, D) grids, as the model's ``feature_shape`` says
     val_captions, val_image_idxs, val_features    the same, optional
     idx_to_word      list or dict   optional (the model's vocabulary is used otherwise)
     word_to_idx      dict           optional
@@ -196,7 +197,9 @@ class CaptioningSolver:
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         caps = self._array(f"{split}_captions", 2, "iu", "(N, T)")
         idxs = self._array(f"{split}_image_idxs", 1, "iu", "(N,)")
-        feats = self._array(f"{split}_features", 2, "f", "(M, D)")
+        shape = tuple(getattr(self.model, "feature_shape", (None,)))
+        dims = "(M, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+        feats = self._array(f"{split}_features", 1 + len(shape), "f", dims)
         if idxs.shape[0] != caps.shape[0]:
             raise DataError(
                 f"data['{split}_image_idxs'] must have one entry per caption "
@@ -207,9 +210,8 @@ class CaptioningSolver:
                 f"data['{split}_image_idxs'] must index rows of {split}_features "
                 f"[0, {feats.shape[0]}), got values in [{idxs.min()}, {idxs.max()}]"
             )
-        D = self.model.params["W_proj"].shape[0] if "W_proj" in self.model.params else None
-        if D is not None and feats.shape[1] != D:
-            raise DataError(f"data['{split}_features'] must be (M, {D}), got {feats.shape}")
+        if any(d is not None and d != got for d, got in zip(shape, feats.shape[1:], strict=True)):
+            raise DataError(f"data['{split}_features'] must be {dims}, got {feats.shape}")
         return caps, idxs, feats
 
     def _check_data(self) -> None:
