@@ -18,18 +18,21 @@ from captionlab.nn.functional import check_ndim, check_shape, softmax, softmax_b
 # at every time step computes it once per image and passes it in.
 
 
-def additive_scores(A_proj: np.ndarray, q: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ...]:
+def additive_scores(
+    A_proj: np.ndarray, q: np.ndarray, w: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The scoring core of additive attention, shared with the captioner's fast path.
 
     Args:
         A_proj: the grid's projection ``A @ Wa``, (N, L, K).
         q: the query's projection ``h @ Wh + b``, (N, K).
         w: scoring vector, (K,).
+        out: optional (N, L, K) buffer for ``th``.
 
     Returns:
         ``(th, e)``: ``th = tanh(A_proj + q)`` (N, L, K) and the scores ``e = th @ w`` (N, L).
     """
-    th = A_proj + q[:, None, :]  # (N, L, K)
+    th = np.add(A_proj, q[:, None, :], out=out)  # (N, L, K)
     tanh(th, out=th)
     e = th @ w  # (N, L)
     return th, e
