@@ -262,8 +262,8 @@ def test_float32_matches_float64():
     l64, g64 = m64.loss(features, captions)
     l32, g32 = m32.loss(features.astype(np.float32), captions)
     assert l32 == pytest.approx(l64, rel=1e-5)
-    for k in g64:
-        assert rel_error(g32[k], g64[k]) < 1e-3, k
+    for k in g64:  # relative to the gradient's norm: tiny entries carry float32 rounding
+        assert np.linalg.norm(g32[k] - g64[k]) <= 1e-5 * np.linalg.norm(g64[k]), k
 
 
 def test_argument_errors_name_the_argument():
