@@ -125,19 +125,17 @@ class AttentionCaptioner:
     Attributes:
         params: dict of parameter arrays, keyed by :data:`PARAM_NAMES`:
 
-            ======================  ==========  =============================================
-            ``W_embed``             (V, W)      word vectors
-            ``W_h0``, ``b_h0``      (D, H), (H,)  initial hidden state from the mean cell
-            ``W_c0``, ``b_c0``      (D, H), (H,)  initial cell state from the mean cell
-            ``W_att_a``             (D, K)      the grid's projection (``Wa``)
-            ``W_att_h``, ``b_att``  (H, K), (K,)  the query's projection and the bias
-            ``w_att``               (K,)        attention scoring vector
-            ``W_beta``, ``b_beta``  (H, 1), (1,)  the context gate beta
-            ``Wx``                  (W, 4H)     word -> gates i, f, o, g
-            ``Wz``                  (D, 4H)     context -> gates
-            ``Wh``, ``b``           (H, 4H), (4H,)  hidden -> gates, and the gates' bias
-            ``W_vocab``, ``b_vocab``  (H, V), (V,)  hidden -> word scores
-            ======================  ==========  =============================================
+            * ``W_embed`` (V, W): word vectors.
+            * ``W_h0`` (D, H), ``b_h0`` (H,): initial hidden state from the mean cell.
+            * ``W_c0`` (D, H), ``b_c0`` (H,): initial cell state from the mean cell.
+            * ``W_att_a`` (D, K): the grid's projection (``Wa``), applied once per image.
+            * ``W_att_h`` (H, K), ``b_att`` (K,): the query's projection and the bias.
+            * ``w_att`` (K,): the attention's scoring vector.
+            * ``W_beta`` (H, 1), ``b_beta`` (1,): the context gate beta (a scalar per step).
+            * ``Wx`` (W, 4H): word -> gates i, f, o, g.
+            * ``Wz`` (D, 4H): context -> gates.
+            * ``Wh`` (H, 4H), ``b`` (4H,): hidden state -> gates, and the gates' bias.
+            * ``W_vocab`` (H, V), ``b_vocab`` (V,): hidden state -> word scores.
     """
 
     def __init__(
