@@ -31,6 +31,8 @@ EXPECTED = {
     "lstm": ["x", "h0", "Wx", "Wh", "b"],
     "gru_step": ["x", "prev_h", "Wx", "Wh", "b", "bh"],
     "gru": ["x", "h0", "Wx", "Wh", "b", "bh"],
+    "additive_attention": ["A", "A_proj", "h", "Wh", "b", "w"],
+    "additive_attn_mask": ["A", "A_proj", "h", "Wh", "b", "w"],
 }
 CASES = [(layer, p) for layer, params in EXPECTED.items() for p in params]
 

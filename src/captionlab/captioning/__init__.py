@@ -1,10 +1,12 @@
-"""captionlab.captioning: the captioning model, its solver, decoding and checkpoints.
+"""captionlab.captioning: the captioning models, their solver, decoding and checkpoints.
 
 ``from captionlab.captioning import CaptioningRNN, CaptioningSolver`` behaves as the cs231n
-assignment-3 classes do (see DESIGN.md). Metrics live in
+assignment-3 classes do (see DESIGN.md); ``AttentionCaptioner`` is the Show, Attend and Tell
+model over a feature grid. Metrics live in
 :mod:`captionlab.captioning.metrics`.
 """
 
+from captionlab.captioning.attention_model import AttentionCaptioner, AttentionConfig
 from captionlab.captioning.checkpoint import load_checkpoint, save_checkpoint
 from captionlab.captioning.generate import (
     BeamResult,
@@ -19,6 +21,8 @@ from captionlab.captioning.model import CaptioningRNN, ModelConfig
 from captionlab.captioning.solver import CaptioningSolver, SolverOptions, TrainingDivergedError
 
 __all__ = [
+    "AttentionCaptioner",
+    "AttentionConfig",
     "BeamResult",
     "CaptioningRNN",
     "CaptioningSolver",

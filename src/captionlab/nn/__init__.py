@@ -5,15 +5,17 @@ Dimensions everywhere: ``N`` batch, ``T`` time, ``D`` input size, ``H`` hidden s
 ``(out, cache)`` and a ``*_backward`` returning gradients in the order of the forward's
 inputs. Layers keep the dtype they are given (float32 or float64).
 
-Modules: :mod:`~captionlab.nn.functional` (stable sigmoid, log-softmax),
+Modules: :mod:`~captionlab.nn.functional` (stable sigmoid, log-softmax, masked softmax),
 :mod:`~captionlab.nn.layers` (affine, word embedding, temporal affine, temporal softmax
 loss), :mod:`~captionlab.nn.rnn`, :mod:`~captionlab.nn.lstm` (gates i, f, o, g),
-:mod:`~captionlab.nn.gru` (gates r, z, n as torch), :mod:`~captionlab.nn.gradcheck`,
+:mod:`~captionlab.nn.gru` (gates r, z, n as torch), :mod:`~captionlab.nn.attention`
+(additive attention over ``L`` grid cells), :mod:`~captionlab.nn.gradcheck`,
 :mod:`~captionlab.nn.optim`.
 """
 
 from captionlab.nn import optim
-from captionlab.nn.functional import log_softmax, sigmoid
+from captionlab.nn.attention import additive_attention_backward, additive_attention_forward
+from captionlab.nn.functional import log_softmax, sigmoid, softmax, softmax_backward
 from captionlab.nn.gradcheck import (
     check_layers,
     eval_numerical_gradient,
@@ -52,6 +54,8 @@ from captionlab.nn.rnn import (
 )
 
 __all__ = [
+    "additive_attention_backward",
+    "additive_attention_forward",
     "affine_backward",
     "affine_forward",
     "check_layers",
@@ -76,6 +80,8 @@ __all__ = [
     "rnn_step_backward",
     "rnn_step_forward",
     "sigmoid",
+    "softmax",
+    "softmax_backward",
     "temporal_affine_backward",
     "temporal_affine_forward",
     "temporal_softmax_loss",

@@ -8,6 +8,9 @@
 * ``tanh(x) = 2 * sigmoid(2x) - 1``, the same way (exact to about one ulp of 1, absolute;
   about twice as fast as ``np.tanh`` in float64 on x86).
 * ``log_softmax(x) = x - max(x) - log(sum(exp(x - max(x))))`` along the last axis.
+* ``softmax(x, mask) = exp(x - max(x)) / sum(exp(x - max(x)))`` along the last axis, over the
+  entries ``mask`` keeps (max and sum too); masked entries are exactly 0. Its backward is
+  ``softmax_backward``.
 
 The ``*_from_negated_`` kernels take the *negated* (and for tanh doubled) pre-activation in
 place: the sequence layers fold the factor -1 or -2 into a scaled copy of their weights,
@@ -88,6 +91,52 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     """
     shifted = x - np.max(x, axis=-1, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def softmax(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Softmax along the last axis with max subtraction, optionally masked.
+
+    Args:
+        x: scores of shape (..., L), floating.
+        mask: None, or a boolean array of x's shape: False entries are left out (their
+            probability is exactly 0 and they take no part in the max or the sum). Every
+            row must keep at least one entry.
+
+    Returns:
+        probabilities of shape (..., L), same dtype as ``x``; each row sums to 1.
+    """
+    x = np.asarray(x)
+    if mask is None:
+        p = x - np.max(x, axis=-1, keepdims=True)
+        np.exp(p, out=p)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != x.shape:
+            raise ValueError(f"mask must have the scores' shape {x.shape}, got {mask.shape}")
+        if not np.all(np.any(mask, axis=-1)):
+            raise ValueError("mask must keep at least one entry in every row, got an empty row")
+        neg_inf = np.array(-np.inf, dtype=x.dtype)
+        p = np.where(mask, x, neg_inf)
+        p -= np.max(p, axis=-1, keepdims=True)  # masked entries stay -inf
+        np.exp(p, out=p)  # exp(-inf) = 0 exactly
+    p /= np.sum(p, axis=-1, keepdims=True)
+    return p
+
+
+def softmax_backward(dp: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Backward of :func:`softmax`: ``dx = p * (dp - sum(dp * p))`` along the last axis.
+
+    Args:
+        dp: upstream gradient of the probabilities, (..., L).
+        p: the probabilities :func:`softmax` returned, (..., L); masked entries are 0, so
+            their gradient is 0 too.
+
+    Returns:
+        dx of shape (..., L).
+    """
+    dx = dp * p
+    dx -= p * np.sum(dx, axis=-1, keepdims=True)
+    return dx
 
 
 def check_shape(name: str, arr: np.ndarray, expected: tuple, dims: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from captionlab.nn import attention as _attention
 from captionlab.nn import gru as _gru
 from captionlab.nn import layers as _layers
 from captionlab.nn import lstm as _lstm
@@ -298,6 +299,36 @@ def _check_gru(rand: _Inputs) -> list[GradCheckResult]:
     return out
 
 
+def _check_additive_attention(rand: _Inputs) -> list[GradCheckResult]:
+    """additive_attention, without and with a mask (both outputs z and alpha get an
+    upstream gradient)."""
+    L, K = 5, 4
+    names = ["A", "A_proj", "h", "Wh", "b", "w"]
+    mask = np.ones((N, L), dtype=bool)
+    mask[0, [1, 3]] = False
+    mask[1, :4] = False  # one cell left
+    out = []
+    for layer, m in (("additive_attention", None), ("additive_attn_mask", mask)):
+        inputs = {
+            "A": rand(N, L, D),
+            "A_proj": rand(N, L, K),
+            "h": rand(N, H),
+            "Wh": rand(H, K),
+            "b": rand(K),
+            "w": rand(K),
+        }
+        out += _check_layer(
+            layer,
+            lambda *args, m=m: _attention.additive_attention_forward(*args, mask=m),
+            lambda dz, dalpha, cache: _attention.additive_attention_backward(dz, dalpha, cache),
+            inputs,
+            [rand(N, D), rand(N, L)],
+            names,
+            STEP_TOLERANCE,
+        )
+    return out
+
+
 #: One function per layer family, in the order the table lists them. A new family of
 #: layers adds its ``_check_<family>(rand) -> list[GradCheckResult]`` here.
 LAYER_FAMILIES: tuple[Callable[[_Inputs], list[GradCheckResult]], ...] = (
@@ -305,6 +336,7 @@ LAYER_FAMILIES: tuple[Callable[[_Inputs], list[GradCheckResult]], ...] = (
     _check_rnn,
     _check_lstm,
     _check_gru,
+    _check_additive_attention,
 )
 
 

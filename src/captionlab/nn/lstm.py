@@ -60,9 +60,26 @@ def lstm_cell_forward(
         ``(next_h, next_c, (i, f, o, g, tanh_c))``, each (N, H); the gates are what the
         backward pass needs.
     """
-    H = prev_h.shape[1]
     a = prev_h @ Wh  # (N, 4H)
     a += xa
+    return lstm_gates_forward(a, prev_c)
+
+
+def lstm_gates_forward(a: np.ndarray, prev_c: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The gates and the new state from the full pre-activation ``a``, which is overwritten.
+
+    For callers that build ``a = x @ Wx + prev_h @ Wh + b`` their own way (the attention
+    captioner adds a context term and fuses ``prev_h``'s GEMMs). No checks: callers check.
+
+    Args:
+        a: pre-activation of shape (N, 4H), gates i, f, o, g; on return it holds the gate
+            activations i, f, o, g.
+        prev_c: previous cell state of shape (N, H).
+
+    Returns:
+        ``(next_h, next_c, (i, f, o, g, tanh_c))``, each (N, H), the gates views into ``a``.
+    """
+    H = prev_c.shape[1]
     sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
     i, f, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
     g = np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
@@ -71,6 +88,33 @@ def lstm_cell_forward(
     tanh_c = np.tanh(next_c)
     next_h = o * tanh_c  # (N, H)
     return next_h, next_c, (i, f, o, g, tanh_c)
+
+
+def lstm_gates_backward(
+    dnext_h: np.ndarray, dnext_c: np.ndarray, prev_c: np.ndarray, gates: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward of :func:`lstm_gates_forward` (the equations in the module docstring).
+
+    Args:
+        dnext_h: gradient of next_h, (N, H).
+        dnext_c: gradient of next_c from later steps, (N, H).
+        prev_c: previous cell state, (N, H).
+        gates: ``(i, f, o, g, tanh_c)`` from the forward, each (N, H).
+
+    Returns:
+        ``(da, dprev_c)``: the gradient of the pre-activation (N, 4H), gates i, f, o, g,
+        and of prev_c (N, H).
+    """
+    i, f, o, g, tanh_c = gates
+    dc = dnext_c + dnext_h * o * (1 - tanh_c * tanh_c)  # (N, H)
+    do = dnext_h * tanh_c
+    di = dc * g
+    df = dc * prev_c
+    dg = dc * i
+    da = np.concatenate(
+        [di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)], axis=1
+    )  # (N, 4H)
+    return da, dc * f
 
 
 def lstm_step_forward(
@@ -115,20 +159,12 @@ def lstm_step_backward(
         ``(dx, dprev_h, dprev_c, dWx, dWh, db)`` of shapes (N, D), (N, H), (N, H),
         (D, 4H), (H, 4H), (4H,).
     """
-    x, prev_h, prev_c, Wx, Wh, i, f, o, g, tanh_c = cache
+    x, prev_h, prev_c, Wx, Wh, *gates = cache
     check_shape("dnext_h", dnext_h, prev_h.shape, "(N, H)")
     check_shape("dnext_c", dnext_c, prev_c.shape, "(N, H)")
-    dc = dnext_c + dnext_h * o * (1 - tanh_c * tanh_c)  # (N, H)
-    do = dnext_h * tanh_c
-    di = dc * g
-    df = dc * prev_c
-    dg = dc * i
-    da = np.concatenate(
-        [di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)], axis=1
-    )  # (N, 4H)
+    da, dprev_c = lstm_gates_backward(dnext_h, dnext_c, prev_c, gates)  # (N, 4H), (N, H)
     dx = da @ Wx.T  # (N, D)
     dprev_h = da @ Wh.T  # (N, H)
-    dprev_c = dc * f  # (N, H)
     dWx = x.T @ da  # (D, 4H)
     dWh = prev_h.T @ da  # (H, 4H)
     db = da.sum(axis=0)  # (4H,)
