@@ -126,7 +126,8 @@ def test_positional_encoding_class():
     train_out = pos.train().forward(x)
     zero = train_out == 0
     assert zero.any()
-    np.testing.assert_allclose(train_out[~zero], (x + pos.pe[:, :4])[~zero] / 0.9, rtol=1e-6)
+    scale = 65536 / (65536 - round(0.1 * 65536))  # p is rounded to a multiple of 2^-16
+    np.testing.assert_allclose(train_out[~zero], (x + pos.pe[:, :4])[~zero] * scale, rtol=1e-6)
     with pytest.raises(ValueError, match="S <= 10"):
         pos.forward(np.ones((1, 11, 8)))
 
@@ -145,7 +146,9 @@ def test_dropout_eval_is_identity_and_train_keeps_expectation():
     assert out.dtype == np.float32
     assert abs(np.mean(out == 0) - 0.3) < 0.002  # 1e6 draws: std 0.0005
     assert abs(out.mean() - 1) < 0.004  # the expectation is kept (std about 0.0007)
-    np.testing.assert_allclose(np.unique(out), [0, 1 / 0.7], rtol=1e-6)
+    # p is rounded to a multiple of 2^-16 and the kept entries scaled by the exact 1/keep
+    np.testing.assert_allclose(np.unique(out), [0, 65536 / (65536 - 19661)], rtol=1e-6)
+    assert abs(65536 / (65536 - 19661) - 1 / 0.7) < 1e-5
     np.testing.assert_array_equal(nn.dropout_backward(x, mask), out)
 
 
@@ -314,9 +317,7 @@ def test_checker_fails_on_a_wrong_layernorm_and_feedforward_backward(monkeypatch
 
     def wrong_ff(dout, cache):
         dx, dW1, db1, dW2, db2 = real_ff(dout, cache)
-        dW1 = dW1.copy()
-        dW1[0, 0] *= 1.01
-        return dx, dW1, db1, dW2, db2
+        return dx, dW1 * 1.01, db1, dW2, db2
 
     monkeypatch.setattr(transformer, "layernorm_backward", wrong_ln)
     monkeypatch.setattr(transformer, "feedforward_backward", wrong_ff)

@@ -227,8 +227,8 @@ class CaptioningTransformer:
         rng = self._rng if p_drop else None
         N, D = features.shape[0], features.shape[-1]
         L = 1 if features.ndim == 2 else features.shape[1]
-        memory, c_proj = nn.affine_forward(features.reshape(N * L, D), p["W_proj"], p["b_proj"])
-        memory = memory.reshape(N, L, -1)  # (N, L, W)
+        features2 = features.reshape(N * L, D)  # (N*L, D)
+        memory = (features2 @ p["W_proj"] + p["b_proj"]).reshape(N, L, -1)  # (N, L, W)
         x, c_embed = nn.word_embedding_forward(words, p["W_embed"])  # (N, T', W)
         x, c_pos = nn.positional_encoding_forward(x, p_drop, rng)  # (N, T', W)
         T = words.shape[1]
@@ -239,12 +239,14 @@ class CaptioningTransformer:
                 x, memory, self._layer_params(i), self.num_heads, causal, p_drop, rng
             )  # (N, T', W)
             c_layers.append(c)
-        return x, (features.shape, c_proj, c_embed, c_pos, c_layers)
+        return x, (features.shape, features2, p["W_proj"], c_embed, c_pos, c_layers)
 
-    def _backward(self, dx: np.ndarray, cache: tuple) -> tuple[dict, np.ndarray]:
+    def _backward(
+        self, dx: np.ndarray, cache: tuple, feature_grad: bool
+    ) -> tuple[dict, np.ndarray | None]:
         """Backward of :meth:`_forward`: dx (N, T', W) -> (grads without the output
-        projection, dfeatures of the features' shape)."""
-        features_shape, c_proj, c_embed, c_pos, c_layers = cache
+        projection, dfeatures of the features' shape or ``None`` unless ``feature_grad``)."""
+        features_shape, features2, W_proj, c_embed, c_pos, c_layers = cache
         grads: dict[str, np.ndarray] = {}
         dmemory = None
         for i in reversed(range(self.num_layers)):
@@ -255,10 +257,12 @@ class CaptioningTransformer:
         dx = nn.positional_encoding_backward(dx, c_pos)
         grads["W_embed"] = nn.word_embedding_backward(dx, c_embed)
         N, L, W = dmemory.shape
-        dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(
-            dmemory.reshape(N * L, W), c_proj
-        )
-        return grads, dfeatures.reshape(features_shape)
+        dmemory = dmemory.reshape(N * L, W)
+        grads["W_proj"] = features2.T @ dmemory  # (D, W)
+        grads["b_proj"] = dmemory.sum(axis=0)  # (W,)
+        if not feature_grad:  # skip the (N*L, W) x (W, D) GEMM nobody asked for
+            return grads, None
+        return grads, (dmemory @ W_proj.T).reshape(features_shape)
 
     def _teacher_forced_scores(self, features: np.ndarray, captions: np.ndarray) -> np.ndarray:
         """Word scores (N, T-1, V) for every position of ``captions[:, :-1]`` (for tests
@@ -326,7 +330,7 @@ class CaptioningTransformer:
             dx_rows, dW_vocab, db_vocab = x_rows, np.zeros_like(p["W_vocab"]), p["b_vocab"] * 0
         dx = np.zeros((N * Tm1, W), dtype=x.dtype)
         dx[rows] = dx_rows
-        grads, dfeatures = self._backward(dx.reshape(N, Tm1, W), cache)
+        grads, dfeatures = self._backward(dx.reshape(N, Tm1, W), cache, feature_grad)
         grads["W_vocab"], grads["b_vocab"] = dW_vocab, db_vocab
         grads = {name: grads[name] for name in p}
         if feature_grad:

@@ -10,7 +10,8 @@ feed-forward size.
 
 * **Dropout** is inverted dropout with ``p`` the probability of *dropping* (as
   ``torch.nn.Dropout``; cs231n assignment 2's ``dropout_param['p']`` is the keep
-  probability instead): kept entries are scaled by ``1/(1-p)``, so the expectation is
+  probability instead): kept entries are scaled by ``1/(1-p)`` (p rounded to a multiple
+  of 2^-16, see :func:`dropout_mask`), so the expectation is
   unchanged. Layers with dropout take ``dropout`` (p) and ``rng`` (a
   ``numpy.random.Generator``) and draw their masks from it in forward order; ``dropout=0``
   is evaluation mode. A fresh generator from a fixed seed makes a forward pass repeatable.
@@ -52,6 +53,11 @@ def dropout_mask(
 ) -> np.ndarray | None:
     """The inverted-dropout multiplier: 0 with probability ``p``, else ``1 / (1 - p)``.
 
+    The mask is drawn as 16-bit integers (half the time of floats), so the probability
+    of dropping is ``p`` rounded to a multiple of 2^-16 (0.1 becomes 0.100006); kept
+    entries are scaled by the reciprocal of the actual keep probability, so the
+    expectation is kept exactly.
+
     Args:
         shape: the shape of the mask.
         p: the probability of dropping, in [0, 1).
@@ -67,11 +73,10 @@ def dropout_mask(
         return None
     if rng is None:
         raise ValueError(f"dropout p = {p} > 0 needs a random generator rng, got None")
-    dtype = np.dtype(dtype)
-    keep = rng.random(shape, dtype=dtype if dtype in (np.float32, np.float64) else np.float64)
-    mask = (keep >= p).astype(dtype)
-    mask *= 1 / (1 - p)
-    return mask
+    threshold = min(round(p * 65536), 65535)  # drop when u < threshold
+    keep = 1 - threshold / 65536
+    u = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    return np.multiply(u >= threshold, 1 / keep, dtype=np.dtype(dtype))
 
 
 def dropout_forward(
@@ -125,8 +130,10 @@ def layernorm_forward(
     eps = (ln_param or {}).get("eps", 1e-5)
     mu = np.mean(x, axis=-1, keepdims=True)  # (..., 1)
     xhat = x - mu  # (..., D)
-    var = np.mean(xhat * xhat, axis=-1, keepdims=True)  # (..., 1)
-    rstd = 1 / np.sqrt(var + eps)  # (..., 1)
+    var = np.einsum("...i,...i->...", xhat, xhat)[..., None]  # row dot products, (..., 1)
+    var /= D
+    var += eps
+    rstd = 1 / np.sqrt(var)  # (..., 1)
     xhat *= rstd
     out = xhat * gamma
     out += beta
@@ -150,11 +157,14 @@ def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.n
     xhat, rstd, gamma = cache
     check_shape("dout", dout, xhat.shape, "(..., D)")
     D = xhat.shape[-1]
-    dgamma = np.sum((dout * xhat).reshape(-1, D), axis=0)  # (D,)
-    dbeta = np.sum(dout.reshape(-1, D), axis=0)  # (D,)
-    g = dout * gamma  # (..., D)
-    dx = g - np.mean(g, axis=-1, keepdims=True)
-    dx -= xhat * np.mean(g * xhat, axis=-1, keepdims=True)
+    dout2 = dout.reshape(-1, D)  # (M, D)
+    dgamma = np.einsum("ij,ij->j", dout2, xhat.reshape(-1, D))  # (D,)
+    dbeta = np.sum(dout2, axis=0)  # (D,)
+    dx = dout * gamma  # g, (..., D)
+    mean_gx = np.einsum("...i,...i->...", dx, xhat)[..., None]  # (..., 1)
+    mean_gx /= D
+    dx -= np.mean(dx, axis=-1, keepdims=True)
+    dx -= xhat * mean_gx
     dx *= rstd
     return dx, dgamma, dbeta
 
