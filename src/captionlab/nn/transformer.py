@@ -53,7 +53,7 @@ def dropout_mask(
 ) -> np.ndarray | None:
     """The inverted-dropout multiplier: 0 with probability ``p``, else ``1 / (1 - p)``.
 
-    The mask is drawn as 16-bit integers (half the time of floats), so the probability
+    The mask is drawn as 16-bit integers (faster than drawing floats), so the probability
     of dropping is ``p`` rounded to a multiple of 2^-16 (0.1 becomes 0.100006); kept
     entries are scaled by the reciprocal of the actual keep probability, so the
     expectation is kept exactly.
