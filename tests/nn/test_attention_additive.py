@@ -95,7 +95,7 @@ def test_checker_fails_on_a_wrong_backward(monkeypatch):
     assert not res[("additive_attn_mask", "w")].passed
     assert res[("additive_attention", "Wh")].passed
 
-    monkeypatch.setattr(attention, "softmax_backward", lambda dp, p: dp * p)
+    monkeypatch.setattr(attention, "masked_softmax_backward", lambda dp, p: dp * p)
     monkeypatch.setattr(attention, "additive_attention_backward", real)
     res = {(r.layer, r.parameter): r for r in check_layers(seed=0) if r.layer in LAYERS}
     assert not res[("additive_attention", "A_proj")].passed
@@ -198,19 +198,27 @@ def test_masked_cells_get_exactly_zero():
     assert np.all(dA[~mask] == 0.0) and np.all(dA_proj[~mask] == 0.0)
 
 
-def test_softmax_is_stable_and_masked():
+def test_masked_softmax_is_stable_and_masked():
     x = np.array([[1000.0, 1001.0, -1000.0], [-1e4, -1e4, -1e4]], dtype=np.float32)
-    p = nn.softmax(x)
+    p = nn.masked_softmax(x)
     assert p.dtype == np.float32 and np.all(np.isfinite(p))
-    np.testing.assert_allclose(p[0], nn.softmax(x[0] - 1000.0), rtol=1e-6)
+    np.testing.assert_allclose(p[0], nn.masked_softmax(x[0] - 1000.0), rtol=1e-6)
     np.testing.assert_allclose(p[1], 1 / 3, rtol=1e-6)
     m = np.array([[False, True, True], [True, True, True]])
-    pm = nn.softmax(x, m)
+    pm = nn.masked_softmax(x, m)
     assert pm[0, 0] == 0.0 and pm[0, 1] == pytest.approx(1.0, rel=1e-6)
-    with pytest.raises(ValueError, match="at least one entry"):
-        nn.softmax(x, np.zeros_like(m))
-    with pytest.raises(ValueError, match="mask must have the scores' shape"):
-        nn.softmax(x, m[:, :2])
+
+
+def test_attention_over_no_cell_is_refused():
+    rng = np.random.default_rng(0)
+    N, L, D, H, K = 2, 3, 4, 5, 6
+    mask = np.ones((N, L), dtype=bool)
+    mask[1] = False
+    with pytest.raises(ValueError, match="at least one cell"):
+        nn.additive_attention_forward(
+            rng.random((N, L, D)), rng.random((N, L, K)), rng.random((N, H)),
+            rng.random((H, K)), rng.random(K), rng.random(K), mask=mask,
+        )  # fmt: skip
 
 
 def test_shape_errors_name_the_argument():
@@ -223,5 +231,5 @@ def test_shape_errors_name_the_argument():
         nn.additive_attention_forward(A, A_proj, h, Wh, b, w[:2])
     with pytest.raises(ValueError, match="mask must have shape"):
         nn.additive_attention_forward(A, A_proj, h, Wh, b, w, mask=np.ones((3, 2), bool))
-    with pytest.raises(ValueError, match="at least one entry"):
+    with pytest.raises(ValueError, match="at least one cell"):
         nn.additive_attention_forward(A, A_proj, h, Wh, b, w, mask=np.zeros((3, 5), bool))

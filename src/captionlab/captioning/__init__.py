@@ -2,8 +2,8 @@
 
 ``from captionlab.captioning import CaptioningRNN, CaptioningSolver`` behaves as the cs231n
 assignment-3 classes do (see DESIGN.md); ``AttentionCaptioner`` is the Show, Attend and Tell
-model over a feature grid. Metrics live in
-:mod:`captionlab.captioning.metrics`.
+model over a feature grid; ``CaptioningTransformer`` is the 2021+ assignment's. Metrics live
+in :mod:`captionlab.captioning.metrics`.
 """
 
 from captionlab.captioning.attention_model import AttentionCaptioner, AttentionConfig
@@ -19,6 +19,7 @@ from captionlab.captioning.generate import (
 )
 from captionlab.captioning.model import CaptioningRNN, ModelConfig
 from captionlab.captioning.solver import CaptioningSolver, SolverOptions, TrainingDivergedError
+from captionlab.captioning.transformer_model import CaptioningTransformer, TransformerConfig
 
 __all__ = [
     "AttentionCaptioner",
@@ -26,10 +27,12 @@ __all__ = [
     "BeamResult",
     "CaptioningRNN",
     "CaptioningSolver",
+    "CaptioningTransformer",
     "DecodeState",
     "ModelConfig",
     "SolverOptions",
     "TrainingDivergedError",
+    "TransformerConfig",
     "beam_search",
     "caption_logprob",
     "captions_to_text",

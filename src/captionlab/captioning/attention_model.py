@@ -43,7 +43,7 @@ import numpy as np
 
 from captionlab import nn
 from captionlab.nn.attention import additive_scores, additive_scores_backward
-from captionlab.nn.functional import sigmoid, softmax, softmax_backward
+from captionlab.nn.functional import masked_softmax, masked_softmax_backward, sigmoid
 from captionlab.nn.lstm import lstm_gates_backward, lstm_gates_forward
 
 # The order of the parameters in ``params``.
@@ -311,7 +311,7 @@ class AttentionCaptioner:
             hp = hs[t] @ W_hcat  # (N, 4H + K + 1)
             q = hp[:, 4 * H : 4 * H + K] + p["b_att"]  # (N, K)
             _, e = additive_scores(A_proj, q, p["w_att"], out=th[t])  # (N, L)
-            alphas[t] = softmax(e)
+            alphas[t] = masked_softmax(e)
             np.matmul(alphas[t][:, None, :], A, out=ctx[t][:, None, :])  # (N, D)
             sigmoid(hp[:, -1] + p["b_beta"], out=betas[t])  # (N,)
             np.multiply(ctx[t], betas[t][:, None], out=zs[t])  # (N, D)
@@ -408,7 +408,7 @@ class AttentionCaptioner:
             np.multiply(dz, beta[:, None], out=dctx[t])  # (N, D)
             dalpha = np.matmul(A, dctx[t][:, :, None])[:, :, 0]  # (N, L)
             dalpha += dalpha_pen[t]
-            de[t] = softmax_backward(dalpha, alphas[t])  # (N, L)
+            de[t] = masked_softmax_backward(dalpha, alphas[t])  # (N, L)
             dpre = additive_scores_backward(de[t], th[t], w_att)  # (N, L, K)
             dA_proj += dpre
             dpre.sum(axis=1, out=dhp[t, :, 4 * H : 4 * H + K])  # dq (N, K)
