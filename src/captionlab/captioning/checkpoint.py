@@ -37,10 +37,14 @@ import numpy as np
 
 from captionlab._atomic import atomic_write
 from captionlab.captioning.model import CaptioningRNN
+from captionlab.captioning.transformer_model import CaptioningTransformer
 from captionlab.errors import CheckpointError
 
 #: The captioner classes a checkpoint may hold, by the name stored in ``model.class``.
-MODEL_CLASSES: dict[str, type] = {"CaptioningRNN": CaptioningRNN}
+MODEL_CLASSES: dict[str, type] = {
+    "CaptioningRNN": CaptioningRNN,
+    "CaptioningTransformer": CaptioningTransformer,
+}
 
 FORMAT = "captionlab-checkpoint"
 FORMAT_VERSION = 1

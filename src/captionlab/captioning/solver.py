@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,31 @@ class SolverOptions:
 _MONITORS = ("auto", "val_metric", "val_loss", "train_loss")
 
 
+@contextmanager
+def evaluation_mode(model) -> Iterator[None]:
+    """The model in evaluation mode inside the block (dropout off), its mode restored
+    after; a model without ``training``, ``eval()`` and ``train()`` is left alone."""
+    training = getattr(model, "training", None)
+    if training is None or not (hasattr(model, "eval") and hasattr(model, "train")):
+        yield
+        return
+    model.eval()
+    try:
+        yield
+    finally:
+        if training:
+            model.train()
+
+
 class CaptioningSolver:
     """Trains a captioning model by minibatch gradient descent (cs231n constructor).
 
     Args:
         model: an object with ``params`` (dict of arrays) and
-            ``loss(features, captions) -> (loss, grads)``; for validation decoding it must
-            be a :class:`~captionlab.captioning.CaptioningRNN`.
+            ``loss(features, captions) -> (loss, grads)``; for the validation metric it
+            also implements the decoding interface (:mod:`captionlab.captioning.generate`)
+            and ``sample``. A model with ``training`` and ``eval()`` / ``train()`` (dropout)
+            is validated in evaluation mode and put back after.
         data: the data dict described in the module docstring.
         update_rule: a name in :mod:`captionlab.nn.optim` (``sgd``, ``sgd_momentum``,
             ``rmsprop``, ``adam``) or a function ``update(w, dw, config)``.
@@ -493,8 +512,9 @@ class CaptioningSolver:
     def _end_epoch(self, train_loss: float, monitor: str, say) -> bool:
         """Validate, keep the best, checkpoint, call back; True means stop early."""
         self.train_loss_history.append(train_loss)
-        val_loss = self.validation_loss()
-        val_metric = self.validation_metric()
+        with evaluation_mode(self.model):
+            val_loss = self.validation_loss()
+            val_metric = self.validation_metric()
         if val_loss is not None:
             self.val_loss_history.append(val_loss)
         if val_metric is not None:

@@ -20,6 +20,27 @@ The forward pass of :meth:`CaptioningTransformer.loss`::
 
 The causal mask lets word ``t`` attend to words ``0..t`` only, so one pass trains every
 position at once (teacher forcing).
+
+Decoding (:meth:`CaptioningTransformer.decode_start` / :meth:`~CaptioningTransformer.
+decode_step`, the interface of :mod:`captionlab.captioning.generate`) is incremental: a word
+at position ``t`` needs, in every layer, the keys and values of words ``0..t-1`` (which do
+not change once computed, the mask being causal) and of the image memory (which do not
+depend on the words). So ``decode_start`` projects the memory and its per-layer keys and
+values once, and each step runs the layers on the one new position, appending its keys and
+values to a per-row cache::
+
+    x_t     = W_embed[w_t] + PE[t]                          # (M, W), one position per row
+    for each layer l:
+        q, k, v  = x_t @ [Wq | Wk | Wv] + b                 # (M, W) each, split in h heads
+        K_l, V_l = [K_l ; k], [V_l ; v]                     # the cache, (M, h, t+1, d)
+        x_t = LN1(x_t + Attn(q, K_l, V_l) @ Wo + bo)        # no mask: the cache is the past
+        x_t = LN2(x_t + Attn(x_t @ Wq' + bq', Kmem_l, Vmem_l) @ Wo' + bo')
+        x_t = LN3(x_t + FFN(x_t))
+    scores  = x_t @ W_vocab + b_vocab                       # (M, V)
+
+which is exactly position ``t`` of the teacher-forced pass (the tests compare the two, and
+``decode_start(..., cache=False)`` reruns the whole prefix at every step, as the
+assignment's ``sample`` does). Decoding never drops out, whatever the mode.
 """
 
 from __future__ import annotations
@@ -29,11 +50,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
+from captionlab.captioning.generate import DecodeState, greedy_decode
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Everything needed to rebuild a :class:`CaptioningTransformer` apart from its weights."""
+    """Everything needed to rebuild a :class:`CaptioningTransformer` apart from its weights.
+
+    ``grid`` says which features the model is meant for (what :attr:`CaptioningTransformer.
+    feature_shape` reports, so the solver, checkpoints and ``captionlab evaluate`` feed it
+    the right kind): a grid of cells (N, L, D) or pooled vectors (N, D).
+    """
 
     input_dim: int = 512
     wordvec_dim: int = 256
@@ -43,6 +70,7 @@ class TransformerConfig:
     dropout: float = 0.1
     dim_feedforward: int = 2048
     dtype: str = "float32"
+    grid: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +106,8 @@ class CaptioningTransformer:
             NumPy's global generator as cs231n does; an int uses a private generator.
         dim_feedforward: ``F``, the hidden size of the feed-forward blocks (2048 in the
             assignment, whose decoder layer it does not override).
+        grid: the model is meant for grids (N, L, D) rather than pooled (N, D) features
+            (:attr:`feature_shape`); :meth:`loss` and decoding take either.
 
     Attributes:
         params: dict of parameter arrays, shapes from :func:`transformer_param_shapes`;
@@ -99,6 +129,7 @@ class CaptioningTransformer:
         seed: int | None = None,
         *,
         dim_feedforward: int = 2048,
+        grid: bool = False,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -120,6 +151,7 @@ class CaptioningTransformer:
         self.num_layers = int(num_layers)
         self.max_length = int(max_length)
         self.dropout = float(dropout)
+        self.grid = bool(grid)
         self.training = True
         self._null = word_to_idx["<NULL>"]
         self._start = word_to_idx.get("<START>", None)
@@ -135,6 +167,7 @@ class CaptioningTransformer:
             dropout=self.dropout,
             dim_feedforward=int(dim_feedforward),
             dtype=self.dtype.name,
+            grid=self.grid,
         )
         self.params: dict[str, np.ndarray] = {}
         for name, shape in transformer_param_shapes(config, len(word_to_idx)).items():
@@ -161,6 +194,7 @@ class CaptioningTransformer:
             dropout=self.dropout,
             dim_feedforward=int(self.params["layers.0.ffn.W1"].shape[1]),
             dtype=self.dtype.name,
+            grid=self.grid,
         )
 
     def expected_shapes(self) -> dict[str, tuple]:
@@ -172,8 +206,37 @@ class CaptioningTransformer:
         return (
             f"CaptioningTransformer(V={len(self.word_to_idx)}, D={c.input_dim}, "
             f"W={c.wordvec_dim}, heads={c.num_heads}, layers={c.num_layers}, "
-            f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype})"
+            f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype}, grid={c.grid})"
         )
+
+    @property
+    def feature_shape(self) -> tuple[int | None, ...]:
+        """The shape of one image's features: ``(None, D)`` (a grid of any number of cells)
+        for a grid model, else ``(D,)``."""
+        D = int(self.params["W_proj"].shape[0])
+        return (None, D) if self.grid else (D,)
+
+    # ------------------------------------------------------------------ checkpoints
+    # What captionlab.captioning.checkpoint needs of every captioner class.
+    def config_dict(self) -> dict:
+        """The architecture as JSON-able values (a checkpoint's ``model`` field)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def shapes_for(cls, config: dict, vocab_size: int) -> dict[str, tuple[int, ...]]:
+        """The parameter shapes a model of ``config`` has, without building it. Raises
+        ValueError or TypeError when ``config`` is malformed."""
+        return transformer_param_shapes(_transformer_config(config), vocab_size)
+
+    @classmethod
+    def from_config(cls, word_to_idx: dict[str, int], config: dict) -> CaptioningTransformer:
+        """A model of the architecture ``config`` (weights to be loaded over it)."""
+        c = _transformer_config(config)
+        return cls(
+            word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length,
+            c.dropout, np.dtype(c.dtype), seed=0, dim_feedforward=c.dim_feedforward,
+            grid=c.grid,
+        )  # fmt: skip
 
     def train(self) -> CaptioningTransformer:
         """Training mode: dropout on (the default, as in torch)."""
@@ -212,23 +275,33 @@ class CaptioningTransformer:
             )
         return captions
 
-    def _forward(self, features: np.ndarray, words: np.ndarray) -> tuple[np.ndarray, tuple]:
+    def _memory(self, features: np.ndarray) -> np.ndarray:
+        """The image memory ``features @ W_proj + b_proj``: checked features (N, D) or
+        (N, L, D) -> (N, L, W) (L = 1 for pooled features)."""
+        N, D = features.shape[0], features.shape[-1]
+        memory = features.reshape(-1, D) @ self.params["W_proj"]  # (N*L, W)
+        memory += self.params["b_proj"]
+        return memory.reshape(N, -1, memory.shape[1])
+
+    def _forward(
+        self, features: np.ndarray, words: np.ndarray, p_drop: float | None = None
+    ) -> tuple[np.ndarray, tuple]:
         """Teacher-forced decoder states.
 
         Args:
             features: checked features, (N, D) or (N, L, D).
             words: the input words, (N, T') integers with T' <= max_length.
+            p_drop: the dropout probability (default: the model's in training mode, else 0).
 
         Returns:
             ``(x, cache)`` with x (N, T', W), the last decoder layer's output.
         """
         p = self.params
-        p_drop = self.dropout if self.training else 0.0
+        if p_drop is None:
+            p_drop = self.dropout if self.training else 0.0
         rng = self._rng if p_drop else None
-        N, D = features.shape[0], features.shape[-1]
-        L = 1 if features.ndim == 2 else features.shape[1]
-        features2 = features.reshape(N * L, D)  # (N*L, D)
-        memory = (features2 @ p["W_proj"] + p["b_proj"]).reshape(N, L, -1)  # (N, L, W)
+        features2 = features.reshape(-1, features.shape[-1])  # (N*L, D)
+        memory = self._memory(features)  # (N, L, W)
         x, c_embed = nn.word_embedding_forward(words, p["W_embed"])  # (N, T', W)
         x, c_pos = nn.positional_encoding_forward(x, p_drop, rng)  # (N, T', W)
         T = words.shape[1]
@@ -336,3 +409,234 @@ class CaptioningTransformer:
         if feature_grad:
             grads["features"] = dfeatures
         return float(loss), grads
+
+    # ------------------------------------------------------------------ decoding
+    def decode_start(
+        self, features: np.ndarray, max_length: int = 30, cache: bool = True
+    ) -> DecodeState:
+        """The decoding state of N images (see :mod:`captionlab.captioning.generate`).
+
+        With ``cache`` (the default) the memory's keys and values of every layer are
+        computed here, once per call, and kept in ``shared`` (per image; rows index them
+        by ``image``); each row carries its own self-attention cache, one position longer
+        after every step. ``cache=False`` keeps only the words so far and reruns the whole
+        prefix at every step (the assignment's ``sample``; the reference the tests and
+        benchmark compare against).
+
+        Args:
+            features: image features, pooled (N, D) or a grid (N, L, D).
+            max_length: the most words the call generates; at most :attr:`max_length`
+                (the positional encoding's length).
+            cache: decode incrementally (see above).
+
+        Returns:
+            a state with rows ``image`` (N,) and, per layer ``l``, ``k{l}`` (N, h, d, 0)
+            and ``v{l}`` (N, h, 0, d) (with ``cache``) or ``prefix`` (N, 0) (without).
+        """
+        if not 1 <= max_length <= self.max_length:
+            raise ValueError(
+                f"max_length must be in [1, {self.max_length}] (the model's max_length, the "
+                f"positions it encodes), got {max_length}"
+            )
+        features = self._check_features(features)
+        N = features.shape[0]
+        rows: dict[str, np.ndarray] = {"image": np.arange(N)}
+        if not cache:
+            rows["prefix"] = np.empty((N, 0), dtype=np.int64)
+            return DecodeState(rows, {"features": features})
+        memory = self._memory(features)  # (N, L, W)
+        L, W = memory.shape[1:]
+        h = self.num_heads
+        d = W // h
+        # Positions 0 .. max_length-1 of the positional encoding, once per call.
+        shared: dict = {"images": N, "pe": nn.sinusoidal_positional_encoding(max_length, W)}
+        shared["pe"] = shared["pe"].astype(self.dtype)
+        for i in range(self.num_layers):
+            lp = self._layer_params(i)
+            # the self-attention's q, k, v from one GEMM per step, as in training
+            lp["self_attn.Wqkv"] = np.concatenate(
+                [lp["self_attn.Wq"], lp["self_attn.Wk"], lp["self_attn.Wv"]], axis=1
+            )  # (W, 3W)
+            lp["self_attn.bqkv"] = np.concatenate(
+                [lp["self_attn.bq"], lp["self_attn.bk"], lp["self_attn.bv"]]
+            )
+            shared[f"layer{i}"] = lp
+            Wkv = np.concatenate([lp["cross_attn.Wk"], lp["cross_attn.Wv"]], axis=1)  # (W, 2W)
+            bkv = np.concatenate([lp["cross_attn.bk"], lp["cross_attn.bv"]])
+            kv = (memory.reshape(N * L, W) @ Wkv + bkv).reshape(N, L, 2, h, d)
+            # keys (N, h, d, L) and values (N, h, L, d): a query row (1, d) multiplies them
+            # as they are
+            shared[f"mem_k{i}"] = np.ascontiguousarray(kv[:, :, 0].transpose(0, 2, 3, 1))
+            shared[f"mem_v{i}"] = np.ascontiguousarray(kv[:, :, 1].transpose(0, 2, 1, 3))
+            rows[f"k{i}"] = np.empty((N, h, d, 0), dtype=self.dtype)
+            rows[f"v{i}"] = np.empty((N, h, 0, d), dtype=self.dtype)
+        return DecodeState(rows, shared)
+
+    def decode_step(
+        self, words: np.ndarray, state: DecodeState
+    ) -> tuple[np.ndarray, DecodeState, np.ndarray | None]:
+        """Feed back ``words`` (M,) at the next position of every row.
+
+        Returns:
+            ``(scores, state, attention)``: word scores (M, V) (logits), the state one
+            position longer, and the cross-attention of the last layer to the L image
+            tokens, averaged over the heads, (M, L) (``None`` for pooled features, a single
+            token).
+        """
+        words = np.asarray(words)
+        if "prefix" in state.rows:
+            return self._recompute_step(words, state)
+        p = self.params
+        t = state.rows["k0"].shape[3]  # the position of this step
+        if t >= len(state.shared["pe"]):
+            raise ValueError(f"the state was started for {len(state.shared['pe'])} steps")
+        x = p["W_embed"][words] + state.shared["pe"][t]  # (M, W)
+        image = state.rows["image"]
+        rows = {"image": image}
+        attention = None
+        for i in range(self.num_layers):
+            x, rows[f"k{i}"], rows[f"v{i}"], alpha = _decoder_layer_step(
+                x,
+                state.rows[f"k{i}"],
+                state.rows[f"v{i}"],
+                _MemoryRows(state.shared[f"mem_k{i}"], state.shared[f"mem_v{i}"], image),
+                state.shared[f"layer{i}"],
+                self.num_heads,
+            )
+            attention = alpha
+        scores = x @ p["W_vocab"]  # (M, V)
+        scores += p["b_vocab"]
+        if attention.shape[-1] == 1:  # one pooled token: nothing to show
+            attention = None
+        else:
+            attention = attention.mean(axis=1)  # (M, L), averaged over the heads
+        return scores, DecodeState(rows, state.shared), attention
+
+    def _recompute_step(self, words: np.ndarray, state: DecodeState):
+        """:meth:`decode_step` without a cache: the whole prefix again (dropout off)."""
+        prefix = np.concatenate([state.rows["prefix"], words[:, None]], axis=1)  # (M, t+1)
+        image = state.rows["image"]
+        features = state.shared["features"][image]
+        x, cache = self._forward(features, prefix, p_drop=0.0)  # (M, t+1, W)
+        scores = x[:, -1] @ self.params["W_vocab"] + self.params["b_vocab"]  # (M, V)
+        attention = None
+        if features.ndim == 3 and features.shape[1] > 1:
+            # the last layer's cross-attention weights (M, h, t+1, L), read from its cache:
+            # decoder layer cache[9] is the cross-attention's, whose [0] is the scaled
+            # dot-product attention's (q, k, v, weights, ...)
+            weights = cache[-1][-1][9][0][3]
+            attention = weights[:, :, -1].mean(axis=1)  # (M, L)
+        return scores, DecodeState({"image": image, "prefix": prefix}, state.shared), attention
+
+    def sample(self, features: np.ndarray, max_length: int = 30) -> np.ndarray:
+        """Greedy decoding from ``<START>`` (cs231n ``sample``), incremental.
+
+        Args:
+            features: image features, pooled (N, D) or a grid (N, L, D).
+            max_length: the number of words generated at most.
+
+        Returns:
+            captions (N, max_length) int32 without ``<START>``; each stops at its first
+            ``<END>`` (kept) and is ``<NULL>`` after it.
+        """
+        return greedy_decode(self, features, max_length=max_length)
+
+
+class _MemoryRows:
+    """The memory keys (N, h, d, L) and values (N, h, L, d) of one layer, seen by the rows
+    ``image`` (M,) that index them: :meth:`attend` mixes them without copying them when the
+    rows are the images in order (greedy decoding, caption scoring) or each image ``B`` times
+    in a row (beam search), and gathers them otherwise (rows dropped or reordered)."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray, image: np.ndarray) -> None:
+        self.keys, self.values, self.image = keys, values, image
+
+    def attend(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """q (M, h, d), scaled -> ``(y (M, h, d), weights (M, h, L))``."""
+        M, h, d = q.shape
+        N = self.keys.shape[0]
+        image = self.image
+        if M % N == 0 and np.array_equal(image, np.repeat(np.arange(N), M // N)):
+            B = M // N  # B rows per image, image by image: (N, h, B, d) @ (N, h, d, L)
+            qg = q.reshape(N, B, h, d).transpose(0, 2, 1, 3)
+            weights = nn.masked_softmax(qg @ self.keys)  # (N, h, B, L)
+            y = (weights @ self.values).transpose(0, 2, 1, 3).reshape(M, h, d)
+            return y, weights.transpose(0, 2, 1, 3).reshape(M, h, -1)
+        keys, values = self.keys[image], self.values[image]  # (M, h, d, L), (M, h, L, d)
+        weights = nn.masked_softmax(q[:, :, None] @ keys)  # (M, h, 1, L)
+        return (weights @ values)[:, :, 0], weights[:, :, 0]
+
+
+def _decoder_layer_step(
+    x: np.ndarray,
+    cache_k: np.ndarray,
+    cache_v: np.ndarray,
+    memory: _MemoryRows,
+    p: dict[str, np.ndarray],
+    num_heads: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One decoder layer (:func:`captionlab.nn.decoder_layer_forward`, dropout 0) at one new
+    position of M rows, given the keys (M, h, d, t) and values (M, h, t, d) of the t earlier
+    positions. ``p`` holds the layer's parameters plus ``self_attn.Wqkv`` (W, 3W) and
+    ``self_attn.bqkv`` (3W,), the three projections side by side.
+
+    Returns:
+        ``(out (M, W), keys (M, h, d, t+1), values (M, h, t+1, d), cross-attention weights
+        (M, h, L))``.
+    """
+    M, W = x.shape
+    h = num_heads
+    d = W // h
+    t = cache_k.shape[3]
+    scale = x.dtype.type(1 / np.sqrt(d))
+    qkv = x @ p["self_attn.Wqkv"]  # (M, 3W)
+    qkv += p["self_attn.bqkv"]
+    qkv = qkv.reshape(M, 3, h, d)
+    keys = np.empty((M, h, d, t + 1), dtype=x.dtype)
+    keys[..., :t] = cache_k
+    keys[..., t] = qkv[:, 1]
+    values = np.empty((M, h, t + 1, d), dtype=x.dtype)
+    values[:, :, :t] = cache_v
+    values[:, :, t] = qkv[:, 2]
+    q = qkv[:, 0, :, None] * scale  # (M, h, 1, d)
+    weights = nn.masked_softmax(q @ keys)  # (M, h, 1, t+1): the cache is the past, no mask
+    y = (weights @ values).reshape(M, W)  # heads side by side
+    sa = y @ p["self_attn.Wo"] + p["self_attn.bo"]
+    h1, _ = nn.layernorm_forward(x + sa, p["norm1.gamma"], p["norm1.beta"])  # (M, W)
+
+    q = (h1 @ p["cross_attn.Wq"] + p["cross_attn.bq"]).reshape(M, h, d) * scale
+    y, alpha = memory.attend(q)  # (M, h, d), (M, h, L)
+    ca = y.reshape(M, W) @ p["cross_attn.Wo"] + p["cross_attn.bo"]
+    h2, _ = nn.layernorm_forward(h1 + ca, p["norm2.gamma"], p["norm2.beta"])
+
+    ff, _ = nn.feedforward_forward(h2, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"])
+    out, _ = nn.layernorm_forward(h2 + ff, p["norm3.gamma"], p["norm3.beta"])
+    return out, keys, values, alpha
+
+
+def _transformer_config(config: dict) -> TransformerConfig:
+    """A :class:`TransformerConfig` from a dict of its fields (a checkpoint's ``model``);
+    ValueError names what is wrong."""
+    names = set(TransformerConfig.__dataclass_fields__)
+    missing, unknown = names - set(config), set(config) - names
+    if missing or unknown:
+        raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
+                         f"unknown {sorted(unknown)}")  # fmt: skip
+    c = TransformerConfig(
+        input_dim=int(config["input_dim"]), wordvec_dim=int(config["wordvec_dim"]),
+        num_heads=int(config["num_heads"]), num_layers=int(config["num_layers"]),
+        max_length=int(config["max_length"]), dropout=float(config["dropout"]),
+        dim_feedforward=int(config["dim_feedforward"]), dtype=str(config["dtype"]),
+        grid=bool(config["grid"]),
+    )  # fmt: skip
+    if min(c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length) < 1:
+        raise ValueError(f"sizes must be >= 1, got {c}")
+    if c.dim_feedforward < 1 or c.wordvec_dim % c.num_heads:
+        raise ValueError(f"dim_feedforward must be >= 1 and num_heads divide wordvec_dim, got {c}")
+    if not 0 <= c.dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
+    if np.dtype(c.dtype).kind != "f":
+        raise ValueError(f"dtype must be a floating type, got {c.dtype!r}")
+    if not isinstance(config["grid"], bool):
+        raise ValueError(f"grid must be true or false, got {config['grid']!r}")
+    return c

@@ -350,11 +350,13 @@ def to_caption_data(
 
     For each split present: ``{split}_captions`` (N, max_length+1) int32, one row per
     caption; ``{split}_image_idxs`` (N,) int32 rows into ``{split}_features`` (M, D)
-    float32; ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,) str image paths. Plus
-    ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split: captions cut}).
+    (or (M, L, D) grids) float32; ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,)
+    str image paths. Plus ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split:
+    captions cut}).
 
     Args:
-        features_for: maps M image ids to an (M, D) array, row i for id i.
+        features_for: maps M image ids to an (M, D) array (or (M, L, D) grids), row i
+            for id i.
     """
     data: dict = {"idx_to_word": vocab.idx_to_word, "word_to_idx": vocab.word_to_idx}
     data["n_truncated"] = {}
@@ -364,9 +366,10 @@ def to_caption_data(
             continue
         ids = [r.image_id for r in records]
         feats = np.asarray(features_for(ids), dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[0] != len(ids):
+        if feats.ndim not in (2, 3) or feats.shape[0] != len(ids):
             raise DataError(
-                f"features for split {split!r} must be ({len(ids)}, D), got {feats.shape}"
+                f"features for split {split!r} must be ({len(ids)}, D) or ({len(ids)}, L, D), "
+                f"got {feats.shape}"
             )
         captions = [c for r in records for c in r.captions]
         image_idxs = np.asarray(

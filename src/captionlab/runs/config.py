@@ -7,19 +7,33 @@ from dataclasses import dataclass, field
 from captionlab.captioning.model import CELL_TYPES
 from captionlab.errors import UserError
 
-__all__ = ["TrainConfig"]
+__all__ = ["MODEL_TYPES", "TrainConfig"]
+
+#: The captioners ``captionlab train --model`` builds (``rnn``: CaptioningRNN with ``--cell``).
+MODEL_TYPES = ("rnn", "transformer")
 
 
 @dataclass
 class TrainConfig:
     """Defaults of ``captionlab train``; every field is a flag (``--hidden-dim 256``)."""
 
+    model: str = field(default="rnn", metadata={"help": "captioner", "choices": MODEL_TYPES})
     cell: str = field(
         default="lstm",
         metadata={"help": "recurrent cell", "choices": CELL_TYPES},
     )
-    hidden_dim: int = field(default=512, metadata={"help": "H, size of the hidden state"})
+    hidden_dim: int = field(
+        default=512,
+        metadata={"help": "H, size of the hidden state (transformer: F, feed-forward size)"},
+    )
     wordvec_dim: int = field(default=256, metadata={"help": "W, size of a word vector"})
+    num_heads: int = field(default=4, metadata={"help": "transformer: attention heads"})
+    num_layers: int = field(default=2, metadata={"help": "transformer: decoder layers"})
+    dropout: float = field(default=0.1, metadata={"help": "transformer: dropout probability"})
+    grid: bool = field(
+        default=False,
+        metadata={"help": "transformer: attend to the store's spatial grid, not pooled features"},
+    )
     epochs: int = field(default=10, metadata={"help": "passes over the training captions"})
     batch_size: int = field(default=128, metadata={"help": "captions per minibatch"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
@@ -45,6 +59,9 @@ class TrainConfig:
         checks = {
             "hidden_dim": self.hidden_dim >= 1,
             "wordvec_dim": self.wordvec_dim >= 1,
+            "num_heads": self.num_heads >= 1,
+            "num_layers": self.num_layers >= 1,
+            "dropout": 0 <= self.dropout < 1,
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,
@@ -59,6 +76,12 @@ class TrainConfig:
         if bad:
             name = bad[0]
             raise UserError(f"{name} out of range, got {getattr(self, name)!r}")
+        if self.model not in MODEL_TYPES:
+            raise UserError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        if self.model == "transformer" and self.wordvec_dim % self.num_heads:
+            raise UserError(
+                f"num_heads must divide wordvec_dim = {self.wordvec_dim}, got {self.num_heads}"
+            )
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         if self.dtype not in ("float32", "float64"):

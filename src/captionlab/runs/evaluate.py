@@ -11,7 +11,12 @@ from captionlab.captioning import load_checkpoint
 from captionlab.data import CaptionDataset, load_dataset
 from captionlab.data.features import FeatureStore
 from captionlab.errors import DataError, UserError
-from captionlab.runs.inference import caption_features, resolve_model_path
+from captionlab.runs.inference import (
+    caption_features,
+    resolve_model_path,
+    store_features,
+    wants_grid,
+)
 
 __all__ = ["evaluate_run", "load_scenes_for", "scene_scores"]
 
@@ -63,7 +68,7 @@ def evaluate_run(
         }
     return {
         "model": str(ckpt),
-        "cell": model.cell_type,
+        "cell": getattr(model, "cell_type", "transformer"),
         "split": split,
         "images": len(records),
         "results": results,
@@ -78,13 +83,13 @@ def _split_features(model, state: dict, ckpt: Path, store_path, ids: list[str]) 
         if store_path is None:
             raise UserError("give --features STORE: the checkpoint names no feature store")
     store = FeatureStore.open(store_path)
-    features = store.features_for(ids).astype(model.dtype, copy=False)
+    features = store_features(store, ids, grid=wants_grid(model))
     D = model.params["W_proj"].shape[0]
-    if features.shape[1] != D:
+    if features.shape[-1] != D:
         raise DataError(
-            f"{store.path}: features are {features.shape[1]}-d, the model {ckpt} expects {D}-d"
+            f"{store.path}: features are {features.shape[-1]}-d, the model {ckpt} expects {D}-d"
         )
-    return features
+    return features.astype(model.dtype, copy=False)
 
 
 def _score(texts: list[str], records, scenes: dict | None, *, coco: bool, meteor: bool) -> dict:

@@ -23,6 +23,8 @@ __all__ = [
     "checkpoint_extra",
     "extractor_for_checkpoint",
     "resolve_model_path",
+    "store_features",
+    "wants_grid",
 ]
 
 
@@ -37,6 +39,21 @@ def resolve_model_path(path: str | Path) -> Path:
         f"{path}: no checkpoint there (expected a .npz file, RUN/best or a run folder "
         "holding best.npz)"
     )
+
+
+def wants_grid(model) -> bool:
+    """Whether ``model`` takes a grid of cells (N, L, D) rather than pooled (N, D) features."""
+    return len(getattr(model, "feature_shape", (None,))) == 2
+
+
+def store_features(store: FeatureStore, ids: Sequence[str], grid: bool = False) -> np.ndarray:
+    """The features of images ``ids`` as a model takes them: pooled (K, D) vectors or, with
+    ``grid``, (K, L, C) grids of L cells (today the store's last feature map, h*w cells of
+    C = 1280 channels, from ``captionlab features --grid``)."""
+    if not grid:
+        return store.features_for(ids)
+    cells = store.grid_for(ids)  # (K, h, w, C)
+    return cells.reshape(len(cells), -1, cells.shape[-1])
 
 
 def checkpoint_extra(store: FeatureStore) -> dict:
@@ -85,6 +102,27 @@ def caption_features(model, features: np.ndarray, beam: int = 1, max_length: int
     return captions_to_text(words, model.idx_to_word)
 
 
+def image_features(extractor, image_paths: Sequence[str | Path], grid: bool = False):
+    """New images' features, exactly as :func:`store_features` reads the store's: pooled
+    (K, D) or, with ``grid``, the (K, h*w, C) last feature map."""
+    paths = [Path(p) for p in image_paths]
+    if not grid:
+        return extractor.transform(paths)
+    if not extractor.config.grid:
+        raise UserError("the model attends to a grid, but its feature config stores none")
+    images = []
+    for _rows, results in extractor.load_batches(paths):
+        for array, error in results:
+            if error is not None:
+                raise UserError(error)
+            images.append(array)
+    step = extractor.batch_size
+    cells = np.concatenate(
+        [extractor.forward(np.stack(images[i : i + step]))[1] for i in range(0, len(images), step)]
+    ).astype(np.float32)  # (K, h, w, C)
+    return cells.reshape(len(cells), -1, cells.shape[-1])
+
+
 def caption_images(
     model_path: str | Path,
     image_paths: Sequence[str | Path],
@@ -97,6 +135,6 @@ def caption_images(
     ckpt = resolve_model_path(model_path)
     model, state = load_checkpoint(ckpt)
     extractor = extractor_for_checkpoint(state, device=device, path=ckpt)
-    features = extractor.transform([Path(p) for p in image_paths]).astype(model.dtype)
-    texts = caption_features(model, features, beam=beam)
+    features = image_features(extractor, image_paths, grid=wants_grid(model))
+    texts = caption_features(model, features.astype(model.dtype, copy=False), beam=beam)
     return [{"image": str(p), "caption": t} for p, t in zip(image_paths, texts, strict=True)]

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from captionlab._atomic import write_json
-from captionlab.captioning import CaptioningRNN, CaptioningSolver
+from captionlab.captioning import CaptioningRNN, CaptioningSolver, CaptioningTransformer
 from captionlab.data import CaptionDataset, Vocabulary, load_dataset, to_caption_data
 from captionlab.data.features import FeatureStore
 from captionlab.errors import DataError, UserError
 from captionlab.runs.config import TrainConfig
-from captionlab.runs.inference import checkpoint_extra
+from captionlab.runs.inference import checkpoint_extra, store_features
 
-__all__ = ["load_training_data", "train_run"]
+__all__ = ["build_model", "load_training_data", "model_label", "train_run"]
 
 
 def _check_store_covers(store: FeatureStore, dataset: CaptionDataset, splits) -> None:
@@ -33,14 +33,43 @@ def _check_store_covers(store: FeatureStore, dataset: CaptionDataset, splits) ->
 
 
 def load_training_data(
-    dataset: CaptionDataset, store: FeatureStore, vocab: Vocabulary, max_length: int
+    dataset: CaptionDataset,
+    store: FeatureStore,
+    vocab: Vocabulary,
+    max_length: int,
+    grid: bool = False,
 ) -> dict:
-    """The cs231n data dict for the solver: train and val splits with their features."""
+    """The cs231n data dict for the solver: train and val splits with their features,
+    pooled (M, D) or, with ``grid``, (M, L, D) grids."""
     splits = tuple(s for s in ("train", "val") if dataset.split(s))
     if "train" not in splits:
         raise DataError(f"{dataset.source}: no images in split 'train'")
     _check_store_covers(store, dataset, splits)
-    return to_caption_data(dataset, vocab, store.features_for, max_length, splits=splits)
+
+    def features_for(ids):
+        return store_features(store, ids, grid=grid)
+
+    return to_caption_data(dataset, vocab, features_for, max_length, splits=splits)
+
+
+def build_model(config: TrainConfig, word_to_idx: dict[str, int], input_dim: int):
+    """The captioner ``config.model`` names, of feature size ``input_dim``, seeded."""
+    dtype = np.dtype(config.dtype).type
+    if config.model == "transformer":
+        return CaptioningTransformer(
+            word_to_idx, input_dim, config.wordvec_dim, config.num_heads, config.num_layers,
+            max_length=max(50, config.max_length + 1), dropout=config.dropout, dtype=dtype,
+            seed=config.seed, dim_feedforward=config.hidden_dim, grid=config.grid,
+        )  # fmt: skip
+    return CaptioningRNN(
+        word_to_idx, input_dim=input_dim, wordvec_dim=config.wordvec_dim,
+        hidden_dim=config.hidden_dim, cell_type=config.cell, dtype=dtype, seed=config.seed,
+    )  # fmt: skip
+
+
+def model_label(config: TrainConfig) -> str:
+    """What the logs call the model: the cell (``lstm``, ...) or ``transformer``."""
+    return config.cell if config.model == "rnn" else config.model
 
 
 def _open_run(
@@ -94,25 +123,18 @@ def train_run(
     dataset = load_dataset(dataset_path, image_root=image_root)
     store = FeatureStore.open(store_path)
     config, vocab = _open_run(out, config, dataset, resume)
-    data = load_training_data(dataset, store, vocab, config.max_length)
+    grid = config.model == "transformer" and config.grid
+    data = load_training_data(dataset, store, vocab, config.max_length, grid=grid)
     if not resume:
         _write_run_header(out, config, vocab, dataset_path, store)
-    model = CaptioningRNN(
-        vocab.word_to_idx,
-        input_dim=store.dim,
-        wordvec_dim=config.wordvec_dim,
-        hidden_dim=config.hidden_dim,
-        cell_type=config.cell,
-        dtype=np.dtype(config.dtype).type,
-        seed=config.seed,
-    )
+    model = build_model(config, vocab.word_to_idx, data["train_features"].shape[-1])
     log: list[dict] = []
     if resume and (out / "log.json").is_file():
         log = json.loads((out / "log.json").read_text()).get("epochs", [])
 
     def epoch_end(solver, record):
         log.append(dict(record))
-        write_json(out / "log.json", {"epochs": log, "cell": config.cell})
+        write_json(out / "log.json", {"epochs": log, "cell": model_label(config)})
         if on_epoch_end is not None:
             on_epoch_end(solver, record)
 
@@ -146,7 +168,7 @@ def _summary(out: Path, config: TrainConfig, solver, data: dict, vocab, seconds:
     """The JSON-able summary of a finished training run."""
     return {
         "run": str(out),
-        "cell": config.cell,
+        "cell": model_label(config),
         "epochs": solver.epoch,
         "iterations": solver.iteration,
         "best_epoch": solver.best_epoch,

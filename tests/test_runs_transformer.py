@@ -1,0 +1,94 @@
+"""`captionlab train --model transformer`, `evaluate` and `caption`, on pooled features and
+on the store's grid (the solver and checkpoints: tests/captioning/test_transformer_*)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from captionlab import cli
+from captionlab.captioning import CaptioningTransformer, load_checkpoint
+from captionlab.data.features import FeatureExtractorConfig
+from captionlab.data.shapes import generate_shapes
+from captionlab.errors import UserError
+from captionlab.extract import extract_features
+from captionlab.runs.config import TrainConfig
+from captionlab.runs.evaluate import evaluate_run
+from captionlab.runs.inference import caption_images
+from captionlab.runs.train import build_model, train_run
+
+TINY = dict(
+    model="transformer", hidden_dim=16, wordvec_dim=8, num_heads=2, num_layers=1,
+    epochs=2, batch_size=25, val_images=10,
+)  # fmt: skip
+
+
+def test_build_model_from_the_train_config():
+    vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
+    model = build_model(TrainConfig(**{**TINY, "grid": True}), vocab, 12)
+    assert isinstance(model, CaptioningTransformer)
+    c = model.config
+    assert (c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers) == (12, 8, 2, 1)
+    assert (c.dim_feedforward, c.dropout, c.grid, c.max_length) == (16, 0.1, True, 50)
+    assert build_model(TrainConfig(cell="gru"), vocab, 12).cell_type == "gru"
+    with pytest.raises(UserError, match="num_heads must divide wordvec_dim = 8, got 3"):
+        TrainConfig(**{**TINY, "num_heads": 3})
+    with pytest.raises(UserError, match="model must be one of rnn, transformer"):
+        TrainConfig(model="cnn")
+    with pytest.raises(UserError, match="dropout"):
+        TrainConfig(dropout=1.0)
+
+
+@pytest.fixture(scope="module")
+def shapes_with_grid(tmp_path_factory):
+    """A 40/10/10-image benchmark, 64-px features: pooled 1280-d and the 2x2 grid."""
+    root = tmp_path_factory.mktemp("shapes_grid")
+    data = generate_shapes(root / "shapes", 40, 10, 10, image_size=64, seed=4, progress=False)
+    config = FeatureExtractorConfig(image_size=64, pool="avg", grid=True)
+    store = root / "feats.h5"
+    extract_features(data / "dataset.json", store, config, progress=False, workers=0)
+    return data / "dataset.json", store
+
+
+@pytest.mark.parametrize("grid", [False, True], ids=["pooled", "grid"])
+def test_train_evaluate_caption_a_transformer(shapes_with_grid, tmp_path, grid):
+    dataset, store = shapes_with_grid
+    out = tmp_path / "run"
+    config = TrainConfig(**{**TINY, "grid": grid})
+    summary = train_run(dataset, store, out, config, progress=False, verbose=False)
+    assert summary["cell"] == "transformer" and summary["epochs"] == 2
+    model, _ = load_checkpoint(out / "best.npz")
+    assert isinstance(model, CaptioningTransformer) and model.config.grid is grid
+    assert model.feature_shape == ((None, 1280) if grid else (1280,))
+    assert json.loads((out / "log.json").read_text())["cell"] == "transformer"
+
+    result = evaluate_run(out, dataset, store, split="test", beams=(1, 2), meteor=False)
+    assert result["cell"] == "transformer" and set(result["results"]) == {"greedy", "beam2"}
+    assert len(result["results"]["beam2"]["captions"]) == 10
+    assert 0 <= result["results"]["greedy"]["metrics"]["object_f1"] <= 1
+
+    images = sorted((dataset.parent / "images").glob("*.png"))[:2]
+    captions = caption_images(out, images, beam=2)
+    assert [c["image"] for c in captions] == [str(p) for p in images]
+    assert all(isinstance(c["caption"], str) for c in captions)
+
+
+def test_cli_train_transformer(shapes_with_grid, tmp_path, capsys):
+    dataset, store = shapes_with_grid
+    out = tmp_path / "cli"
+    argv = ["train", "--data", str(dataset), "--features", str(store), "--out", str(out)]
+    argv += ["--model", "transformer", "--num-heads", "2", "--num-layers", "1"]
+    argv += ["--dropout", "0", "--grid", "--hidden-dim", "8", "--wordvec-dim", "8"]
+    assert cli.main([*argv, "--epochs", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cell"] == "transformer"
+    config = json.loads((out / "config.json").read_text())["train"]
+    assert (config["model"], config["num_heads"], config["grid"], config["dropout"]) == (
+        "transformer", 2, True, 0.0,
+    )  # fmt: skip
+    assert cli.main(["evaluate", "--model", str(out), "--data", str(dataset), "--beam", "2",
+                     "--no-meteor", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 10
+    assert cli.main([*argv[:7], "--model", "transformer", "--num-heads", "3"]) == 2
+    assert "num_heads must divide wordvec_dim" in capsys.readouterr().err
