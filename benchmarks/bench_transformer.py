@@ -10,9 +10,16 @@ the positions whose target is not ``<NULL>``) forward and ``backward()``, with t
 weights, in float32 (and float64 with ``--dtypes``), in training mode with dropout 0.1 and
 with dropout 0.
 
-Cases are interleaved repeat by repeat, with a pause whenever the library switches; the
+It also times greedy decoding of ``--decode-words`` words (20) for the N images, in
+float32: incrementally (``decode_start`` / ``decode_step`` with per-layer key/value caches,
+the memory's keys and values computed once) against rerunning the whole prefix at every
+step (``cache=False``, what the assignment's ``sample`` does), and the same prefix rerun in
+torch for reference. All three must produce the same captions.
+
+Cases are interleaved repeat by repeat, with a pause whenever the case switches; the
 minimum over repeats is printed with the ratio ``numpy / torch`` (lower is better for
-numpy). On a shared machine the numbers are noisy: compare ratios, not times.
+numpy), and for decoding the speed-up of the incremental path. On a shared machine the
+numbers are noisy: compare ratios, not times.
 
     python benchmarks/bench_transformer.py            # 5 repeats
     python benchmarks/bench_transformer.py --quick    # 2 repeats, a quick check
@@ -29,7 +36,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from captionlab import nn
-from captionlab.captioning import CaptioningTransformer
+from captionlab.captioning import CaptioningTransformer, greedy_decode
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--dtypes", default="float32", help="comma-separated: float32,float64")
     p.add_argument("--dropouts", default="0.1,0", help="comma-separated dropout rates")
+    p.add_argument(
+        "--decode-words", type=int, default=20, help="words of greedy decoding (0: skip)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 2, 1
@@ -127,6 +137,23 @@ class TorchCaptioningTransformer(torch.nn.Module):
         scores = self.vocab(x[keep])  # (M, V): only where a word is predicted
         return F.cross_entropy(scores, target[keep], reduction="sum") / N
 
+    @torch.no_grad()
+    def sample(self, features: torch.Tensor, max_length: int, start: int = 1) -> np.ndarray:
+        """Greedy decoding by rerunning the whole prefix at every step (the assignment's
+        ``sample``): features (N, D) or (N, L, D) -> (N, max_length) words."""
+        memory = self.proj(features)
+        if memory.dim() == 2:
+            memory = memory[:, None]  # (N, 1, W)
+        words = torch.full((features.shape[0], 1), start, dtype=torch.long)
+        for t in range(max_length):
+            T = t + 1
+            x = self.embed(words) + self.pe[:T]
+            causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+            x = self.decoder(x, memory, tgt_mask=causal)
+            nxt = self.vocab(x[:, -1]).argmax(dim=1)
+            words = torch.cat([words, nxt[:, None]], dim=1)
+        return words[:, 1:].numpy()
+
 
 def make_captions(rng: np.random.Generator, N: int, T: int, V: int) -> np.ndarray:
     """(N, T+1) COCO-like captions: <START>, 7..T-1 words, <END>, <NULL> padding."""
@@ -142,6 +169,51 @@ def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def time_cases(cases: dict, args) -> dict[str, float]:
+    """The minimum time of each case over the repeats, cases interleaved."""
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for rep in range(args.warmup + args.repeats):
+        for name, fn in cases.items():
+            time.sleep(args.pause)
+            t = timed(fn)
+            if rep >= args.warmup:
+                times[name].append(t)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def bench_decoding(args, feats64: np.ndarray, V: int, D: int, W, heads, layers, Ff) -> None:
+    """Greedy decoding, float32: incremental vs the prefix rerun (numpy and torch)."""
+    L = args.decode_words
+    model = CaptioningTransformer(
+        vocab(V), D, W, heads, layers, max_length=max(L, 1), dropout=0.0,
+        dtype=np.float32, seed=0, dim_feedforward=Ff,
+    ).eval()  # fmt: skip
+    model.params["b_vocab"][2] = -1e3  # no <END>: every caption runs all L steps
+    tmodel = TorchCaptioningTransformer(model).eval()
+    feats = feats64.astype(np.float32)
+    tfeats = torch.from_numpy(feats)
+    fast = greedy_decode(model, feats, max_length=L)
+    slow = greedy_decode(model, feats, max_length=L, cache=False)
+    ref = tmodel.sample(tfeats, L)
+    assert np.array_equal(fast, slow), "incremental and recomputed captions differ"
+    agree = float(np.mean(fast == ref))  # float32 rounding may flip a near tie
+    assert agree > 0.95, agree
+    best = time_cases(
+        {
+            "incremental": lambda: greedy_decode(model, feats, max_length=L),
+            "prefix": lambda: greedy_decode(model, feats, max_length=L, cache=False),
+            "torch prefix": lambda: tmodel.sample(tfeats, L),
+        },
+        args,
+    )
+    print(f"\ngreedy decoding of {L} words, {feats.shape[0]} images, float32 (ms)")
+    print(f"{'incremental':>14s}{'prefix':>10s}{'torch prefix':>14s}{'speed-up':>10s}")
+    print(
+        f"{best['incremental'] * 1e3:14.1f}{best['prefix'] * 1e3:10.1f}"
+        f"{best['torch prefix'] * 1e3:14.1f}{best['prefix'] / best['incremental']:10.2f}"
+    )
 
 
 def main(argv=None) -> int:
@@ -184,17 +256,12 @@ def main(argv=None) -> int:
                     tmodel.zero_grad(set_to_none=True)
                     tmodel.loss(tfeats, tcaps).backward()
 
-                cases = {"numpy": np_step, "torch": torch_step}
-                times: dict[str, list[float]] = {k: [] for k in cases}
-                for rep in range(args.warmup + args.repeats):
-                    for name, fn in cases.items():
-                        time.sleep(args.pause)
-                        t = timed(fn)
-                        if rep >= args.warmup:
-                            times[name].append(t)
-                t_np, t_torch = min(times["numpy"]), min(times["torch"])
+                best = time_cases({"numpy": np_step, "torch": torch_step}, args)
+                t_np, t_torch = best["numpy"], best["torch"]
                 label = f"step {dtype} dropout {dropout:g}"
                 print(f"{label:28s}{t_np * 1e3:10.1f}{t_torch * 1e3:10.1f}{t_np / t_torch:8.2f}")
+        if args.decode_words:
+            bench_decoding(args, feats64, V, D, W, heads, layers, Ff)
     return 0
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from captioning_helpers import make_vocab
 
+from captionlab import nn
 from captionlab.captioning import (
     CaptioningTransformer,
     beam_search,
@@ -49,7 +50,7 @@ def _features(grid=True, N=3, seed=3, L=5):
 def _cross_weights(model, features, words):
     """The last layer's cross-attention weights (N, h, T, L) of the teacher-forced pass."""
     _, cache = model._forward(model._check_features(features), words, p_drop=0.0)
-    return cache[-1][-1][9][0][3]
+    return nn.decoder_layer_attention(cache[-1][-1])[1]
 
 
 @pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])

@@ -279,6 +279,27 @@ def test_decoder_layer_causal_mask_hides_the_future():
     assert not np.allclose(out2[:, 3], out[:, 3])
 
 
+def test_decoder_layer_attention_weights_from_the_cache():
+    x, memory, params = _decoder_inputs(np.random.default_rng(10))
+    causal = np.tril(np.ones((4, 4)))
+    _, cache = nn.decoder_layer_forward(x, memory, params, 2, causal)
+    self_w, cross_w = nn.decoder_layer_attention(cache)
+    N, L = x.shape[0], memory.shape[1]
+    assert self_w.shape == (N, 2, 4, 4) and cross_w.shape == (N, 2, 4, L)
+    np.testing.assert_allclose(self_w.sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(cross_w.sum(axis=-1), 1.0, rtol=1e-12)
+    assert np.all(self_w[..., np.triu_indices(4, 1)[0], np.triu_indices(4, 1)[1]] == 0)
+    # the cross-attention of position 0 is the MHA of its normed self-attention output to the
+    # memory: at position 0 the self-attention sees only word 0, so its output is v_0's
+    p = params
+    v0 = x[:, :1] @ p["self_attn.Wv"] + p["self_attn.bv"]
+    sa0 = v0 @ p["self_attn.Wo"] + p["self_attn.bo"]
+    h1, _ = nn.layernorm_forward(x[:, :1] + sa0, p["norm1.gamma"], p["norm1.beta"])
+    cross = [p[f"cross_attn.{k}"] for k in ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")]
+    _, weights, _ = nn.multihead_attention_forward(h1, memory, memory, *cross, 2)
+    np.testing.assert_allclose(cross_w[:, :, :1], weights, rtol=1e-12)
+
+
 def test_decoder_layer_dropout_repeatable_by_rng():
     x, memory, params = _decoder_inputs(np.random.default_rng(9))
     run = [

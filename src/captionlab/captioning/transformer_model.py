@@ -521,10 +521,7 @@ class CaptioningTransformer:
         scores = x[:, -1] @ self.params["W_vocab"] + self.params["b_vocab"]  # (M, V)
         attention = None
         if features.ndim == 3 and features.shape[1] > 1:
-            # the last layer's cross-attention weights (M, h, t+1, L), read from its cache:
-            # decoder layer cache[9] is the cross-attention's, whose [0] is the scaled
-            # dot-product attention's (q, k, v, weights, ...)
-            weights = cache[-1][-1][9][0][3]
+            _, weights = nn.decoder_layer_attention(cache[-1][-1])  # (M, h, t+1, L)
             attention = weights[:, :, -1].mean(axis=1)  # (M, L)
         return scores, DecodeState({"image": image, "prefix": prefix}, state.shared), attention
 

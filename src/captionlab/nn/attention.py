@@ -160,6 +160,7 @@ def scaled_dot_product_attention_forward(
     mask: np.ndarray | None = None,
     *,
     dropout_mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Scaled dot-product attention (Vaswani et al., 2017)::
 
@@ -178,6 +179,8 @@ def scaled_dot_product_attention_forward(
         dropout_mask: ``None`` or the inverted-dropout multiplier (0, or ``1/(1-p)``) of
             the weights, broadcastable to (..., Tq, Tk); the returned ``weights`` are the
             ones before dropout.
+        out: ``None`` or an array of shape (..., Tq, Ev) to write the output into (any
+            strides, e.g. the heads' view of a merged (N, Tq, h*Ev) buffer).
 
     Returns:
         ``(out, weights, cache)``: out (..., Tq, Ev) and the attention weights
@@ -204,12 +207,18 @@ def scaled_dot_product_attention_forward(
     scores *= scale
     weights = masked_softmax(scores, mask)  # (..., Tq, Tk)
     mixed = weights if dropout_mask is None else weights * dropout_mask  # (..., Tq, Tk)
-    out = mixed @ v  # (..., Tq, Ev)
+    if out is not None:
+        check_shape("out", out, (*q.shape[:-1], v.shape[-1]), "(..., Tq, Ev)")
+    out = np.matmul(mixed, v, out=out)  # (..., Tq, Ev)
     return out, weights, (q, k, v, weights, mixed, dropout_mask, scale)
 
 
 def scaled_dot_product_attention_backward(
-    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple
+    dout: np.ndarray,
+    dweights: np.ndarray | None,
+    cache: tuple,
+    *,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward pass of :func:`scaled_dot_product_attention_forward`::
 
@@ -223,6 +232,8 @@ def scaled_dot_product_attention_backward(
         dweights: gradient with respect to the returned weights, shape (..., Tq, Tk), or
             ``None`` when the weights were not used.
         cache: from the forward pass.
+        out: ``None`` or three arrays of the shapes of dq, dk, dv to write them into (any
+            strides, e.g. views of one merged buffer).
 
     Returns:
         ``(dq, dk, dv)`` of shapes (..., Tq, E), (..., Tk, E), (..., Tk, Ev).
@@ -235,7 +246,12 @@ def scaled_dot_product_attention_backward(
         raise ValueError(
             f"dweights must have shape (..., Tq, Tk) = {weights.shape}, got {np.shape(dweights)}"
         )
-    dv = np.swapaxes(mixed, -1, -2) @ dout  # (..., Tk, Ev)
+    dq, dk, dv = (None, None, None) if out is None else out
+    if out is not None:
+        check_shape("out[0]", dq, q.shape, "(..., Tq, E)")
+        check_shape("out[1]", dk, k.shape, "(..., Tk, E)")
+        check_shape("out[2]", dv, v.shape, "(..., Tk, Ev)")
+    dv = np.matmul(np.swapaxes(mixed, -1, -2), dout, out=dv)  # (..., Tk, Ev)
     dw = dout @ np.swapaxes(v, -1, -2)  # (..., Tq, Tk)
     if dropout_mask is not None:
         dw *= dropout_mask
@@ -243,6 +259,6 @@ def scaled_dot_product_attention_backward(
         dw += dweights
     dscores = masked_softmax_backward(dw, weights)  # (..., Tq, Tk)
     dscores *= scale
-    dq = dscores @ k  # (..., Tq, E)
-    dk = np.swapaxes(dscores, -1, -2) @ q  # (..., Tk, E)
+    dq = np.matmul(dscores, k, out=dq)  # (..., Tq, E)
+    dk = np.matmul(np.swapaxes(dscores, -1, -2), q, out=dk)  # (..., Tk, E)
     return dq, dk, dv

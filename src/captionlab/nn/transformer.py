@@ -127,9 +127,22 @@ def layernorm_forward(
     D = x.shape[-1]
     check_shape("gamma", gamma, (D,), "(D,)")
     check_shape("beta", beta, (D,), "(D,)")
-    eps = (ln_param or {}).get("eps", 1e-5)
-    mu = np.mean(x, axis=-1, keepdims=True)  # (..., 1)
-    xhat = x - mu  # (..., D)
+    xhat = x - _row_means(x)  # (..., D)
+    return _normalize_centred(xhat, gamma, beta, (ln_param or {}).get("eps", 1e-5))
+
+
+def _row_means(x: np.ndarray) -> np.ndarray:
+    """The means of the last axis, (..., 1), as one GEMV (a single pass over x)."""
+    D = x.shape[-1]
+    return (x.reshape(-1, D) @ np.full(D, 1 / D, dtype=x.dtype)).reshape(*x.shape[:-1], 1)
+
+
+def _normalize_centred(
+    xhat: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float
+) -> tuple[np.ndarray, tuple]:
+    """The rest of :func:`layernorm_forward` given ``x - mu``, which it scales in place to
+    ``xhat`` (a temporary the caller owns)."""
+    D = xhat.shape[-1]
     var = np.einsum("...i,...i->...", xhat, xhat)[..., None]  # row dot products, (..., 1)
     var /= D
     var += eps
@@ -138,6 +151,17 @@ def layernorm_forward(
     out = xhat * gamma
     out += beta
     return out, (xhat, rstd, gamma)
+
+
+def _add_layernorm(
+    x: np.ndarray, y: np.ndarray, gamma: np.ndarray, beta: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """``layernorm_forward(x + y)`` (eps 1e-5) for the residual connections, using the
+    caller's temporary ``y`` (contiguous) for the sum and ``xhat``: no other full-size
+    array but the output is allocated."""
+    y += x
+    y -= _row_means(y)
+    return _normalize_centred(y, gamma, beta, 1e-5)
 
 
 def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,7 +187,7 @@ def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.n
     dx = dout * gamma  # g, (..., D)
     mean_gx = np.einsum("...i,...i->...", dx, xhat)[..., None]  # (..., 1)
     mean_gx /= D
-    dx -= np.mean(dx, axis=-1, keepdims=True)
+    dx -= _row_means(dx)
     dx -= xhat * mean_gx
     dx *= rstd
     return dx, dgamma, dbeta
@@ -236,20 +260,54 @@ def _linear_backward(
     return dx, dW, dout2.sum(axis=0)
 
 
+# A widening map (O > I: the feed-forward block's first layer, the q|k|v and k|v
+# projections) carries its bias inside the GEMM: x1 = [x | 1] (M, I+1) times Wb = [W ; b]
+# (I+1, O) gives x @ W + b, and the backward's x1^T @ dout gives [dW ; db] in one GEMM. This
+# copies x once instead of making two more passes over the wider output (adding b, summing
+# db).
+def _stack_affine(Ws: list[np.ndarray], bs: list[np.ndarray]) -> np.ndarray:
+    """``[W_1 | W_2 | ... ; b_1 | b_2 | ...]``: Ws (I, O_i), bs (O_i,) -> (I+1, sum O_i)."""
+    return np.concatenate([np.concatenate(Ws, axis=1), np.concatenate(bs)[None]], axis=0)
+
+
+def _with_ones(x: np.ndarray) -> np.ndarray:
+    """x (..., I) -> x1 (M, I+1), x's rows with a last column of ones."""
+    I = x.shape[-1]
+    x1 = np.empty((x.size // I, I + 1), dtype=x.dtype)
+    x1[:, :I] = x.reshape(-1, I)
+    x1[:, I] = 1
+    return x1
+
+
+def _affine1(x1: np.ndarray, Wb: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+    """``x1 @ Wb`` = ``x @ W + b`` (see :func:`_stack_affine`), shaped (*lead, O)."""
+    return (x1 @ Wb).reshape(*lead, Wb.shape[1])
+
+
+def _affine1_backward(
+    dout: np.ndarray, x1: np.ndarray, Wb: np.ndarray, x_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of :func:`_affine1`: dout (..., O) -> dx (x_shape), dW (I, O), db (O,)."""
+    dout2 = dout.reshape(-1, Wb.shape[1])  # (M, O)
+    dx = (dout2 @ Wb[:-1].T).reshape(x_shape)
+    dWb = x1.T @ dout2  # (I+1, O): [dW ; db]
+    return dx, dWb[:-1], dWb[-1]
+
+
 def _split_heads(x: np.ndarray, h: int) -> np.ndarray:
     """(N, S, E) -> (N, h, S, d), a view: head ``i`` owns columns ``i*d:(i+1)*d``."""
     N, S, E = x.shape
     return x.reshape(N, S, h, E // h).transpose(0, 2, 1, 3)
 
 
-def _merge_heads(*ys: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_split_heads` for one or more (N, h, S, d) arrays, laid side by
-    side: returns (N, S, c*E) for ``c`` arrays (a fresh contiguous array)."""
-    N, h, S, d = ys[0].shape
-    out = np.empty((N, S, len(ys), h, d), dtype=ys[0].dtype)
-    for i, y in enumerate(ys):
-        out[:, :, i] = y.transpose(0, 2, 1, 3)
-    return out.reshape(N, S, len(ys) * h * d)
+def _heads_buffer(
+    N: int, S: int, c: int, h: int, d: int, dtype
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A merged (N, S, c*h*d) buffer and the (N, h, S, d) head views of its ``c`` parts:
+    the attention's products write each head straight into its columns, so no copy merges
+    the heads."""
+    buf = np.empty((N, S, c, h, d), dtype=dtype)
+    return buf.reshape(N, S, c * h * d), [buf[:, :, i].transpose(0, 2, 1, 3) for i in range(c)]
 
 
 def _attend_forward(
@@ -267,31 +325,30 @@ def _attend_forward(
 
     Returns ``(out (N, S, E), weights (N, h, S, T), cache)``.
     """
-    N, S, _E = q.shape
+    N, S, E = q.shape
     T = k.shape[1]
     drop = dropout_mask((N, num_heads, S, T), dropout, rng, q.dtype)
-    y, weights, c_sdpa = scaled_dot_product_attention_forward(
+    y, (y_heads,) = _heads_buffer(N, S, 1, num_heads, E // num_heads, q.dtype)  # (N, S, E)
+    _, weights, c_sdpa = scaled_dot_product_attention_forward(
         _split_heads(q, num_heads),
         _split_heads(k, num_heads),
         _split_heads(v, num_heads),
         mask,
         dropout_mask=drop,
-    )  # y (N, h, S, d), weights (N, h, S, T)
-    y = _merge_heads(y)  # (N, S, E)
+        out=y_heads,
+    )  # weights (N, h, S, T)
     return _linear(y, Wo, bo), weights, (c_sdpa, y, Wo, num_heads)
 
 
 def _attend_backward(
-    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple
-) -> tuple[np.ndarray, ...]:
-    """Backward of :func:`_attend_forward`: dout (N, S, E) ->
-    ``(dq (N, h, S, d), dk (N, h, T, d), dv (N, h, T, d), dWo, dbo)``."""
+    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple, out: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward of :func:`_attend_forward`: dout (N, S, E) -> ``(dWo, dbo)``; the gradients
+    of q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
     c_sdpa, y, Wo, num_heads = cache
     dy, dWo, dbo = _linear_backward(dout, y, Wo)
-    dq, dk, dv = scaled_dot_product_attention_backward(
-        _split_heads(dy, num_heads), dweights, c_sdpa
-    )
-    return dq, dk, dv, dWo, dbo
+    scaled_dot_product_attention_backward(_split_heads(dy, num_heads), dweights, c_sdpa, out=out)
+    return dWo, dbo
 
 
 def multihead_attention_forward(
@@ -368,10 +425,14 @@ def multihead_attention_backward(
     """
     query, key, value, Wq, Wk, Wv, c_att = cache
     check_shape("dout", dout, query.shape, "(N, S, E)")
-    dq, dk, dv, dWo, dbo = _attend_backward(dout, dweights, c_att)
-    dquery, dWq, dbq = _linear_backward(_merge_heads(dq), query, Wq)
-    dkey, dWk, dbk = _linear_backward(_merge_heads(dk), key, Wk)
-    dvalue, dWv, dbv = _linear_backward(_merge_heads(dv), value, Wv)
+    (N, S, E), T, h = query.shape, key.shape[1], c_att[3]
+    dq, (dq_heads,) = _heads_buffer(N, S, 1, h, E // h, dout.dtype)
+    dk, (dk_heads,) = _heads_buffer(N, T, 1, h, E // h, dout.dtype)
+    dv, (dv_heads,) = _heads_buffer(N, T, 1, h, E // h, dout.dtype)
+    dWo, dbo = _attend_backward(dout, dweights, c_att, (dq_heads, dk_heads, dv_heads))
+    dquery, dWq, dbq = _linear_backward(dq, query, Wq)
+    dkey, dWk, dbk = _linear_backward(dk, key, Wk)
+    dvalue, dWv, dbv = _linear_backward(dv, value, Wv)
     return dquery, dkey, dvalue, dWq, dbq, dWk, dbk, dWv, dbv, dWo, dbo
 
 
@@ -406,11 +467,12 @@ def feedforward_forward(
     check_shape("b1", b1, (F,), "(F,)")
     check_shape("W2", W2, (F, E), "(F, E)")
     check_shape("b2", b2, (E,), "(E,)")
-    a = _linear(x, W1, b1)  # (..., F)
+    x1, W1b = _with_ones(x), _stack_affine([W1], [b1])  # the bias rides in the GEMM
+    a = _affine1(x1, W1b, x.shape[:-1])  # (..., F)
     np.maximum(a, 0, out=a)
     drop = dropout_mask(a.shape, dropout, rng, a.dtype)
     r = a if drop is None else a * drop  # (..., F)
-    return _linear(r, W2, b2), (x, W1, W2, a, r, drop)
+    return _linear(r, W2, b2), (x.shape, x1, W1b, W2, a, r, drop)
 
 
 def feedforward_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -419,13 +481,13 @@ def feedforward_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, ..
     Returns:
         ``(dx, dW1, db1, dW2, db2)`` of shapes (..., E), (E, F), (F,), (F, E), (E,).
     """
-    x, W1, W2, a, r, drop = cache
-    check_shape("dout", dout, x.shape, "(..., E)")
+    x_shape, x1, W1b, W2, a, r, drop = cache
+    check_shape("dout", dout, x_shape, "(..., E)")
     dr, dW2, db2 = _linear_backward(dout, r, W2)  # dr (..., F)
     if drop is not None:
         dr *= drop
     dr *= a > 0  # ReLU
-    dx, dW1, db1 = _linear_backward(dr, x, W1)
+    dx, dW1, db1 = _affine1_backward(dr, x1, W1b, x_shape)
     return dx, dW1, db1, dW2, db2
 
 
@@ -493,7 +555,7 @@ def decoder_layer_forward(
         ``(out, cache)`` with out of shape (N, T, E).
     """
     check_ndim("x", x, 3, "(N, T, E)")
-    N, _T, E = x.shape
+    N, T, E = x.shape
     check_ndim("memory", memory, 3, "(N, L, E)")
     check_shape("memory", memory, (N, None, E), "(N, L, E)")
     missing = [key for key in DECODER_LAYER_KEYS if key not in params]
@@ -506,10 +568,13 @@ def decoder_layer_forward(
         raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
     p = params
 
-    # 1. masked self-attention: q, k, v from one GEMM
-    Wqkv = np.concatenate([p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]], axis=1)
-    bqkv = np.concatenate([p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]])
-    qkv = _linear(x, Wqkv, bqkv)  # (N, T, 3E)
+    # 1. masked self-attention: q, k, v from one GEMM, the biases riding in it
+    x1 = _with_ones(x)  # (N*T, E+1)
+    Wqkv = _stack_affine(
+        [p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]],
+        [p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]],
+    )  # (E+1, 3E)
+    qkv = _affine1(x1, Wqkv, (N, T))  # (N, T, 3E)
     sa, _, c_sa = _attend_forward(
         qkv[..., :E],
         qkv[..., E : 2 * E],
@@ -522,13 +587,15 @@ def decoder_layer_forward(
         rng,
     )  # (N, T, E)
     sa, c_d1 = dropout_forward(sa, dropout, rng)
-    h1, c_n1 = layernorm_forward(x + sa, p["norm1.gamma"], p["norm1.beta"])  # (N, T, E)
+    h1, c_n1 = _add_layernorm(x, sa, p["norm1.gamma"], p["norm1.beta"])  # (N, T, E)
 
     # 2. cross-attention to the memory: k, v from one GEMM
     q = _linear(h1, p["cross_attn.Wq"], p["cross_attn.bq"])  # (N, T, E)
-    Wkv = np.concatenate([p["cross_attn.Wk"], p["cross_attn.Wv"]], axis=1)  # (E, 2E)
-    bkv = np.concatenate([p["cross_attn.bk"], p["cross_attn.bv"]])
-    kv = _linear(memory, Wkv, bkv)  # (N, L, 2E)
+    memory1 = _with_ones(memory)  # (N*L, E+1)
+    Wkv = _stack_affine(
+        [p["cross_attn.Wk"], p["cross_attn.Wv"]], [p["cross_attn.bk"], p["cross_attn.bv"]]
+    )  # (E+1, 2E)
+    kv = _affine1(memory1, Wkv, memory.shape[:2])  # (N, L, 2E)
     ca, _, c_ca = _attend_forward(
         q,
         kv[..., :E],
@@ -541,18 +608,25 @@ def decoder_layer_forward(
         rng,
     )  # (N, T, E)
     ca, c_d2 = dropout_forward(ca, dropout, rng)
-    h2, c_n2 = layernorm_forward(h1 + ca, p["norm2.gamma"], p["norm2.beta"])  # (N, T, E)
+    h2, c_n2 = _add_layernorm(h1, ca, p["norm2.gamma"], p["norm2.beta"])  # (N, T, E)
 
     # 3. position-wise feed-forward
     ff, c_ff = feedforward_forward(
         h2, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"], dropout, rng
     )  # (N, T, E)
     ff, c_d3 = dropout_forward(ff, dropout, rng)
-    out, c_n3 = layernorm_forward(h2 + ff, p["norm3.gamma"], p["norm3.beta"])  # (N, T, E)
+    out, c_n3 = _add_layernorm(h2, ff, p["norm3.gamma"], p["norm3.beta"])  # (N, T, E)
 
-    cache = (x, memory, h1, Wqkv, Wkv, p["cross_attn.Wq"])
+    cache = (x.shape, x1, memory.shape, memory1, h1, Wqkv, Wkv, p["cross_attn.Wq"], num_heads)
     cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
     return out, cache
+
+
+def decoder_layer_attention(cache: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The attention weights a :func:`decoder_layer_forward` computed, read from its cache
+    (before dropout): ``(self_weights (N, h, T, T), cross_weights (N, h, T, L))``."""
+    c_sa, c_ca = cache[9], cache[12]  # each (c_sdpa, y, Wo, h); c_sdpa[3] the weights
+    return c_sa[0][3], c_ca[0][3]
 
 
 def decoder_layer_backward(
@@ -568,10 +642,10 @@ def decoder_layer_backward(
         ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
         gradients keyed and shaped like ``params``.
     """
-    x, memory, h1, Wqkv, Wkv, Wq_c = cache[:6]
-    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3 = cache[6:]
-    check_shape("dout", dout, x.shape, "(N, T, E)")
-    E = x.shape[-1]
+    x_shape, x1, memory_shape, memory1, h1, Wqkv, Wkv, Wq_c, h = cache[:9]
+    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3 = cache[9:]
+    check_shape("dout", dout, x_shape, "(N, T, E)")
+    (N, T, E), L = x_shape, memory_shape[1]
     g: dict[str, np.ndarray] = {}
 
     # 3. feed-forward block and its norm
@@ -581,23 +655,27 @@ def decoder_layer_backward(
     )
     dh2 += dz  # the residual path
 
-    # 2. cross-attention block and its norm
+    # 2. cross-attention block and its norm; q's and k|v's gradients written head by head
+    # into merged buffers
     dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dh2, c_n2)
-    dq, dk, dv, g["cross_attn.Wo"], g["cross_attn.bo"] = _attend_backward(
-        dropout_backward(dz, c_d2), None, c_ca
+    dq, dq_heads = _heads_buffer(N, T, 1, h, E // h, dout.dtype)  # (N, T, E)
+    dkv, dkv_heads = _heads_buffer(N, L, 2, h, E // h, dout.dtype)  # (N, L, 2E)
+    g["cross_attn.Wo"], g["cross_attn.bo"] = _attend_backward(
+        dropout_backward(dz, c_d2), None, c_ca, (*dq_heads, *dkv_heads)
     )
-    dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(_merge_heads(dq), h1, Wq_c)
+    dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(dq, h1, Wq_c)
     dh1 += dz
-    dmemory, dWkv, dbkv = _linear_backward(_merge_heads(dk, dv), memory, Wkv)  # (N, L, E)
+    dmemory, dWkv, dbkv = _affine1_backward(dkv, memory1, Wkv, memory_shape)  # (N, L, E)
     g["cross_attn.Wk"], g["cross_attn.Wv"] = dWkv[:, :E], dWkv[:, E:]
     g["cross_attn.bk"], g["cross_attn.bv"] = dbkv[:E], dbkv[E:]
 
     # 1. self-attention block and its norm
     dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dh1, c_n1)
-    dq, dk, dv, g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
-        dropout_backward(dz, c_d1), None, c_sa
+    dqkv, dqkv_heads = _heads_buffer(N, T, 3, h, E // h, dout.dtype)  # (N, T, 3E)
+    g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
+        dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads)
     )
-    dx, dWqkv, dbqkv = _linear_backward(_merge_heads(dq, dk, dv), x, Wqkv)  # (N, T, E)
+    dx, dWqkv, dbqkv = _affine1_backward(dqkv, x1, Wqkv, x_shape)  # (N, T, E)
     dx += dz
     for i, n in enumerate("qkv"):
         g[f"self_attn.W{n}"] = dWqkv[:, i * E : (i + 1) * E]
