@@ -1,4 +1,5 @@
-"""examples/rnn_captioning.ipynb and lstm_captioning.ipynb run top to bottom, checks holding.
+"""examples/rnn_captioning.ipynb, lstm_captioning.ipynb and transformer_captioning.ipynb run top
+to bottom, checks holding.
 
 Each notebook asserts its own checks (fixed forward values, gradient checks, overfitting);
 these tests run them in a fresh kernel of this interpreter and re-read the printed numbers.
@@ -128,8 +129,44 @@ def test_lstm_captioning_notebook(kernel_env, tmp_path):
     assert images(nb) >= 5
 
 
+def test_transformer_captioning_notebook(kernel_env, tmp_path):
+    nb, text = run_notebook("transformer_captioning.ipynb", kernel_env, tmp_path)
+    # against torch: MultiHeadAttention (2 cases), the decoder layer; finite differences
+    for case in ("self_attention_causal", "cross_attention"):
+        line = re.search(rf"^{case} (.*)$", text, re.M)[1]
+        errors = [float(e) for e in re.findall(rf"\w+ {NUMBER}", line)]
+        assert len(errors) == 6 and max(errors) < 1e-7, (case, line)
+    layer = dict(re.findall(rf"^(\w+) error:\s+{NUMBER}$", text, re.M))
+    expected = {"dquery", "dkey_value", "dWq", "dbv", "dWk", "dWo", "pe_output", "out", "dx",
+                "dmemory", "dW1", "dgamma3", "dgamma", "dbeta"}  # fmt: skip
+    assert set(layer) == expected, set(layer) ^ expected
+    assert all(float(e) < 1e-7 for e in layer.values()), layer
+    model = re.findall(rf"^([\w.]+) relative error:\s+{NUMBER}$", text, re.M)
+    assert len(model) == 2 * 26 + 5 - 4  # every parameter but the attentions' bk (gradient 0)
+    assert all(float(e) < 1e-5 for _, e in model), model
+    check_loss_at_init(text)
+    assert float(re.search(rf"^Final loss per word:\s+{NUMBER}$", text, re.M)[1]) < 0.03
+    reproduced = re.search(r"memorised captions reproduced: (\d+) of 50", text)
+    assert int(reproduced[1]) >= 48
+    table = {}
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("BLEU-1"))
+    columns = lines[start].split()
+    for line in lines[start + 2 :]:
+        m = re.match(r"^(Transformer (?:pooled|grid) (?:greedy|beam 3))\s+(.*)$", line)
+        if not m:
+            break
+        values = [float("nan") if v == "n/a" else float(v) for v in m[2].split()]
+        table[m[1]] = dict(zip(columns, values, strict=True))  # n/a: no relation named
+    assert len(table) == 4, table
+    for row in table.values():
+        assert row["BLEU-4"] > 0.25  # it learned (an untrained model scores about 0)
+        assert 0 <= row["object_f1"] <= 1
+    assert images(nb) >= 4  # positional encoding, overfit loss, training curves, attention
+
+
 def test_notebooks_are_committed_without_outputs():
-    for name in ("rnn_captioning.ipynb", "lstm_captioning.ipynb"):
+    for name in ("rnn_captioning.ipynb", "lstm_captioning.ipynb", "transformer_captioning.ipynb"):
         nb = nbformat.read(EXAMPLES / name, as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]
@@ -138,7 +175,9 @@ def test_notebooks_are_committed_without_outputs():
         # beyond the standard library, numpy and matplotlib.
         source = "\n".join(c.source for c in code)
         imported = set(re.findall(r"^(?:from|import) (\w+)", source, re.M))
-        allowed = {
+        # the Transformer notebook checks its layers against PyTorch's
+        torch = {"torch"} if name.startswith("transformer") else set()
+        allowed = torch | {
             "captionlab",
             "matplotlib",
             "numpy",

@@ -4,6 +4,7 @@ on the store's grid (the solver and checkpoints: tests/captioning/test_transform
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,12 +27,13 @@ TINY = dict(
 
 def test_build_model_from_the_train_config():
     vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
-    model = build_model(TrainConfig(**{**TINY, "grid": True}), vocab, 12)
+    store = SimpleNamespace(dim=12)
+    model = build_model(TrainConfig(**TINY), vocab, store)
     assert isinstance(model, CaptioningTransformer)
     c = model.config
     assert (c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers) == (12, 8, 2, 1)
-    assert (c.dim_feedforward, c.dropout, c.grid, c.max_length) == (16, 0.1, True, 50)
-    assert build_model(TrainConfig(cell="gru"), vocab, 12).cell_type == "gru"
+    assert (c.dim_feedforward, c.dropout, c.grid, c.max_length) == (16, 0.1, False, 50)
+    assert build_model(TrainConfig(cell="gru"), vocab, store).cell_type == "gru"
     with pytest.raises(UserError, match="num_heads must divide wordvec_dim = 8, got 3"):
         TrainConfig(**{**TINY, "num_heads": 3})
     with pytest.raises(UserError, match="model must be one of rnn, transformer"):
@@ -57,7 +59,7 @@ def test_train_evaluate_caption_a_transformer(shapes_with_grid, tmp_path, grid):
     out = tmp_path / "run"
     config = TrainConfig(**{**TINY, "grid": grid})
     summary = train_run(dataset, store, out, config, progress=False, verbose=False)
-    assert summary["cell"] == "transformer" and summary["epochs"] == 2
+    assert summary["cell"] == summary["model"] == "transformer" and summary["epochs"] == 2
     model, _ = load_checkpoint(out / "best.npz")
     assert isinstance(model, CaptioningTransformer) and model.config.grid is grid
     assert model.feature_shape == ((None, 1280) if grid else (1280,))

@@ -7,17 +7,25 @@ from dataclasses import dataclass, field
 from captionlab.captioning.model import CELL_TYPES
 from captionlab.errors import UserError
 
-__all__ = ["MODEL_TYPES", "TrainConfig"]
+__all__ = ["MODEL_KINDS", "TrainConfig"]
 
-#: The captioners ``captionlab train --model`` builds (``rnn``: CaptioningRNN with ``--cell``).
-MODEL_TYPES = ("rnn", "transformer")
+#: The captioners ``captionlab train --model`` builds (see ``runs.train.build_model``).
+MODEL_KINDS = ("rnn", "transformer")
 
 
 @dataclass
 class TrainConfig:
     """Defaults of ``captionlab train``; every field is a flag (``--hidden-dim 256``)."""
 
-    model: str = field(default="rnn", metadata={"help": "captioner", "choices": MODEL_TYPES})
+    model: str = field(
+        default="rnn",
+        metadata={
+            "help": "captioner: rnn (CaptioningRNN on pooled features, its cell set by --cell) "
+            "or transformer (CaptioningTransformer on pooled features, or on the store's grid "
+            "with --grid)",
+            "choices": MODEL_KINDS,
+        },
+    )
     cell: str = field(
         default="lstm",
         metadata={"help": "recurrent cell", "choices": CELL_TYPES},
@@ -76,8 +84,8 @@ class TrainConfig:
         if bad:
             name = bad[0]
             raise UserError(f"{name} out of range, got {getattr(self, name)!r}")
-        if self.model not in MODEL_TYPES:
-            raise UserError(f"model must be one of {', '.join(MODEL_TYPES)}, got {self.model!r}")
+        if self.model not in MODEL_KINDS:
+            raise UserError(f"model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
         if self.model == "transformer" and self.wordvec_dim % self.num_heads:
             raise UserError(
                 f"num_heads must divide wordvec_dim = {self.wordvec_dim}, got {self.num_heads}"

@@ -13,9 +13,9 @@ from captionlab.data.features import FeatureStore
 from captionlab.errors import DataError, UserError
 from captionlab.runs.inference import (
     caption_features,
+    needs_grid,
     resolve_model_path,
     store_features,
-    wants_grid,
 )
 
 __all__ = ["evaluate_run", "load_scenes_for", "scene_scores"]
@@ -83,7 +83,7 @@ def _split_features(model, state: dict, ckpt: Path, store_path, ids: list[str]) 
         if store_path is None:
             raise UserError("give --features STORE: the checkpoint names no feature store")
     store = FeatureStore.open(store_path)
-    features = store_features(store, ids, grid=wants_grid(model))
+    features = store_features(store, ids, grid=needs_grid(model))
     D = model.params["W_proj"].shape[0]
     if features.shape[-1] != D:
         raise DataError(

@@ -22,9 +22,9 @@ __all__ = [
     "caption_images",
     "checkpoint_extra",
     "extractor_for_checkpoint",
+    "needs_grid",
     "resolve_model_path",
     "store_features",
-    "wants_grid",
 ]
 
 
@@ -41,7 +41,7 @@ def resolve_model_path(path: str | Path) -> Path:
     )
 
 
-def wants_grid(model) -> bool:
+def needs_grid(model) -> bool:
     """Whether ``model`` takes a grid of cells (N, L, D) rather than pooled (N, D) features."""
     return len(getattr(model, "feature_shape", (None,))) == 2
 
@@ -135,6 +135,6 @@ def caption_images(
     ckpt = resolve_model_path(model_path)
     model, state = load_checkpoint(ckpt)
     extractor = extractor_for_checkpoint(state, device=device, path=ckpt)
-    features = image_features(extractor, image_paths, grid=wants_grid(model))
+    features = image_features(extractor, image_paths, grid=needs_grid(model))
     texts = caption_features(model, features.astype(model.dtype, copy=False), beam=beam)
     return [{"image": str(p), "caption": t} for p, t in zip(image_paths, texts, strict=True)]

@@ -18,7 +18,7 @@ from captionlab.errors import DataError, UserError
 from captionlab.runs.config import TrainConfig
 from captionlab.runs.inference import checkpoint_extra, store_features
 
-__all__ = ["build_model", "load_training_data", "model_label", "train_run"]
+__all__ = ["build_model", "load_training_data", "train_run"]
 
 
 def _check_store_covers(store: FeatureStore, dataset: CaptionDataset, splits) -> None:
@@ -52,23 +52,29 @@ def load_training_data(
     return to_caption_data(dataset, vocab, features_for, max_length, splits=splits)
 
 
-def build_model(config: TrainConfig, word_to_idx: dict[str, int], input_dim: int):
-    """The captioner ``config.model`` names, of feature size ``input_dim``, seeded."""
+def build_model(config: TrainConfig, word_to_idx: dict[str, int], store: FeatureStore):
+    """The captioner ``config.model`` names, sized for the store's features, seeded."""
     dtype = np.dtype(config.dtype).type
     if config.model == "transformer":
+        # the grid's cell size: today the raw last feature map's channels, read off one row
+        D = (
+            store_features(store, store.image_ids[:1], grid=True).shape[-1]
+            if config.grid
+            else store.dim
+        )
         return CaptioningTransformer(
-            word_to_idx, input_dim, config.wordvec_dim, config.num_heads, config.num_layers,
+            word_to_idx, D, config.wordvec_dim, config.num_heads, config.num_layers,
             max_length=max(50, config.max_length + 1), dropout=config.dropout, dtype=dtype,
             seed=config.seed, dim_feedforward=config.hidden_dim, grid=config.grid,
         )  # fmt: skip
     return CaptioningRNN(
-        word_to_idx, input_dim=input_dim, wordvec_dim=config.wordvec_dim,
+        word_to_idx, input_dim=store.dim, wordvec_dim=config.wordvec_dim,
         hidden_dim=config.hidden_dim, cell_type=config.cell, dtype=dtype, seed=config.seed,
     )  # fmt: skip
 
 
-def model_label(config: TrainConfig) -> str:
-    """What the logs call the model: the cell (``lstm``, ...) or ``transformer``."""
+def _kind(config: TrainConfig) -> str:
+    """The run's short name: the cell of an rnn, else the model kind."""
     return config.cell if config.model == "rnn" else config.model
 
 
@@ -123,18 +129,18 @@ def train_run(
     dataset = load_dataset(dataset_path, image_root=image_root)
     store = FeatureStore.open(store_path)
     config, vocab = _open_run(out, config, dataset, resume)
+    model = build_model(config, vocab.word_to_idx, store)
     grid = config.model == "transformer" and config.grid
     data = load_training_data(dataset, store, vocab, config.max_length, grid=grid)
     if not resume:
         _write_run_header(out, config, vocab, dataset_path, store)
-    model = build_model(config, vocab.word_to_idx, data["train_features"].shape[-1])
     log: list[dict] = []
     if resume and (out / "log.json").is_file():
         log = json.loads((out / "log.json").read_text()).get("epochs", [])
 
     def epoch_end(solver, record):
         log.append(dict(record))
-        write_json(out / "log.json", {"epochs": log, "cell": model_label(config)})
+        write_json(out / "log.json", {"epochs": log, "cell": _kind(config)})
         if on_epoch_end is not None:
             on_epoch_end(solver, record)
 
@@ -168,7 +174,8 @@ def _summary(out: Path, config: TrainConfig, solver, data: dict, vocab, seconds:
     """The JSON-able summary of a finished training run."""
     return {
         "run": str(out),
-        "cell": model_label(config),
+        "model": config.model,
+        "cell": _kind(config),
         "epochs": solver.epoch,
         "iterations": solver.iteration,
         "best_epoch": solver.best_epoch,
