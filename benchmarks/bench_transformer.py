@@ -92,6 +92,9 @@ class TorchCaptioningTransformer(torch.nn.Module):
         self.decoder = torch.nn.TransformerDecoder(layer, c.num_layers)
         self.vocab = torch.nn.Linear(W, V)
         self.pos_drop = torch.nn.Dropout(c.dropout)
+        self.cells = None  # the memory's position embedding (L, W), if the model has one
+        if "W_pos" in p:
+            self.cells = torch.nn.Parameter(p["W_pos"].clone())
         pe = nn.sinusoidal_positional_encoding(c.max_length, W, model.dtype)
         self.register_buffer("pe", torch.from_numpy(pe))
         self.to(p["W_embed"].dtype)  # before copying: a float32 copy would round float64
@@ -128,6 +131,8 @@ class TorchCaptioningTransformer(torch.nn.Module):
         memory = self.proj(features)
         if memory.dim() == 2:
             memory = memory[:, None]  # (N, 1, W)
+        if self.cells is not None:
+            memory = memory + self.cells
         words, target = captions[:, :-1], captions[:, 1:]
         T = words.shape[1]
         x = self.pos_drop(self.embed(words) + self.pe[:T])  # (N, T, W)
@@ -144,6 +149,8 @@ class TorchCaptioningTransformer(torch.nn.Module):
         memory = self.proj(features)
         if memory.dim() == 2:
             memory = memory[:, None]  # (N, 1, W)
+        if self.cells is not None:
+            memory = memory + self.cells
         words = torch.full((features.shape[0], 1), start, dtype=torch.long)
         for t in range(max_length):
             T = t + 1

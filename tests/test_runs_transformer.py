@@ -62,7 +62,8 @@ def test_train_evaluate_caption_a_transformer(shapes_with_grid, tmp_path, grid):
     assert summary["cell"] == summary["model"] == "transformer" and summary["epochs"] == 2
     model, _ = load_checkpoint(out / "best.npz")
     assert isinstance(model, CaptioningTransformer) and model.config.grid is grid
-    assert model.feature_shape == ((None, 1280) if grid else (1280,))
+    assert model.feature_shape == ((4, 1280) if grid else (1280,))  # 64 px: a 2x2 grid
+    assert ("W_pos" in model.params) is grid
     assert json.loads((out / "log.json").read_text())["cell"] == "transformer"
 
     result = evaluate_run(out, dataset, store, split="test", beams=(1, 2), meteor=False)

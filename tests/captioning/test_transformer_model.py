@@ -77,6 +77,35 @@ def test_constructor_errors():
         CaptioningTransformer({"a": 0}, 4, 8)
     with pytest.raises(ValueError, match="dropout"):
         _model(dropout=1.0)
+    with pytest.raises(ValueError, match="num_cells"):
+        _model(num_cells=4)  # a position per cell needs a grid model
+
+
+def test_position_embedding_per_cell():
+    """num_cells: W_pos (L, W) starts at 0, fixes the grid's size and tells cells apart."""
+    rng = np.random.default_rng(11)
+    model = _model(grid=True, num_cells=4)
+    assert model.params["W_pos"].shape == (4, 8) and not model.params["W_pos"].any()
+    assert model.feature_shape == (4, 5) and model.config.num_cells == 4
+    assert list(model.params)[:4] == ["W_embed", "W_proj", "b_proj", "W_pos"]
+    # the other weights are drawn as without it
+    plain = _model(grid=True)
+    assert all(np.array_equal(plain.params[k], v) for k, v in model.params.items() if k != "W_pos")
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    with pytest.raises(ValueError, match=r"grid \(N, 4, 5\)"):
+        model.loss(features[:, :3], captions)
+    # without positions, the cells are a set: swapping two changes nothing
+    for m in (plain, model):  # weights of a trained model's scale, the same in both
+        r = np.random.default_rng(12)
+        for k in plain.params:
+            v = m.params[k]
+            m.params[k] = v + r.standard_normal(v.shape) / np.sqrt(v.shape[0])
+    swapped = features[:, [1, 0, 2, 3]]
+    same = plain.loss(features, captions)[0]
+    assert plain.loss(swapped, captions)[0] == pytest.approx(same, rel=1e-13)
+    model.params["W_pos"] = rng.standard_normal((4, 8))
+    moved = model.loss(features, captions)[0]
+    assert abs(model.loss(swapped, captions)[0] - moved) > 1e-3 * moved
 
 
 # ------------------------------------------------------------------ loss contract
@@ -187,6 +216,7 @@ def _extended_precision_copy(model):
     wide = CaptioningTransformer(
         model.word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers,
         c.max_length, 0.0, np.longdouble, seed=0, dim_feedforward=c.dim_feedforward,
+        grid=c.grid, num_cells=c.num_cells,
     )  # fmt: skip
     wide.params = {k: v.astype(np.longdouble) for k, v in model.params.items()}
     return wide
@@ -195,7 +225,7 @@ def _extended_precision_copy(model):
 @pytest.mark.skipif(
     np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision np.longdouble"
 )
-@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
+@pytest.mark.parametrize("grid", [True, False, "cells"], ids=["grid", "pooled", "grid_cells"])
 def test_whole_model_gradient_check(grid):
     """Every parameter and the features: relative error < 1e-5 (dropout 0, float64 model).
 
@@ -206,7 +236,8 @@ def test_whole_model_gradient_check(grid):
     difference check of a whole Transformer fails on noise for most seeds.
     """
     rng = np.random.default_rng(7 if grid else 8)
-    model = _model()
+    model = _model(**({"grid": True, "num_cells": 3} if grid == "cells" else {}))
+    assert ("W_pos" in model.params) is (grid == "cells")
     for k, v in model.params.items():  # non-trivial weights, none zero
         model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
             v.shape[0] if v.ndim == 2 else 4
@@ -265,13 +296,13 @@ def bench():
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
+@pytest.mark.parametrize("grid", [True, False, "cells"], ids=["grid", "pooled", "grid_cells"])
 def test_equals_the_torch_model_of_the_same_math(bench, grid):
     """The benchmark's torch peer computes the same loss and gradients (float64, 1e-9)."""
     import torch
 
     rng = np.random.default_rng(10)
-    model = _model(num_layers=2)
+    model = _model(num_layers=2, **({"grid": True, "num_cells": 4} if grid == "cells" else {}))
     for k, v in model.params.items():
         model.params[k] = v + 0.3 * rng.standard_normal(v.shape)
     features = rng.standard_normal((3, 4, 5) if grid else (3, 5))
@@ -286,6 +317,8 @@ def test_equals_the_torch_model_of_the_same_math(bench, grid):
     expect = {"features": tfeatures.grad.numpy()}
     expect["W_proj"], expect["b_proj"] = peer.proj.weight.grad.numpy().T, peer.proj.bias.grad
     expect["W_embed"] = peer.embed.weight.grad.numpy()
+    if grid == "cells":
+        expect["W_pos"] = peer.cells.grad.numpy()
     expect["W_vocab"], expect["b_vocab"] = peer.vocab.weight.grad.numpy().T, peer.vocab.bias.grad
     for i, mod in enumerate(peer.decoder.layers):
         q = f"layers.{i}."

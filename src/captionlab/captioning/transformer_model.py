@@ -9,6 +9,8 @@ The forward pass of :meth:`CaptioningTransformer.loss`::
 
     memory = features @ W_proj + b_proj            # (N, L, W): one token per grid cell,
                                                    # or (N, 1, W) for pooled (N, D) features
+    memory = memory + W_pos                        # (L, W), only with num_cells = L: a
+                                                   # learned position embedding per cell
     x      = W_embed[captions[:, :-1]]             # (N, T-1, W)
     x      = Dropout(x + PE[:T-1])                 # sinusoidal positional encoding
     x      = DecoderLayer_l(x, memory, causal)     # l = 0 .. num_layers-1, post-norm:
@@ -59,7 +61,8 @@ class TransformerConfig:
 
     ``grid`` says which features the model is meant for (what :attr:`CaptioningTransformer.
     feature_shape` reports, so the solver, checkpoints and ``captionlab evaluate`` feed it
-    the right kind): a grid of cells (N, L, D) or pooled vectors (N, D).
+    the right kind): a grid of cells (N, L, D) or pooled vectors (N, D). ``num_cells``
+    (grids only) fixes L and adds a learned position embedding per cell.
     """
 
     input_dim: int = 512
@@ -71,6 +74,7 @@ class TransformerConfig:
     dim_feedforward: int = 2048
     dtype: str = "float32"
     grid: bool = False
+    num_cells: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,10 +82,13 @@ class TransformerConfig:
 
 def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict[str, tuple]:
     """The shape of every parameter of a model with ``config`` and ``V = vocab_size``:
-    ``W_embed`` (V, W), ``W_proj`` (D, W), ``b_proj`` (W,), ``layers.{l}.{key}`` for each
-    key of :data:`captionlab.nn.DECODER_LAYER_KEYS`, ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
+    ``W_embed`` (V, W), ``W_proj`` (D, W), ``b_proj`` (W,), ``W_pos`` (L, W) (only with
+    ``num_cells = L``), ``layers.{l}.{key}`` for each key of
+    :data:`captionlab.nn.DECODER_LAYER_KEYS`, ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
     V, D, W = vocab_size, config.input_dim, config.wordvec_dim
     shapes: dict[str, tuple] = {"W_embed": (V, W), "W_proj": (D, W), "b_proj": (W,)}
+    if config.num_cells is not None:
+        shapes["W_pos"] = (config.num_cells, W)
     layer = nn.decoder_layer_param_shapes(W, config.dim_feedforward)
     for i in range(config.num_layers):
         shapes.update({f"layers.{i}.{key}": shape for key, shape in layer.items()})
@@ -107,7 +114,13 @@ class CaptioningTransformer:
         dim_feedforward: ``F``, the hidden size of the feed-forward blocks (2048 in the
             assignment, whose decoder layer it does not override).
         grid: the model is meant for grids (N, L, D) rather than pooled (N, D) features
-            (:attr:`feature_shape`); :meth:`loss` and decoding take either.
+            (:attr:`feature_shape`); without ``num_cells``, :meth:`loss` and decoding take
+            either.
+        num_cells: ``L`` (with ``grid``): a learned position embedding ``W_pos`` (L, W),
+            starting at 0, is added to the memory, one row per cell, so that the decoder can
+            tell the cells apart by place (attention alone treats the memory as a set:
+            without it left and right are indistinguishable); features must then be grids
+            of exactly L cells.
 
     Attributes:
         params: dict of parameter arrays, shapes from :func:`transformer_param_shapes`;
@@ -130,6 +143,7 @@ class CaptioningTransformer:
         *,
         dim_feedforward: int = 2048,
         grid: bool = False,
+        num_cells: int | None = None,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -142,6 +156,8 @@ class CaptioningTransformer:
             )
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if num_cells is not None and (not grid or int(num_cells) != num_cells or num_cells < 1):
+            raise ValueError(f"num_cells must be None or an int >= 1 with grid, got {num_cells!r}")
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError(f"dtype must be a floating type, got {self.dtype}")
@@ -168,12 +184,13 @@ class CaptioningTransformer:
             dim_feedforward=int(dim_feedforward),
             dtype=self.dtype.name,
             grid=self.grid,
+            num_cells=None if num_cells is None else int(num_cells),
         )
         self.params: dict[str, np.ndarray] = {}
         for name, shape in transformer_param_shapes(config, len(word_to_idx)).items():
             if name.endswith("gamma"):
                 value = np.ones(shape)
-            elif len(shape) == 1:  # biases and LayerNorm shifts
+            elif len(shape) == 1 or name == "W_pos":  # biases, LayerNorm shifts, positions
                 value = np.zeros(shape)
             else:
                 value = 0.02 * rs.randn(*shape)
@@ -195,7 +212,14 @@ class CaptioningTransformer:
             dim_feedforward=int(self.params["layers.0.ffn.W1"].shape[1]),
             dtype=self.dtype.name,
             grid=self.grid,
+            num_cells=self.num_cells,
         )
+
+    @property
+    def num_cells(self) -> int | None:
+        """``L`` of a model with a position embedding per cell, else ``None``."""
+        W_pos = self.params.get("W_pos")
+        return None if W_pos is None else int(W_pos.shape[0])
 
     def expected_shapes(self) -> dict[str, tuple]:
         """The shape each parameter must have, from :attr:`config` and ``V``."""
@@ -206,15 +230,17 @@ class CaptioningTransformer:
         return (
             f"CaptioningTransformer(V={len(self.word_to_idx)}, D={c.input_dim}, "
             f"W={c.wordvec_dim}, heads={c.num_heads}, layers={c.num_layers}, "
-            f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype}, grid={c.grid})"
+            f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype}, grid={c.grid}, "
+            f"L={c.num_cells})"
         )
 
     @property
     def feature_shape(self) -> tuple[int | None, ...]:
-        """The shape of one image's features: ``(None, D)`` (a grid of any number of cells)
-        for a grid model, else ``(D,)``."""
+        """The shape of one image's features: ``(L, D)`` for a grid model with a position
+        embedding, ``(None, D)`` (a grid of any number of cells) for one without, else
+        ``(D,)``."""
         D = int(self.params["W_proj"].shape[0])
-        return (None, D) if self.grid else (D,)
+        return (self.num_cells, D) if self.grid else (D,)
 
     # ------------------------------------------------------------------ checkpoints
     # What captionlab.captioning.checkpoint needs of every captioner class.
@@ -235,7 +261,7 @@ class CaptioningTransformer:
         return cls(
             word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length,
             c.dropout, np.dtype(c.dtype), seed=0, dim_feedforward=c.dim_feedforward,
-            grid=c.grid,
+            grid=c.grid, num_cells=c.num_cells,
         )  # fmt: skip
 
     def train(self) -> CaptioningTransformer:
@@ -260,6 +286,12 @@ class CaptioningTransformer:
             raise ValueError(
                 f"features must be pooled (N, {D}) or a grid (N, L, {D}), got {features.shape}"
             )
+        L = self.num_cells
+        if L is not None and (features.ndim != 3 or features.shape[1] != L):
+            raise ValueError(
+                f"features must be a grid (N, {L}, {D}) (the model's num_cells = {L}), "
+                f"got {features.shape}"
+            )
         return features.astype(self.dtype, copy=False)
 
     def _check_captions(self, captions: np.ndarray, N: int) -> np.ndarray:
@@ -281,7 +313,10 @@ class CaptioningTransformer:
         N, D = features.shape[0], features.shape[-1]
         memory = features.reshape(-1, D) @ self.params["W_proj"]  # (N*L, W)
         memory += self.params["b_proj"]
-        return memory.reshape(N, -1, memory.shape[1])
+        memory = memory.reshape(N, -1, memory.shape[1])
+        if "W_pos" in self.params:
+            memory += self.params["W_pos"]  # (L, W): each cell's place
+        return memory
 
     def _forward(
         self, features: np.ndarray, words: np.ndarray, p_drop: float | None = None
@@ -330,6 +365,8 @@ class CaptioningTransformer:
         dx = nn.positional_encoding_backward(dx, c_pos)
         grads["W_embed"] = nn.word_embedding_backward(dx, c_embed)
         N, L, W = dmemory.shape
+        if self.num_cells is not None:
+            grads["W_pos"] = dmemory.sum(axis=0)  # (L, W): added to every image's memory
         dmemory = dmemory.reshape(N * L, W)
         grads["W_proj"] = features2.T @ dmemory  # (D, W)
         grads["b_proj"] = dmemory.sum(axis=0)  # (W,)
@@ -449,8 +486,7 @@ class CaptioningTransformer:
         h = self.num_heads
         d = W // h
         # Positions 0 .. max_length-1 of the positional encoding, once per call.
-        shared: dict = {"images": N, "pe": nn.sinusoidal_positional_encoding(max_length, W)}
-        shared["pe"] = shared["pe"].astype(self.dtype)
+        shared: dict = {"pe": nn.sinusoidal_positional_encoding(max_length, W, self.dtype)}
         for i in range(self.num_layers):
             lp = self._layer_params(i)
             # the self-attention's q, k, v from one GEMM per step, as in training
@@ -615,7 +651,8 @@ def _transformer_config(config: dict) -> TransformerConfig:
     """A :class:`TransformerConfig` from a dict of its fields (a checkpoint's ``model``);
     ValueError names what is wrong."""
     names = set(TransformerConfig.__dataclass_fields__)
-    missing, unknown = names - set(config), set(config) - names
+    required = names - {"num_cells"}  # absent in files written before position embeddings
+    missing, unknown = required - set(config), set(config) - names
     if missing or unknown:
         raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
                          f"unknown {sorted(unknown)}")  # fmt: skip
@@ -625,6 +662,7 @@ def _transformer_config(config: dict) -> TransformerConfig:
         max_length=int(config["max_length"]), dropout=float(config["dropout"]),
         dim_feedforward=int(config["dim_feedforward"]), dtype=str(config["dtype"]),
         grid=bool(config["grid"]),
+        num_cells=None if config.get("num_cells") is None else int(config["num_cells"]),
     )  # fmt: skip
     if min(c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length) < 1:
         raise ValueError(f"sizes must be >= 1, got {c}")
@@ -636,4 +674,6 @@ def _transformer_config(config: dict) -> TransformerConfig:
         raise ValueError(f"dtype must be a floating type, got {c.dtype!r}")
     if not isinstance(config["grid"], bool):
         raise ValueError(f"grid must be true or false, got {config['grid']!r}")
+    if c.num_cells is not None and (c.num_cells < 1 or not c.grid):
+        raise ValueError(f"num_cells must be None or >= 1 with grid, got {c.num_cells}")
     return c

@@ -42,6 +42,10 @@ class TrainConfig:
         default=False,
         metadata={"help": "transformer: attend to the store's spatial grid, not pooled features"},
     )
+    position: bool = field(
+        default=True,
+        metadata={"help": "learn a position embedding per grid cell (--model transformer --grid)"},
+    )
     epochs: int = field(default=10, metadata={"help": "passes over the training captions"})
     batch_size: int = field(default=128, metadata={"help": "captions per minibatch"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})

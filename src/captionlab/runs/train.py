@@ -56,16 +56,14 @@ def build_model(config: TrainConfig, word_to_idx: dict[str, int], store: Feature
     """The captioner ``config.model`` names, sized for the store's features, seeded."""
     dtype = np.dtype(config.dtype).type
     if config.model == "transformer":
-        # the grid's cell size: today the raw last feature map's channels, read off one row
-        D = (
-            store_features(store, store.image_ids[:1], grid=True).shape[-1]
-            if config.grid
-            else store.dim
-        )
+        D, L = store.dim, None
+        if config.grid:  # the grid's cells and their size, read off one row
+            L, D = store_features(store, store.image_ids[:1], grid=True).shape[1:]
         return CaptioningTransformer(
             word_to_idx, D, config.wordvec_dim, config.num_heads, config.num_layers,
             max_length=max(50, config.max_length + 1), dropout=config.dropout, dtype=dtype,
             seed=config.seed, dim_feedforward=config.hidden_dim, grid=config.grid,
+            num_cells=L if config.position else None,
         )  # fmt: skip
     return CaptioningRNN(
         word_to_idx, input_dim=store.dim, wordvec_dim=config.wordvec_dim,
