@@ -279,6 +279,27 @@ def test_decoder_layer_causal_mask_hides_the_future():
     assert not np.allclose(out2[:, 3], out[:, 3])
 
 
+def test_feedforward_bias_in_the_gemm_or_added_gives_the_same():
+    """Many rows carry the bias inside the first GEMM ([x | 1] @ [W1 ; b1]), a few rows add
+    it: outputs and every gradient agree."""
+    rng = np.random.default_rng(12)
+    E, F = 4, 6
+    W1, b1, W2, b2 = (rng.standard_normal(s) for s in ((E, F), (F,), (F, E), (E,)))
+    x, dout = rng.standard_normal((5, 8, E)), rng.standard_normal((5, 8, E))  # 40 rows: fold
+    out, cache = nn.feedforward_forward(x, W1, b1, W2, b2)
+    assert not isinstance(cache[2], tuple)  # the folded path
+    grads = nn.feedforward_backward(dout, cache)
+    parts = []
+    for i in range(5):  # 8 rows each: added
+        o, c = nn.feedforward_forward(x[i : i + 1], W1, b1, W2, b2)
+        assert isinstance(c[2], tuple)
+        parts.append((o, nn.feedforward_backward(dout[i : i + 1], c)))
+    np.testing.assert_allclose(np.concatenate([o for o, _ in parts]), out, rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate([g[0] for _, g in parts]), grads[0], rtol=1e-12)
+    for k in range(1, 5):  # dW1, db1, dW2, db2 summed over the parts
+        np.testing.assert_allclose(sum(g[k] for _, g in parts), grads[k], rtol=1e-12)
+
+
 def test_decoder_layer_attention_weights_from_the_cache():
     x, memory, params = _decoder_inputs(np.random.default_rng(10))
     causal = np.tril(np.ones((4, 4)))

@@ -467,8 +467,12 @@ def feedforward_forward(
     check_shape("b1", b1, (F,), "(F,)")
     check_shape("W2", W2, (F, E), "(F, E)")
     check_shape("b2", b2, (E,), "(E,)")
-    x1, W1b = _with_ones(x), _stack_affine([W1], [b1])  # the bias rides in the GEMM
-    a = _affine1(x1, W1b, x.shape[:-1])  # (..., F)
+    if x.size > 2 * E * E:  # many rows: the bias rides in the GEMM (see _stack_affine)
+        x1, W1b = _with_ones(x), _stack_affine([W1], [b1])
+        a = _affine1(x1, W1b, x.shape[:-1])  # (..., F)
+    else:  # few rows (a decoding step): stacking [W1 ; b1] would cost more than it saves
+        x1, W1b = x, (W1, b1)
+        a = _linear(x, W1, b1)
     np.maximum(a, 0, out=a)
     drop = dropout_mask(a.shape, dropout, rng, a.dtype)
     r = a if drop is None else a * drop  # (..., F)
@@ -487,7 +491,10 @@ def feedforward_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, ..
     if drop is not None:
         dr *= drop
     dr *= a > 0  # ReLU
-    dx, dW1, db1 = _affine1_backward(dr, x1, W1b, x_shape)
+    if isinstance(W1b, tuple):
+        dx, dW1, db1 = _linear_backward(dr, x1, W1b[0])
+    else:
+        dx, dW1, db1 = _affine1_backward(dr, x1, W1b, x_shape)
     return dx, dW1, db1, dW2, db2
 
 
