@@ -1,7 +1,8 @@
 """``captionlab features``: extract EfficientNet-Lite0 features of a dataset into HDF5.
 
 captionlab features SOURCE --out FEATURES.h5 [--size 160] [--pool avg+2x2] [--pca 512]
-                    [--grid] [--device cuda] [--batch-size 64] [--restart] [--overwrite]
+                    [--grid [--grid-taps block10+grid] [--grid-cells 5] [--grid-pca 256]]
+                    [--device cuda] [--batch-size 64] [--restart] [--overwrite]
 
 SOURCE is a Karpathy ``dataset.json``, a COCO ``captions_*.json`` or a folder of images.
 An interrupted run resumes when started again with the same arguments.
@@ -72,7 +73,32 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--grid",
         action="store_true",
-        help="also store the last feature map (h x w x 1280, float16) for attention models",
+        help="also store an attention grid per image (L cells x Dg values, float16) for "
+        "attention models, from the same forward pass: by default block10 and the last "
+        "feature map on the last map's cells (5x5 at 160 px), PCA to 256 per cell",
+    )
+    parser.add_argument(
+        "--grid-taps",
+        default="block10+grid",
+        help="taps concatenated per grid cell: 'grid' (the last feature map, 1280 channels) "
+        "and/or 'blockN' (N = 0..15, e.g. block10: 112 channels at stride 16), joined by '+' "
+        "(default: block10+grid)",
+    )
+    parser.add_argument(
+        "--grid-cells",
+        type=int,
+        default=None,
+        metavar="S",
+        help="cells per side of the grid, S x S cells (default: the last feature map's side, "
+        "ceil(size / 32))",
+    )
+    parser.add_argument(
+        "--grid-pca",
+        type=int,
+        default=256,
+        metavar="DIM",
+        help="project every grid cell to DIM values by one PCA fitted on training cells and "
+        "stored in the file; 0 keeps the raw cells (default: 256)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument(
@@ -137,6 +163,9 @@ def run(args: argparse.Namespace) -> dict:
         grid=args.grid,
         pca_dim=args.pca,
         pca_fit_split=args.pca_fit_split or None,
+        grid_taps=args.grid_taps,
+        grid_cells=args.grid_cells,
+        grid_pca_dim=args.grid_pca or None,
         fold_bn=not args.no_fold_bn,
         channels_last=not args.no_channels_last,
     )
@@ -163,9 +192,11 @@ def run(args: argparse.Namespace) -> dict:
             )
         else:
             rate = summary["images_per_s"]
+            grid = summary.get("grid")
             print(
                 f"{summary['out']}: {summary['stored']} of {summary['images']} images, "
                 f"{summary['feature_dim']}-d features"
+                + (f", grid of {grid[0]} cells x {grid[1]}" if grid else "")
                 + (f" (resumed after {summary['resumed_from']})" if summary["resumed_from"] else "")
                 + (f", {rate:.1f} images/s on {summary['device']}" if rate else "")
             )

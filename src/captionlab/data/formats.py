@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from captionlab.data._io import read_json, require
+from captionlab.data.features import StoredRows
 from captionlab.data.vocab import Vocabulary
 from captionlab.errors import DataError
 
@@ -350,11 +351,14 @@ def to_caption_data(
 
     For each split present: ``{split}_captions`` (N, max_length+1) int32, one row per
     caption; ``{split}_image_idxs`` (N,) int32 rows into ``{split}_features`` (M, D)
-    float32; ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,) str image paths. Plus
-    ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split: captions cut}).
+    float32 (or grids (M, L, D)); ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,) str
+    image paths. Plus ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split: captions
+    cut}).
 
     Args:
-        features_for: maps M image ids to an (M, D) array, row i for id i.
+        features_for: maps M image ids to an (M, D) or (M, L, D) array, row i for id i, or
+            to a :class:`~captionlab.data.features.StoredRows` of that shape, which stays a
+            reader (the solver reads its minibatches from the file).
     """
     data: dict = {"idx_to_word": vocab.idx_to_word, "word_to_idx": vocab.word_to_idx}
     data["n_truncated"] = {}
@@ -363,10 +367,13 @@ def to_caption_data(
         if not records:
             continue
         ids = [r.image_id for r in records]
-        feats = np.asarray(features_for(ids), dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[0] != len(ids):
+        feats = features_for(ids)
+        if not isinstance(feats, StoredRows):
+            feats = np.asarray(feats, dtype=np.float32)
+        if feats.ndim not in (2, 3) or feats.shape[0] != len(ids):
             raise DataError(
-                f"features for split {split!r} must be ({len(ids)}, D), got {feats.shape}"
+                f"features for split {split!r} must be ({len(ids)}, D) or ({len(ids)}, L, D), "
+                f"got {feats.shape}"
             )
         captions = [c for r in records for c in r.captions]
         image_idxs = np.asarray(
