@@ -36,11 +36,15 @@ from typing import Any
 import numpy as np
 
 from captionlab._atomic import atomic_write
+from captionlab.captioning.attention_model import AttentionCaptioner
 from captionlab.captioning.model import CaptioningRNN
 from captionlab.errors import CheckpointError
 
 #: The captioner classes a checkpoint may hold, by the name stored in ``model.class``.
-MODEL_CLASSES: dict[str, type] = {"CaptioningRNN": CaptioningRNN}
+MODEL_CLASSES: dict[str, type] = {
+    "CaptioningRNN": CaptioningRNN,
+    "AttentionCaptioner": AttentionCaptioner,
+}
 
 FORMAT = "captionlab-checkpoint"
 FORMAT_VERSION = 1

@@ -9,7 +9,11 @@ The data dict (cs231n layout; arrays, not files)::
     train_captions   (N, T) int     word indices, <START> ... <END> <NULL> ...
     train_image_idxs (N,)   int     row of train_features for each caption
     train_features   (M, ...) float one image's features per row: (M, D) pooled vectors, or
-                                    (M, L, D) grids, as the model's ``feature_shape`` says
+                                    (M, L, D) grids, as the model's ``feature_shape`` says;
+                                    an array, or an object that reads the rows it is indexed
+                                    with (``shape``, ``dtype``, ``ndim``, ``x[idx]``, as a
+                                    feature store's ``StoredRows``), so grids too large for
+                                    memory are read minibatch by minibatch
     val_captions, val_image_idxs, val_features    the same, optional
     idx_to_word      list or dict   optional (the model's vocabulary is used otherwise)
     word_to_idx      dict           optional
@@ -186,7 +190,9 @@ class CaptioningSolver:
 
     # ------------------------------------------------------------------ set-up
     def _array(self, key: str, ndim: int, kind: str, dims: str) -> np.ndarray:
-        value = np.asarray(self.data[key])
+        value = self.data[key]
+        if not all(hasattr(value, a) for a in ("shape", "dtype", "ndim", "__getitem__")):
+            value = np.asarray(value)  # rows readers (StoredRows) stay as they are
         if value.ndim != ndim or value.dtype.kind not in kind:
             raise DataError(
                 f"data[{key!r}] must be a {dims} array of "
