@@ -16,6 +16,13 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
     p.add_argument("--device", default="cpu", help="cpu or cuda for the feature extractor")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="DIR",
+        help="(attention models) write one figure per image into DIR: the image and, for "
+        "every word of its caption, where the model looked (DIR/<image>_attention.png)",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -23,8 +30,12 @@ def register(sub) -> None:
 def run(args) -> dict:
     from captionlab.runs.inference import caption_images
 
-    results = caption_images(args.model, args.images, beam=args.beam, device=args.device)
+    results = caption_images(
+        args.model, args.images, beam=args.beam, device=args.device, attention_dir=args.attention
+    )
     if not args.json:
         for r in results:
             print(f"{r['image']}: {r['caption']}")
+            if "figure" in r:
+                print(f"  attention: {r['figure']}")
     return {"model": args.model, "beam": args.beam, "captions": results}

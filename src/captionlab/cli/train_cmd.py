@@ -12,9 +12,11 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a captioning RNN/LSTM/GRU on precomputed features",
-        description="Train a captioner. Writes RUN/best.npz, RUN/last.npz, RUN/loss.png, "
-        "RUN/log.json, RUN/config.json and RUN/vocab.json.",
+        help="train a captioner (RNN/LSTM/GRU, or attention over a grid) on precomputed features",
+        description="Train a captioner: --model rnn (pooled features; --cell rnn, lstm or gru) "
+        "or --model attention (Show, Attend and Tell over the store's grid, from `captionlab "
+        "features --grid`). Writes RUN/best.npz, RUN/last.npz, RUN/loss.png, RUN/log.json, "
+        "RUN/config.json and RUN/vocab.json.",
     )
     p.add_argument(
         "--data", required=True, help="dataset file (Karpathy dataset.json or COCO json)"

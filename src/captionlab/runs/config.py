@@ -7,19 +7,45 @@ from dataclasses import dataclass, field
 from captionlab.captioning.model import CELL_TYPES
 from captionlab.errors import UserError
 
-__all__ = ["TrainConfig"]
+__all__ = ["MODEL_KINDS", "TrainConfig"]
+
+#: The captioners ``captionlab train --model`` builds (see ``runs.train.build_model``).
+MODEL_KINDS = ("rnn", "attention")
 
 
 @dataclass
 class TrainConfig:
     """Defaults of ``captionlab train``; every field is a flag (``--hidden-dim 256``)."""
 
+    model: str = field(
+        default="rnn",
+        metadata={
+            "help": "captioner: rnn (CaptioningRNN on pooled features, its cell set by --cell) "
+            "or attention (Show, Attend and Tell over the store's grid; needs a store made "
+            "with `captionlab features --grid`)",
+            "choices": MODEL_KINDS,
+        },
+    )
     cell: str = field(
         default="lstm",
-        metadata={"help": "recurrent cell", "choices": CELL_TYPES},
+        metadata={"help": "recurrent cell of --model rnn", "choices": CELL_TYPES},
     )
     hidden_dim: int = field(default=512, metadata={"help": "H, size of the hidden state"})
     wordvec_dim: int = field(default=256, metadata={"help": "W, size of a word vector"})
+    attention_dim: int = field(
+        default=256, metadata={"help": "K, size of the additive attention (--model attention)"}
+    )
+    attention_penalty: float = field(
+        default=1.0,
+        metadata={"help": "lambda of the doubly stochastic attention penalty (--model attention)"},
+    )
+    position: bool = field(
+        default=True,
+        metadata={
+            "help": "learn a position embedding per grid cell, added to the cell's features "
+            "(--model attention)"
+        },
+    )
     epochs: int = field(default=10, metadata={"help": "passes over the training captions"})
     batch_size: int = field(default=128, metadata={"help": "captions per minibatch"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
@@ -45,6 +71,8 @@ class TrainConfig:
         checks = {
             "hidden_dim": self.hidden_dim >= 1,
             "wordvec_dim": self.wordvec_dim >= 1,
+            "attention_dim": self.attention_dim >= 1,
+            "attention_penalty": self.attention_penalty >= 0,
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,
@@ -59,6 +87,8 @@ class TrainConfig:
         if bad:
             name = bad[0]
             raise UserError(f"{name} out of range, got {getattr(self, name)!r}")
+        if self.model not in MODEL_KINDS:
+            raise UserError(f"model must be one of {', '.join(MODEL_KINDS)}, got {self.model!r}")
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         if self.dtype not in ("float32", "float64"):

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from captionlab.captioning import load_checkpoint
 from captionlab.data import CaptionDataset, load_dataset
 from captionlab.data.features import FeatureStore
 from captionlab.errors import DataError, UserError
-from captionlab.runs.inference import caption_features, resolve_model_path
+from captionlab.runs.inference import (
+    caption_features,
+    features_for_model,
+    model_kind,
+    resolve_model_path,
+)
+
+#: Images read from the store and captioned at a time (grids are never read whole).
+BATCH_IMAGES = 500
 
 __all__ = ["evaluate_run", "load_scenes_for", "scene_scores"]
 
@@ -43,12 +49,18 @@ def evaluate_run(
         raise DataError(f"{dataset.source}: no images in split {split!r}")
     if limit is not None:
         records = records[:limit]
-    features = _split_features(model, state, ckpt, store_path, [r.image_id for r in records])
+    store = _store(state, store_path)
+    ids = [r.image_id for r in records]
+    texts_by_beam: dict[int, list[str]] = {beam: [] for beam in beams}
+    for start in range(0, len(ids), BATCH_IMAGES):
+        features = features_for_model(model, store, ids[start : start + BATCH_IMAGES], ckpt)
+        for beam in beams:
+            texts_by_beam[beam] += caption_features(model, features, beam=beam)
     scenes = load_scenes_for(dataset, scenes_path)
     results = {}
     for beam in beams:
         name = "greedy" if beam == 1 else f"beam{beam}"
-        texts = caption_features(model, features, beam=beam)
+        texts = texts_by_beam[beam]
         results[name] = {
             "metrics": _score(texts, records, scenes, coco=coco, meteor=meteor),
             "captions": [
@@ -63,28 +75,20 @@ def evaluate_run(
         }
     return {
         "model": str(ckpt),
-        "cell": model.cell_type,
+        "cell": model_kind(model),
         "split": split,
         "images": len(records),
         "results": results,
     }
 
 
-def _split_features(model, state: dict, ckpt: Path, store_path, ids: list[str]) -> np.ndarray:
-    """The features of images ``ids`` from the store (default: the one the model trained on),
-    checked against the model's input size."""
+def _store(state: dict, store_path) -> FeatureStore:
+    """The store to read (default: the one the model trained on)."""
     if store_path is None:
         store_path = (state.get("extra") or {}).get("feature_store")
         if store_path is None:
             raise UserError("give --features STORE: the checkpoint names no feature store")
-    store = FeatureStore.open(store_path)
-    features = store.features_for(ids).astype(model.dtype, copy=False)
-    D = model.params["W_proj"].shape[0]
-    if features.shape[1] != D:
-        raise DataError(
-            f"{store.path}: features are {features.shape[1]}-d, the model {ckpt} expects {D}-d"
-        )
-    return features
+    return FeatureStore.open(store_path)
 
 
 def _score(texts: list[str], records, scenes: dict | None, *, coco: bool, meteor: bool) -> dict:

@@ -15,13 +15,17 @@ import numpy as np
 from captionlab.captioning import beam_search, captions_to_text, greedy_decode, load_checkpoint
 from captionlab.data.features import FeatureStore
 from captionlab.data.pca import PCA
-from captionlab.errors import CheckpointError, UserError
+from captionlab.errors import CheckpointError, DataError, UserError
 
 __all__ = [
     "caption_features",
     "caption_images",
     "checkpoint_extra",
+    "decode",
     "extractor_for_checkpoint",
+    "features_for_model",
+    "model_kind",
+    "needs_grid",
     "resolve_model_path",
 ]
 
@@ -42,13 +46,61 @@ def resolve_model_path(path: str | Path) -> Path:
 def checkpoint_extra(store: FeatureStore) -> dict:
     """What a checkpoint needs (its ``extra``) to turn new images into this store's features."""
     extra: dict = {"features": dataclasses.asdict(store.config), "feature_store": str(store.path)}
-    if store.pca is not None:
-        extra["pca"] = {
-            "mean": store.pca.mean,
-            "components": store.pca.components,
-            "explained_variance": store.pca.explained_variance,
-        }
+    for key, pca in (("pca", store.pca), ("grid_pca", store.grid_pca)):
+        if pca is not None:
+            extra[key] = {
+                "mean": pca.mean,
+                "components": pca.components,
+                "explained_variance": pca.explained_variance,
+            }
     return extra
+
+
+def _pca(extra: dict, key: str) -> PCA | None:
+    if key not in extra:
+        return None
+    p = extra[key]
+    return PCA(
+        np.asarray(p["mean"], np.float32),
+        np.asarray(p["components"], np.float32),
+        np.asarray(p["explained_variance"], np.float32),
+    )
+
+
+def needs_grid(model) -> bool:
+    """Whether ``model`` reads a grid per image (feature shape (L, D)), not one vector."""
+    return len(getattr(model, "feature_shape", (None,))) == 2
+
+
+def model_kind(model) -> str:
+    """A short name: the cell of a CaptioningRNN (``lstm``, ``rnn``, ``gru``), ``attention``
+    for an AttentionCaptioner, else the class name."""
+    cell = getattr(model, "cell_type", None)
+    return (
+        cell
+        or {"AttentionCaptioner": "attention"}.get(type(model).__name__)
+        or (type(model).__name__)
+    )
+
+
+def features_for_model(model, store: FeatureStore, ids: list[str], ckpt: Path | str = "model"):
+    """What ``model`` reads for images ``ids`` from ``store``: pooled vectors (K, D) or grids
+    (K, L, D), read for those ids only and checked against the model's input size."""
+    want = tuple(model.feature_shape)
+    if needs_grid(model):
+        try:
+            store.require_grid()
+        except DataError as exc:
+            raise DataError(f"{exc} ({ckpt} is an attention model)") from None
+        got = store.grid_shape
+        features = store.grid_features_for(ids)
+    else:
+        got = (store.dim,)
+        features = store.features_for(ids)
+    if any(w is not None and w != g for w, g in zip(want, got, strict=True)):
+        raise DataError(f"{store.path}: features are {got} per image, the model {ckpt} expects "
+                        f"{tuple('any' if w is None else w for w in want)}")  # fmt: skip
+    return features.astype(model.dtype, copy=False)
 
 
 def extractor_for_checkpoint(state: dict, device: str = "cpu", path: Path | str = "model"):
@@ -63,26 +115,31 @@ def extractor_for_checkpoint(state: dict, device: str = "cpu", path: Path | str 
             "by `captionlab train`, so new images cannot be captioned with it"
         )
     config = FeatureExtractorConfig.from_dict(extra["features"], source=f"{path}: extra.features")
-    pca = None
-    if "pca" in extra:
-        p = extra["pca"]
-        pca = PCA(
-            np.asarray(p["mean"], np.float32),
-            np.asarray(p["components"], np.float32),
-            np.asarray(p["explained_variance"], np.float32),
-        )
-    return FeatureExtractor(config, device=device, pca=pca)
+    return FeatureExtractor(
+        config, device=device, pca=_pca(extra, "pca"), grid_pca=_pca(extra, "grid_pca")
+    )
+
+
+def decode(model, features: np.ndarray, beam: int = 1, max_length: int = 20, attention=False):
+    """Words (N, max_length) of the best caption per image: greedy for ``beam == 1``, else
+    beam search; with ``attention``, also the attention (N, max_length, L) of every word of
+    those captions (``None`` for a model without attention)."""
+    if beam < 1:
+        raise UserError(f"beam must be >= 1, got {beam}")
+    if beam == 1:
+        words, alphas = greedy_decode(model, features, max_length=max_length,
+                                      return_attention=True)  # fmt: skip
+    else:
+        res = beam_search(model, features, beam_size=beam, max_length=max_length,
+                          return_attention=attention)  # fmt: skip
+        words = res.captions[:, 0]
+        alphas = None if res.attention is None else res.attention[:, 0]
+    return (words, alphas) if attention else words
 
 
 def caption_features(model, features: np.ndarray, beam: int = 1, max_length: int = 20):
     """Captions (as text) of features (N first): greedy for ``beam == 1``, else beam search."""
-    if beam < 1:
-        raise UserError(f"beam must be >= 1, got {beam}")
-    if beam == 1:
-        words = greedy_decode(model, features, max_length=max_length)
-    else:
-        words = beam_search(model, features, beam_size=beam, max_length=max_length).captions[:, 0]
-    return captions_to_text(words, model.idx_to_word)
+    return captions_to_text(decode(model, features, beam, max_length), model.idx_to_word)
 
 
 def caption_images(
@@ -91,12 +148,44 @@ def caption_images(
     *,
     beam: int = 3,
     device: str = "cpu",
+    attention_dir: str | Path | None = None,
 ) -> list[dict]:
     """Caption image files with a trained model: features extracted on the fly, exactly as
-    in training (same backbone, image size, pooling and PCA basis)."""
+    in training (same backbone, image size, pooling and PCA bases; the grid too for an
+    attention model, from the same forward pass).
+
+    With ``attention_dir``, also write one figure per image there (the image and, per
+    word, where the model looked; :func:`captionlab.captioning.plots.attention_figure`),
+    named ``<image stem>_attention.png``; each result then has ``"figure"``.
+    """
     ckpt = resolve_model_path(model_path)
     model, state = load_checkpoint(ckpt)
+    grid = needs_grid(model)
+    if attention_dir is not None and not grid:
+        raise UserError(
+            f"--attention needs an attention model; {ckpt} holds a {type(model).__name__} "
+            f"({model_kind(model)}), which has no attention to show"
+        )
     extractor = extractor_for_checkpoint(state, device=device, path=ckpt)
-    features = extractor.transform([Path(p) for p in image_paths]).astype(model.dtype)
-    texts = caption_features(model, features, beam=beam)
-    return [{"image": str(p), "caption": t} for p, t in zip(image_paths, texts, strict=True)]
+    if grid and not extractor.config.grid:
+        raise CheckpointError(f"{ckpt}: an attention model whose feature config has no grid")
+    paths = [Path(p) for p in image_paths]
+    images = extractor.load_images(paths)  # (M, S, S, 3) uint8, as the network sees them
+    if grid:
+        features = extractor.transform_images_with_grid(images)[1]  # (M, L, Dg)
+    else:
+        features = extractor.transform_images(images)  # (M, D)
+    words, alphas = decode(model, features.astype(model.dtype), beam=beam, attention=True)
+    texts = captions_to_text(words, model.idx_to_word)
+    results = [{"image": str(p), "caption": t} for p, t in zip(image_paths, texts, strict=True)]
+    if attention_dir is not None:
+        from captionlab.captioning.plots import attention_figure, caption_words
+        from captionlab.vision.figures import save_figure
+
+        out = Path(attention_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for k, (path, result) in enumerate(zip(paths, results, strict=True)):
+            shown = caption_words(words[k], model.idx_to_word)
+            fig = attention_figure(images[k], shown, alphas[k, : len(shown)])
+            result["figure"] = str(save_figure(fig, out / f"{path.stem}_attention.png"))
+    return results

@@ -11,14 +11,42 @@ from pathlib import Path
 import numpy as np
 
 from captionlab._atomic import write_json
-from captionlab.captioning import CaptioningRNN, CaptioningSolver
+from captionlab.captioning import AttentionCaptioner, CaptioningRNN, CaptioningSolver
 from captionlab.data import CaptionDataset, Vocabulary, load_dataset, to_caption_data
 from captionlab.data.features import FeatureStore
 from captionlab.errors import DataError, UserError
 from captionlab.runs.config import TrainConfig
 from captionlab.runs.inference import checkpoint_extra
 
-__all__ = ["load_training_data", "train_run"]
+__all__ = ["build_model", "load_training_data", "model_input", "train_run"]
+
+#: What each kind of captioner reads from the feature store.
+_INPUTS = {"rnn": "pooled", "attention": "grid"}
+
+
+def model_input(kind: str) -> str:
+    """``"pooled"`` (one vector per image) or ``"grid"`` (L cells per image): what a model of
+    kind ``kind`` (a :data:`~captionlab.runs.config.MODEL_KINDS` name) reads."""
+    return _INPUTS[kind]
+
+
+def build_model(config: TrainConfig, word_to_idx: dict[str, int], store: FeatureStore):
+    """The captioner ``config.model`` names, sized for the store's features (a new kind of
+    captioner is one more branch here and one entry in ``_INPUTS``)."""
+    dtype = np.dtype(config.dtype).type
+    if config.model == "attention":
+        store.require_grid()
+        L, D = store.grid_shape
+        return AttentionCaptioner(
+            word_to_idx, input_dim=D, wordvec_dim=config.wordvec_dim,
+            hidden_dim=config.hidden_dim, attention_dim=config.attention_dim, dtype=dtype,
+            seed=config.seed, attention_penalty=config.attention_penalty,
+            num_cells=L if config.position else None,
+        )  # fmt: skip
+    return CaptioningRNN(
+        word_to_idx, input_dim=store.dim, wordvec_dim=config.wordvec_dim,
+        hidden_dim=config.hidden_dim, cell_type=config.cell, dtype=dtype, seed=config.seed,
+    )  # fmt: skip
 
 
 def _check_store_covers(store: FeatureStore, dataset: CaptionDataset, splits) -> None:
@@ -33,14 +61,21 @@ def _check_store_covers(store: FeatureStore, dataset: CaptionDataset, splits) ->
 
 
 def load_training_data(
-    dataset: CaptionDataset, store: FeatureStore, vocab: Vocabulary, max_length: int
+    dataset: CaptionDataset,
+    store: FeatureStore,
+    vocab: Vocabulary,
+    max_length: int,
+    features: str = "pooled",
 ) -> dict:
-    """The cs231n data dict for the solver: train and val splits with their features."""
+    """The cs231n data dict for the solver: train and val splits with their features, the
+    pooled vectors (in memory) or, for ``features="grid"``, the grids (read from the store
+    minibatch by minibatch, see :meth:`FeatureStore.grid_rows`)."""
     splits = tuple(s for s in ("train", "val") if dataset.split(s))
     if "train" not in splits:
         raise DataError(f"{dataset.source}: no images in split 'train'")
     _check_store_covers(store, dataset, splits)
-    return to_caption_data(dataset, vocab, store.features_for, max_length, splits=splits)
+    features_for = store.grid_rows if features == "grid" else store.features_for
+    return to_caption_data(dataset, vocab, features_for, max_length, splits=splits)
 
 
 def _open_run(
@@ -94,25 +129,19 @@ def train_run(
     dataset = load_dataset(dataset_path, image_root=image_root)
     store = FeatureStore.open(store_path)
     config, vocab = _open_run(out, config, dataset, resume)
-    data = load_training_data(dataset, store, vocab, config.max_length)
+    model = build_model(config, vocab.word_to_idx, store)  # fails first if a grid is missing
+    data = load_training_data(
+        dataset, store, vocab, config.max_length, features=model_input(config.model)
+    )
     if not resume:
         _write_run_header(out, config, vocab, dataset_path, store)
-    model = CaptioningRNN(
-        vocab.word_to_idx,
-        input_dim=store.dim,
-        wordvec_dim=config.wordvec_dim,
-        hidden_dim=config.hidden_dim,
-        cell_type=config.cell,
-        dtype=np.dtype(config.dtype).type,
-        seed=config.seed,
-    )
     log: list[dict] = []
     if resume and (out / "log.json").is_file():
         log = json.loads((out / "log.json").read_text()).get("epochs", [])
 
     def epoch_end(solver, record):
         log.append(dict(record))
-        write_json(out / "log.json", {"epochs": log, "cell": config.cell})
+        write_json(out / "log.json", {"epochs": log, "cell": _kind(config)})
         if on_epoch_end is not None:
             on_epoch_end(solver, record)
 
@@ -142,11 +171,17 @@ def train_run(
     return _summary(out, config, solver, data, vocab, time.perf_counter() - started)
 
 
+def _kind(config: TrainConfig) -> str:
+    """The run's short name: the cell of an rnn, else the model kind."""
+    return config.cell if config.model == "rnn" else config.model
+
+
 def _summary(out: Path, config: TrainConfig, solver, data: dict, vocab, seconds: float) -> dict:
     """The JSON-able summary of a finished training run."""
     return {
         "run": str(out),
-        "cell": config.cell,
+        "model": config.model,
+        "cell": _kind(config),
         "epochs": solver.epoch,
         "iterations": solver.iteration,
         "best_epoch": solver.best_epoch,
