@@ -2,10 +2,13 @@
 
 1. generate the shapes benchmark (cached in ``OUT/cache``),
 2. extract EfficientNet-Lite0 features (cached),
-3. train an LSTM captioner and a vanilla RNN for comparison (cached per config),
+3. train the captioners (cached per config): an LSTM and a vanilla RNN on the pooled
+   features, and the Show-Attend-Tell attention captioner on the grid stored beside them
+   (one extraction, one forward pass per image, gives both),
 4. caption the test split greedily and with beam search; COCO metrics + scene accuracy,
-5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions), ``loss.png``,
-   ``metrics.json`` and print the comparison table,
+5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions, and attention strips:
+   where the attention captioner looked for each word), ``loss.png``, ``metrics.json`` and
+   print the comparison table,
 6. the network-visualization figures on bundled photos (saliency, fooling image, class
    visualization) into ``OUT/vision/``.
 
@@ -33,6 +36,9 @@ from captionlab.runs.config import TrainConfig
 
 __all__ = ["DemoConfig", "run_demo", "vision_figures"]
 
+#: The captioners the demo can train: CaptioningRNN's cells and the attention captioner.
+DEMO_MODELS = (*CELL_TYPES, "attention")
+
 
 @dataclass
 class DemoConfig:
@@ -45,24 +51,36 @@ class DemoConfig:
     feature_size: int = field(default=160, metadata={"help": "image side fed to the CNN, px"})
     pool: str = field(default="avg+2x2", metadata={"help": "feature pooling (see features)"})
     pca_dim: int = field(default=512, metadata={"help": "PCA size of the features (0: none)"})
-    cells: str = field(default="lstm,rnn", metadata={"help": "cells to train, comma-separated"})
+    models: str = field(
+        default="lstm,rnn,attention",
+        metadata={
+            "help": "captioners to train, comma-separated: lstm, rnn, gru (on pooled features) "
+            "and attention (on the grid)"
+        },
+    )
     hidden_dim: int = field(default=256, metadata={"help": "H of every captioner"})
     wordvec_dim: int = field(default=128, metadata={"help": "W of every captioner"})
-    epochs: int = field(default=6, metadata={"help": "training epochs per captioner"})
+    epochs: int = field(default=6, metadata={"help": "training epochs of lstm, rnn, gru"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
+    attention_epochs: int = field(default=4, metadata={"help": "training epochs of attention"})
+    attention_dim: int = field(default=128, metadata={"help": "K of the attention captioner"})
+    grid_pca_dim: int = field(
+        default=256, metadata={"help": "values per grid cell after its PCA (attention)"}
+    )
     beam: int = field(default=3, metadata={"help": "beam size for the test captions"})
     meteor: bool = field(default=True, metadata={"help": "compute METEOR (Java start-up ~10 s)"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
     seed: int = field(default=0, metadata={"help": "seed of data, initialisation and batches"})
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.cell_list if c not in CELL_TYPES]
-        if bad or not self.cell_list:
+        bad = [c for c in self.model_list if c not in DEMO_MODELS]
+        if bad or not self.model_list:
             raise UserError(
-                f"cells must be a comma-separated list of {', '.join(CELL_TYPES)}, "
-                f"got {self.cells!r}"
+                f"models must be a comma-separated list of {', '.join(DEMO_MODELS)}, "
+                f"got {self.models!r}"
             )
-        for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim"):
+        for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim",
+                     "attention_epochs", "attention_dim", "grid_pca_dim"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -70,12 +88,22 @@ class DemoConfig:
     def quick(cls) -> DemoConfig:
         return cls(
             n_train=200, n_val=40, n_test=40, pool="avg", pca_dim=0, hidden_dim=128,
-            wordvec_dim=64, epochs=2, vision=False,
+            wordvec_dim=64, epochs=2, attention_epochs=2, attention_dim=32, grid_pca_dim=64,
+            vision=False,
         )  # fmt: skip
 
     @property
-    def cell_list(self) -> list[str]:
-        return [c.strip() for c in self.cells.split(",") if c.strip()]
+    def model_list(self) -> list[str]:
+        return [c.strip() for c in self.models.split(",") if c.strip()]
+
+    def train_config(self, kind: str) -> TrainConfig:
+        """The TrainConfig of one of :attr:`model_list`."""
+        common = dict(hidden_dim=self.hidden_dim, wordvec_dim=self.wordvec_dim,
+                      learning_rate=self.learning_rate, seed=self.seed)  # fmt: skip
+        if kind == "attention":
+            return TrainConfig(model="attention", epochs=self.attention_epochs,
+                               attention_dim=self.attention_dim, **common)  # fmt: skip
+        return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 
 class _Stages:
@@ -108,32 +136,35 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     with stage("features", "2. EfficientNet-Lite0 features (extracted once, then cached)"):
         store = _features(out / "cache", shapes_dir, config, progress)
     runs = {}
-    for cell in config.cell_list:
-        with stage(f"train_{cell}", f"3. train the {cell.upper()} captioner"):
-            tconfig = TrainConfig(
-                cell=cell, hidden_dim=config.hidden_dim, wordvec_dim=config.wordvec_dim,
-                epochs=config.epochs, learning_rate=config.learning_rate, seed=config.seed,
-            )  # fmt: skip
-            runs[cell] = _train_cached(dataset, store, out / "runs" / cell, tconfig, progress)
+    for kind in config.model_list:
+        with stage(f"train_{kind}", f"3. train the {kind.upper()} captioner"):
+            tconfig = config.train_config(kind)
+            runs[kind] = _train_cached(dataset, store, out / "runs" / kind, tconfig, progress)
     heading = f"4. caption the {config.n_test} test images (greedy and beam {config.beam})"
     with stage("evaluate", heading):
         beams = sorted({1, config.beam})
         evals = {
-            cell: evaluate_run(
-                out / "runs" / cell, dataset, store, split="test", beams=beams, meteor=config.meteor
+            kind: evaluate_run(
+                out / "runs" / kind, dataset, store, split="test", beams=beams, meteor=config.meteor
             )
-            for cell in runs
+            for kind in runs
         }
-    with stage("figures", "5. gallery, loss curves, metrics"):
+    with stage("figures", "5. gallery, attention strips, loss curves, metrics"):
         rows = {
-            f"{cell} {name}": r["metrics"]
-            for cell, e in evals.items()
+            f"{kind} {name}": r["metrics"]
+            for kind, e in evals.items()
             for name, r in e["results"].items()
         }
         best_name = f"beam{config.beam}" if config.beam > 1 else "greedy"
-        main_captions = evals[config.cell_list[0]]["results"][best_name]["captions"]
-        gallery = write_gallery(out, main_captions, shapes_dir)
-        plot_loss_curves(out / "loss.png", {cell.upper(): r for cell, r in runs.items()})
+        # The gallery shows the strongest captioner: attention when it was trained.
+        main = "attention" if "attention" in evals else config.model_list[0]
+        main_captions = evals[main]["results"][best_name]["captions"]
+        strips = None
+        if "attention" in runs:
+            strips = _attention_strips(out, shapes_dir, store, main_captions, config)
+        gallery = write_gallery(out, main_captions, shapes_dir, strips=strips)
+        gallery["model"] = main
+        plot_loss_curves(out / "loss.png", {kind.upper(): r for kind, r in runs.items()})
         write_json(out / "captions.json", evals)
     vision_files: list[str] = []
     if config.vision:
@@ -175,16 +206,44 @@ def _shapes_data(cache: Path, config: DemoConfig, progress: bool) -> Path:
 
 
 def _features(cache: Path, shapes_dir: Path, config: DemoConfig, progress: bool) -> Path:
+    """One store: the pooled features and, when the attention captioner is trained, the grid
+    (the per-cell probe's recipe, docs/feature_probe.md), from one forward pass per image."""
     from captionlab.extract import extract_features
 
+    grid = "attention" in config.model_list
     fconfig = FeatureExtractorConfig(
-        image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None
-    )
+        image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None,
+        grid=grid, grid_pca_dim=config.grid_pca_dim,
+    )  # fmt: skip
     tag = f"{config.feature_size}_{config.pool.replace('+', '-')}_{config.pca_dim}"
+    if grid:
+        tag += f"_grid{fconfig.grid_len}x{fconfig.grid_dim}"
     store = cache / f"{shapes_dir.name}_features_{tag}.h5"
     feats = extract_features(shapes_dir / "dataset.json", store, fconfig, progress=progress)
-    print(f"{store}: {feats.get('images', '')} images, {fconfig.feature_dim}-d features")
+    what = f"{fconfig.feature_dim}-d features"
+    if grid:
+        what += f" and a grid of {fconfig.grid_len} cells x {fconfig.grid_dim}"
+    print(f"{store}: {feats.get('images', '')} images, {what}")
     return store
+
+
+def _attention_strips(out: Path, shapes_dir: Path, store: Path, captions, config) -> list[dict]:
+    """Attention strips of a few test images (one of 1, 2 and 3 objects each, then a second
+    3-object scene), by the trained attention captioner."""
+    from captionlab.captioning import load_checkpoint
+    from captionlab.data.features import FeatureStore
+    from captionlab.data.shapes import load_scenes
+    from captionlab.gallery import attention_strips
+
+    scenes = load_scenes(shapes_dir / "scenes.json")
+    by_count: dict[int, list[dict]] = {}
+    for item in captions:
+        by_count.setdefault(len(scenes[item["image_id"]]["objects"]), []).append(item)
+    items = [q[0] for _, q in sorted(by_count.items())]
+    items += by_count.get(3, [])[1:2]
+    model, _ = load_checkpoint(out / "runs" / "attention" / "best.npz")
+    grids = FeatureStore.open(store).grid_features_for([i["image_id"] for i in items])
+    return attention_strips(out, model, grids, items, config.feature_size, beam=config.beam)
 
 
 def _train_cached(dataset, store, run_dir: Path, config: TrainConfig, progress: bool) -> dict:

@@ -1,4 +1,5 @@
-"""The captions gallery: right and wrong captions of shapes test images, as PNG and HTML.
+"""The captions gallery: right and wrong captions of shapes test images, as PNG and HTML,
+and attention strips (where an attention captioner looked for each word).
 
 A caption is *right* when every object, attribute, count and relation it names is in the
 scene and nothing is missing (:mod:`captionlab.captioning.scene_accuracy`). The HTML page's
@@ -18,7 +19,7 @@ import numpy as np
 
 from captionlab._atomic import atomic_write, atomic_write_bytes
 
-__all__ = ["caption_is_right", "pick_varied", "write_gallery"]
+__all__ = ["attention_strips", "caption_is_right", "pick_varied", "write_gallery"]
 
 
 def caption_is_right(scene_score: dict | None) -> bool:
@@ -48,7 +49,47 @@ def pick_varied(items: list[dict], k: int) -> list[dict]:
     return chosen
 
 
-def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: int = 6) -> dict:
+def attention_strips(
+    out: Path, model, grids: np.ndarray, items: list[dict], image_size: int, beam: int = 3
+) -> list[dict]:
+    """One attention figure per item into ``OUT/gallery/`` (``attention_<file>.png``).
+
+    Args:
+        out: the gallery's folder.
+        model: an attention captioner.
+        grids: the items' grids, (K, L, D).
+        items: K dicts with ``image_id`` and ``path``.
+        image_size: the side the network saw the images at (the figure shows that crop).
+        beam: beam size of the captions shown (1: greedy).
+
+    Returns:
+        ``[{"image_id", "caption", "png"}]``, the figure of each item.
+    """
+    from captionlab.captioning.plots import attention_figure, caption_words
+    from captionlab.runs.inference import decode
+    from captionlab.vision.figures import save_figure
+    from captionlab.vision.images import load_image
+
+    words, alphas = decode(model, grids.astype(model.dtype), beam=beam, attention=True)
+    folder = out / "gallery"
+    folder.mkdir(parents=True, exist_ok=True)
+    strips = []
+    for k, item in enumerate(items):
+        shown = caption_words(words[k], model.idx_to_word)
+        image = load_image(item["path"], image_size)
+        fig = attention_figure(image, shown, alphas[k, : len(shown)])
+        png = save_figure(fig, folder / f"attention_{Path(item['path']).stem}.png", dpi=80)
+        strips.append({"image_id": item["image_id"], "caption": " ".join(shown), "png": str(png)})
+    return strips
+
+
+def write_gallery(
+    out: Path,
+    captions: list[dict],
+    shapes_dir: Path,
+    per_kind: int = 6,
+    strips: list[dict] | None = None,
+) -> dict:
     """``OUT/gallery.png`` and ``OUT/gallery.html`` (with its images in ``OUT/gallery/``).
 
     Args:
@@ -58,9 +99,10 @@ def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: i
             (its score) and ``correct`` added.
         shapes_dir: the shapes dataset folder (its ``scenes.json`` scores the captions).
         per_kind: how many right and how many wrong captions to show.
+        strips: attention figures (:func:`attention_strips`) to show in the HTML page.
 
     Returns:
-        ``{"png", "html", "fully_correct", "images"}``.
+        ``{"png", "html", "fully_correct", "images"}`` (and ``"attention"``, the strips' PNGs).
     """
     from captionlab.captioning.scene_accuracy import score_caption
     from captionlab.data.shapes import load_scenes, parse_caption
@@ -76,13 +118,16 @@ def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: i
     for item in right + wrong:
         shutil.copyfile(item["path"], img_dir / Path(item["path"]).name)
     _gallery_png(out / "gallery.png", right, wrong)
-    _gallery_html(out / "gallery.html", right, wrong, len(captions))
-    return {
+    _gallery_html(out / "gallery.html", right, wrong, len(captions), strips or [])
+    summary = {
         "png": str(out / "gallery.png"),
         "html": str(out / "gallery.html"),
         "fully_correct": sum(c["correct"] for c in captions),
         "images": len(captions),
     }
+    if strips:
+        summary["attention"] = [s["png"] for s in strips]
+    return summary
 
 
 def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
@@ -125,7 +170,26 @@ def _card(item: dict) -> str:
     )
 
 
-def _gallery_html(path: Path, right: list[dict], wrong: list[dict], total: int) -> None:
+def _strip_html(strips: list[dict]) -> str:
+    if not strips:
+        return ""
+    figures = "".join(
+        f'<figure class="strip"><img src="gallery/{html.escape(Path(s["png"]).name)}" '
+        f'alt="attention of each word"><figcaption>{html.escape(s["caption"])}</figcaption>'
+        "</figure>"
+        for s in strips
+    )
+    return (
+        "<h2>Where the attention captioner looked</h2><p>For each word of its caption (beam "
+        "search), the image dimmed where that step did not look; the yellow line encloses the "
+        "cells with at least half the step's largest weight, shown in brackets.</p>"
+        f'<section class="strips">{figures}</section>'
+    )
+
+
+def _gallery_html(
+    path: Path, right: list[dict], wrong: list[dict], total: int, strips: list[dict]
+) -> None:
     template = resources.files("captionlab").joinpath("templates/gallery.html").read_text("utf-8")
     page = Template(template).substitute(
         n_right=len(right),
@@ -133,5 +197,6 @@ def _gallery_html(path: Path, right: list[dict], wrong: list[dict], total: int) 
         total=total,
         right="".join(_card(i) for i in right),
         wrong="".join(_card(i) for i in wrong),
+        attention=_strip_html(strips),
     )
     atomic_write_bytes(path, page.encode("utf-8"))
