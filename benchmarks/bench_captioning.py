@@ -10,7 +10,11 @@ W=256, H=512, V=1004) with 2 threads, in one process, this script times
   ``W_embed @ Wx + b`` into one table per call) against a ``torch.nn.LSTMCell`` loop with
   the same weights; ``<END>`` is made impossible so both run all 30 steps;
 * ``beam``: beam search (beam 5, 30 steps) in images per second, against greedy's;
-* the projected time of one epoch over COCO's 400k training captions, from the step time.
+* the projected time of one epoch over COCO's 400k training captions, from the step time;
+* ``attention step``: ``AttentionCaptioner.loss`` (Show, Attend and Tell over an L-cell grid;
+  loss and all gradients) against a PyTorch model of the same equations (``nn.LSTMCell`` on
+  ``[embedding; beta * context]``, the additive attention written out, autograd), float32
+  (:func:`attention_rows`).
 
 Cases are interleaved repeat by repeat, with a pause whenever the library switches (OpenBLAS
 and torch worker threads slow each other for a while after a switch); medians are printed
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
-from captionlab.captioning import CaptioningRNN, beam_search
+from captionlab.captioning import AttentionCaptioner, CaptioningRNN, beam_search
 
 COCO_TRAIN_CAPTIONS = 400_000
 
@@ -48,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="decoding steps")
     p.add_argument("--beam", type=int, default=5, help="beam size")
     p.add_argument("--cell", default="lstm", choices=["lstm"], help="cell type (torch peer)")
+    p.add_argument(
+        "--attention-size", default="128,16,25,256,256,512,256,1004", help="N,T,L,D,W,H,K,V"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 3, 1
@@ -239,6 +246,103 @@ def main(argv=None) -> None:
             f"projected epoch over {COCO_TRAIN_CAPTIONS:,} captions ({dt}): numpy "
             f"{t_np / 60:.1f} min, torch {t_torch / 60:.1f} min (loss+gradients only)"
         )
+    attention_rows(args)
+
+
+class TorchAttentionCaptioner(torch.nn.Module):
+    """Show, Attend and Tell in PyTorch with the weights of an :class:`AttentionCaptioner`:
+    the equations of ``captionlab.captioning.attention_model``, one ``nn.LSTMCell`` step on
+    ``[x_t; z_t]`` per word, autograd for the backward pass."""
+
+    def __init__(self, model: AttentionCaptioner) -> None:
+        super().__init__()
+        p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.params.items()}
+        self.lam = model.attention_penalty
+        self.w = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(v.clone()) for k, v in p.items() if k[0] in "Wbw"}
+        )
+        W, H = p["Wx"].shape[0], p["Wh"].shape[0]
+        D = p["Wz"].shape[0]
+        self.cell = torch.nn.LSTMCell(W + D, H)
+        with torch.no_grad():  # captionlab gates i, f, o, g; torch's i, f, g, o
+            i, f, o, g = torch.cat([p["Wx"], p["Wz"]]).T.chunk(4)
+            self.cell.weight_ih.copy_(torch.cat([i, f, g, o]))
+            i, f, o, g = p["Wh"].T.chunk(4)
+            self.cell.weight_hh.copy_(torch.cat([i, f, g, o]))
+            i, f, o, g = p["b"].chunk(4)
+            self.cell.bias_ih.copy_(torch.cat([i, f, g, o]))
+            self.cell.bias_hh.zero_()
+        self.to(p["W_embed"].dtype)
+
+    def loss(self, A: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        N = A.shape[0]
+        a_mean = A.mean(dim=1)  # (N, D)
+        h = a_mean @ w["W_h0"] + w["b_h0"]
+        c = a_mean @ w["W_c0"] + w["b_c0"]
+        A_proj = A @ w["W_att_a"]  # (N, L, K), once
+        x = w["W_embed"][captions[:, :-1]]  # (N, T, W)
+        hs, alphas = [], []
+        for t in range(x.shape[1]):
+            e = torch.tanh(A_proj + (h @ w["W_att_h"] + w["b_att"])[:, None]) @ w["w_att"]
+            alpha = torch.softmax(e, dim=1)  # (N, L)
+            z = torch.sigmoid(h @ w["W_beta"] + w["b_beta"]) * torch.bmm(alpha[:, None], A)[:, 0]
+            h, c = self.cell(torch.cat([x[:, t], z], dim=1), (h, c))
+            hs.append(h)
+            alphas.append(alpha)
+        scores = torch.stack(hs, dim=1) @ w["W_vocab"] + w["b_vocab"]  # (N, T, V)
+        target = captions[:, 1:]
+        words = F.cross_entropy(
+            scores.reshape(-1, scores.shape[-1]), target.reshape(-1), ignore_index=0,
+            reduction="sum",
+        )  # fmt: skip
+        keep = (target != 0).to(A.dtype)[:, :, None]  # (N, T, 1)
+        gap = 1 - (torch.stack(alphas, dim=1) * keep).sum(dim=1)  # (N, L)
+        return (words + self.lam * (gap * gap).sum()) / N
+
+
+def attention_rows(args: argparse.Namespace) -> dict[str, float]:
+    """The attention captioner's training step against its PyTorch peer, float32, in the
+    same process, interleaved; prints the row and returns the medians."""
+    N, T, L, D, W, H, K, V = (int(x) for x in args.attention_size.split(","))
+    rng = np.random.default_rng(1)
+    captions = rng.integers(4, V, size=(N, T + 1))
+    captions[:, 0] = 1
+    for n, length in enumerate(rng.integers(8, T + 1, size=N)):
+        captions[n, length] = 2
+        captions[n, length + 1 :] = 0
+    A = rng.standard_normal((N, L, D)).astype(np.float32)
+    model = AttentionCaptioner(vocab(V), D, W, H, K, dtype=np.float32, seed=0)
+    tmodel = TorchAttentionCaptioner(model)
+    tA, tcaps = torch.from_numpy(A), torch.from_numpy(captions)
+    np_loss = model.loss(A, captions)[0]
+    with torch.no_grad():
+        t_loss = float(tmodel.loss(tA, tcaps))
+    assert abs(np_loss - t_loss) < 1e-3 * abs(t_loss), (np_loss, t_loss)  # a fair peer
+
+    def torch_step():
+        tmodel.zero_grad(set_to_none=True)
+        tmodel.loss(tA, tcaps).backward()
+
+    cases = {"numpy": lambda: model.loss(A, captions), "torch": torch_step}
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    with threadpool_limits(args.threads):
+        for rep in range(args.warmup + args.repeats):
+            for name, fn in cases.items():
+                time.sleep(args.pause)
+                t = timed(fn)
+                if rep >= args.warmup:
+                    times[name].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["numpy"] / med["torch"]
+    ratio_min = min(times["numpy"]) / min(times["torch"])
+    print(
+        f"\nattention step float32 (N={N}, T={T}, L={L}, D={D}, W={W}, H={H}, K={K}, V={V}): "
+        f"numpy {med['numpy'] * 1e3:.1f} ms, torch {med['torch'] * 1e3:.1f} ms (medians); "
+        f"ratio {ratio:.2f} (minima {ratio_min:.2f}), target <= 1.0: "
+        f"{'met' if ratio <= 1.0 else 'MISSED'}"
+    )
+    return {"numpy": med["numpy"], "torch": med["torch"], "ratio": ratio, "ratio_min": ratio_min}
 
 
 if __name__ == "__main__":
