@@ -85,6 +85,17 @@ def test_pca_exact_matches_svd_and_projects():
         pca.transform(x[:, :5])
 
 
+def test_pca_gram_equals_the_exact_svd():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((300, 8)) @ rng.standard_normal((8, 20))).astype(np.float32)
+    x += 0.05 * rng.standard_normal((300, 20)).astype(np.float32)
+    exact, gram = fit_pca(x, 6, method="exact"), fit_pca(x, 6, method="gram")
+    np.testing.assert_allclose(gram.components, exact.components, atol=1e-5)
+    np.testing.assert_allclose(gram.explained_variance, exact.explained_variance, rtol=1e-5)
+    auto = fit_pca(x, 6)  # many rows of few features: the Gram matrix
+    np.testing.assert_array_equal(auto.components, gram.components)
+
+
 def test_pca_randomized_finds_the_planted_subspace():
     rng = np.random.default_rng(1)
     N, R, k = 400, 300, 6

@@ -35,11 +35,14 @@ class PCA:
 def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
     """Principal components of x (N, R) -> PCA with the top ``k`` components.
 
-    ``method="auto"``: exact (SVD of the centred data) when ``min(N, R) <= 2048``, else a
-    seeded randomized SVD; ``"exact"`` or ``"randomized"`` force one. The randomized one is
-    Halko et al. 2011 (4 power iterations, 32 extra columns), accurate for the leading
-    components and deterministic. Each component's sign is fixed so that its largest-magnitude
-    entry is positive. Needs ``N >= k`` rows.
+    ``method="auto"``: ``"gram"`` when ``R <= 2048 <= N`` or ``R <= N`` and R small (the
+    eigenvectors of the centred data's (R, R) Gram matrix, in float64: for many rows of few
+    features, such as grid cells, about 9x less work than the SVD), else exact (SVD of the
+    centred data) when ``min(N, R) <= 2048``, else a seeded randomized SVD; ``"gram"``,
+    ``"exact"`` or ``"randomized"`` force one. The randomized one is Halko et al. 2011
+    (4 power iterations, 32 extra columns), accurate for the leading components and
+    deterministic. Each component's sign is fixed so that its largest-magnitude entry is
+    positive. Needs ``N >= k`` rows.
     """
     x = np.asarray(x, dtype=np.float32)
     N, R = x.shape
@@ -50,9 +53,21 @@ def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
         )
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)  # (R,)
     xc = x - mean  # (N, R)
-    if method not in ("auto", "exact", "randomized"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'randomized', got {method!r}")
-    if method == "exact" or (method == "auto" and min(N, R) <= 2048):
+    if method not in ("auto", "gram", "exact", "randomized"):
+        raise ValueError(
+            f"method must be 'auto', 'gram', 'exact' or 'randomized', got {method!r}"
+        )
+    if method == "auto" and R <= 2048 and N >= 2 * R:
+        method = "gram"
+    if method == "gram":
+        gram = np.zeros((R, R))
+        for start in range(0, N, 4096):  # float64 products, a block of rows at a time
+            block = xc[start : start + 4096].astype(np.float64)
+            gram += block.T @ block
+        evals, evecs = np.linalg.eigh(gram)  # ascending
+        components = evecs[:, ::-1][:, :k]  # (R, k)
+        s = np.sqrt(np.clip(evals[::-1][:k], 0, None))
+    elif method == "exact" or (method == "auto" and min(N, R) <= 2048):
         _, s, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
         components = vt[:k].T  # (R, k)
         s = s[:k]
