@@ -34,7 +34,7 @@ from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.errors import UserError
 from captionlab.runs.config import TrainConfig
 
-__all__ = ["DemoConfig", "run_demo", "vision_figures"]
+__all__ = ["DemoConfig", "prepare_data", "run_demo", "train_cached", "vision_figures"]
 
 #: The captioners the demo can train: CaptioningRNN's cells and the attention captioner.
 DEMO_MODELS = (*CELL_TYPES, "attention")
@@ -139,7 +139,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     for kind in config.model_list:
         with stage(f"train_{kind}", f"3. train the {kind.upper()} captioner"):
             tconfig = config.train_config(kind)
-            runs[kind] = _train_cached(dataset, store, out / "runs" / kind, tconfig, progress)
+            runs[kind] = train_cached(dataset, store, out / "runs" / kind, tconfig, progress)
     heading = f"4. caption the {config.n_test} test images (greedy and beam {config.beam})"
     with stage("evaluate", heading):
         beams = sorted({1, config.beam})
@@ -190,6 +190,13 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     also = ", vision/*.png" if vision_files else ""
     print(f"\nwrote {out}/gallery.html, gallery.png, loss.png, metrics.json{also}")
     return summary
+
+
+def prepare_data(cache: Path, config: DemoConfig, progress: bool = True) -> tuple[Path, Path]:
+    """The demo's first two stages: ``(dataset.json, feature store)`` under ``cache``, made
+    once and reused (benchmarks/bench_quality.py trains on exactly the demo's data)."""
+    shapes_dir = _shapes_data(cache, config, progress)
+    return shapes_dir / "dataset.json", _features(cache, shapes_dir, config, progress)
 
 
 def _shapes_data(cache: Path, config: DemoConfig, progress: bool) -> Path:
@@ -246,7 +253,7 @@ def _attention_strips(out: Path, shapes_dir: Path, store: Path, captions, config
     return attention_strips(out, model, grids, items, config.feature_size, beam=config.beam)
 
 
-def _train_cached(dataset, store, run_dir: Path, config: TrainConfig, progress: bool) -> dict:
+def train_cached(dataset, store, run_dir: Path, config: TrainConfig, progress: bool) -> dict:
     """Train, unless ``run_dir`` holds a finished run of the same config on the same data."""
     from captionlab.runs.train import train_run
 
