@@ -35,10 +35,10 @@ class PCA:
 def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
     """Principal components of x (N, R) -> PCA with the top ``k`` components.
 
-    ``method="auto"``: ``"gram"`` when ``R <= 2048 <= N`` or ``R <= N`` and R small (the
-    eigenvectors of the centred data's (R, R) Gram matrix, in float64: for many rows of few
-    features, such as grid cells, about 9x less work than the SVD), else exact (SVD of the
-    centred data) when ``min(N, R) <= 2048``, else a seeded randomized SVD; ``"gram"``,
+    ``method="auto"``: ``"gram"`` when ``R <= 2048`` and ``N >= 2 R`` (the eigenvectors of
+    the centred data's (R, R) Gram matrix, summed in float64: for many rows of few features,
+    such as grid cells, about 9x less work than the SVD), else exact (SVD of the centred
+    data) when ``min(N, R) <= 2048``, else a seeded randomized SVD; ``"gram"``,
     ``"exact"`` or ``"randomized"`` force one. The randomized one is Halko et al. 2011
     (4 power iterations, 32 extra columns), accurate for the leading components and
     deterministic. Each component's sign is fixed so that its largest-magnitude entry is
@@ -54,9 +54,7 @@ def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)  # (R,)
     xc = x - mean  # (N, R)
     if method not in ("auto", "gram", "exact", "randomized"):
-        raise ValueError(
-            f"method must be 'auto', 'gram', 'exact' or 'randomized', got {method!r}"
-        )
+        raise ValueError(f"method must be 'auto', 'gram', 'exact' or 'randomized', got {method!r}")
     if method == "auto" and R <= 2048 and N >= 2 * R:
         method = "gram"
     if method == "gram":
