@@ -114,7 +114,9 @@ def fresh_scenes(work: Path, store: Path, n: int, seed: int, image_size: int, pr
     records = dataset.split("test")
     cache = folder / "features.npz"
     st = FeatureStore.open(store)
-    key = np.frombuffer(st.config.to_json().encode(), np.uint8)
+    stat = Path(store).stat()  # the store's config and this very file (its PCA bases)
+    stamp = f"{st.config.to_json()} {Path(store).resolve()} {stat.st_size} {stat.st_mtime_ns}"
+    key = np.frombuffer(stamp.encode(), np.uint8)
     if cache.is_file():
         with np.load(cache) as z:
             if np.array_equal(z["config"], key):

@@ -139,6 +139,9 @@ def test_dataset_input_pca_on_train_split_and_reuse(tmp_path):
     # the grid: PCA centred on the train split's cells; new images get the stored numbers
     train_grid = store.grid_features_for(store.split_ids("train"))  # (5, 4, 3)
     np.testing.assert_allclose(train_grid.reshape(-1, 3).mean(axis=0), 0, atol=2e-3)
+    # scaled to unit RMS on the cells it was fitted on (all 20 of them here)
+    assert np.sqrt(np.mean(train_grid**2)) == pytest.approx(1.0, abs=2e-3)
+    assert store.grid_pca.scale > 1  # raw cells are far larger than unit RMS
     feats, grid = fx.transform_with_grid([paths[6], paths[5]])
     np.testing.assert_allclose(feats, store.features_for(["6", "5"]), atol=1e-4)
     np.testing.assert_allclose(grid, store.grid_features_for(["6", "5"]), atol=2e-3)

@@ -133,7 +133,7 @@ def test_attention_captioning_notebook(kernel_env, tmp_path):
     nb, text = run_notebook("attention_captioning.ipynb", kernel_env, tmp_path)
     layer = dict(re.findall(rf"^(\w+) error:\s+{NUMBER}$", text, re.M))
     assert set(layer) == {"dA", "dWa", "dh", "dWh", "db", "dw"}
-    assert all(float(e) < 1e-7 for e in layer.values()), layer
+    assert all(float(e) < 1e-6 for e in layer.values()), layer
     model = dict(re.findall(rf"^(\w+) relative error:\s+{NUMBER}$", text, re.M))
     names = {
         "W_embed",
@@ -170,8 +170,8 @@ def test_attention_captioning_notebook(kernel_env, tmp_path):
     assert set(rows) == {"LSTM greedy", "LSTM beam 3", "Attention greedy", "Attention beam 3"}
     for row in rows.values():
         assert row["BLEU-4"] > 0.25  # both learned
-    # data, PCA maps, overfit loss, curves, one attention strip per scene size (1-3 objects)
-    assert images(nb) >= 7
+    # PCA maps, overfit loss, curves, one attention strip per scene size (1-3 objects)
+    assert images(nb) >= 6
 
 
 def test_notebooks_are_committed_without_outputs():

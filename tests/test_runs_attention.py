@@ -49,8 +49,9 @@ def trained(shapes, tmp_path_factory):
     return out, summary
 
 
-def test_train_attention_run(trained):
+def test_train_attention_run(trained, shapes):
     out, summary = trained
+    store = shapes[1]
     assert summary["model"] == "attention" and summary["cell"] == "attention"
     assert summary["train_loss_history"][1] < summary["train_loss_history"][0]
     model, state = load_checkpoint(out / "best.npz")
@@ -59,6 +60,7 @@ def test_train_attention_run(trained):
     # what `caption` needs: both PCA bases and the grid config
     assert state["extra"]["features"]["grid"] is True
     assert state["extra"]["grid_pca"]["components"].shape == (112 + 1280, 8)
+    assert state["extra"]["grid_pca"]["scale"] == FeatureStore.open(store).grid_pca.scale
     assert json.loads((out / "config.json").read_text())["train"]["model"] == "attention"
 
 

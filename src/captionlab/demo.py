@@ -64,6 +64,9 @@ class DemoConfig:
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
     attention_epochs: int = field(default=4, metadata={"help": "training epochs of attention"})
     attention_dim: int = field(default=128, metadata={"help": "K of the attention captioner"})
+    attention_penalty: float = field(
+        default=1.0, metadata={"help": "lambda of the attention captioner's penalty"}
+    )
     grid_pca_dim: int = field(
         default=256, metadata={"help": "values per grid cell after its PCA (attention)"}
     )
@@ -102,7 +105,8 @@ class DemoConfig:
                       learning_rate=self.learning_rate, seed=self.seed)  # fmt: skip
         if kind == "attention":
             return TrainConfig(model="attention", epochs=self.attention_epochs,
-                               attention_dim=self.attention_dim, **common)  # fmt: skip
+                               attention_dim=self.attention_dim,
+                               attention_penalty=self.attention_penalty, **common)  # fmt: skip
         return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 

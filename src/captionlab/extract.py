@@ -451,12 +451,14 @@ def _fit_store_pca(
 
 def _fit_grid_pca(writer: FeatureStoreWriter, config: FeatureExtractorConfig):
     """The per-cell PCA of the grid, fitted on a seeded sample of the fit split's cells
-    (``FeatureStoreWriter.grid_cell_sample``), and the number of cells it saw."""
+    (``FeatureStoreWriter.grid_cell_sample``) and scaled to unit RMS on them (the cells'
+    norms are ~40 unscaled, which saturates the attention's tanh and the LSTM's gates at
+    initialisation), and the number of cells it saw."""
     if not config.grid or config.grid_pca_dim is None:
         return None, 0
     fit_rows, _ = writer.fit_rows()
     cells = writer.grid_cell_sample(fit_rows)  # (K, Rg)
-    return fit_pca(cells, config.grid_pca_dim), len(cells)
+    return fit_pca(cells, config.grid_pca_dim).with_unit_rms(cells), len(cells)
 
 
 def _up_to_date(out: Path, config: FeatureExtractorConfig, ids: list[str]) -> dict | None:

@@ -85,6 +85,16 @@ def test_pca_exact_matches_svd_and_projects():
         pca.transform(x[:, :5])
 
 
+def test_pca_scale_divides_the_projection_and_unit_rms_sets_it():
+    rng = np.random.default_rng(3)
+    x = (5 * rng.standard_normal((200, 10))).astype(np.float32)
+    pca = fit_pca(x, 4)
+    unit = pca.with_unit_rms(x)
+    assert pca.scale == 1.0 and unit.scale > 1
+    np.testing.assert_allclose(unit.transform(x), pca.transform(x) / unit.scale, rtol=1e-5)
+    assert np.sqrt(np.mean(unit.transform(x) ** 2)) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_pca_gram_equals_the_exact_svd():
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((300, 8)) @ rng.standard_normal((8, 20))).astype(np.float32)
@@ -202,13 +212,14 @@ def test_grid_pca_fitted_on_train_cells_projects_every_cell(tmp_path):
     cells = w.grid_cell_sample(rows)  # 3 train images x 4 cells, all of them
     np.testing.assert_array_equal(cells, grid_rows([0, 1, 2], 4, 112).reshape(12, 112))
     assert w.grid_cell_sample(rows, limit=6).shape == (6, 112)  # 2 random cells per image
-    pca = fit_pca(cells, 3)
+    pca = fit_pca(cells, 3).with_unit_rms(cells)
     with pytest.raises(ValueError, match="grid_pca must be given"):
         w.finalize()
     w.finalize(grid_pca=pca, grid_pca_cells=len(cells))
     store = FeatureStore.open(out)
     assert store.attrs["grid_pca_fit_cells"] == 12 and store.grid_shape == (4, 3)
     np.testing.assert_array_equal(store.grid_pca.components, pca.components)
+    assert store.grid_pca.scale == pca.scale != 1.0
     raw = grid_rows(np.arange(5), 4, 112).reshape(20, 112)
     want = pca.transform(raw).reshape(5, 4, 3).astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(store.grid_features_for(IDS), want)

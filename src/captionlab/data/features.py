@@ -17,8 +17,9 @@ File layout (format ``captionlab.features``, version 2)::
     grid      (M, L, Dg) float16  the attention grid, one row per image in chunks of one
                                   (only when config.grid is on)
     pca/mean (R,), pca/components (R, D), pca/explained_variance (D,)   (only with PCA)
-    grid_pca/mean (Rg,), grid_pca/components (Rg, Dg), grid_pca/explained_variance (Dg,)
-                                  (only with a grid and grid_pca_dim)
+    grid_pca/mean (Rg,), grid_pca/components (Rg, Dg), grid_pca/explained_variance (Dg,),
+    grid_pca/scale ()             (only with a grid and grid_pca_dim; cells are stored as
+                                  (cell - mean) @ components / scale, unit RMS on train cells)
     failed/image_ids, failed/paths, failed/errors (F,) str   images skipped, and why
 
 Version 1 stores (captionlab before the attention grid) read as before, except their
@@ -357,6 +358,7 @@ class FeatureStoreWriter:
             grp.create_dataset("mean", data=pca.mean.astype(np.float32))
             grp.create_dataset("components", data=pca.components.astype(np.float32))
             grp.create_dataset("explained_variance", data=pca.explained_variance)
+            grp.create_dataset("scale", data=np.float64(pca.scale))
 
     @staticmethod
     def _copy_rows(src: h5py.Dataset, dst: h5py.File, name: str, keep: np.ndarray) -> None:
@@ -514,6 +516,7 @@ class FeatureStore:
             f["grid_pca/mean"][()],
             f["grid_pca/components"][()],
             f["grid_pca/explained_variance"][()],
+            float(f["grid_pca/scale"][()]) if "grid_pca/scale" in f else 1.0,
         )
         want = (config.grid_raw_dim, config.grid_pca_dim)
         if grid_pca.components.shape != want or grid_pca.mean.shape != want[:1]:

@@ -17,11 +17,15 @@ __all__ = ["PCA", "fit_pca"]
 
 @dataclass
 class PCA:
-    """``transform(x) = (x - mean) @ components``: mean (R,), components (R, D) orthonormal."""
+    """``transform(x) = (x - mean) @ components / scale``: mean (R,), components (R, D)
+    orthonormal, ``scale`` one number (1 for the pooled features; for the grid's cells, their
+    RMS after projection on the cells the PCA was fitted on, so that stored values have unit
+    RMS: a captioner's first layers, initialised for unit inputs, then start unsaturated)."""
 
     mean: np.ndarray
     components: np.ndarray
     explained_variance: np.ndarray
+    scale: float = 1.0
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """x (M, R) -> (M, D) float32."""
@@ -29,7 +33,18 @@ class PCA:
         R = self.components.shape[0]
         if x.ndim != 2 or x.shape[1] != R:
             raise ValueError(f"x must be (M, {R}) raw features, got {x.shape}")
-        return ((x - self.mean) @ self.components).astype(np.float32, copy=False)  # (M, D)
+        out = (x - self.mean) @ self.components  # (M, D)
+        if self.scale != 1.0:
+            out /= np.float32(self.scale)
+        return out.astype(np.float32, copy=False)
+
+    def with_unit_rms(self, x: np.ndarray) -> PCA:
+        """This PCA with ``scale`` set to the RMS of ``transform(x)`` (x (M, R), e.g. the rows
+        it was fitted on) at scale 1."""
+        unscaled = PCA(self.mean, self.components, self.explained_variance)
+        z = unscaled.transform(x)
+        rms = float(np.sqrt(np.mean(np.square(z, dtype=np.float64))))
+        return PCA(self.mean, self.components, self.explained_variance, rms if rms > 0 else 1.0)
 
 
 def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:

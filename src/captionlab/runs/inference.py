@@ -52,6 +52,7 @@ def checkpoint_extra(store: FeatureStore) -> dict:
                 "mean": pca.mean,
                 "components": pca.components,
                 "explained_variance": pca.explained_variance,
+                "scale": float(pca.scale),
             }
     return extra
 
@@ -64,6 +65,7 @@ def _pca(extra: dict, key: str) -> PCA | None:
         np.asarray(p["mean"], np.float32),
         np.asarray(p["components"], np.float32),
         np.asarray(p["explained_variance"], np.float32),
+        float(p.get("scale", 1.0)),
     )
 
 
