@@ -21,7 +21,8 @@ from captionlab.runs.inference import caption_images, extractor_for_checkpoint
 from captionlab.runs.train import train_run
 
 TINY = dict(model="attention", hidden_dim=16, wordvec_dim=8, attention_dim=8, epochs=2,
-            batch_size=25, val_images=10)  # fmt: skip
+            batch_size=25, val_images=10, position=True, attention_penalty=0.5,
+            monitor="val_loss")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,11 @@ def test_train_attention_run(trained, shapes):
     assert state["extra"]["grid_pca"]["components"].shape == (112 + 1280, 8)
     assert state["extra"]["grid_pca"]["scale"] == FeatureStore.open(store).grid_pca.scale
     assert json.loads((out / "config.json").read_text())["train"]["model"] == "attention"
+    assert model.attention_penalty == 0.5
+    # best.npz is the epoch of the lowest validation loss (monitor="val_loss")
+    log = json.loads((out / "log.json").read_text())["epochs"]
+    best = min(log, key=lambda r: r["val_loss"])["epoch"]
+    assert summary["best_epoch"] == best
 
 
 def test_caption_reproduces_the_stored_grid_and_draws_attention(trained, shapes, tmp_path):

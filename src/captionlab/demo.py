@@ -62,10 +62,19 @@ class DemoConfig:
     wordvec_dim: int = field(default=128, metadata={"help": "W of every captioner"})
     epochs: int = field(default=6, metadata={"help": "training epochs of lstm, rnn, gru"})
     learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
-    attention_epochs: int = field(default=4, metadata={"help": "training epochs of attention"})
-    attention_dim: int = field(default=128, metadata={"help": "K of the attention captioner"})
+    attention_epochs: int = field(default=3, metadata={"help": "training epochs of attention"})
+    attention_hidden_dim: int = field(
+        default=192, metadata={"help": "H of the attention captioner"}
+    )
+    attention_dim: int = field(default=64, metadata={"help": "K of the attention captioner"})
     attention_penalty: float = field(
-        default=1.0, metadata={"help": "lambda of the attention captioner's penalty"}
+        default=0.0, metadata={"help": "lambda of the attention captioner's penalty"}
+    )
+    attention_position: bool = field(
+        default=False, metadata={"help": "the attention captioner learns a position embedding"}
+    )
+    attention_monitor: str = field(
+        default="val_loss", metadata={"help": "what picks the attention captioner's best epoch"}
     )
     grid_pca_dim: int = field(
         default=256, metadata={"help": "values per grid cell after its PCA (attention)"}
@@ -83,7 +92,8 @@ class DemoConfig:
                 f"got {self.models!r}"
             )
         for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim",
-                     "attention_epochs", "attention_dim", "grid_pca_dim"):  # fmt: skip
+                     "attention_epochs", "attention_hidden_dim", "attention_dim",
+                     "grid_pca_dim"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -91,7 +101,8 @@ class DemoConfig:
     def quick(cls) -> DemoConfig:
         return cls(
             n_train=200, n_val=40, n_test=40, pool="avg", pca_dim=0, hidden_dim=128,
-            wordvec_dim=64, epochs=2, attention_epochs=2, attention_dim=32, grid_pca_dim=64,
+            wordvec_dim=64, epochs=2, attention_epochs=2, attention_hidden_dim=128,
+            attention_dim=32, grid_pca_dim=64,
             vision=False,
         )  # fmt: skip
 
@@ -104,9 +115,12 @@ class DemoConfig:
         common = dict(hidden_dim=self.hidden_dim, wordvec_dim=self.wordvec_dim,
                       learning_rate=self.learning_rate, seed=self.seed)  # fmt: skip
         if kind == "attention":
+            common["hidden_dim"] = self.attention_hidden_dim
             return TrainConfig(model="attention", epochs=self.attention_epochs,
                                attention_dim=self.attention_dim,
-                               attention_penalty=self.attention_penalty, **common)  # fmt: skip
+                               attention_penalty=self.attention_penalty,
+                               position=self.attention_position,
+                               monitor=self.attention_monitor, **common)  # fmt: skip
         return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 

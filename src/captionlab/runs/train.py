@@ -158,6 +158,7 @@ def train_run(
         seed=config.seed,
         grad_clip=config.grad_clip,
         patience=config.patience,
+        monitor=config.monitor,
         val_images=config.val_images,
         progress=progress,
         loss_curve_path=out / "loss.png",
