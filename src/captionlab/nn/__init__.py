@@ -9,7 +9,9 @@ Modules: :mod:`~captionlab.nn.functional` (stable sigmoid, log-softmax),
 :mod:`~captionlab.nn.layers` (affine, word embedding, temporal affine, temporal softmax
 loss), :mod:`~captionlab.nn.rnn`, :mod:`~captionlab.nn.lstm` (gates i, f, o, g),
 :mod:`~captionlab.nn.gru` (gates r, z, n as torch), :mod:`~captionlab.nn.gradcheck`,
-:mod:`~captionlab.nn.optim`.
+:mod:`~captionlab.nn.optim`, :mod:`~captionlab.nn.kernels` (the element-wise work between
+the matrix products: fused numba kernels by default, the NumPy reference with
+``CAPTIONLAB_KERNELS=numpy`` or ``with nn.use_kernels("numpy"): ...``).
 """
 
 from captionlab.nn import optim
@@ -24,9 +26,12 @@ from captionlab.nn.gru import (
     gru_backward,
     gru_cell_forward,
     gru_forward,
+    gru_recurrence_backward,
+    gru_recurrence_forward,
     gru_step_backward,
     gru_step_forward,
 )
+from captionlab.nn.kernels import kernels_in_use, set_kernels, use_kernels
 from captionlab.nn.layers import (
     affine_backward,
     affine_forward,
@@ -40,6 +45,8 @@ from captionlab.nn.lstm import (
     lstm_backward,
     lstm_cell_forward,
     lstm_forward,
+    lstm_recurrence_backward,
+    lstm_recurrence_forward,
     lstm_step_backward,
     lstm_step_forward,
 )
@@ -47,6 +54,8 @@ from captionlab.nn.rnn import (
     rnn_backward,
     rnn_cell_forward,
     rnn_forward,
+    rnn_recurrence_backward,
+    rnn_recurrence_forward,
     rnn_step_backward,
     rnn_step_forward,
 )
@@ -60,12 +69,17 @@ __all__ = [
     "gru_backward",
     "gru_cell_forward",
     "gru_forward",
+    "gru_recurrence_backward",
+    "gru_recurrence_forward",
     "gru_step_backward",
     "gru_step_forward",
+    "kernels_in_use",
     "log_softmax",
     "lstm_backward",
     "lstm_cell_forward",
     "lstm_forward",
+    "lstm_recurrence_backward",
+    "lstm_recurrence_forward",
     "lstm_step_backward",
     "lstm_step_forward",
     "optim",
@@ -73,12 +87,16 @@ __all__ = [
     "rnn_backward",
     "rnn_cell_forward",
     "rnn_forward",
+    "rnn_recurrence_backward",
+    "rnn_recurrence_forward",
     "rnn_step_backward",
     "rnn_step_forward",
+    "set_kernels",
     "sigmoid",
     "temporal_affine_backward",
     "temporal_affine_forward",
     "temporal_softmax_loss",
+    "use_kernels",
     "word_embedding_backward",
     "word_embedding_forward",
 ]
