@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter if a.clock == "wall" else time.process_time
     N, T, D, H = (int(v) for v in a.size.split(","))
     torch.set_num_threads(a.threads)
+    nn.kernels.set_num_threads(a.threads)
     print(
         f"N={N} T={T} D={D} H={H}, {a.threads} threads, median of {a.repeats}, "
         f"{a.clock} clock, numpy {np.__version__}, torch {torch.__version__}"

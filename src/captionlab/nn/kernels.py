@@ -22,6 +22,15 @@ Nothing is compiled or even imported at ``import captionlab``: numba is imported
 time a layer asks for its kernels. If numba is missing, or a kernel fails to compile, the
 layers fall back to these NumPy kernels with one ``RuntimeWarning`` and carry on.
 
+Threads: the numba kernels use numba's thread count (``numba.set_num_threads``, or
+:func:`set_num_threads` here; all cores by default), and a call with less than
+:data:`PARALLEL_MIN_WORK` elements runs on the calling thread alone. Unless
+``NUMBA_THREADING_LAYER`` is set, numba's own ``workqueue`` threading layer is chosen for the
+process: on a machine whose cores other programs keep busy, one kernel launch took
+milliseconds with GNU OpenMP's threads (they sleep and must be woken) and tens of
+microseconds with the workqueue's. That layer must not be entered from two Python threads at
+once, so captionlab's kernel calls hold a lock.
+
 Array conventions (the layers' own buffers): batch-major and C-contiguous, a step's kernel
 takes the whole ``(N, T, ...)`` buffer and the step ``t``. Dimensions: ``N`` batch, ``T``
 time, ``H`` hidden size, ``G*H`` gate columns (G = 1 rnn, 4 lstm i, f, o, g, 3 gru r, z, n),
@@ -341,6 +350,8 @@ class _KernelSwitch:
             import numba
             from numba.core.errors import NumbaError
 
+            if "NUMBA_THREADING_LAYER" not in os.environ:
+                numba.config.THREADING_LAYER = "workqueue"  # see the module docstring
             from captionlab.nn import kernels_numba
         except Exception as err:  # ImportError, or numba refusing this numpy
             self.fail(err)

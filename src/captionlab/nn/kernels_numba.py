@@ -8,12 +8,16 @@ read-only), so later processes load it in milliseconds.
 
 Every kernel here has a NumPy twin of the same name and signature in
 :mod:`captionlab.nn.kernels` (the readable reference; the tests hold the two equal). Each does
-one step's gate arithmetic in **one pass over memory**, in place in the layer's buffers,
-split over the cores by hidden unit (``prange`` over chunks of :data:`CHUNK` units, each
-thread owning all the gate columns of its units, so the bias gradients accumulate without
-races). The buffers are batch-major and C-contiguous, ``(N, T, G*H)``, and a kernel takes
-the whole buffer and the step ``t``: numba then knows the inner loop runs over contiguous
-memory and vectorises it (a strided ``(N, H)`` slice would not vectorise).
+one step's gate arithmetic in **one pass over memory**, in place in the layer's buffers, split
+over the cores by rows of the batch (``prange``); the backward kernels sum their bias
+gradients per block of rows and add the blocks at the end, so no two threads write one
+element. Within a row the work is a few short loops over the row's gate columns, which stay
+in the core's L1 cache between loops (still one pass over main memory); each loop writes one
+array, so that LLVM, which cannot prove that numba's arrays do not overlap, can check the
+overlap cheaply at run time and vectorise the loop. For the same reason a kernel takes the
+layer's whole batch-major, C-contiguous ``(N, T, G*H)`` buffer and the step ``t`` and loops
+over 1-D row views from index 0 (a strided ``(N, H)`` slice, or a loop starting at a
+run-time offset, does not vectorise).
 
 ``exp`` is written out (Cephes' ``expf`` and ``exp``: range reduction by ``n ln 2``, a
 polynomial or rational approximation, scaling by ``2**n`` built in the exponent bits) so that
@@ -30,8 +34,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-#: Hidden units per parallel work item.
-CHUNK = 64
+#: Blocks of rows (columns for the scatter) a reduction is split into: at least the number
+#: of threads, so that every core gets work (prange deals the blocks out).
+BLOCKS = 32
 
 _OPT = {"cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}
 
@@ -117,16 +122,12 @@ def rnn_forward_step(xa, hw, b, h, hprev, t):
     """
     N, T, H = h.shape
     one, two = h.dtype.type(1), h.dtype.type(2)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                a = (xa[n, t, j] + hw[n, j]) + b[j]
-                v = (one / (one + fast_exp(a * -two))) * two - one
-                h[n, t, j] = v
-            if t + 1 < T:
-                for j in range(j0, j1):
-                    hprev[n, t + 1, j] = h[n, t, j]
+    for n in prange(N):
+        x, w, hr = xa[n, t], hw[n], h[n, t]
+        for j in range(H):
+            hr[j] = (one / (one + fast_exp(((x[j] + w[j]) + b[j]) * -two))) * two - one
+        if t + 1 < T:
+            hprev[n, t + 1] = hr
 
 
 @njit(parallel=True, **_OPT)
@@ -137,14 +138,17 @@ def rnn_backward_step(dh, dhw, h, da, db, t):
     """
     N, H = h.shape[0], h.shape[2]
     one = h.dtype.type(1)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                hv = h[n, t, j]
-                d = (dh[n, t, j] + dhw[n, j]) * (one - hv * hv)
-                da[n, t, j] = d
-                db[j] += d
+    blocks = min(N, BLOCKS)
+    partial = np.zeros((blocks, H), dtype=db.dtype)
+    for p in prange(blocks):
+        acc = partial[p]
+        for n in range(p * N // blocks, (p + 1) * N // blocks):
+            d, g, w, hr = da[n, t], dh[n, t], dhw[n], h[n, t]
+            for j in range(H):
+                d[j] = (g[j] + w[j]) * (one - hr[j] * hr[j])
+            for j in range(H):
+                acc[j] += d[j]
+    _add_rows(partial, db)
 
 
 @njit(parallel=True, **_OPT)
@@ -152,14 +156,33 @@ def rnn_cell(a):
     """In place: ``a`` (N, H) pre-activations -> ``tanh(a)``."""
     N, H = a.shape
     one, two = a.dtype.type(1), a.dtype.type(2)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                a[n, j] = (one / (one + fast_exp(a[n, j] * -two))) * two - one
+    for n in prange(N):
+        r = a[n]
+        for j in range(H):
+            r[j] = (one / (one + fast_exp(r[j] * -two))) * two - one
 
 
 # ----------------------------------------------------------------------------- LSTM
+@njit(**_OPT)
+def _lstm_row(g, w, b, cp, cn, tc, hr):
+    """One row of an LSTM step: g (4H,) pre-activations (less ``w + b``) -> i, f, o, g;
+    cp (H,) c_{t-1}; writes cn = c_t, tc = tanh(c_t), hr = h_t."""
+    H = cp.shape[0]
+    one, two = g.dtype.type(1), g.dtype.type(2)
+    for j in range(3 * H):
+        g[j] = one / (one + fast_exp(-((g[j] + w[j]) + b[j])))
+    gg, wg, bg = g[3 * H :], w[3 * H :], b[3 * H :]
+    for j in range(H):
+        gg[j] = (one / (one + fast_exp(((gg[j] + wg[j]) + bg[j]) * -two))) * two - one
+    i, f, o = g[:H], g[H : 2 * H], g[2 * H : 3 * H]
+    for j in range(H):
+        cn[j] = f[j] * cp[j] + i[j] * gg[j]
+    for j in range(H):
+        tc[j] = (one / (one + fast_exp(cn[j] * -two))) * two - one
+    for j in range(H):
+        hr[j] = o[j] * tc[j]
+
+
 @njit(parallel=True, **_OPT)
 def lstm_forward_step(gates, hw, b, c, tanh_c, h, hprev, t):
     """One LSTM step after the GEMMs (gates i, f, o, g).
@@ -169,32 +192,20 @@ def lstm_forward_step(gates, hw, b, c, tanh_c, h, hprev, t):
     ``c[:, t+1]`` = c_t written. tanh_c, h (N, T, H) written at t; hprev (N, T, H) gets h_t
     at t + 1 if ``t + 1 < T``.
     """
-    N, T, H = h.shape
-    one, two = h.dtype.type(1), h.dtype.type(2)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                ai = (gates[n, t, j] + hw[n, j]) + b[j]
-                af = (gates[n, t, H + j] + hw[n, H + j]) + b[H + j]
-                ao = (gates[n, t, 2 * H + j] + hw[n, 2 * H + j]) + b[2 * H + j]
-                ag = (gates[n, t, 3 * H + j] + hw[n, 3 * H + j]) + b[3 * H + j]
-                i = one / (one + fast_exp(-ai))
-                f = one / (one + fast_exp(-af))
-                o = one / (one + fast_exp(-ao))
-                g = (one / (one + fast_exp(ag * -two))) * two - one
-                gates[n, t, j] = i
-                gates[n, t, H + j] = f
-                gates[n, t, 2 * H + j] = o
-                gates[n, t, 3 * H + j] = g
-                cc = f * c[n, t, j] + i * g
-                c[n, t + 1, j] = cc
-                tc = (one / (one + fast_exp(cc * -two))) * two - one
-                tanh_c[n, t, j] = tc
-                h[n, t, j] = o * tc
-            if t + 1 < T:
-                for j in range(j0, j1):
-                    hprev[n, t + 1, j] = h[n, t, j]
+    N, T = h.shape[0], h.shape[1]
+    for n in prange(N):
+        _lstm_row(gates[n, t], hw[n], b, c[n, t], c[n, t + 1], tanh_c[n, t], h[n, t])
+        if t + 1 < T:
+            hprev[n, t + 1] = h[n, t]
+
+
+@njit(parallel=True, **_OPT)
+def lstm_cell(a, prev_c, next_c, tanh_c, next_h):
+    """In place: a (N, 4H) pre-activations -> gates i, f, o, g; writes next_c, tanh_c, next_h."""
+    N = a.shape[0]
+    zero = np.zeros(a.shape[1], dtype=a.dtype)
+    for n in prange(N):
+        _lstm_row(a[n], zero, zero, prev_c[n], next_c[n], tanh_c[n], next_h[n])
 
 
 @njit(parallel=True, **_OPT)
@@ -207,57 +218,55 @@ def lstm_backward_step(dh, dhw, dc, gates, c, tanh_c, da, db, t):
     """
     N, H = tanh_c.shape[0], tanh_c.shape[2]
     one = dh.dtype.type(1)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                dht = dh[n, t, j] + dhw[n, j]
-                i = gates[n, t, j]
-                f = gates[n, t, H + j]
-                o = gates[n, t, 2 * H + j]
-                g = gates[n, t, 3 * H + j]
-                tc = tanh_c[n, t, j]
-                d = dc[n, j] + ((one - tc * tc) * o) * dht
-                do = (dht * tc) * ((one - o) * o)
-                di = (d * g) * ((one - i) * i)
-                df = (d * c[n, t, j]) * ((one - f) * f)
-                dg = d * ((one - g * g) * i)
-                dc[n, j] = d * f
-                da[n, t, j] = di
-                da[n, t, H + j] = df
-                da[n, t, 2 * H + j] = do
-                da[n, t, 3 * H + j] = dg
-                db[j] += di
-                db[H + j] += df
-                db[2 * H + j] += do
-                db[3 * H + j] += dg
-
-
-@njit(parallel=True, **_OPT)
-def lstm_cell(a, prev_c, next_c, tanh_c, next_h):
-    """In place: a (N, 4H) pre-activations -> gates i, f, o, g; writes next_c, tanh_c, next_h."""
-    N, H = prev_c.shape
-    one, two = a.dtype.type(1), a.dtype.type(2)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                i = one / (one + fast_exp(-a[n, j]))
-                f = one / (one + fast_exp(-a[n, H + j]))
-                o = one / (one + fast_exp(-a[n, 2 * H + j]))
-                g = (one / (one + fast_exp(a[n, 3 * H + j] * -two))) * two - one
-                a[n, j] = i
-                a[n, H + j] = f
-                a[n, 2 * H + j] = o
-                a[n, 3 * H + j] = g
-                cc = f * prev_c[n, j] + i * g
-                next_c[n, j] = cc
-                tc = (one / (one + fast_exp(cc * -two))) * two - one
-                tanh_c[n, j] = tc
-                next_h[n, j] = o * tc
+    blocks = min(N, BLOCKS)
+    partial = np.zeros((blocks, 4 * H), dtype=db.dtype)
+    for p in prange(blocks):
+        acc = partial[p]
+        for n in range(p * N // blocks, (p + 1) * N // blocks):
+            g, tc, cp, dhn, w, dcn, d = (
+                gates[n, t],
+                tanh_c[n, t],
+                c[n, t],
+                dh[n, t],
+                dhw[n],
+                dc[n],
+                da[n, t],
+            )
+            i, f, o, gg = g[:H], g[H : 2 * H], g[2 * H : 3 * H], g[3 * H :]
+            di, df, do, dg = d[:H], d[H : 2 * H], d[2 * H : 3 * H], d[3 * H :]
+            for j in range(H):  # dc_t += dh_t * o * (1 - tanh(c_t)^2)
+                dcn[j] = dcn[j] + ((one - tc[j] * tc[j]) * o[j]) * (dhn[j] + w[j])
+            for j in range(H):
+                do[j] = ((dhn[j] + w[j]) * tc[j]) * ((one - o[j]) * o[j])
+            for j in range(H):
+                di[j] = (dcn[j] * gg[j]) * ((one - i[j]) * i[j])
+            for j in range(H):
+                df[j] = (dcn[j] * cp[j]) * ((one - f[j]) * f[j])
+            for j in range(H):
+                dg[j] = dcn[j] * ((one - gg[j] * gg[j]) * i[j])
+            for j in range(H):
+                dcn[j] = dcn[j] * f[j]
+            for j in range(4 * H):
+                acc[j] += d[j]
+    _add_rows(partial, db)
 
 
 # ------------------------------------------------------------------------------ GRU
+@njit(**_OPT)
+def _gru_row(g, x, ha, hp, hr):
+    """One row of a GRU step: x (3H,) ``x_t Wx + b``, ha (3H,) ``h_{t-1} Wh + bh``, hp (H,)
+    h_{t-1} -> g (3H,) gates r, z, n and hr (H,) h_t. g may be x."""
+    H = hp.shape[0]
+    one, two = hr.dtype.type(1), hr.dtype.type(2)
+    for j in range(2 * H):
+        g[j] = one / (one + fast_exp(-(x[j] + ha[j])))
+    r, z, gn, xn, hn = g[:H], g[H : 2 * H], g[2 * H :], x[2 * H :], ha[2 * H :]
+    for j in range(H):
+        gn[j] = (one / (one + fast_exp((xn[j] + r[j] * hn[j]) * -two))) * two - one
+    for j in range(H):
+        hr[j] = (hp[j] - gn[j]) * z[j] + gn[j]
+
+
 @njit(parallel=True, **_OPT)
 def gru_forward_step(gates, hw, b, bh, ha_n, h, hprev, t):
     """One GRU step after the GEMMs (gates r, z, n).
@@ -267,26 +276,24 @@ def gru_forward_step(gates, hw, b, bh, ha_n, h, hprev, t):
     h_{t-1}; h_t goes to ``h[:, t]`` and, if ``t + 1 < T``, to ``hprev[:, t+1]``.
     """
     N, T, H = h.shape
-    one, two = h.dtype.type(1), h.dtype.type(2)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                hr = hw[n, j] + bh[j]
-                hz = hw[n, H + j] + bh[H + j]
-                hn = hw[n, 2 * H + j] + bh[2 * H + j]
-                r = one / (one + fast_exp(-((gates[n, t, j] + b[j]) + hr)))
-                z = one / (one + fast_exp(-((gates[n, t, H + j] + b[H + j]) + hz)))
-                an = (gates[n, t, 2 * H + j] + b[2 * H + j]) + r * hn
-                nv = (one / (one + fast_exp(an * -two))) * two - one
-                gates[n, t, j] = r
-                gates[n, t, H + j] = z
-                gates[n, t, 2 * H + j] = nv
-                ha_n[n, t, j] = hn
-                h[n, t, j] = (hprev[n, t, j] - nv) * z + nv
-            if t + 1 < T:
-                for j in range(j0, j1):
-                    hprev[n, t + 1, j] = h[n, t, j]
+    for n in prange(N):
+        g, w = gates[n, t], hw[n]
+        for j in range(3 * H):
+            g[j] = g[j] + b[j]
+        for j in range(3 * H):
+            w[j] = w[j] + bh[j]
+        ha_n[n, t] = w[2 * H :]
+        _gru_row(g, g, w, hprev[n, t], h[n, t])
+        if t + 1 < T:
+            hprev[n, t + 1] = h[n, t]
+
+
+@njit(parallel=True, **_OPT)
+def gru_cell(xa, ha, prev_h, gates, next_h):
+    """xa, ha (N, 3H) input and recurrent pre-activations (ha includes bh), prev_h (N, H)
+    -> gates (N, 3H) r, z, n and next_h (N, H)."""
+    for n in prange(xa.shape[0]):
+        _gru_row(gates[n], xa[n], ha[n], prev_h[n], next_h[n])
 
 
 @njit(parallel=True, **_OPT)
@@ -300,90 +307,102 @@ def gru_backward_step(dh, dhw, carry, gates, ha_n, hprev, dxa, dha, db, dbh, t):
     """
     N, H = ha_n.shape[0], ha_n.shape[2]
     one = dh.dtype.type(1)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                dht = dh[n, t, j] + (dhw[n, j] + carry[n, j])
-                r = gates[n, t, j]
-                z = gates[n, t, H + j]
-                nv = gates[n, t, 2 * H + j]
-                dz = ((hprev[n, t, j] - nv) * dht) * ((one - z) * z)
-                dn = ((one - z) * dht) * (one - nv * nv)
-                dr = (dn * ha_n[n, t, j]) * ((one - r) * r)
-                dhn = dn * r
-                carry[n, j] = dht * z
-                dxa[n, t, j] = dr
-                dxa[n, t, H + j] = dz
-                dxa[n, t, 2 * H + j] = dn
-                dha[n, t, j] = dr
-                dha[n, t, H + j] = dz
-                dha[n, t, 2 * H + j] = dhn
-                db[j] += dr
-                db[H + j] += dz
-                db[2 * H + j] += dn
-                dbh[j] += dr
-                dbh[H + j] += dz
-                dbh[2 * H + j] += dhn
-
-
-@njit(parallel=True, **_OPT)
-def gru_cell(xa, ha, prev_h, gates, next_h):
-    """xa, ha (N, 3H) input and recurrent pre-activations (ha includes bh), prev_h (N, H)
-    -> gates (N, 3H) r, z, n and next_h (N, H)."""
-    N, H = prev_h.shape
-    one, two = prev_h.dtype.type(1), prev_h.dtype.type(2)
-    for k in prange((H + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, H)
-        for n in range(N):
-            for j in range(j0, j1):
-                r = one / (one + fast_exp(-(xa[n, j] + ha[n, j])))
-                z = one / (one + fast_exp(-(xa[n, H + j] + ha[n, H + j])))
-                an = xa[n, 2 * H + j] + r * ha[n, 2 * H + j]
-                nv = (one / (one + fast_exp(an * -two))) * two - one
-                gates[n, j] = r
-                gates[n, H + j] = z
-                gates[n, 2 * H + j] = nv
-                next_h[n, j] = (prev_h[n, j] - nv) * z + nv
+    blocks = min(N, BLOCKS)
+    partial = np.zeros((blocks, 2, 3 * H), dtype=db.dtype)
+    for p in prange(blocks):
+        acc, acch = partial[p, 0], partial[p, 1]
+        for n in range(p * N // blocks, (p + 1) * N // blocks):
+            g, an, hp, dhn, w, cr, dx, dhr = (
+                gates[n, t], ha_n[n, t], hprev[n, t], dh[n, t], dhw[n], carry[n],
+                dxa[n, t], dha[n, t],
+            )  # fmt: skip
+            r, z, nv = g[:H], g[H : 2 * H], g[2 * H :]
+            dr, dz, dn = dx[:H], dx[H : 2 * H], dx[2 * H :]
+            for j in range(H):  # the total gradient of h_t, kept in carry for now
+                cr[j] = dhn[j] + (w[j] + cr[j])
+            for j in range(H):
+                dz[j] = ((hp[j] - nv[j]) * cr[j]) * ((one - z[j]) * z[j])
+            for j in range(H):
+                dn[j] = ((one - z[j]) * cr[j]) * (one - nv[j] * nv[j])
+            for j in range(H):
+                dr[j] = (dn[j] * an[j]) * ((one - r[j]) * r[j])
+            for j in range(2 * H):
+                dhr[j] = dx[j]
+            dhn_ = dhr[2 * H :]
+            for j in range(H):
+                dhn_[j] = dn[j] * r[j]
+            for j in range(H):
+                cr[j] = cr[j] * z[j]
+            for j in range(3 * H):
+                acc[j] += dx[j]
+            for j in range(3 * H):
+                acch[j] += dhr[j]
+    _add_rows(partial[:, 0], db)
+    _add_rows(partial[:, 1], dbh)
 
 
 # ------------------------------------------------------------------- loss, embedding
+@njit(**_OPT)
+def _add_rows(partial, out):
+    """``out += partial.sum(axis=0)``, rows in order: partial (B, K), out (K,)."""
+    for p in range(partial.shape[0]):
+        row = partial[p]
+        for j in range(out.shape[0]):
+            out[j] += row[j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+def _row_sum(a):
+    """Sum of a 1-D array in float64 (reassociated, so that it vectorises)."""
+    s = 0.0
+    for v in range(a.shape[0]):
+        s += a[v]
+    return s
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz", "nnan"})
+def _row_max(a):
+    """Largest element of a non-empty 1-D array (vectorised; NaN handled by the caller)."""
+    m = a[0]
+    for v in range(a.shape[0]):
+        m = a[v] if a[v] > m else m
+    return m
+
+
 @njit(parallel=True, **_OPT)
 def softmax_cross_entropy(x, y, weight, dx):
     """Rows of scores x (M, V), targets y (M,), weights (M,) -> loss, and dx (M, V).
 
     ``loss = sum_m weight[m] * (logsumexp(x[m]) - x[m, y[m]])`` (sums in float64),
-    ``dx[m] = weight[m] * (softmax(x[m]) - onehot(y[m]))``; dx may be x itself.
+    ``dx[m] = weight[m] * (softmax(x[m]) - onehot(y[m]))``; dx may be x.
     """
-    M, V = x.shape
+    M = x.shape[0]
     losses = np.zeros(M)
     for m in prange(M):
-        mx = x[m, 0]
-        for v in range(1, V):
-            mx = max(mx, x[m, v])
-        xy = x[m, y[m]]  # read before dx (which may be x) overwrites it
-        s = 0.0  # float64 accumulator
-        for v in range(V):
-            e = fast_exp(x[m, v] - mx)
-            dx[m, v] = e
-            s += e
+        xr, dr = x[m], dx[m]
+        mx = _row_max(xr)
+        xy = xr[y[m]]  # read before dx (which may be x) overwrites it
+        for v in range(xr.shape[0]):
+            dr[v] = fast_exp(xr[v] - mx)
+        s = _row_sum(dr)
         w = weight[m]
         losses[m] = w * (np.log(s) + (mx - xy))
-        scale = x.dtype.type(w / s)
-        for v in range(V):
-            dx[m, v] = dx[m, v] * scale
-        dx[m, y[m]] -= w
+        scale = dr.dtype.type(w / s)
+        for v in range(dr.shape[0]):
+            dr[v] = dr[v] * scale
+        dr[y[m]] -= w
     return losses.sum()
 
 
 @njit(parallel=True, **_OPT)
 def scatter_add_rows(idx, src, out):
     """``out[idx[r]] += src[r]`` for every row r, duplicates summed: idx (R,), src (R, W),
-    out (V, W). Parallel over column chunks, so no two threads touch one element."""
+    out (V, W). Parallel over blocks of columns, so no two threads touch one element."""
     R, W = src.shape
-    for k in prange((W + CHUNK - 1) // CHUNK):
-        j0, j1 = k * CHUNK, min(k * CHUNK + CHUNK, W)
+    blocks = min(W, BLOCKS)
+    for p in prange(blocks):
+        j0, j1 = p * W // blocks, (p + 1) * W // blocks
         for r in range(R):
-            row = idx[r]
-            for j in range(j0, j1):
-                out[row, j] += src[r, j]
+            o, s = out[idx[r], j0:j1], src[r, j0:j1]
+            for j in range(o.shape[0]):
+                o[j] += s[j]
