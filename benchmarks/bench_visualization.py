@@ -28,12 +28,12 @@ import time
 import numpy as np
 import torch
 
-from captionlab.cli.classify_cmd import read_image
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, load_backbone, preprocess
 from captionlab.vision.class_viz import visualize_class
 from captionlab.vision.fooling import fool, pgd_attack
 from captionlab.vision.imagenet import CLASS_NAMES
+from captionlab.vision.images import read_image
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 FOOL_TARGETS = (1, 31, 130, 417, 949)  # goldfish, tree frog, flamingo, balloon, strawberry

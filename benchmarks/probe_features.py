@@ -37,6 +37,15 @@ so every size sees the same scenes.
     python benchmarks/probe_features.py --train 3000 --test 1500 --sizes 160 --render-size 128 \
         --only "grid avg+2x2,block15 avg+2x2"                        # a few candidates
 
+``--cells`` runs the per-cell study instead (for attention captioners): for every object, the
+vector of the one grid cell under its centre, from taps brought to one grid and concatenated
+(the head, ``block15``, the stride-16 ``block10``; raw and with a per-cell PCA fitted on
+training cells), probed for the object's colour, shape and size (reported by the number of
+objects in the scene) and for the cell's own column and row, with each candidate's cost:
+
+    python benchmarks/probe_features.py --cells --train 2000 --test 600 --sizes 128,160,192 \
+        --render-size 128 --out cells.json
+
 Results and the recommendation drawn from them: docs/feature_probe.md.
 """
 
@@ -55,7 +64,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from captionlab.data.features import fit_pca
+from captionlab.data.features import PCA, fit_pca
 from captionlab.data.shapes import COLOURS, SHAPES, SIZES, generate_shapes, load_scenes
 from captionlab.extract import pool_grid
 from captionlab.vision.backbone import load_backbone, preprocess
@@ -301,6 +310,375 @@ def time_forward(
     return out
 
 
+# ------------------------------------------------------------------------------ per-cell
+
+
+# An attention captioner reads one cell (or a soft mix of a few) per word, so what matters
+# is what one cell's vector knows about the object under it. For each object of a scene the
+# probe takes the cell under the object's centre and reads the object's colour, shape and
+# size from that vector alone, and the cell's column and row (does the vector know where it
+# is? an attention context carries position only if the cells do).
+
+CELL_TASKS = ("colour", "shape", "size", "column", "row")
+#: Channels and stride of the taps that per-cell candidates combine.
+CELL_TAPS = {"block10": (112, 16), "block15": (320, 32), "grid": (1280, 32)}
+#: (taps, stride) of each per-cell recipe; a tap of another stride is average-pooled
+#: (finer) or nearest-upsampled (coarser) to the recipe's grid, then channels concatenate.
+CELL_RECIPES: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("grid",), 32),
+    (("block15",), 32),
+    (("block10",), 16),
+    (("block10", "grid"), 16),
+    (("block10", "grid"), 32),
+    (("block10", "block15"), 16),
+)
+CELLS_PER_TRAIN_IMAGE = 8  # random cells of each training image the per-cell PCA is fitted on
+
+
+@dataclass(frozen=True)
+class CellCandidate:
+    """Per-cell features: taps concatenated along channels on one grid, optional PCA."""
+
+    px: int
+    taps: tuple[str, ...]
+    stride: int
+    pca: int | None = None
+
+    @property
+    def side(self) -> int:
+        """Cells per side: ``ceil(px / stride)`` ("same" padding)."""
+        return -(-self.px // self.stride)
+
+    @property
+    def raw_dim(self) -> int:
+        return sum(CELL_TAPS[t][0] for t in self.taps)
+
+    @property
+    def recipe(self) -> tuple[tuple[str, ...], int]:
+        return self.taps, self.stride
+
+    @property
+    def name(self) -> str:
+        pca = f" pca{self.pca}" if self.pca else ""
+        return f"{self.px}px {'+'.join(self.taps)} {self.side}x{self.side}{pca}"
+
+
+def cell_candidates(sizes: Sequence[int], pcas: Sequence[int]) -> list[CellCandidate]:
+    """Every recipe at every size, raw and with each per-cell PCA size below its width."""
+    out = []
+    for S in sizes:
+        for taps, stride in CELL_RECIPES:
+            raw = CellCandidate(S, taps, stride)
+            out.append(raw)
+            out += [CellCandidate(S, taps, stride, k) for k in pcas if k < raw.raw_dim]
+    return out
+
+
+def cell_map(out: dict[str, torch.Tensor], taps: Sequence[str], side: int) -> torch.Tensor:
+    """Backbone taps -> (B, C, side, side): each tap pooled or upsampled to side x side."""
+    parts = []
+    for tap in taps:
+        t = out[tap]  # (B, C_tap, h, w)
+        if t.shape[-1] > side:
+            t = torch.nn.functional.adaptive_avg_pool2d(t, side)
+        elif t.shape[-1] < side:
+            t = torch.nn.functional.interpolate(t, size=(side, side), mode="nearest")
+        parts.append(t)
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def object_cells(scene: dict, render: int, side: int) -> list[tuple[int, int]]:
+    """(row, column) of the cell under each object's centre, on a side x side grid over the
+    image (the scene's coordinates are pixels of the ``render``-px image; resizing a square
+    image keeps relative positions)."""
+    return [
+        (min(side - 1, int(o["y"] / render * side)), min(side - 1, int(o["x"] / render * side)))
+        for o in scene["objects"]
+    ]
+
+
+def object_labels(scene: dict, render: int, side: int) -> list[dict[str, int]]:
+    """One ``{task: class}`` dict per object, plus ``n`` (objects in the scene)."""
+    out = []
+    for o, (r, c) in zip(scene["objects"], object_cells(scene, render, side), strict=True):
+        colour, shape, size = _key(o)
+        out.append(
+            {"colour": colour, "shape": shape, "size": size, "column": c, "row": r,
+             "n": len(scene["objects"])}
+        )  # fmt: skip
+    return out
+
+
+def extract_cells(
+    model,
+    paths: Sequence[Path],
+    scenes: Sequence[dict],
+    size: int,
+    render: int,
+    recipes: Sequence[tuple[tuple[str, ...], int]],
+    sample: np.random.Generator | None,
+) -> dict[tuple[tuple[str, ...], int], tuple[np.ndarray, np.ndarray | None]]:
+    """Images -> ``{recipe: (object cells (n_obj, C), sampled cells (n_img*k, C) or None)}``.
+
+    Object cells follow the scenes' object order; ``sample`` (training split only) draws
+    :data:`CELLS_PER_TRAIN_IMAGE` random cells per image for the per-cell PCA. Values are
+    rounded through float16, as the store keeps them.
+    """
+    taps = sorted({t for tp, _ in recipes for t in tp})
+    objs: dict = {r: [] for r in recipes}
+    samples: dict = {r: [] for r in recipes}
+    for b in range(0, len(paths), BATCH):
+        imgs = np.stack([load_image(p, size) for p in paths[b : b + BATCH]])  # (B, S, S, 3)
+        with torch.inference_mode():
+            x = preprocess(imgs).contiguous(memory_format=torch.channels_last)
+            out = model.taps(x, taps)
+            for recipe in recipes:
+                side = CellCandidate(size, *recipe).side
+                m = cell_map(out, recipe[0], side).permute(0, 2, 3, 1)  # (B, side, side, C)
+                m = m.to(torch.float16).float().numpy()
+                for i, scene in enumerate(scenes[b : b + BATCH]):
+                    for r, c in object_cells(scene, render, side):
+                        objs[recipe].append(m[i, r, c])
+                if sample is not None:
+                    flat = m.reshape(len(m), side * side, -1)  # (B, L, C)
+                    k = min(CELLS_PER_TRAIN_IMAGE, side * side)
+                    for i in range(len(m)):
+                        samples[recipe].append(flat[i, sample.choice(side * side, k, False)])
+    return {
+        r: (np.stack(objs[r]), np.concatenate(samples[r]) if sample is not None else None)
+        for r in recipes
+    }
+
+
+def primal_eig(Z: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Features Z (n, D) with D < n -> :func:`gram_eig` of ``Z Z^T`` (thin: U is (n, r)).
+
+    The Gram ``Z Z^T + c`` is ``Zc Zc^T`` with ``Zc = [Z, sqrt(c)]``; its nonzero eigenpairs
+    come from the (D+1, D+1) matrix ``Zc^T Zc = V diag(s) V^T`` as ``U = Zc V / sqrt(s)``.
+    :func:`ridge_probe` gives the same predictions with this thin U (the Gram's null space
+    adds nothing to a test point's scores), at O(n D^2) instead of O(n^3).
+    """
+    Zc = np.concatenate([Z.astype(np.float64), np.full((len(Z), 1), np.sqrt(c))], axis=1)
+    s, V = np.linalg.eigh(Zc.T @ Zc)  # (D+1,), (D+1, D+1)
+    keep = s > 1e-10 * s.max()
+    s, V = s[keep], V[:, keep]
+    return s, (Zc @ V) / np.sqrt(s), c
+
+
+def probe_cells(
+    X_tr: np.ndarray, X_te: np.ndarray, lab_tr: list[dict], lab_te: list[dict]
+) -> dict[str, np.ndarray]:
+    """Object cells X_tr (n, D), X_te (m, D) -> ``{task: (m,) bool, right or not}``.
+
+    The ridge probe of :func:`probe_all` (centred, one global RMS, ridge strength by exact
+    leave-one-out on the training objects), one per task of :data:`CELL_TASKS`.
+    """
+    mu = X_tr.mean(0, dtype=np.float64)
+    sd = np.sqrt(np.mean((X_tr - mu) ** 2)) + 1e-6
+    D = X_tr.shape[1]
+    Z_tr = (X_tr - mu) / (sd * np.sqrt(D))  # (n, D): Z Z^T is probe_all's Gram
+    Z_te = (X_te - mu) / (sd * np.sqrt(D))  # (m, D)
+    c = float(np.mean(np.sum(Z_tr * Z_tr, axis=1)))
+    if D < len(Z_tr):
+        eig = primal_eig(Z_tr, c)
+    else:
+        s, U, _ = gram_eig(Z_tr @ Z_tr.T)
+        eig = (s, U, c)
+    K_te = Z_te @ Z_tr.T  # (m, n)
+    out = {}
+    for task in CELL_TASKS:
+        k = 1 + max(lab[task] for lab in lab_tr + lab_te)
+        Y = np.eye(k)[[lab[task] for lab in lab_tr]]  # (n, k) one-hot
+        scores, _, _ = ridge_probe(None, K_te, Y, eig=eig)
+        out[task] = scores.argmax(1) == np.array([lab[task] for lab in lab_te])
+    return out
+
+
+def time_cells(
+    model,
+    paths: Sequence[Path],
+    c: CellCandidate,
+    pca: PCA | None,
+    fwd_ms: dict[str, tuple[float, float]],
+    repeats: int,
+) -> tuple[float, float]:
+    """(wall ms, CPU ms) per image of candidate ``c``: the forward pass to its deepest tap
+    (from :func:`time_forward`) plus building its cell map and projecting every cell."""
+    deepest = max(c.taps, key=lambda t: TAPS_ORDER.index(t))
+    imgs = np.stack([load_image(p, c.px) for p in paths[:BATCH]])
+    with torch.inference_mode():
+        x = preprocess(imgs).contiguous(memory_format=torch.channels_last)
+        out = model.taps(x, list(c.taps))
+        wall = cpu = float("inf")
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = cell_map(out, c.taps, c.side).permute(0, 2, 3, 1).reshape(-1, c.raw_dim)
+            m = m.numpy()
+            if pca is not None:
+                m = pca.transform(m)
+            m.astype(np.float16)
+            wall = min(wall, time.perf_counter() - t0)
+            cpu = min(cpu, time.process_time() - c0)
+    w, p = fwd_ms[deepest]
+    return w + 1000 * wall / len(imgs), p + 1000 * cpu / len(imgs)
+
+
+TAPS_ORDER = ("block10", "block15", "grid")
+
+
+def run_cells(args: argparse.Namespace) -> dict:
+    """The per-cell study (``--cells``): every :func:`cell_candidates` row, printed and
+    returned (and written to ``--out``)."""
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    render = args.render_size or 128
+    pcas = [int(k) for k in args.cell_pca.split(",") if k.strip()]
+    t0 = time.perf_counter()
+    data = generate_shapes(
+        args.cache / f"shapes_{render}px_seed{args.seed}",
+        args.train,
+        0,
+        args.test,
+        image_size=render,
+        seed=args.seed,
+    )
+    scenes = load_scenes(data)
+    by_split: dict[str, list[dict]] = {"train": [], "test": []}
+    for sid in sorted(scenes, key=int):
+        by_split[scenes[sid]["split"]].append(scenes[sid])
+    paths = {k: [data / sc["filename"] for sc in v] for k, v in by_split.items()}
+    n_obj = {k: sum(len(sc["objects"]) for sc in v) for k, v in by_split.items()}
+    test_n = np.array([len(sc["objects"]) for sc in by_split["test"] for _ in sc["objects"]])
+    print(
+        f"scenes: {args.train} train / {args.test} test drawn at {render}px, objects "
+        f"{n_obj['train']} / {n_obj['test']} (test objects in 1/2/3-object scenes: "
+        + "/".join(str(int((test_n == k).sum())) for k in (1, 2, 3))
+        + f") ({time.perf_counter() - t0:.0f}s)"
+    )
+    model = load_backbone("cpu", fold_bn=True, channels_last=True)
+    cands = cell_candidates(sizes, pcas)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    if wanted:
+        cands = [c for c in cands if any(w in c.name for w in wanted)]
+    if not cands:
+        raise SystemExit(f"--only {args.only!r} matches no candidate")
+    rows = []
+    for S in sizes:
+        mine = [c for c in cands if c.px == S]
+        if not mine:
+            continue
+        recipes = list(dict.fromkeys(c.recipe for c in mine))
+        t1 = time.perf_counter()
+        cells = {
+            split: extract_cells(
+                model,
+                paths[split],
+                by_split[split],
+                S,
+                render,
+                recipes,
+                np.random.default_rng(args.seed) if split == "train" else None,
+            )
+            for split in ("train", "test")
+        }
+        taps = sorted({t for tp, _ in recipes for t in tp}, key=TAPS_ORDER.index)
+        fwd_ms = time_forward(model, paths["test"], S, taps, args.repeats)
+        print(
+            f"{S}px: extracted in {time.perf_counter() - t1:.0f}s; "
+            + ", ".join(f"{t} {w:.1f} wall / {c:.1f} CPU" for t, (w, c) in fwd_ms.items())
+            + " ms/img forward"
+        )
+        for c in mine:
+            side = c.side
+            lab = {sp: [o for sc in by_split[sp] for o in object_labels(sc, render, side)]
+                   for sp in by_split}  # fmt: skip
+            X = {sp: cells[sp][c.recipe][0] for sp in cells}
+            pca = None
+            if c.pca:
+                pca = fit_pca(cells["train"][c.recipe][1], c.pca)
+                X = {
+                    sp: pca.transform(v).astype(np.float16).astype(np.float32)
+                    for sp, v in X.items()
+                }
+            ok = probe_cells(X["train"], X["test"], lab["train"], lab["test"])
+            ms = time_cells(model, paths["test"], c, pca, fwd_ms, args.repeats)
+            rows.append(_cell_row(c, X["train"].shape[1], ok, test_n, ms))
+            print(_cell_fmt(rows[-1]), flush=True)
+        del cells
+    print()
+    print(cell_table(rows))
+    result = {
+        "command": "python benchmarks/probe_features.py " + " ".join(args.argv),
+        "train": args.train,
+        "test": args.test,
+        "render_size": render,
+        "seed": args.seed,
+        "torch_threads": torch.get_num_threads(),
+        "objects": n_obj,
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _cell_row(
+    c: CellCandidate, dim: int, ok: dict[str, np.ndarray], n: np.ndarray, ms: Sequence[float]
+) -> dict:
+    multi = n >= 2
+    row: dict[str, object] = {
+        "name": c.name,
+        "px": c.px,
+        "taps": "+".join(c.taps),
+        "cells": f"{c.side}x{c.side}",
+        "pca": c.pca,
+        "dim": dim,
+    }
+    for k in (1, 2, 3):
+        row[f"colour {k}obj"] = round(float(ok["colour"][n == k].mean()), 3)
+    for task in ("colour", "shape", "size"):
+        row[f"{task} 2-3obj"] = round(float(ok[task][multi].mean()), 3)
+    for task in CELL_TASKS:
+        row[task] = round(float(ok[task].mean()), 3)
+    row["wall_ms"] = round(float(ms[0]), 2)
+    row["cpu_ms"] = round(float(ms[1]), 2)
+    row["kb_fp16"] = round(c.side * c.side * dim * 2 / 1024, 1)
+    return row
+
+
+CELL_HEAD = (
+    "px", "taps", "cells", "pca", "dim", "colour 1obj", "colour 2obj", "colour 3obj",
+    "colour 2-3obj", "shape 2-3obj", "size 2-3obj", "colour", "shape", "size", "column", "row",
+    "wall ms", "CPU ms", "KB/img fp16",
+)  # fmt: skip
+
+
+def _cell_cells(r: dict) -> list[str]:
+    return [
+        str(r["px"]),
+        str(r["taps"]),
+        str(r["cells"]),
+        str(r["pca"] or "-"),
+        str(r["dim"]),
+        *(f"{r[k]:.3f}" for k in CELL_HEAD[5:16]),
+        f"{r['wall_ms']:.1f}",
+        f"{r['cpu_ms']:.1f}",
+        f"{r['kb_fp16']:.1f}",
+    ]
+
+
+def _cell_fmt(r: dict) -> str:
+    return " | ".join(_cell_cells(r))
+
+
+def cell_table(rows: list[dict]) -> str:
+    """Markdown table of the per-cell rows, in the order given."""
+    lines = ["| " + " | ".join(CELL_HEAD) + " |", "|" + "---|" * len(CELL_HEAD)]
+    lines += ["| " + " | ".join(_cell_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -346,6 +724,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="keep only candidates whose name ('128px grid avg+2x2 pca512') contains one of "
         "these comma-separated strings, e.g. 'grid avg+2x2,block15 avg+2x2'",
     )
+    ap.add_argument(
+        "--cells",
+        action="store_true",
+        help="per-cell study instead: read each object's colour, shape and size from the one "
+        "grid cell under its centre (scenes drawn at --render-size, default 128)",
+    )
+    ap.add_argument(
+        "--cell-pca",
+        default="64,128,256",
+        help="per-cell PCA sizes probed with --cells (fitted on training images' cells)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write every number as JSON here")
     args = ap.parse_args(argv)
     args.train = args.train or (600 if args.quick else 2000)
@@ -353,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
-        return _run(args)
+        return run_cells(args) if args.cells else _run(args)
 
 
 def _run(args: argparse.Namespace) -> dict:

@@ -13,14 +13,10 @@ from captionlab.data.features import FeatureExtractorConfig, FeatureStore
 from captionlab.data.shapes import generate_shapes
 from captionlab.errors import CheckpointError, UserError
 from captionlab.extract import extract_features
-from captionlab.runs import (
-    TrainConfig,
-    caption_images,
-    evaluate_run,
-    extractor_for_checkpoint,
-    resolve_model_path,
-    train_run,
-)
+from captionlab.runs.config import TrainConfig
+from captionlab.runs.evaluate import evaluate_run
+from captionlab.runs.inference import caption_images, extractor_for_checkpoint, resolve_model_path
+from captionlab.runs.train import train_run
 
 TINY = dict(hidden_dim=16, wordvec_dim=8, epochs=2, batch_size=25, val_images=10)
 

@@ -1,4 +1,4 @@
-"""Atomic file writes, written once for every package (standard library only).
+"""Atomic file writes (bytes, JSON), written once for every package (standard library only).
 
 A crash at any point leaves the target as it was: the new content goes to a temporary
 file in the same folder, is flushed and fsynced, gets the usual permissions (``mkstemp``
@@ -8,14 +8,15 @@ itself survives a power cut.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "fsync_path"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "fsync_path", "write_json"]
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -70,3 +71,19 @@ def atomic_write(
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` atomically."""
     return atomic_write(path, lambda f: f.write(data), mode)
+
+
+def _json_default(obj: Any) -> Any:
+    """NumPy arrays and scalars (anything with ``tolist``) and paths, for :func:`write_json`."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as UTF-8 JSON atomically: sorted keys (equal objects give equal bytes),
+    NumPy values and paths converted, a final newline."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, default=_json_default)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))

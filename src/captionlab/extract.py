@@ -26,14 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from captionlab.data.features import (
-    PCA,
-    FeatureExtractorConfig,
-    FeatureStore,
-    FeatureStoreWriter,
-    fit_pca,
-    parse_pool,
-)
+from captionlab.data.feature_config import FeatureExtractorConfig, parse_pool
+from captionlab.data.features import FeatureStore, FeatureStoreWriter
+from captionlab.data.pca import PCA, fit_pca
 from captionlab.errors import DataError, UserError
 from captionlab.vision.backbone import EfficientNetLite0, load_backbone, preprocess, resolve_device
 from captionlab.vision.images import list_image_files, load_image
@@ -292,7 +287,6 @@ def extract_features(
     writer = FeatureStoreWriter.open(
         out, config, ids, [str(it.path) for it in items], [it.split for it in items], restart
     )
-    processed = 0
     threads_before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -300,41 +294,8 @@ def extract_features(
         torch.set_num_threads(int(threads))
     try:
         extractor = FeatureExtractor(config, device, batch_size=batch_size, workers=workers)
-        started = time.perf_counter()  # throughput: loading + network + writing, not start-up
-        pending = writer.pending()
-        paths = [it.path for it in items]
-        bar = _progress(len(items), writer.resumed, progress)
-        try:
-            for k, (rows, results) in enumerate(extractor.load_batches(paths, pending)):
-                ok_rows, arrays = [], []
-                for row, (array, error) in zip(rows, results, strict=True):
-                    if error is None:
-                        ok_rows.append(row)
-                        arrays.append(array)
-                    else:
-                        log.warning("skipped %s: %s", ids[row], error)
-                        writer.mark_failed(row, error)
-                if arrays:
-                    raw, grid = extractor.forward(np.stack(arrays))
-                    writer.write(np.array(ok_rows), raw, grid)
-                processed += len(rows)
-                if bar is not None:
-                    bar.update(len(rows))
-                if on_batch is not None:
-                    on_batch(k)
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - started
-        pca, fit = None, (0, "")
-        if config.pca_dim is not None:
-            fit_rows, fit_split = writer.fit_rows()
-            if len(fit_rows) == 0:
-                raise UserError(
-                    f"no image could be read; first error: {writer.failures()[0]['error']}"
-                )
-            pca = fit_pca(writer.raw_rows(fit_rows), config.pca_dim)
-            fit = (len(fit_rows), fit_split)
+        processed, seconds = _extract_pending(writer, extractor, items, progress, on_batch)
+        pca, fit = _fit_store_pca(writer, config)
         failures = writer.failures()
         resumed = writer.resumed
         writer.finalize(pca, fit)
@@ -362,6 +323,56 @@ def extract_features(
         "images_per_s": round(processed / seconds, 2) if processed and seconds > 0 else None,
         "up_to_date": False,
     }
+
+
+def _extract_pending(
+    writer: FeatureStoreWriter,
+    extractor: FeatureExtractor,
+    items: list[ImageItem],
+    progress: bool,
+    on_batch: Callable[[int], None] | None,
+) -> tuple[int, float]:
+    """Run the network on every image the writer still lacks, batch by batch, writing each
+    batch (and each unreadable image) as it comes. Returns (images processed, seconds)."""
+    started = time.perf_counter()  # throughput: loading + network + writing, not start-up
+    processed = 0
+    paths = [it.path for it in items]
+    bar = _progress(len(items), writer.resumed, progress)
+    try:
+        for k, (rows, results) in enumerate(extractor.load_batches(paths, writer.pending())):
+            ok_rows, arrays = [], []
+            for row, (array, error) in zip(rows, results, strict=True):
+                if error is None:
+                    ok_rows.append(row)
+                    arrays.append(array)
+                else:
+                    log.warning("skipped %s: %s", items[row].image_id, error)
+                    writer.mark_failed(row, error)
+            if arrays:
+                raw, grid = extractor.forward(np.stack(arrays))
+                writer.write(np.array(ok_rows), raw, grid)
+            processed += len(rows)
+            if bar is not None:
+                bar.update(len(rows))
+            if on_batch is not None:
+                on_batch(k)
+    finally:
+        if bar is not None:
+            bar.close()
+    return processed, time.perf_counter() - started
+
+
+def _fit_store_pca(
+    writer: FeatureStoreWriter, config: FeatureExtractorConfig
+) -> tuple[PCA | None, tuple[int, str]]:
+    """The PCA basis the config asks for, fitted on the store's training rows (or all rows
+    when the training split has none), and ``(rows fitted on, split)``."""
+    if config.pca_dim is None:
+        return None, (0, "")
+    fit_rows, fit_split = writer.fit_rows()
+    if len(fit_rows) == 0:
+        raise UserError(f"no image could be read; first error: {writer.failures()[0]['error']}")
+    return fit_pca(writer.raw_rows(fit_rows), config.pca_dim), (len(fit_rows), fit_split)
 
 
 def _up_to_date(out: Path, config: FeatureExtractorConfig, ids: list[str]) -> dict | None:

@@ -131,6 +131,32 @@ def test_wrong_parameter_shape_is_named(tmp_path):
         load_checkpoint(tmp_path / "bad.npz")
 
 
+def _with_header(tmp_path, change) -> str:
+    """A copy of a saved checkpoint whose JSON header ``change(header)`` edited."""
+    path = save_checkpoint(tmp_path / "m.npz", _model())
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays["__header__"].tobytes())
+    change(header)
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "edited.npz", **arrays)
+    return tmp_path / "edited.npz"
+
+
+def test_unknown_model_class_and_malformed_model_fields_are_named(tmp_path):
+    path = _with_header(tmp_path, lambda h: h["model"].update({"class": "os.system"}))
+    with pytest.raises(CheckpointError, match=r"'model.class' must be one of .*got 'os.system'"):
+        load_checkpoint(path)
+    path = _with_header(tmp_path, lambda h: h["model"].update({"cell_type": "tcn"}))
+    with pytest.raises(CheckpointError, match=r"field 'model' .*cell_type must be one of"):
+        load_checkpoint(path)
+    path = _with_header(tmp_path, lambda h: h["model"].pop("hidden_dim"))
+    with pytest.raises(CheckpointError, match=r"field 'model' .*missing \['hidden_dim'\]"):
+        load_checkpoint(path)
+    with pytest.raises(TypeError, match="cannot checkpoint a dict"):
+        save_checkpoint(tmp_path / "x.npz", {"params": {}})
+
+
 def test_pickle_bearing_file_is_rejected_without_unpickling(tmp_path):
     """An object array (which only pickle can load) is refused; its code never runs."""
     path = save_checkpoint(tmp_path / "m.npz", _model())

@@ -142,6 +142,41 @@ def test_whole_model_gradient_check(cell):
         assert rel_error(num, grads[name]) < 1e-5, name
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_feature_gradient_and_word_mask(cell):
+    """feature_grad: d loss / d features passes a numerical check; a one-word mask gives the
+    gradient of that word's log-probability alone (what explaining a word needs)."""
+    rng = np.random.RandomState(5)
+    model = CaptioningRNN(
+        make_vocab(7), input_dim=4, wordvec_dim=5, hidden_dim=6, cell_type=cell,
+        dtype=np.float64, seed=2,
+    )  # fmt: skip
+    for k, v in model.params.items():
+        model.params[k] = 0.4 * rng.randn(*v.shape)
+    features, captions = rng.randn(3, 4), rng.randint(1, 7, size=(3, 6))
+    _, grads = model.loss(features, captions, feature_grad=True)
+    num = eval_numerical_gradient(
+        lambda _: model.loss(features, captions)[0], features, verbose=False, h=1e-5
+    )
+    assert grads["features"].shape == features.shape
+    assert rel_error(num, grads["features"]) < 1e-7
+    assert "features" not in model.loss(features, captions)[1]
+
+    mask = np.zeros((3, 5), dtype=bool)
+    mask[1, 2] = True  # the third predicted word of caption 1
+    loss, grads = model.loss(features, captions, mask=mask, feature_grad=True)
+    scores = model.loss(features[1:2], captions[1:2, :4])[0]  # words 1..3 of caption 1
+    upto2 = model.loss(features[1:2], captions[1:2, :3])[0]  # words 1..2
+    assert loss == pytest.approx((scores - upto2) / 3, rel=1e-10)  # -log p(word 3) / N
+    assert np.all(grads["features"][[0, 2]] == 0)
+    num = eval_numerical_gradient(
+        lambda _: model.loss(features, captions, mask=mask)[0], features, verbose=False, h=1e-5
+    )
+    assert rel_error(num, grads["features"]) < 1e-7
+    with pytest.raises(ValueError, match="mask must be"):
+        model.loss(features, captions, mask=mask[:, :2])
+
+
 def test_gradient_check_catches_a_wrong_gradient():
     """Negative control: perturbing an analytic gradient makes the check fail."""
     rng = np.random.RandomState(0)

@@ -75,8 +75,8 @@ def test_load_errors_name_file_and_field(tmp_path):
 def test_decode_method_strips_special_tokens():
     v = Vocabulary.build(["a red circle"])
     ids, _ = v.encode(["a red circle", "red"], max_length=6)
-    assert v.decode(ids) == ["a red circle", "red"]
-    assert v.decode(ids[1]) == ["red"]
+    assert v.to_text(ids) == ["a red circle", "red"]
+    assert v.to_text(ids[1]) == ["red"]
 
 
 def test_data_package_imports_no_torch():

@@ -12,7 +12,7 @@ import pytest
 
 from captionlab import nn
 from captionlab.captioning import CaptioningRNN
-from captionlab.captioning.decode import greedy_decode
+from captionlab.captioning.generate import greedy_decode
 
 pytest.importorskip("numba")
 

@@ -31,6 +31,21 @@ EXPECTED = {
     "lstm": ["x", "h0", "Wx", "Wh", "b"],
     "gru_step": ["x", "prev_h", "Wx", "Wh", "b", "bh"],
     "gru": ["x", "h0", "Wx", "Wh", "b", "bh"],
+    "additive_attention": ["A", "A_proj", "h", "Wh", "b", "w"],
+    "additive_attn_mask": ["A", "A_proj", "h", "Wh", "b", "w"],
+    "masked_softmax": ["x"],
+    "scaled_dot_product_attention": ["q", "k", "v"],
+    # not bk: dbk is zero up to rounding (softmax ignores a shift of a whole row)
+    "multihead_attention": ["query", "key", "value", "Wq", "bq", "Wk", "Wv", "bv", "Wo", "bo"],
+    "layernorm": ["x", "gamma", "beta"],
+    "dropout": ["x"],
+    "positional_encoding": ["x"],
+    "feedforward": ["x", "W1", "b1", "W2", "b2"],
+    "decoder_layer": [
+        "x",
+        "memory",
+        *(k for k in nn.DECODER_LAYER_KEYS if not k.endswith("attn.bk")),
+    ],
 }
 CASES = [(layer, p) for layer, params in EXPECTED.items() for p in params]
 
@@ -47,7 +62,7 @@ def test_every_layer_and_parameter_is_checked(results):
 @pytest.mark.parametrize(("layer", "parameter"), CASES)
 def test_backward_matches_finite_differences(results, layer, parameter):
     result = results[(layer, parameter)]
-    step_layer = layer not in {"rnn", "lstm", "gru"}
+    step_layer = layer not in {"rnn", "lstm", "gru", "decoder_layer"}
     assert result.tolerance == (1e-7 if step_layer else 1e-5)
     assert result.rel_error < result.tolerance, result
 

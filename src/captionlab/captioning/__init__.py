@@ -1,13 +1,16 @@
-"""captionlab.captioning: the captioning model, its solver, decoding and checkpoints.
+"""captionlab.captioning: the captioning models, their solver, decoding and checkpoints.
 
 ``from captionlab.captioning import CaptioningRNN, CaptioningSolver`` behaves as the cs231n
-assignment-3 classes do (see DESIGN.md). Metrics live in
-:mod:`captionlab.captioning.metrics`.
+assignment-3 classes do (see DESIGN.md); ``AttentionCaptioner`` is the Show, Attend and Tell
+model over a feature grid; ``CaptioningTransformer`` is the 2021+ assignment's. Metrics live
+in :mod:`captionlab.captioning.metrics`.
 """
 
+from captionlab.captioning.attention_model import AttentionCaptioner, AttentionConfig
 from captionlab.captioning.checkpoint import load_checkpoint, save_checkpoint
-from captionlab.captioning.decode import (
+from captionlab.captioning.generate import (
     BeamResult,
+    DecodeState,
     beam_search,
     caption_logprob,
     captions_to_text,
@@ -16,14 +19,20 @@ from captionlab.captioning.decode import (
 )
 from captionlab.captioning.model import CaptioningRNN, ModelConfig
 from captionlab.captioning.solver import CaptioningSolver, SolverOptions, TrainingDivergedError
+from captionlab.captioning.transformer_model import CaptioningTransformer, TransformerConfig
 
 __all__ = [
+    "AttentionCaptioner",
+    "AttentionConfig",
     "BeamResult",
     "CaptioningRNN",
     "CaptioningSolver",
+    "CaptioningTransformer",
+    "DecodeState",
     "ModelConfig",
     "SolverOptions",
     "TrainingDivergedError",
+    "TransformerConfig",
     "beam_search",
     "caption_logprob",
     "captions_to_text",

@@ -7,8 +7,7 @@ with ``allow_pickle=False``) holding:
 * ``__header__``: a UTF-8 JSON document stored as a uint8 array::
 
       {"format": "captionlab-checkpoint", "format_version": 1,
-       "model": {"class": "CaptioningRNN", "input_dim": .., "wordvec_dim": ..,
-                 "hidden_dim": .., "cell_type": .., "dtype": ..},
+       "model": {"class": "CaptioningRNN", ...the model's config_dict()...},
        "vocab": {"idx_to_word": [...]} or {"word_to_idx": {...}},
        "solver_state": {...} or null, "extra": {...}}
 
@@ -16,6 +15,10 @@ with ``allow_pickle=False``) holding:
   best parameters) and ``extra`` (e.g. a PCA basis). In the JSON they appear as
   ``{"__array__": "state/..."}``; everything else (epoch, histories, optimizer scalars, RNG
   state) is plain JSON.
+
+Any captioner class listed in :data:`MODEL_CLASSES` can be stored: it provides
+``config_dict()``, ``shapes_for(config, V)`` (the parameter shapes, checked against the file
+before any model is built) and ``from_config(word_to_idx, config)``.
 
 ``extra`` is free for the caller (the CLI keeps the feature-extractor configuration there:
 backbone, image size, pooling, PCA). Writes are atomic: a temporary file in the same folder,
@@ -33,8 +36,11 @@ from typing import Any
 import numpy as np
 
 from captionlab._atomic import atomic_write
-from captionlab.captioning.model import CaptioningRNN, ModelConfig, param_shapes
+from captionlab.captioning.model import CaptioningRNN
 from captionlab.errors import CheckpointError
+
+#: The captioner classes a checkpoint may hold, by the name stored in ``model.class``.
+MODEL_CLASSES: dict[str, type] = {"CaptioningRNN": CaptioningRNN}
 
 FORMAT = "captionlab-checkpoint"
 FORMAT_VERSION = 1
@@ -66,7 +72,7 @@ def _flatten(obj: Any, prefix: str, arrays: dict[str, np.ndarray], where: str) -
     raise TypeError(f"{where}: cannot store a {type(obj).__name__} in a checkpoint")
 
 
-def _vocab_json(model: CaptioningRNN) -> dict:
+def _vocab_json(model) -> dict:
     V = len(model.word_to_idx)
     if sorted(model.idx_to_word) == list(range(V)):
         return {"idx_to_word": [model.idx_to_word[i] for i in range(V)]}
@@ -75,7 +81,7 @@ def _vocab_json(model: CaptioningRNN) -> dict:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: CaptioningRNN,
+    model,
     solver_state: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
@@ -83,7 +89,8 @@ def save_checkpoint(
 
     Args:
         path: target file, conventionally ``*.npz`` (written exactly there).
-        model: the :class:`CaptioningRNN` whose parameters, config and vocabulary to store.
+        model: the captioner (a class of :data:`MODEL_CLASSES`) whose parameters, config
+            and vocabulary to store.
         solver_state: JSON-able dict whose leaves may be numeric NumPy arrays (as returned by
             ``CaptioningSolver.state_dict()``), or ``None``.
         extra: JSON-able dict kept verbatim (e.g. the feature-extractor configuration).
@@ -91,13 +98,16 @@ def save_checkpoint(
     Returns:
         the path written.
     """
+    name = type(model).__name__
+    if MODEL_CLASSES.get(name) is not type(model):
+        raise TypeError(f"cannot checkpoint a {name}: not one of {sorted(MODEL_CLASSES)}")
     arrays: dict[str, np.ndarray] = {}
     for name, value in model.params.items():
         arrays[f"params/{name}"] = np.ascontiguousarray(value)
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": {"class": "CaptioningRNN", **model.config.to_dict()},
+        "model": {"class": type(model).__name__, **model.config_dict()},
         "vocab": _vocab_json(model),
         "solver_state": None
         if solver_state is None
@@ -186,41 +196,30 @@ def read_checkpoint_arrays(path: str | os.PathLike) -> tuple[dict, dict[str, np.
     return header, arrays
 
 
-def _model_from(path, header: dict, arrays: dict[str, np.ndarray]) -> CaptioningRNN:
-    spec = header.get("model")
-    if not isinstance(spec, dict) or spec.get("class") != "CaptioningRNN":
-        got = spec.get("class") if isinstance(spec, dict) else spec
-        raise _fail(path, f"field 'model.class' must be 'CaptioningRNN', got {got!r}")
-    try:
-        config = ModelConfig(
-            input_dim=int(spec["input_dim"]),
-            wordvec_dim=int(spec["wordvec_dim"]),
-            hidden_dim=int(spec["hidden_dim"]),
-            cell_type=str(spec["cell_type"]),
-            dtype=str(spec["dtype"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _fail(path, f"field 'model' is incomplete or malformed: {exc!r}") from None
+def _vocabulary(path, header: dict) -> dict[str, int]:
     vocab = header.get("vocab") or {}
     if isinstance(vocab.get("idx_to_word"), list):
-        word_to_idx = {w: i for i, w in enumerate(vocab["idx_to_word"])}
-    elif isinstance(vocab.get("word_to_idx"), dict):
-        word_to_idx = {str(w): int(i) for w, i in vocab["word_to_idx"].items()}
-    else:
-        raise _fail(path, "field 'vocab' must hold 'idx_to_word' (list) or 'word_to_idx' (dict)")
-    try:
-        model = CaptioningRNN(
-            word_to_idx,
-            input_dim=config.input_dim,
-            wordvec_dim=config.wordvec_dim,
-            hidden_dim=config.hidden_dim,
-            cell_type=config.cell_type,
-            dtype=np.dtype(config.dtype),
-            seed=0,
+        return {w: i for i, w in enumerate(vocab["idx_to_word"])}
+    if isinstance(vocab.get("word_to_idx"), dict):
+        return {str(w): int(i) for w, i in vocab["word_to_idx"].items()}
+    raise _fail(path, "field 'vocab' must hold 'idx_to_word' (list) or 'word_to_idx' (dict)")
+
+
+def _model_from(path, header: dict, arrays: dict[str, np.ndarray]):
+    spec = header.get("model")
+    cls = MODEL_CLASSES.get(spec.get("class")) if isinstance(spec, dict) else None
+    if cls is None:
+        got = spec.get("class") if isinstance(spec, dict) else spec
+        raise _fail(
+            path, f"field 'model.class' must be one of {sorted(MODEL_CLASSES)}, got {got!r}"
         )
-    except (ValueError, TypeError) as exc:
-        raise _fail(path, f"field 'model': {exc}") from None
-    for name, shape in param_shapes(config, len(word_to_idx)).items():
+    config = {k: v for k, v in spec.items() if k != "class"}
+    word_to_idx = _vocabulary(path, header)
+    try:
+        shapes = cls.shapes_for(config, len(word_to_idx))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _fail(path, f"field 'model' is incomplete or malformed: {exc}") from None
+    for name, shape in shapes.items():
         key = f"params/{name}"
         if key not in arrays:
             raise _fail(path, f"array {key!r} is missing")
@@ -229,15 +228,21 @@ def _model_from(path, header: dict, arrays: dict[str, np.ndarray]) -> Captioning
             raise _fail(path, f"array {key!r} must have shape {shape}, got {value.shape}")
         if value.dtype.kind != "f":
             raise _fail(path, f"array {key!r} must be floating point, got {value.dtype}")
-        model.params[name] = value.astype(model.dtype, copy=False)
+    try:
+        model = cls.from_config(word_to_idx, config)
+    except (ValueError, TypeError) as exc:
+        raise _fail(path, f"field 'model': {exc}") from None
+    for name in shapes:
+        model.params[name] = arrays[f"params/{name}"].astype(model.dtype, copy=False)
     return model
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[CaptioningRNN, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
-        ``(model, state)``: a :class:`CaptioningRNN` with the stored parameters, and a dict
+        ``(model, state)``: the captioner (its class from ``model.class``) with the stored
+        parameters, and a dict
         with ``format_version``, ``model_config`` (dict), ``solver_state`` (dict with its
         arrays restored, or ``None``) and ``extra`` (dict).
 
@@ -248,7 +253,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[CaptioningRNN, dict]:
     model = _model_from(path, header, arrays)
     state = {
         "format_version": header["format_version"],
-        "model_config": model.config.to_dict(),
+        "model_config": model.config_dict(),
         "solver_state": _unflatten(header.get("solver_state"), arrays, path),
         "extra": _unflatten(header.get("extra") or {}, arrays, path),
     }

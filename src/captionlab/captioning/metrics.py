@@ -402,27 +402,10 @@ def coco_metrics(
 
     unavailable: dict[str, str] = {"SPICE": SPICE_REASON}
     java = shutil.which("java")
-    no_java = "Java was not found on PATH (pycocoevalcap runs it as `java`)"
-
     sentences = [hypotheses[k] for k in keys] + [r for k in keys for r in references[k]]
     sentences = [" ".join(s.split()) for s in sentences]  # no newlines into line protocols
     if tokenize:
-        tokens = None
-        if java is None:
-            problem = no_java
-        else:
-            try:
-                tokens = _ptb_tokenize(java, sentences)
-            except _JavaToolError as exc:
-                problem = str(exc)
-        if tokens is None:
-            unavailable["PTBTokenizer"] = (
-                f"{problem}; captions were tokenized by captionlab's simple_tokenize instead, "
-                "so scores can differ slightly from published ones"
-            )
-            tokens = [" ".join(simple_tokenize(s)) for s in sentences]
-        sentences = tokens
-
+        sentences = _tokenize_for_coco(java, sentences, unavailable)
     res: dict = {}
     gts: dict = {}
     pos = len(keys)
@@ -435,24 +418,49 @@ def coco_metrics(
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
-    meteor_score = None
-    if not meteor:
-        unavailable["METEOR"] = "skipped (meteor=False)"
-    elif java is None:
-        unavailable["METEOR"] = no_java
-    else:
-        try:
-            meteor_score = _meteor(java, gts, res)
-        except _JavaToolError as exc:
-            unavailable["METEOR"] = str(exc)
-
     result: dict = {f"BLEU-{n}": float(bleu[n - 1]) for n in range(1, 5)}
-    result["METEOR"] = meteor_score
+    result["METEOR"] = _meteor_or_reason(java, gts, res, meteor, unavailable)
     result["ROUGE-L"] = float(rouge)
     result["CIDEr"] = float(cider)
     result["SPICE"] = None
     result["unavailable"] = unavailable
     return result
+
+
+_NO_JAVA = "Java was not found on PATH (pycocoevalcap runs it as `java`)"
+
+
+def _tokenize_for_coco(java: str | None, sentences: list[str], unavailable: dict) -> list[str]:
+    """The PTB tokenizer's tokens of ``sentences``, or captionlab's ``simple_tokenize`` (with
+    the reason in ``unavailable["PTBTokenizer"]``) when the tokenizer cannot run."""
+    if java is None:
+        problem = _NO_JAVA
+    else:
+        try:
+            return _ptb_tokenize(java, sentences)
+        except _JavaToolError as exc:
+            problem = str(exc)
+    unavailable["PTBTokenizer"] = (
+        f"{problem}; captions were tokenized by captionlab's simple_tokenize instead, "
+        "so scores can differ slightly from published ones"
+    )
+    return [" ".join(simple_tokenize(s)) for s in sentences]
+
+
+def _meteor_or_reason(
+    java: str | None, gts: dict, res: dict, wanted: bool, unavailable: dict
+) -> float | None:
+    """METEOR of ``res`` against ``gts``, or None with the reason in ``unavailable``."""
+    if not wanted:
+        unavailable["METEOR"] = "skipped (meteor=False)"
+    elif java is None:
+        unavailable["METEOR"] = _NO_JAVA
+    else:
+        try:
+            return _meteor(java, gts, res)
+        except _JavaToolError as exc:
+            unavailable["METEOR"] = str(exc)
+    return None
 
 
 def _format_cell(value) -> str:

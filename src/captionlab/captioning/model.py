@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
+from captionlab.captioning.generate import DecodeState, greedy_decode
 
 CELL_TYPES = ("rnn", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -129,6 +130,33 @@ class CaptioningRNN:
         """The shape each parameter must have, from :attr:`config` and ``V``."""
         return param_shapes(self.config, len(self.word_to_idx))
 
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of one image's features: ``(D,)``."""
+        return (int(self.params["W_proj"].shape[0]),)
+
+    # ------------------------------------------------------------------ checkpoints
+    # What captionlab.captioning.checkpoint needs of every captioner class.
+    def config_dict(self) -> dict:
+        """The architecture as JSON-able values (a checkpoint's ``model`` field)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def shapes_for(cls, config: dict, vocab_size: int) -> dict[str, tuple[int, ...]]:
+        """The parameter shapes a model of ``config`` has, without building it (a
+        checkpoint's arrays are checked against them first). Raises ValueError or TypeError
+        when ``config`` is malformed."""
+        return param_shapes(_model_config(config), vocab_size)
+
+    @classmethod
+    def from_config(cls, word_to_idx: dict[str, int], config: dict) -> CaptioningRNN:
+        """A model of the architecture ``config`` (weights to be loaded over it)."""
+        c = _model_config(config)
+        return cls(
+            word_to_idx, input_dim=c.input_dim, wordvec_dim=c.wordvec_dim,
+            hidden_dim=c.hidden_dim, cell_type=c.cell_type, dtype=np.dtype(c.dtype), seed=0,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
         c = self.config
         return (
@@ -144,7 +172,14 @@ class CaptioningRNN:
             raise ValueError(f"features must be (N, {D}), got {features.shape}")
         return features.astype(self.dtype, copy=False)
 
-    def loss(self, features: np.ndarray, captions: np.ndarray) -> tuple[float, dict]:
+    def loss(
+        self,
+        features: np.ndarray,
+        captions: np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        feature_grad: bool = False,
+    ) -> tuple[float, dict]:
         """Training loss and gradients (cs231n contract).
 
         Args:
@@ -152,10 +187,15 @@ class CaptioningRNN:
             captions: ground-truth captions, (N, T) integers in [0, V); the model reads
                 ``captions[:, :-1]`` and predicts ``captions[:, 1:]``; ``<NULL>`` targets
                 are masked out.
+            mask: (N, T-1) bool, which targets count, instead of "not ``<NULL>``" (one
+                ``True`` gives the gradient of one word's log-probability, as explanations
+                of a word need).
+            feature_grad: also return the gradient with respect to ``features``.
 
         Returns:
             ``(loss, grads)``: the scalar loss (summed over time, averaged over N) and a
-            dict of gradients keyed and shaped like :attr:`params`.
+            dict of gradients keyed and shaped like :attr:`params`, plus ``"features"``
+            (N, D) when ``feature_grad`` is set.
         """
         features = self._check_features(features)
         captions = np.asarray(captions)
@@ -167,7 +207,12 @@ class CaptioningRNN:
             raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
         captions_in = captions[:, :-1]  # (N, T-1)
         captions_out = captions[:, 1:]  # (N, T-1)
-        mask = captions_out != self._null  # (N, T-1)
+        if mask is None:
+            mask = captions_out != self._null  # (N, T-1)
+        else:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != captions_out.shape:
+                raise ValueError(f"mask must be {captions_out.shape}, got {mask.shape}")
         p = self.params
         N, Tm1 = captions_in.shape
         V = p["W_embed"].shape[0]
@@ -236,7 +281,9 @@ class CaptioningRNN:
             grads["Wx"] = x.reshape(N * Tm1, -1).T @ dxa2  # (W, G*H)
             dx = (dxa2 @ p["Wx"].T).reshape(N, Tm1, -1)  # (N, T-1, W)
             grads["W_embed"] = nn.word_embedding_backward(dx, cache_embed)
-        _, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, cache_proj)
+        dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, cache_proj)
+        if feature_grad:
+            grads["features"] = dfeatures
         return float(loss), grads
 
     # ------------------------------------------------------------------ test-time
@@ -244,6 +291,61 @@ class CaptioningRNN:
         """``h0 = features @ W_proj + b_proj``: features (N, D) -> (N, H)."""
         features = self._check_features(features)
         return features @ self.params["W_proj"] + self.params["b_proj"]
+
+    def decode_start(
+        self, features: np.ndarray, max_length: int = 30, fold: bool | None = None
+    ) -> DecodeState:
+        """The decoding state of N images (see :mod:`captionlab.captioning.generate`).
+
+        Every step feeds back one word, whose input pre-activation ``W_embed[word] @ Wx + b``
+        does not depend on time. With ``fold`` it is folded once per call into a table
+        ``(V, G*H)``, so each step looks a row up and computes only ``h @ Wh``; the table
+        costs ``V`` rows of ``x @ Wx``, so by default (``fold=None``) it is built when the
+        call feeds back at least ``V`` words (``N * max_length >= V``). ``fold=False``
+        steps with the ``captionlab.nn`` step functions themselves (the reference).
+
+        Args:
+            features: image features, (N, D).
+            max_length: the most words the call generates (only sizes the decision).
+            fold: build the input table (see above).
+
+        Returns:
+            a state with rows ``h`` (N, H) and, for the LSTM, ``c`` (N, H).
+        """
+        h0 = self.initial_state(features)  # (N, H)
+        rows = {"h": h0}
+        if self.cell_type == "lstm":
+            rows["c"] = np.zeros_like(h0)
+        p = self.params
+        if fold is None:  # the table pays off once it replaces at least V input rows
+            fold = h0.shape[0] * max_length >= p["W_embed"].shape[0]
+        shared = {}
+        if fold:
+            # Hoisted out of the time loop: the input pre-activation of every word.
+            shared["table"] = p["W_embed"] @ p["Wx"] + p["b"]  # (V, G*H)
+        return DecodeState(rows, shared)
+
+    def decode_step(
+        self, words: np.ndarray, state: DecodeState
+    ) -> tuple[np.ndarray, DecodeState, None]:
+        """Feed back ``words`` (M,): word scores (M, V), the next state, no attention."""
+        p = self.params
+        h, c = state.rows["h"], state.rows.get("c")
+        table = state.shared.get("table")
+        if table is not None:
+            h, c = cell_step_from_input(self.cell_type, table[words], h, c, p["Wh"], p.get("bh"))
+        else:
+            x = p["W_embed"][words]  # (M, W)
+            if self.cell_type == "rnn":
+                h = nn.rnn_step_forward(x, h, p["Wx"], p["Wh"], p["b"])[0]
+            elif self.cell_type == "lstm":
+                h, c, _ = nn.lstm_step_forward(x, h, c, p["Wx"], p["Wh"], p["b"])
+            else:
+                h = nn.gru_step_forward(x, h, p["Wx"], p["Wh"], p["b"], p["bh"])[0]
+        scores = h @ p["W_vocab"]  # (M, V)
+        scores += p["b_vocab"]
+        rows = {"h": h} if c is None else {"h": h, "c": c}
+        return scores, DecodeState(rows, state.shared), None
 
     def sample(self, features: np.ndarray, max_length: int = 30) -> np.ndarray:
         """Greedy decoding from ``<START>`` (cs231n ``sample``).
@@ -257,9 +359,61 @@ class CaptioningRNN:
             included); each caption stops at its first ``<END>`` (kept) and is padded with
             ``<NULL>`` after it.
         """
-        from captionlab.captioning.decode import greedy_decode
-
         return greedy_decode(self, features, max_length=max_length)
+
+
+def cell_step_from_input(
+    cell_type: str,
+    xa: np.ndarray,
+    prev_h: np.ndarray,
+    prev_c: np.ndarray | None,
+    Wh: np.ndarray,
+    bh: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One recurrent step given the input pre-activation ``xa = x @ Wx + b``.
+
+    Dispatches to ``captionlab.nn``'s ``rnn_cell_forward`` / ``lstm_cell_forward`` /
+    ``gru_cell_forward``, the very functions the step layers use after computing
+    ``x @ Wx + b``, so decoding has no second copy of the recurrence.
+
+    Args:
+        cell_type: ``'rnn'``, ``'lstm'`` or ``'gru'``.
+        xa: input pre-activation (M, G*H).
+        prev_h: (M, H).
+        prev_c: (M, H) for the LSTM, else ignored.
+        Wh: (H, G*H).
+        bh: (3H,), the GRU's recurrent bias.
+
+    Returns:
+        ``(next_h, next_c)``, each (M, H); ``next_c`` is ``None`` except for the LSTM.
+    """
+    if cell_type == "rnn":
+        return nn.rnn_cell_forward(xa, prev_h, Wh), None
+    if cell_type == "lstm":
+        next_h, next_c, _ = nn.lstm_cell_forward(xa, prev_h, prev_c, Wh)
+        return next_h, next_c
+    return nn.gru_cell_forward(xa, prev_h, Wh, bh)[0], None
+
+
+def _model_config(config: dict) -> ModelConfig:
+    """A :class:`ModelConfig` from a dict of its fields; ValueError names what is wrong."""
+    names = {"input_dim", "wordvec_dim", "hidden_dim", "cell_type", "dtype"}
+    missing, unknown = names - set(config), set(config) - names
+    if missing or unknown:
+        raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
+                         f"unknown {sorted(unknown)}")  # fmt: skip
+    c = ModelConfig(
+        input_dim=int(config["input_dim"]), wordvec_dim=int(config["wordvec_dim"]),
+        hidden_dim=int(config["hidden_dim"]), cell_type=str(config["cell_type"]),
+        dtype=str(config["dtype"]),
+    )  # fmt: skip
+    if c.cell_type not in CELL_TYPES:
+        raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {c.cell_type!r}")
+    if min(c.input_dim, c.wordvec_dim, c.hidden_dim) < 1:
+        raise ValueError(f"sizes must be >= 1, got {c}")
+    if np.dtype(c.dtype).kind != "f":
+        raise ValueError(f"dtype must be a floating type, got {c.dtype!r}")
+    return c
 
 
 def param_shapes(config: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-_INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+from captionlab.scenes import INVERSE
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -110,7 +110,7 @@ def score_caption(parsed: dict, scene: dict) -> dict:
         if ta is None or tb is None:
             continue
         rel = r["relation"]
-        rel_ok += (ta, rel, tb) in holds or (tb, _INVERSE.get(rel), ta) in holds
+        rel_ok += (ta, rel, tb) in holds or (tb, INVERSE.get(rel), ta) in holds
     return {
         "mentions": len(mentions),
         "objects": len(truth),

@@ -8,7 +8,8 @@ The data dict (cs231n layout; arrays, not files)::
 
     train_captions   (N, T) int     word indices, <START> ... <END> <NULL> ...
     train_image_idxs (N,)   int     row of train_features for each caption
-    train_features   (M, D) float   one feature vector per image
+    train_features   (M, ...) float one image's features per row: (M, D) pooled vectors, or
+                                    (M, L, D) grids, as the model's ``feature_shape`` says
     val_captions, val_image_idxs, val_features    the same, optional
     idx_to_word      list or dict   optional (the model's vocabulary is used otherwise)
     word_to_idx      dict           optional
@@ -37,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from captionlab.captioning.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from captionlab.captioning.decode import captions_to_text, greedy_decode
+from captionlab.captioning.checkpoint import load_checkpoint, save_checkpoint
+from captionlab.captioning.generate import captions_to_text, greedy_decode
 from captionlab.errors import CheckpointError, DataError, UserError
 from captionlab.nn import optim
 
@@ -196,7 +197,9 @@ class CaptioningSolver:
     def _split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         caps = self._array(f"{split}_captions", 2, "iu", "(N, T)")
         idxs = self._array(f"{split}_image_idxs", 1, "iu", "(N,)")
-        feats = self._array(f"{split}_features", 2, "f", "(M, D)")
+        shape = tuple(getattr(self.model, "feature_shape", (None,)))
+        dims = "(M, " + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+        feats = self._array(f"{split}_features", 1 + len(shape), "f", dims)
         if idxs.shape[0] != caps.shape[0]:
             raise DataError(
                 f"data['{split}_image_idxs'] must have one entry per caption "
@@ -207,9 +210,8 @@ class CaptioningSolver:
                 f"data['{split}_image_idxs'] must index rows of {split}_features "
                 f"[0, {feats.shape[0]}), got values in [{idxs.min()}, {idxs.max()}]"
             )
-        D = self.model.params["W_proj"].shape[0] if "W_proj" in self.model.params else None
-        if D is not None and feats.shape[1] != D:
-            raise DataError(f"data['{split}_features'] must be (M, {D}), got {feats.shape}")
+        if any(d is not None and d != got for d, got in zip(shape, feats.shape[1:], strict=True)):
+            raise DataError(f"data['{split}_features'] must be {dims}, got {feats.shape}")
         return caps, idxs, feats
 
     def _check_data(self) -> None:
@@ -556,32 +558,16 @@ class CaptioningSolver:
     # ------------------------------------------------------------------ figures
     def save_loss_curve(self, path: str | os.PathLike) -> Path:
         """Save the training loss per iteration and the per-epoch curves as a PNG."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from captionlab.captioning.plots import plot_loss_curves
 
-        fig = Figure(figsize=(9, 3.5))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 2, 1)
-        ax.plot(np.arange(1, len(self.loss_history) + 1), self.loss_history, lw=0.8)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("training loss")
-        ax.set_title("training loss")
-        ax2 = fig.add_subplot(1, 2, 2)
-        epochs = np.arange(1, len(self.train_loss_history) + 1)
-        ax2.plot(epochs, self.train_loss_history, marker="o", label="train loss")
-        if self.val_loss_history:
-            ax2.plot(epochs, self.val_loss_history, marker="o", label="val loss")
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("loss")
-        if self.val_metric_history:
-            ax3 = ax2.twinx()
-            ax3.plot(epochs, self.val_metric_history, color="C2", marker="s")
-            ax3.set_ylabel(f"val {self.options.metric_name}", color="C2")
-        ax2.legend(loc="upper right")
-        fig.tight_layout()
-        path = Path(path)
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-        return path
+        histories = {
+            "loss_history": self.loss_history,
+            "train_loss_history": self.train_loss_history,
+            "val_loss_history": self.val_loss_history,
+            "val_metric_history": self.val_metric_history,
+            "metric_name": self.options.metric_name,
+        }
+        return plot_loss_curves(path, {"": histories})
 
 
 __all__ = ["CaptioningSolver", "SolverOptions", "TrainingDivergedError"]

@@ -15,6 +15,7 @@ import json
 import sys
 
 from captionlab import __version__
+from captionlab.cli._options import HelpFormatter
 from captionlab.errors import UserError
 
 # Sub-command modules (``captionlab/cli/<name>_cmd.py``), in the order `--help` lists them.
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"captionlab.cli.{name}_cmd").register(sub)
+    for command in sub.choices.values():  # one way of saying defaults, for every command
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -19,6 +19,22 @@ from captionlab.errors import UserError
 T = TypeVar("T")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Says each flag's default once: appended unless the help already says it, and not
+    for flags without a default (``None``, ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text
+            or default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

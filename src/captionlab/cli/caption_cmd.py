@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from captionlab.cli import add_json_flag
 
 
@@ -13,7 +11,6 @@ def register(sub) -> None:
         help="caption image files with a trained model",
         description="Features are extracted on the fly exactly as in training (same backbone, "
         "image size, pooling and PCA basis, all stored in the checkpoint).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
@@ -24,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
-    from captionlab.runs import caption_images
+    from captionlab.runs.inference import caption_images
 
     results = caption_images(args.model, args.images, beam=args.beam, device=args.device)
     if not args.json:

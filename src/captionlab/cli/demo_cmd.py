@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from captionlab.cli import add_json_flag, main
+from captionlab.cli import add_json_flag
 from captionlab.cli._options import add_dataclass_flags, dataclass_from_args
 
 
@@ -19,7 +16,6 @@ def register(sub) -> None:
         "and a vanilla-RNN captioner, beam-search captions of the test split with COCO metrics "
         "and scene accuracy, a gallery and the CNN-visualization figures. Data, features and "
         "trained models are cached in OUT/cache and OUT/runs, so a second run is quick.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="demo_out", help="output folder")
     p.add_argument(
@@ -36,27 +32,4 @@ def run(args) -> dict:
 
     base = DemoConfig.quick() if args.quick else DemoConfig()
     config = dataclass_from_args(DemoConfig, args, base)
-    return run_demo(args.out, config, progress=not args.no_progress, vision_figures=vision_figures)
-
-
-VISION_JOBS = (
-    ("classify.png", ["classify", "skimage:chelsea", "skimage:coffee", "skimage:astronaut",
-                      "skimage:rocket"]),
-    ("saliency_chelsea.png", ["saliency", "skimage:chelsea", "--method", "all"]),
-    ("fool_coffee_goldfish.png", ["fool", "skimage:coffee", "--target", "goldfish",
-                                  "--epsilon", "2/255"]),
-    ("dream.png", ["dream", "tarantula", "flamingo"]),
-)  # fmt: skip
-
-
-def vision_figures(out: Path) -> list[str]:
-    """The network-visualization figures on bundled photos, made by the same commands a
-    user runs (``captionlab classify | saliency | fool | dream``)."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, argv in VISION_JOBS:
-        status = main([*argv, "--out", str(out / name)])
-        if status != 0:
-            raise RuntimeError(f"captionlab {' '.join(argv)} failed with status {status}")
-        written.append(str(out / name))
-    return written
+    return run_demo(args.out, config, progress=not args.no_progress)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from captionlab.cli import add_json_flag
-from captionlab.cli.classify_cmd import add_device_flag, load_model, write_figure
+from captionlab.cli._vision import add_device_flag, load_model, write_figure
 from captionlab.errors import UserError
 from captionlab.vision.class_viz_defaults import DEFAULTS
 
@@ -50,10 +48,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    from captionlab.vision.backbone import INPUT_RANGE, deprocess
-    from captionlab.vision.class_viz import visualize_class
     from captionlab.vision.figures import class_viz_figure
-    from captionlab.vision.imagenet import CLASS_NAMES, resolve_class
+    from captionlab.vision.imagenet import resolve_class
+    from captionlab.vision.tasks import dream
 
     if args.iterations < 0 or args.blur_every < 0 or args.jitter < 0:
         raise UserError(
@@ -64,33 +61,21 @@ def run(args) -> dict:
         raise UserError(f"--size must be in 32..1024 pixels, got {args.size}")
     targets = [resolve_class(c) for c in args.classes]
     model = load_model(args.device)
-    start = time.perf_counter()
-    res = visualize_class(
-        targets,
-        model,
-        l2_reg=args.l2,
-        learning_rate=args.lr,
-        num_iterations=args.iterations,
-        blur_every=args.blur_every,
-        blur_sigma=args.blur_sigma,
-        max_jitter=args.jitter,
-        init_std=args.init_std,
-        size=args.size,
-        input_range=INPUT_RANGE,
-        seed=args.seed,
-    )
-    seconds = time.perf_counter() - start
-    names = [CLASS_NAMES[t] for t in targets]
-    probs = [float(p) for p in res.target_prob.tolist()]
-    fig = class_viz_figure(list(deprocess(res.images)), names, probs, iterations=args.iterations)
+    res = dream(
+        model, targets, l2_reg=args.l2, learning_rate=args.lr, num_iterations=args.iterations,
+        blur_every=args.blur_every, blur_sigma=args.blur_sigma, max_jitter=args.jitter,
+        init_std=args.init_std, size=args.size, seed=args.seed,
+    )  # fmt: skip
+    classes = res["classes"]
+    fig = class_viz_figure(
+        res["images"], [c["name"] for c in classes], [c["prob"] for c in classes],
+        iterations=args.iterations,
+    )  # fmt: skip
     written = write_figure(fig, args.out)
     summary = {
-        "classes": [
-            {"index": t, "name": n, "prob": p}
-            for t, n, p in zip(targets, names, probs, strict=True)
-        ],
+        "classes": classes,
         "iterations": args.iterations,
-        "seconds": seconds,
+        "seconds": res["seconds"],
         "device": args.device,
         "out": written,
     }

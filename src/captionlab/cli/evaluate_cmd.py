@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from captionlab.cli import add_json_flag
@@ -12,7 +11,6 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a trained model on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr, scenes)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
     p.add_argument("--data", required=True, help="dataset file (Karpathy or COCO json)")
@@ -39,7 +37,10 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
-    from captionlab.runs import evaluate_run, metrics_table, resolve_model_path, write_json
+    from captionlab._atomic import write_json
+    from captionlab.runs.evaluate import evaluate_run
+    from captionlab.runs.inference import resolve_model_path
+    from captionlab.runs.report import metrics_table
 
     beams = sorted({1, args.beam})
     result = evaluate_run(

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from fractions import Fraction
 
 from captionlab.cli import add_json_flag
-from captionlab.cli.classify_cmd import (
-    add_device_flag,
-    add_image_help,
-    image_stem,
-    load_model,
-    read_image,
-    top_classes,
-    write_figure,
-)
+from captionlab.cli._vision import add_device_flag, image_help, load_model, write_figure
 from captionlab.errors import UserError
 
 
@@ -41,7 +32,7 @@ def register(subparsers) -> None:
             "Writes the photo, the fooling image and their magnified difference."
         ),
     )
-    p.add_argument("image", metavar="IMAGE", help=add_image_help())
+    p.add_argument("image", metavar="IMAGE", help=image_help())
     p.add_argument(
         "--target", required=True, help="class to fool the network into, by index or name"
     )
@@ -68,12 +59,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    import torch
-
-    from captionlab.vision import fooling
-    from captionlab.vision.backbone import INPUT_RANGE, deprocess, preprocess
     from captionlab.vision.figures import fooling_figure
     from captionlab.vision.imagenet import CLASS_NAMES, resolve_class
+    from captionlab.vision.images import image_stem, read_image
+    from captionlab.vision.tasks import fool
 
     if args.max_iter < 0:
         raise UserError(f"--max-iter must be >= 0, got {args.max_iter}")
@@ -84,40 +73,14 @@ def run(args) -> dict:
     step = None if args.step_size is None else parse_epsilon(args.step_size)
     pixels = read_image(args.image)
     model = load_model(args.device)
-    device = next(model.parameters()).device
-    X = preprocess(pixels).to(device)  # (1, 3, 224, 224)
-    stop_prob = args.confidence or None
-    start = time.perf_counter()
-    if epsilon is None:
-        res = fooling.fool(
-            X,
-            target,
-            model,
-            learning_rate=args.lr,
-            max_iter=args.max_iter,
-            input_range=INPUT_RANGE,
-            stop_prob=stop_prob,
-        )
-    else:
-        res = fooling.pgd_attack(
-            X,
-            target,
-            model,
-            epsilon=epsilon,
-            step_size=step,
-            max_iter=args.max_iter,
-            input_range=INPUT_RANGE,
-            stop_prob=stop_prob,
-        )
-    seconds = time.perf_counter() - start
-    fooled = deprocess(res.images)[0]  # what is saved: the image rounded to pixels
-    with torch.no_grad():
-        before = model(X).softmax(dim=1)[0].cpu()
-        after = model(preprocess(fooled).to(device)).softmax(dim=1)[0].cpu()
-    top_before, top_after = top_classes(before, 1)[0], top_classes(after, 1)[0]
+    res = fool(
+        model, pixels, target, epsilon=epsilon, step_size=step, learning_rate=args.lr,
+        max_iter=args.max_iter, confidence=args.confidence,
+    )  # fmt: skip
+    top_before, top_after = res.pop("predicted_before"), res["predicted_after_saving"]
     fig = fooling_figure(
         pixels,
-        fooled,
+        res.pop("image"),
         original_label=top_before["name"],
         original_prob=top_before["prob"],
         fooled_label=top_after["name"],
@@ -127,17 +90,8 @@ def run(args) -> dict:
     summary = {
         "image": args.image,
         "target": {"index": target, "name": CLASS_NAMES[target]},
-        "attack": "cs231n" if epsilon is None else "pgd",
-        "epsilon": epsilon,
-        "success": bool(res.success[0]),
-        "iterations": int(res.iterations[0]),
-        "target_prob": float(res.target_prob[0]),
-        "l2": float(res.l2[0]),
-        "linf": float(res.linf[0]),
+        **res,
         "predicted_before": top_before,
-        "predicted_after_saving": top_after,
-        "success_after_saving": top_after["index"] == target,
-        "seconds": seconds,
         "device": args.device,
         "out": written,
     }

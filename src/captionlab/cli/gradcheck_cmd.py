@@ -43,11 +43,13 @@ def run(args: argparse.Namespace) -> dict:
         results = [r for r in results if r.layer in args.layer]
     failed = [r for r in results if not r.passed]
     if not args.json:
-        print(f"{'layer':<22} {'parameter':<10} {'rel. error':>10} {'tolerance':>9}  result")
+        lw = max([5, *(len(r.layer) for r in results)])
+        pw = max([9, *(len(r.parameter) for r in results)])
+        print(f"{'layer':<{lw}} {'parameter':<{pw}} {'rel. error':>10} {'tolerance':>9}  result")
         for r in results:
             verdict = "pass" if r.passed else "FAIL"
             print(
-                f"{r.layer:<22} {r.parameter:<10} {r.rel_error:>10.2e} {r.tolerance:>9.0e}  "
+                f"{r.layer:<{lw}} {r.parameter:<{pw}} {r.rel_error:>10.2e} {r.tolerance:>9.0e}  "
                 f"{verdict}"
             )
         print(f"{len(results) - len(failed)} of {len(results)} checks passed")

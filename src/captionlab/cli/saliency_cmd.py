@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 from captionlab.cli import add_json_flag
-from captionlab.cli.classify_cmd import (
-    add_device_flag,
-    add_image_help,
-    image_stem,
-    load_model,
-    read_image,
-    top_classes,
-    write_figure,
-)
+from captionlab.cli._vision import add_device_flag, image_help, load_model, write_figure
 from captionlab.errors import UserError
 
 CHOICES = ("vanilla", "smoothgrad", "ig", "all")
@@ -25,7 +15,7 @@ def register(subparsers) -> None:
         help="saliency map of a photo for a class (vanilla gradient, SmoothGrad, IG)",
         description="Write a PNG of the photo beside its saliency map(s) for one class.",
     )
-    p.add_argument("image", metavar="IMAGE", help=add_image_help())
+    p.add_argument("image", metavar="IMAGE", help=image_help())
     p.add_argument(
         "--method",
         choices=CHOICES,
@@ -54,12 +44,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    import torch
-
-    from captionlab.vision import saliency as sal
-    from captionlab.vision.backbone import INPUT_RANGE, preprocess
     from captionlab.vision.figures import saliency_figure
-    from captionlab.vision.imagenet import CLASS_NAMES, resolve_class
+    from captionlab.vision.imagenet import resolve_class
+    from captionlab.vision.images import image_stem, read_image
+    from captionlab.vision.tasks import saliency_maps
 
     if args.samples < 1 or args.steps < 1:
         raise UserError(f"--samples and --steps must be >= 1, got {args.samples}, {args.steps}")
@@ -68,44 +56,27 @@ def run(args) -> dict:
     target = None if args.target is None else resolve_class(args.target)
     pixels = read_image(args.image)  # (224, 224, 3)
     model = load_model(args.device)
-    device = next(model.parameters()).device
-    X = preprocess(pixels).to(device)  # (1, 3, 224, 224)
-    with torch.no_grad():
-        probs = model(X).softmax(dim=1)[0].cpu()
-    if target is None:
-        target = int(probs.argmax())
     methods = ("vanilla", "smoothgrad", "ig") if args.method == "all" else (args.method,)
-    options = {
-        "vanilla": {},
-        "smoothgrad": {"n_samples": args.samples, "noise_level": args.noise, "seed": args.seed},
-        # the black image as baseline: pixel 0 on the model's scale
-        "ig": {"steps": args.steps, "baseline": float(INPUT_RANGE[0])},
-    }
-    maps, seconds = {}, {}
-    for method in methods:
-        start = time.perf_counter()
-        maps[method] = sal.saliency(X, target, model, method=method, **options[method])[0].cpu()
-        seconds[method] = time.perf_counter() - start
-    fig = saliency_figure(
-        pixels,
-        {m: v.numpy() for m, v in maps.items()},
-        label=CLASS_NAMES[target],
-        prob=float(probs[target]),
-    )
+    result = saliency_maps(
+        model, pixels, target, methods,
+        samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed,
+    )  # fmt: skip
+    chosen = result["target"]
+    fig = saliency_figure(pixels, result["maps"], label=chosen["name"], prob=chosen["prob"])
     out = args.out or f"{image_stem(args.image)}_saliency_{args.method}.png"
     written = write_figure(fig, out)
     summary = {
         "image": args.image,
-        "target": {"index": target, "name": CLASS_NAMES[target], "prob": float(probs[target])},
-        "predicted": top_classes(probs, 1)[0],
+        "target": chosen,
+        "predicted": result["predicted"],
         "methods": list(methods),
-        "seconds": seconds,
+        "seconds": result["seconds"],
         "device": args.device,
         "out": written,
     }
     if not args.json:
         print(
-            f"{args.image}: saliency for {target} '{CLASS_NAMES[target]}' "
-            f"({100 * float(probs[target]):.1f}%) by {', '.join(methods)} -> {written}"
+            f"{args.image}: saliency for {chosen['index']} '{chosen['name']}' "
+            f"({100 * chosen['prob']:.1f}%) by {', '.join(methods)} -> {written}"
         )
     return summary

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 from captionlab.cli import add_json_flag
 from captionlab.cli._options import add_dataclass_flags, dataclass_from_args, load_json_config
 from captionlab.errors import UserError
 
 
 def register(sub) -> None:
-    from captionlab.runs import TrainConfig
+    from captionlab.runs.config import TrainConfig
 
     p = sub.add_parser(
         "train",
         help="train a captioning RNN/LSTM/GRU on precomputed features",
         description="Train a captioner. Writes RUN/best.npz, RUN/last.npz, RUN/loss.png, "
         "RUN/log.json, RUN/config.json and RUN/vocab.json.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--data", required=True, help="dataset file (Karpathy dataset.json or COCO json)"
@@ -46,7 +43,8 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
-    from captionlab.runs import TrainConfig, train_run
+    from captionlab.runs.config import TrainConfig
+    from captionlab.runs.train import train_run
 
     base = load_json_config(TrainConfig, args.config) if args.config else None
     config = dataclass_from_args(TrainConfig, args, base)

@@ -1,4 +1,4 @@
-"""Small file helpers for the data package: atomic writes and JSON reading with clear errors."""
+"""Small file helpers for the data package: JSON reading and field checks with clear errors."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from captionlab._atomic import atomic_write_bytes
 from captionlab.errors import DataError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "require"]
-
-
-def atomic_write_json(path: str | Path, obj: Any, indent: int | None = None) -> None:
-    """Write ``obj`` as UTF-8 JSON with sorted keys (byte-identical for equal objects)."""
-    text = json.dumps(obj, sort_keys=True, indent=indent, ensure_ascii=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+__all__ = ["read_json", "require"]
 
 
 def read_json(path: str | Path) -> Any:

@@ -27,12 +27,8 @@ This module imports numpy and h5py only; :mod:`captionlab.extract` runs the netw
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import h5py
@@ -40,8 +36,15 @@ import numpy as np
 
 from captionlab import __version__
 from captionlab._atomic import atomic_path
+from captionlab.data.feature_config import CHANNELS, FeatureExtractorConfig, parse_pool
+from captionlab.data.pca import PCA, fit_pca
 from captionlab.errors import DataError, UserError
 
+FORMAT = "captionlab.features"
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+
+# The config (feature_config) and PCA (pca) live in their own modules; re-exported here.
 __all__ = [
     "CHANNELS",
     "FORMAT",
@@ -54,188 +57,6 @@ __all__ = [
     "parse_pool",
     "partial_path",
 ]
-
-FORMAT = "captionlab.features"
-FORMAT_VERSION = 1
-CHANNELS = 1280  # EfficientNet-Lite0's head width
-_STR = h5py.string_dtype("utf-8")
-_POOL_PART = re.compile(r"^(avg|max|(\d+)x(\d+))$")
-
-
-def parse_pool(pool: str) -> list[tuple[str, int]]:
-    """``"avg+2x2"`` -> ``[("avg", 1), ("grid", 2)]``: the pooled parts, in output order.
-
-    Parts, joined by ``+``: ``avg`` (global average, C), ``max`` (global max, C), ``KxK``
-    (average over a KxK grid of cells, ``K*K*C``; cells in row-major order, top-left first,
-    each cell's C channels contiguous).
-    """
-    if not isinstance(pool, str) or not pool.strip():
-        raise UserError(f"pool must be like 'avg', 'max' or 'avg+2x2', got {pool!r}")
-    parts = []
-    for token in pool.lower().replace(" ", "").split("+"):
-        m = _POOL_PART.match(token)
-        if not m:
-            raise UserError(
-                f"pool part {token!r} not understood: expected 'avg', 'max' or 'KxK' "
-                f"(e.g. 'avg+2x2'), got pool={pool!r}"
-            )
-        if m.group(2) is not None:
-            k, k2 = int(m.group(2)), int(m.group(3))
-            if k != k2 or not 1 <= k <= 8:
-                raise UserError(f"pool part {token!r}: expected a square KxK with 1 <= K <= 8")
-            parts.append(("grid", k))
-        else:
-            parts.append((token, 1))
-    if len(set(parts)) != len(parts):
-        raise UserError(f"pool {pool!r} names a part twice")
-    return parts
-
-
-@dataclass(frozen=True)
-class FeatureExtractorConfig:
-    """Everything that decides which numbers come out for an image (stored in the file).
-
-    * ``image_size``: side in pixels the image is resized (shorter side) and centre-cropped to
-      (224 is what the backbone was trained on; 160 is as good for the shapes scenes).
-    * ``pool``: how the last feature map becomes a vector, see :func:`parse_pool`.
-    * ``grid``: also store the last feature map (for attention models), float16.
-    * ``pca_dim``: project the pooled features to this many dimensions (None: no PCA).
-    * ``pca_fit_split``: fit the PCA on this split's images (all images if it has none).
-    * ``fold_bn`` / ``channels_last``: speed settings; they change features only at ~1e-5.
-    """
-
-    backbone: str = "efficientnet-lite0"
-    image_size: int = 160
-    pool: str = "avg"
-    grid: bool = False
-    pca_dim: int | None = None
-    pca_fit_split: str | None = "train"
-    fold_bn: bool = True
-    channels_last: bool = True
-
-    def __post_init__(self) -> None:
-        if self.backbone != "efficientnet-lite0":
-            raise UserError(f"backbone must be 'efficientnet-lite0', got {self.backbone!r}")
-        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
-            raise UserError(f"image_size must be an int in 32..1024, got {self.image_size!r}")
-        parse_pool(self.pool)
-        if self.pca_dim is not None and (
-            not isinstance(self.pca_dim, int) or self.pca_dim < 1 or self.pca_dim > self.raw_dim
-        ):
-            raise UserError(
-                f"pca_dim must be None or an int in 1..{self.raw_dim} (the pooled size for "
-                f"pool={self.pool!r}), got {self.pca_dim!r}"
-            )
-
-    @property
-    def pool_parts(self) -> list[tuple[str, int]]:
-        return parse_pool(self.pool)
-
-    @property
-    def raw_dim(self) -> int:
-        """R: the pooled feature size before PCA."""
-        return CHANNELS * sum(k * k for _, k in parse_pool(self.pool))
-
-    @property
-    def feature_dim(self) -> int:
-        """D: the stored feature size (after PCA when it is on)."""
-        return self.pca_dim if self.pca_dim is not None else self.raw_dim
-
-    @property
-    def grid_side(self) -> int:
-        """h = w: the last feature map's side (five stride-2 'same' convs: ceil(S / 32))."""
-        return math.ceil(self.image_size / 32)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> FeatureExtractorConfig:
-        if not isinstance(data, dict):
-            raise DataError(f"{source}: config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DataError(
-                f"{source}: unknown config key(s) {unknown}; expected some of {sorted(known)}"
-            )
-        try:
-            return cls(**data)
-        except UserError as exc:
-            raise DataError(f"{source}: {exc}") from exc
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "config") -> FeatureExtractorConfig:
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise DataError(f"{source}: config is not valid JSON ({exc})") from exc
-        return cls.from_dict(data, source)
-
-
-# -- PCA ------------------------------------------------------------------------------------
-
-
-@dataclass
-class PCA:
-    """``transform(x) = (x - mean) @ components``: mean (R,), components (R, D) orthonormal."""
-
-    mean: np.ndarray
-    components: np.ndarray
-    explained_variance: np.ndarray
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """x (M, R) -> (M, D) float32."""
-        x = np.asarray(x, dtype=np.float32)
-        R = self.components.shape[0]
-        if x.ndim != 2 or x.shape[1] != R:
-            raise ValueError(f"x must be (M, {R}) raw features, got {x.shape}")
-        return ((x - self.mean) @ self.components).astype(np.float32, copy=False)  # (M, D)
-
-
-def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
-    """Principal components of x (N, R) -> PCA with the top ``k`` components.
-
-    ``method="auto"``: exact (SVD of the centred data) when ``min(N, R) <= 2048``, else a
-    seeded randomized SVD; ``"exact"`` or ``"randomized"`` force one. The randomized one is
-    Halko et al. 2011 (4 power iterations, 32 extra columns), accurate for the leading
-    components and deterministic. Each component's sign is fixed so that its largest-magnitude
-    entry is positive. Needs ``N >= k`` rows.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    N, R = x.shape
-    if not 1 <= k <= min(N, R):
-        raise UserError(
-            f"PCA to {k} dimensions needs at least {k} images and features to fit on, "
-            f"got {N} images x {R} features; lower the PCA size or give more images"
-        )
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)  # (R,)
-    xc = x - mean  # (N, R)
-    if method not in ("auto", "exact", "randomized"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'randomized', got {method!r}")
-    if method == "exact" or (method == "auto" and min(N, R) <= 2048):
-        _, s, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
-        components = vt[:k].T  # (R, k)
-        s = s[:k]
-    else:
-        rng = np.random.default_rng(seed)
-        cols = min(k + 32, min(N, R))
-        q = xc @ rng.standard_normal((R, cols), dtype=np.float32)  # (N, cols)
-        for _ in range(4):
-            q, _ = np.linalg.qr(q)
-            q, _ = np.linalg.qr(xc.T @ q)  # (R, cols)
-            q = xc @ q  # (N, cols)
-        q, _ = np.linalg.qr(q)
-        b = q.T @ xc  # (cols, R)
-        _, s, vt = np.linalg.svd(b.astype(np.float64), full_matrices=False)
-        components = vt[:k].T  # (R, k)
-        s = s[:k]
-    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
-    signs[signs == 0] = 1
-    components = components * signs
-    var = (s**2) / max(N - 1, 1)
-    return PCA(mean, components.astype(np.float32), var.astype(np.float32))
-
 
 # -- writing ----------------------------------------------------------------------------------
 
@@ -410,8 +231,8 @@ class FeatureStoreWriter:
             self._f.close()
 
     def raw_rows(self, rows: np.ndarray) -> np.ndarray:
-        """(K, R) float32 raw features of rows (K,) written so far."""
-        return self._f["features_raw"][()][np.asarray(rows, dtype=np.int64)]
+        """(K, R) float32 raw features of rows (K,) written so far; reads only those rows."""
+        return _read_rows(self._f["features_raw"], np.asarray(rows, dtype=np.int64))
 
     # -- the end ----------------------------------------------------------------------------
     def fit_rows(self) -> tuple[np.ndarray, str]:
@@ -641,10 +462,31 @@ class FeatureStore:
         return [i for i, s in zip(self.image_ids, self.splits, strict=True) if s == split]
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        order = np.argsort(rows, kind="stable")
-        uniq, inverse = np.unique(rows[order], return_inverse=True)
         with h5py.File(self.path, "r") as f:
-            block = f[name][uniq] if len(uniq) else f[name][0:0]  # h5py wants increasing rows
-        out = np.empty((len(rows), *block.shape[1:]), block.dtype)
-        out[order] = block[inverse]
-        return out
+            return _read_rows(f[name], rows)
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray, block_bytes: int = 8 << 20) -> np.ndarray:
+    """Rows ``rows`` (K,) of ``ds``, in that order (repeats allowed).
+
+    Reads the span of the wanted rows in slices of about ``block_bytes``, skipping slices
+    that hold none of them, and keeps only the wanted rows: memory stays at the result plus
+    one slice, and scattered rows cost slice reads, not h5py's slow point selections.
+    """
+    order = np.argsort(rows, kind="stable")
+    uniq, inverse = np.unique(rows[order], return_inverse=True)
+    out_sorted = np.empty((len(uniq), *ds.shape[1:]), ds.dtype)
+    row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
+    step = max(1, block_bytes // max(row_bytes, 1))
+    i = 0
+    while i < len(uniq):
+        lo = int(uniq[i])
+        j = int(np.searchsorted(uniq, lo + step))  # wanted rows in [lo, lo + step)
+        hi = int(uniq[j - 1]) + 1
+        out_sorted[i:j] = ds[lo:hi][uniq[i:j] - lo]
+        i = j
+    if len(uniq) == len(rows) and np.all(np.diff(rows) > 0):
+        return out_sorted  # rows were increasing already
+    out = np.empty((len(rows), *ds.shape[1:]), ds.dtype)
+    out[order] = out_sorted[inverse]
+    return out

@@ -38,9 +38,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from captionlab.data._io import atomic_write_json, read_json
+from captionlab._atomic import write_json
+from captionlab.data._io import read_json
 from captionlab.data.vocab import tokenize
 from captionlab.errors import DataError
+from captionlab.scenes import INVERSE, RELATIONS
 
 GENERATOR = "captionlab-shapes"
 GENERATOR_VERSION = 2
@@ -59,8 +61,6 @@ SHAPES = ("circle", "square", "triangle", "star")
 #: a star's outer radius; a square's half-side is 0.9 of it), varied by +-6%.
 SIZES: dict[str, float] = {"small": 0.085, "large": 0.165}
 SIZES_ARR = np.array(list(SIZES.values()))
-RELATIONS = ("left of", "right of", "above", "below")
-INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
 # Caption words. Repeats weight the common word over its synonyms.
 SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big")}
@@ -469,9 +469,10 @@ def generate_shapes(
             os.unlink(f)
     meta = {"colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
             "relations": list(RELATIONS)}  # fmt: skip
-    atomic_write_json(out / "scenes.json", {"generator": params, **meta, "images": sc_images})
-    atomic_write_json(out / "dataset.json", {"dataset": "shapes", "generator": params,
-                                             "images": ds_images})  # fmt: skip
+    scenes = {"generator": params, **meta, "images": sc_images}
+    write_json(out / "scenes.json", scenes, indent=None)
+    dataset = {"dataset": "shapes", "generator": params, "images": ds_images}
+    write_json(out / "dataset.json", dataset, indent=None)
     return out
 
 

@@ -1,11 +1,7 @@
 """Tokenization, the vocabulary, and caption <-> index arrays.
 
-Special tokens (as in cs231n's ``coco2014_vocab.json``)::
-
-    <NULL> = 0   padding; masked out of the loss
-    <START> = 1  first input token of every caption
-    <END> = 2    last output token of every caption
-    <UNK> = 3    any word outside the vocabulary
+Special tokens (:mod:`captionlab.tokens`, as in cs231n's ``coco2014_vocab.json``): ``<NULL>``
+= 0 (padding, masked out of the loss), ``<START>`` = 1, ``<END>`` = 2, ``<UNK>`` = 3.
 
 An encoded caption is a row of ``max_length + 1`` int32 ids
 ``<START> w1 ... wk <END> <NULL> ... <NULL>`` (cs231n uses 17 columns: ``max_length=16``).
@@ -22,11 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from captionlab.data._io import atomic_write_json, read_json
+from captionlab._atomic import write_json
+from captionlab.data._io import read_json
 from captionlab.errors import DataError
+from captionlab.tokens import END, NULL, SPECIAL_TOKENS, START, UNK, ids_to_text
 
-NULL, START, END, UNK = "<NULL>", "<START>", "<END>", "<UNK>"
-SPECIAL_TOKENS = (NULL, START, END, UNK)
+__all__ = [
+    "END",
+    "NULL",
+    "SPECIAL_TOKENS",
+    "START",
+    "UNK",
+    "Vocabulary",
+    "decode_captions",
+    "strip_special",
+    "tokenize",
+]
 VOCAB_FORMAT = "captionlab-vocab"
 VOCAB_VERSION = 1
 
@@ -116,7 +123,7 @@ class Vocabulary:
 
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as JSON, atomically."""
-        atomic_write_json(path, self.to_dict(), indent=None)
+        write_json(path, self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
@@ -150,10 +157,9 @@ class Vocabulary:
             ids[i, : len(row)] = row
         return ids, n_truncated
 
-    def decode(self, ids: np.ndarray) -> list[str]:
-        """(N, T) ids -> N plain captions: words up to ``<END>``, special tokens removed."""
-        out = decode_captions(np.atleast_2d(ids), self.idx_to_word)
-        return [strip_special(c) for c in out]
+    def to_text(self, ids: np.ndarray) -> list[str]:
+        """(N, T) or (T,) ids -> N plain captions: words up to ``<END>``, special tokens removed."""
+        return ids_to_text(ids, self.idx_to_word)
 
 
 def decode_captions(captions: np.ndarray, idx_to_word: Sequence[str]) -> list[str] | str:
@@ -169,22 +175,8 @@ def decode_captions(captions: np.ndarray, idx_to_word: Sequence[str]) -> list[st
     Returns:
         N strings, or one string when ``captions`` is 1-d.
     """
-    captions = np.asarray(captions)
-    singleton = captions.ndim == 1
-    if singleton:
-        captions = captions[None]
-    N, T = captions.shape
-    decoded = []
-    for i in range(N):
-        words = []
-        for t in range(T):
-            word = idx_to_word[int(captions[i, t])]
-            if word != NULL:
-                words.append(word)
-            if word == END:
-                break
-        decoded.append(" ".join(words))
-    return decoded[0] if singleton else decoded
+    decoded = ids_to_text(captions, idx_to_word, keep_boundaries=True)
+    return decoded[0] if np.ndim(captions) == 1 else decoded
 
 
 def strip_special(text: str) -> str:

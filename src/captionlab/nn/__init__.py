@@ -5,17 +5,32 @@ Dimensions everywhere: ``N`` batch, ``T`` time, ``D`` input size, ``H`` hidden s
 ``(out, cache)`` and a ``*_backward`` returning gradients in the order of the forward's
 inputs. Layers keep the dtype they are given (float32 or float64).
 
-Modules: :mod:`~captionlab.nn.functional` (stable sigmoid, log-softmax),
+Modules: :mod:`~captionlab.nn.functional` (stable sigmoid, log-softmax, masked softmax),
 :mod:`~captionlab.nn.layers` (affine, word embedding, temporal affine, temporal softmax
 loss), :mod:`~captionlab.nn.rnn`, :mod:`~captionlab.nn.lstm` (gates i, f, o, g),
-:mod:`~captionlab.nn.gru` (gates r, z, n as torch), :mod:`~captionlab.nn.gradcheck`,
-:mod:`~captionlab.nn.optim`, :mod:`~captionlab.nn.kernels` (the element-wise work between
-the matrix products: fused numba kernels by default, the NumPy reference with
-``CAPTIONLAB_KERNELS=numpy`` or ``with nn.use_kernels("numpy"): ...``).
+:mod:`~captionlab.nn.gru` (gates r, z, n as torch), :mod:`~captionlab.nn.attention`
+(additive attention over ``L`` grid cells, scaled dot-product attention),
+:mod:`~captionlab.nn.transformer` (layer norm, dropout, positional encoding, multi-head
+attention, feed-forward, decoder layer, and the cs231n classes ``PositionalEncoding`` and
+``MultiHeadAttention``), :mod:`~captionlab.nn.gradcheck`, :mod:`~captionlab.nn.optim`,
+:mod:`~captionlab.nn.kernels` (the element-wise work between the matrix products: fused
+numba kernels by default, the NumPy reference with ``CAPTIONLAB_KERNELS=numpy`` or
+``with nn.use_kernels("numpy"): ...``).
 """
 
 from captionlab.nn import optim
-from captionlab.nn.functional import log_softmax, sigmoid
+from captionlab.nn.attention import (
+    additive_attention_backward,
+    additive_attention_forward,
+    scaled_dot_product_attention_backward,
+    scaled_dot_product_attention_forward,
+)
+from captionlab.nn.functional import (
+    log_softmax,
+    masked_softmax,
+    masked_softmax_backward,
+    sigmoid,
+)
 from captionlab.nn.gradcheck import (
     check_layers,
     eval_numerical_gradient,
@@ -59,13 +74,44 @@ from captionlab.nn.rnn import (
     rnn_step_backward,
     rnn_step_forward,
 )
+from captionlab.nn.transformer import (
+    DECODER_LAYER_KEYS,
+    MultiHeadAttention,
+    PositionalEncoding,
+    decoder_layer_backward,
+    decoder_layer_forward,
+    decoder_layer_param_shapes,
+    dropout_backward,
+    dropout_forward,
+    feedforward_backward,
+    feedforward_forward,
+    layernorm_backward,
+    layernorm_forward,
+    multihead_attention_backward,
+    multihead_attention_forward,
+    positional_encoding_backward,
+    positional_encoding_forward,
+    sinusoidal_positional_encoding,
+)
 
 __all__ = [
+    "DECODER_LAYER_KEYS",
+    "MultiHeadAttention",
+    "PositionalEncoding",
+    "additive_attention_backward",
+    "additive_attention_forward",
     "affine_backward",
     "affine_forward",
     "check_layers",
+    "decoder_layer_backward",
+    "decoder_layer_forward",
+    "decoder_layer_param_shapes",
+    "dropout_backward",
+    "dropout_forward",
     "eval_numerical_gradient",
     "eval_numerical_gradient_array",
+    "feedforward_backward",
+    "feedforward_forward",
     "gru_backward",
     "gru_cell_forward",
     "gru_forward",
@@ -74,6 +120,8 @@ __all__ = [
     "gru_step_backward",
     "gru_step_forward",
     "kernels_in_use",
+    "layernorm_backward",
+    "layernorm_forward",
     "log_softmax",
     "lstm_backward",
     "lstm_cell_forward",
@@ -82,7 +130,13 @@ __all__ = [
     "lstm_recurrence_forward",
     "lstm_step_backward",
     "lstm_step_forward",
+    "masked_softmax",
+    "masked_softmax_backward",
+    "multihead_attention_backward",
+    "multihead_attention_forward",
     "optim",
+    "positional_encoding_backward",
+    "positional_encoding_forward",
     "rel_error",
     "rnn_backward",
     "rnn_cell_forward",
@@ -91,8 +145,11 @@ __all__ = [
     "rnn_recurrence_forward",
     "rnn_step_backward",
     "rnn_step_forward",
+    "scaled_dot_product_attention_backward",
+    "scaled_dot_product_attention_forward",
     "set_kernels",
     "sigmoid",
+    "sinusoidal_positional_encoding",
     "temporal_affine_backward",
     "temporal_affine_forward",
     "temporal_softmax_loss",

@@ -8,6 +8,9 @@
 * ``tanh(x) = 2 * sigmoid(2x) - 1``, the same way (exact to about one ulp of 1, absolute;
   about twice as fast as ``np.tanh`` in float64 on x86).
 * ``log_softmax(x) = x - max(x) - log(sum(exp(x - max(x))))`` along the last axis.
+* ``masked_softmax(x, mask)``: softmax along the last axis over the entries where ``mask``
+  is true, with max subtraction; masked entries get exactly 0 and a row with no entry left
+  is all zeros (not NaN). ``masked_softmax_backward`` is its backward pass.
 
 The ``*_from_negated_`` helpers take the *negated* (and for tanh doubled) argument in place;
 ``sigmoid`` and ``tanh`` are built on them. The NumPy kernels of :mod:`captionlab.nn.kernels`
@@ -75,6 +78,57 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     """
     shifted = x - np.max(x, axis=-1, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def masked_softmax(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Softmax along the last axis over the entries ``mask`` allows, stable.
+
+    ``p[..., j] = mask[..., j] * exp(x[..., j] - m) / sum_k mask[..., k] * exp(x[..., k] - m)``
+    with ``m`` the row's largest allowed score. Masked entries get exactly 0 (they are set
+    to ``-inf`` before the exponential, so no large finite stand-in leaks through). A row
+    whose entries are all masked is defined to be all zeros: it attends to nothing, and
+    its gradient is zero (rather than the NaN of ``0 / 0``).
+
+    Args:
+        x: scores of shape (..., K), floating.
+        mask: ``None`` (nothing masked) or a boolean (or 0/1) array broadcastable to
+            ``x.shape``; false or 0 means "excluded".
+
+    Returns:
+        probabilities ``p`` of ``x``'s shape and dtype; each row sums to 1, or to 0 when
+        fully masked.
+    """
+    x = np.asarray(x)
+    if mask is None:
+        p = x - np.max(x, axis=-1, keepdims=True)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        p = np.where(mask, x, x.dtype.type(-np.inf))  # broadcast to x's shape
+        m = np.max(p, axis=-1, keepdims=True)
+        m[~np.isfinite(m)] = 0  # fully masked row: keep -inf - 0 = -inf, never inf - inf
+        p -= m
+    np.exp(p, out=p)
+    s = np.sum(p, axis=-1, keepdims=True)
+    s[s == 0] = 1  # a fully masked row stays all zeros
+    p /= s
+    return p
+
+
+def masked_softmax_backward(dp: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Backward pass of :func:`masked_softmax`: ``dx = p * (dp - sum(dp * p))`` per row.
+
+    Masked entries have ``p = 0`` and so get zero gradient; the mask is not needed.
+
+    Args:
+        dp: upstream gradient of shape (..., K).
+        p: the forward output, shape (..., K).
+
+    Returns:
+        dx of shape (..., K), in the result dtype of ``dp`` and ``p``.
+    """
+    dx = dp * p
+    dx -= p * np.sum(dx, axis=-1, keepdims=True)
+    return dx
 
 
 def check_shape(name: str, arr: np.ndarray, expected: tuple, dims: str) -> None:

@@ -16,13 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from captionlab.nn import attention as _attention
+from captionlab.nn import functional as _functional
 from captionlab.nn import gru as _gru
 from captionlab.nn import layers as _layers
 from captionlab.nn import lstm as _lstm
 from captionlab.nn import rnn as _rnn
+from captionlab.nn import transformer as _transformer
 
 STEP_TOLERANCE = 1e-7  # step layers and the simple layers
 SEQUENCE_TOLERANCE = 1e-5  # whole-sequence layers (errors add up over T steps)
+BLOCK_TOLERANCE = SEQUENCE_TOLERANCE  # a Transformer decoder layer: ten layers composed
 
 
 def eval_numerical_gradient(
@@ -298,6 +302,171 @@ def _check_gru(rand: _Inputs) -> list[GradCheckResult]:
     return out
 
 
+def _check_additive_attention(rand: _Inputs) -> list[GradCheckResult]:
+    """additive_attention, without and with a mask (both outputs z and alpha get an
+    upstream gradient)."""
+    L, K = 5, 4
+    names = ["A", "A_proj", "h", "Wh", "b", "w"]
+    mask = np.ones((N, L), dtype=bool)
+    mask[0, [1, 3]] = False
+    mask[1, :4] = False  # one cell left
+    out = []
+    for layer, m in (("additive_attention", None), ("additive_attn_mask", mask)):
+        inputs = {
+            "A": rand(N, L, D),
+            "A_proj": rand(N, L, K),
+            "h": rand(N, H),
+            "Wh": rand(H, K),
+            "b": rand(K),
+            "w": rand(K),
+        }
+        out += _check_layer(
+            layer,
+            lambda *args, m=m: _attention.additive_attention_forward(*args, mask=m),
+            lambda dz, dalpha, cache: _attention.additive_attention_backward(dz, dalpha, cache),
+            inputs,
+            [rand(N, D), rand(N, L)],
+            names,
+            STEP_TOLERANCE,
+        )
+    return out
+
+
+def _check_attention(rand: _Inputs) -> list[GradCheckResult]:
+    """masked_softmax, scaled_dot_product_attention, multihead_attention."""
+    step = STEP_TOLERANCE
+    Tq, Tk, E, heads = 4, 5, 6, 2
+    mask = rand.rng.random((N, Tq, Tk)) > 0.3
+    mask[0, 1] = False  # a fully masked row: zero weights, zero gradient
+    out = _check_layer(
+        "masked_softmax",
+        lambda x: 2 * (_functional.masked_softmax(x, mask),),
+        lambda dp, p: _functional.masked_softmax_backward(dp, p),
+        {"x": rand(N, Tq, Tk)},
+        [rand(N, Tq, Tk)],
+        ["x"],
+        step,
+    )
+    drop = _transformer.dropout_mask((N, 2, Tq, Tk), 0.25, rand.rng, np.float64)
+    out += _check_layer(
+        "scaled_dot_product_attention",
+        lambda q, k, v: _attention.scaled_dot_product_attention_forward(
+            q, k, v, mask[:, None], dropout_mask=drop
+        ),
+        lambda dout, dweights, cache: _attention.scaled_dot_product_attention_backward(
+            dout, dweights, cache
+        ),
+        {"q": rand(N, 2, Tq, E), "k": rand(N, 2, Tk, E), "v": rand(N, 2, Tk, 3)},
+        [rand(N, 2, Tq, 3), rand(N, 2, Tq, Tk)],
+        ["q", "k", "v"],
+        step,
+    )
+    mha_inputs = {"query": rand(N, Tq, E), "key": rand(N, Tk, E), "value": rand(N, Tk, E)}
+    for name in ("q", "k", "v", "o"):
+        mha_inputs[f"W{name}"], mha_inputs[f"b{name}"] = rand(E, E), rand(E)
+    causal = np.tril(np.ones((Tq, Tk)), k=1)
+
+    def mha_forward(*args):
+        # a fresh generator from one seed: the same dropout masks at every call
+        rng = np.random.default_rng(7)
+        return _transformer.multihead_attention_forward(*args, heads, causal, 0.2, rng)
+
+    # Not bk: adding a constant to every key adds q.bk to a whole row of scores, which the
+    # softmax ignores, so dbk is zero up to rounding and its relative error is noise.
+    checked = [name for name in mha_inputs if name != "bk"]
+
+    def mha_backward(dout, dweights, cache):
+        grads = _transformer.multihead_attention_backward(dout, dweights, cache)
+        return tuple(g for name, g in zip(mha_inputs, grads, strict=True) if name in checked)
+
+    out += _check_layer(
+        "multihead_attention",
+        mha_forward,
+        mha_backward,
+        mha_inputs,
+        [rand(N, Tq, E), rand(N, heads, Tq, Tk)],
+        checked,
+        step,
+    )
+    return out
+
+
+def _check_transformer(rand: _Inputs) -> list[GradCheckResult]:
+    """layernorm, dropout, positional_encoding, feedforward, decoder_layer."""
+    step = STEP_TOLERANCE
+    E, F, L, heads = 6, 10, 3, 2
+    out = _check_layer(
+        "layernorm",
+        lambda x, gamma, beta: _transformer.layernorm_forward(x, gamma, beta, {"eps": 1e-5}),
+        _transformer.layernorm_backward,
+        # x of unit scale: rows of small variance have gradients of a size that finite
+        # differences cannot resolve to 1e-7
+        {"x": 2 * rand(N, T, E), "gamma": 1 + rand(E), "beta": rand(E)},
+        [rand(N, T, E)],
+        ["x", "gamma", "beta"],
+        step,
+    )
+    out += _check_layer(
+        "dropout",
+        lambda x: _transformer.dropout_forward(x, 0.3, np.random.default_rng(3)),
+        _transformer.dropout_backward,
+        {"x": rand(N, T, E)},
+        [rand(N, T, E)],
+        ["x"],
+        step,
+    )
+    out += _check_layer(
+        "positional_encoding",
+        lambda x: _transformer.positional_encoding_forward(x, 0.3, np.random.default_rng(4)),
+        _transformer.positional_encoding_backward,
+        {"x": rand(N, T, E)},
+        [rand(N, T, E)],
+        ["x"],
+        step,
+    )
+    ff_inputs = {"x": rand(N, T, E), "W1": rand(E, F), "b1": rand(F), "W2": rand(F, E)}
+    ff_inputs["b2"] = rand(E)
+    out += _check_layer(
+        "feedforward",
+        lambda *a: _transformer.feedforward_forward(*a, 0.2, np.random.default_rng(5)),
+        _transformer.feedforward_backward,
+        ff_inputs,
+        [rand(N, T, E)],
+        list(ff_inputs),
+        step,
+    )
+    keys = _transformer.DECODER_LAYER_KEYS
+    shapes = _transformer.decoder_layer_param_shapes(E, F)
+    layer_inputs = {"x": rand(N, T, E), "memory": rand(N, L, E)}
+    layer_inputs.update({key: rand(*shapes[key]) for key in keys})
+    for k in (1, 2, 3):
+        layer_inputs[f"norm{k}.gamma"] += 1
+    causal = np.tril(np.ones((T, T)))
+
+    def layer_forward(x, memory, *params):
+        rng = np.random.default_rng(6)  # the same dropout masks at every call
+        return _transformer.decoder_layer_forward(
+            x, memory, dict(zip(keys, params, strict=True)), heads, causal, 0.2, rng
+        )
+
+    checked_keys = [key for key in keys if not key.endswith("attn.bk")]  # dbk = 0, as above
+
+    def layer_backward(dout, cache):
+        dx, dmemory, dparams = _transformer.decoder_layer_backward(dout, cache)
+        return (dx, dmemory, *(dparams[key] for key in checked_keys))
+
+    out += _check_layer(
+        "decoder_layer",
+        layer_forward,
+        layer_backward,
+        layer_inputs,
+        [rand(N, T, E)],
+        ["x", "memory", *checked_keys],
+        BLOCK_TOLERANCE,
+    )
+    return out
+
+
 #: One function per layer family, in the order the table lists them. A new family of
 #: layers adds its ``_check_<family>(rand) -> list[GradCheckResult]`` here.
 LAYER_FAMILIES: tuple[Callable[[_Inputs], list[GradCheckResult]], ...] = (
@@ -305,6 +474,9 @@ LAYER_FAMILIES: tuple[Callable[[_Inputs], list[GradCheckResult]], ...] = (
     _check_rnn,
     _check_lstm,
     _check_gru,
+    _check_additive_attention,
+    _check_attention,
+    _check_transformer,
 )
 
 

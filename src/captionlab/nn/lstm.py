@@ -53,20 +53,83 @@ def lstm_cell_forward(
         ``(next_h, next_c, (i, f, o, g, tanh_c))``, each (N, H); the gates are what the
         backward pass needs.
     """
-    H = prev_h.shape[1]
-    next_h, next_c, a, tanh_c = _lstm_cell(xa, prev_h, prev_c, Wh)
+    a = prev_h @ Wh  # (N, 4H)
+    a += xa
+    return lstm_gates_forward(a, prev_c)
+
+
+def lstm_gates_forward(a: np.ndarray, prev_c: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The gates and the new state from the full pre-activation ``a``, which is overwritten.
+
+    For callers that build ``a = x @ Wx + prev_h @ Wh + b`` their own way (the attention
+    captioner adds a context term and fuses ``prev_h``'s GEMMs). No checks: callers check.
+
+    Args:
+        a: pre-activation of shape (N, 4H), gates i, f, o, g; on return it holds the gate
+            activations i, f, o, g.
+        prev_c: previous cell state of shape (N, H).
+
+    Returns:
+        ``(next_h, next_c, (i, f, o, g, tanh_c))``, each (N, H), the gates views into ``a``.
+    """
+    H = prev_c.shape[1]
+    work = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    next_h, next_c, tanh_c = _lstm_gates(work, prev_c)
+    if work is not a:
+        a[...] = work
     i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
     return next_h, next_c, (i, f, o, g, tanh_c)
 
 
-def _lstm_cell(xa, prev_h, prev_c, Wh):
-    """:func:`lstm_cell_forward` returning the gates as one (N, 4H) array ``a``."""
-    a = prev_h @ Wh  # (N, 4H)
-    a += xa
+def _lstm_gates(a, prev_c):
+    """The kernel behind :func:`lstm_gates_forward`: ``a`` C-contiguous (N, 4H), in place."""
     prev_c = np.ascontiguousarray(prev_c, dtype=a.dtype)
     next_c, tanh_c, next_h = (np.empty(prev_c.shape, dtype=a.dtype) for _ in range(3))
     kernels.active().lstm_cell(a, prev_c, next_c, tanh_c, next_h)  # a -> i, f, o, g
-    return next_h, next_c, a, tanh_c
+    return next_h, next_c, tanh_c
+
+
+def lstm_gates_backward(
+    dnext_h: np.ndarray, dnext_c: np.ndarray, prev_c: np.ndarray, gates: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward of :func:`lstm_gates_forward` (the equations in the module docstring).
+
+    Args:
+        dnext_h: gradient of next_h, (N, H).
+        dnext_c: gradient of next_c from later steps, (N, H).
+        prev_c: previous cell state, (N, H).
+        gates: ``(i, f, o, g, tanh_c)`` from the forward, each (N, H).
+
+    Returns:
+        ``(da, dprev_c)``: the gradient of the pre-activation (N, 4H), gates i, f, o, g,
+        and of prev_c (N, H).
+    """
+    i, f, o, g, tanh_c = gates
+    a = np.concatenate([i, f, o, g], axis=1)  # (N, 4H)
+    da, dprev_c, _ = _lstm_gates_backward(dnext_h, dnext_c, prev_c, a, tanh_c)
+    return da, dprev_c
+
+
+def _lstm_gates_backward(dnext_h, dnext_c, prev_c, a, tanh_c):
+    """The sequence backward kernel with T = 1 (it reads ``c[:, 0]`` = prev_c as c_{t-1}):
+    a (N, 4H) C-contiguous gates -> ``(da (N, 4H), dprev_c (N, H), db (4H,))``."""
+    N, H = tanh_c.shape
+    dtype = a.dtype
+    dc = np.array(dnext_c, dtype=dtype)  # (N, H), becomes dprev_c
+    da = np.empty((N, 1, 4 * H), dtype=dtype)
+    db = np.zeros(4 * H, dtype=dtype)
+    kernels.active().lstm_backward_step(
+        np.ascontiguousarray(dnext_h, dtype=dtype)[:, None],
+        np.zeros((N, H), dtype=dtype),
+        dc,
+        a[:, None],
+        np.ascontiguousarray(prev_c, dtype=dtype)[:, None],
+        np.ascontiguousarray(tanh_c, dtype=dtype)[:, None],
+        da,
+        db,
+        0,
+    )
+    return da[:, 0], dc, db
 
 
 def lstm_step_forward(
@@ -92,7 +155,9 @@ def lstm_step_forward(
     """
     N, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=4, sequence=False)
     check_shape("prev_c", prev_c, (N, H), "(N, H)")
-    next_h, next_c, a, tanh_c = _lstm_cell(x @ Wx + b, prev_h, prev_c, Wh)  # a: i, f, o, g
+    a = prev_h @ Wh  # (N, 4H)
+    a += x @ Wx + b
+    next_h, next_c, tanh_c = _lstm_gates(a, prev_c)  # a -> i, f, o, g
     cache = (x, prev_h, np.ascontiguousarray(prev_c, dtype=a.dtype), Wx, Wh, a, tanh_c)
     return next_h, next_c, cache
 
@@ -114,29 +179,12 @@ def lstm_step_backward(
     x, prev_h, prev_c, Wx, Wh, a, tanh_c = cache
     check_shape("dnext_h", dnext_h, prev_h.shape, "(N, H)")
     check_shape("dnext_c", dnext_c, prev_c.shape, "(N, H)")
-    N, H = prev_c.shape
-    dtype = a.dtype
-    # The sequence kernel with T = 1 (c[:, 0] = prev_c is what it reads as c_{t-1}).
-    dc = np.array(dnext_c, dtype=dtype)  # (N, H), becomes dprev_c
-    da = np.empty((N, 1, 4 * H), dtype=dtype)
-    db = np.zeros(4 * H, dtype=dtype)
-    kernels.active().lstm_backward_step(
-        np.ascontiguousarray(dnext_h, dtype=dtype)[:, None],
-        np.zeros((N, H), dtype=dtype),
-        dc,
-        a[:, None],
-        prev_c[:, None],
-        tanh_c[:, None],
-        da,
-        db,
-        0,
-    )
-    da = da[:, 0]  # (N, 4H)
+    da, dprev_c, db = _lstm_gates_backward(dnext_h, dnext_c, prev_c, a, tanh_c)
     dx = da @ Wx.T  # (N, D)
     dprev_h = da @ Wh.T  # (N, H)
     dWx = x.T @ da  # (D, 4H)
     dWh = prev_h.T @ da  # (H, 4H)
-    return dx, dprev_h, dc, dWx, dWh, db
+    return dx, dprev_h, dprev_c, dWx, dWh, db
 
 
 def lstm_recurrence_forward(

@@ -19,7 +19,15 @@ import numpy as np
 
 from captionlab.errors import UserError
 
-__all__ = ["CLASS_NAMES", "NUM_CLASSES", "SYNONYMS", "WNIDS", "decode_predictions", "resolve_class"]
+__all__ = [
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "SYNONYMS",
+    "WNIDS",
+    "decode_predictions",
+    "resolve_class",
+    "top_classes",
+]
 
 NUM_CLASSES = 1000
 
@@ -103,6 +111,11 @@ def resolve_class(name_or_index: str | int) -> int:
     )
 
 
+def _top(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices (N, k) of the k most probable classes of probs (N, 1000), best first."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
 def decode_predictions(logits: np.ndarray, k: int = 5) -> list[list[tuple[int, str, float]]]:
     """logits (N, 1000) -> for each image the top ``k`` ``(index, name, probability)``.
 
@@ -116,8 +129,15 @@ def decode_predictions(logits: np.ndarray, k: int = 5) -> list[list[tuple[int, s
     z = z - z.max(axis=1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)  # (N, 1000)
-    top = np.argsort(-p, axis=1, kind="stable")[:, :k]  # (N, k)
     return [
         [(int(i), CLASS_NAMES[i], float(row[i])) for i in idx]
-        for idx, row in zip(top, p, strict=True)
+        for idx, row in zip(_top(p, k), p, strict=True)
+    ]
+
+
+def top_classes(probs: np.ndarray, k: int) -> list[dict]:
+    """probs (1000,) of one image -> its top ``k`` as ``{"index", "name", "prob"}``."""
+    p = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+    return [
+        {"index": int(i), "name": CLASS_NAMES[i], "prob": float(p[0, i])} for i in _top(p, k)[0]
     ]

@@ -21,12 +21,15 @@ from PIL import Image, ImageOps
 from captionlab.errors import UserError
 
 __all__ = [
+    "BUNDLED_PHOTOS",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "center_crop_resize",
+    "image_stem",
     "list_image_files",
     "load_image",
     "load_images",
+    "read_image",
 ]
 
 # 64 megapixels (8000 x 8000): larger than any camera photo people caption, far below what
@@ -156,3 +159,32 @@ def load_images(paths: Iterable[str | Path], size: int = 224) -> np.ndarray:
     if not arrays:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     return np.stack(arrays)
+
+
+BUNDLED_PREFIX = "skimage:"
+#: Photos bundled with scikit-image (CC0 or public domain), named as ``skimage:NAME``.
+BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def read_image(spec: str, size: int = 224) -> np.ndarray:
+    """An image file, or ``skimage:NAME`` for a bundled photo -> a writable uint8
+    (size, size, 3) array (shorter side resized, centre crop)."""
+    if not spec.startswith(BUNDLED_PREFIX):
+        return np.array(load_image(spec, size=size))  # a writable copy, for torch
+    name = spec[len(BUNDLED_PREFIX) :]
+    if name not in BUNDLED_PHOTOS:
+        raise UserError(
+            f"{spec}: unknown bundled photo; expected one of {', '.join(BUNDLED_PHOTOS)}"
+        )
+    import skimage.data
+
+    pixels = np.asarray(getattr(skimage.data, name)())
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    img = Image.fromarray(pixels[..., :3].astype(np.uint8))
+    return np.array(center_crop_resize(img, size), dtype=np.uint8)
+
+
+def image_stem(spec: str) -> str:
+    """A short name for an image argument (``skimage:chelsea`` -> ``chelsea``)."""
+    return spec[len(BUNDLED_PREFIX) :] if spec.startswith(BUNDLED_PREFIX) else Path(spec).stem

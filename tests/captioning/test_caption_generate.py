@@ -1,4 +1,4 @@
-"""Decoding: greedy, beam search, temperature sampling, and the folded input table."""
+"""Generating captions: greedy, beam search, temperature sampling, and the folded input table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from captionlab.captioning import (
     greedy_decode,
     sample_temperature,
 )
-from captionlab.captioning.decode import cell_step_from_input
+from captionlab.captioning.model import cell_step_from_input
 from captionlab.nn import gru_step_forward, lstm_step_forward, rnn_step_forward
 
 CELLS = ["rnn", "lstm", "gru"]

@@ -1,0 +1,202 @@
+"""Time CaptioningTransformer's training step against a PyTorch model of the same math (CPU).
+
+At the issue's size (N=128 captions of 17 tokens, so T=16 positions; a 5x5 grid, L=25, of
+D=512 features; W=256, 4 heads, 2 layers, feed-forward 2048 as in the assignment; V=1004)
+with 2 threads, in one process, this script times one ``loss`` with all gradients of
+``CaptioningTransformer`` against :class:`TorchCaptioningTransformer` (``nn.Linear``,
+``nn.Embedding``, the same sinusoidal table, ``nn.TransformerDecoder`` of post-norm
+``nn.TransformerDecoderLayer``, ``nn.Linear`` to the vocabulary and ``cross_entropy`` at
+the positions whose target is not ``<NULL>``) forward and ``backward()``, with the same
+weights, in float32 (and float64 with ``--dtypes``), in training mode with dropout 0.1 and
+with dropout 0.
+
+Cases are interleaved repeat by repeat, with a pause whenever the library switches; the
+minimum over repeats is printed with the ratio ``numpy / torch`` (lower is better for
+numpy). On a shared machine the numbers are noisy: compare ratios, not times.
+
+    python benchmarks/bench_transformer.py            # 5 repeats
+    python benchmarks/bench_transformer.py --quick    # 2 repeats, a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+from captionlab import nn
+from captionlab.captioning import CaptioningTransformer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per case (minimum)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repeats before timing")
+    p.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up")
+    p.add_argument("--threads", type=int, default=2, help="BLAS and torch threads")
+    p.add_argument("--pause", type=float, default=0.3, help="seconds to wait on library switch")
+    p.add_argument(
+        "--size", default="128,16,25,512,256,4,2,2048,1004", help="N,T,L,D,W,heads,layers,F,V"
+    )
+    p.add_argument("--dtypes", default="float32", help="comma-separated: float32,float64")
+    p.add_argument("--dropouts", default="0.1,0", help="comma-separated dropout rates")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup = 2, 1
+    return args
+
+
+def vocab(V: int) -> dict[str, int]:
+    words = ["<NULL>", "<START>", "<END>", "<UNK>"] + [f"w{i}" for i in range(4, V)]
+    return {w: i for i, w in enumerate(words)}
+
+
+class TorchCaptioningTransformer(torch.nn.Module):
+    """The same math in PyTorch, with a :class:`CaptioningTransformer`'s weights.
+
+    torch's ``in_proj_weight`` (3W, W) is ``[Wq; Wk; Wv]`` transposed (torch applies
+    ``x @ W.T``); ``linearK.weight`` is ``ffn.WK`` transposed; ``normK.weight`` is gamma.
+    """
+
+    def __init__(self, model: CaptioningTransformer) -> None:
+        super().__init__()
+        c = model.config
+        V = len(model.word_to_idx)
+        D, W = c.input_dim, c.wordvec_dim
+        p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.params.items()}
+        self.proj = torch.nn.Linear(D, W)
+        self.embed = torch.nn.Embedding(V, W)
+        layer = torch.nn.TransformerDecoderLayer(
+            W,
+            c.num_heads,
+            dim_feedforward=c.dim_feedforward,
+            dropout=c.dropout,
+            activation="relu",
+            batch_first=True,
+            norm_first=False,
+        )
+        self.decoder = torch.nn.TransformerDecoder(layer, c.num_layers)
+        self.vocab = torch.nn.Linear(W, V)
+        self.pos_drop = torch.nn.Dropout(c.dropout)
+        pe = nn.sinusoidal_positional_encoding(c.max_length, W, model.dtype)
+        self.register_buffer("pe", torch.from_numpy(pe))
+        self.to(p["W_embed"].dtype)  # before copying: a float32 copy would round float64
+        with torch.no_grad():
+            self.proj.weight.copy_(p["W_proj"].T)
+            self.proj.bias.copy_(p["b_proj"])
+            self.embed.weight.copy_(p["W_embed"])
+            for i, mod in enumerate(self.decoder.layers):
+                q = f"layers.{i}."
+                for ours, attn in (
+                    ("self_attn", mod.self_attn),
+                    ("cross_attn", mod.multihead_attn),
+                ):
+                    a = q + ours + "."
+                    attn.in_proj_weight.copy_(
+                        torch.cat([p[a + "Wq"].T, p[a + "Wk"].T, p[a + "Wv"].T])
+                    )
+                    attn.in_proj_bias.copy_(torch.cat([p[a + "bq"], p[a + "bk"], p[a + "bv"]]))
+                    attn.out_proj.weight.copy_(p[a + "Wo"].T)
+                    attn.out_proj.bias.copy_(p[a + "bo"])
+                mod.linear1.weight.copy_(p[q + "ffn.W1"].T)
+                mod.linear1.bias.copy_(p[q + "ffn.b1"])
+                mod.linear2.weight.copy_(p[q + "ffn.W2"].T)
+                mod.linear2.bias.copy_(p[q + "ffn.b2"])
+                for k in (1, 2, 3):
+                    getattr(mod, f"norm{k}").weight.copy_(p[f"{q}norm{k}.gamma"])
+                    getattr(mod, f"norm{k}").bias.copy_(p[f"{q}norm{k}.beta"])
+            self.vocab.weight.copy_(p["W_vocab"].T)
+            self.vocab.bias.copy_(p["b_vocab"])
+
+    def loss(self, features: torch.Tensor, captions: torch.Tensor, null: int = 0) -> torch.Tensor:
+        """features (N, D) or (N, L, D), captions (N, T+1) -> the captionlab loss."""
+        N = features.shape[0]
+        memory = self.proj(features)
+        if memory.dim() == 2:
+            memory = memory[:, None]  # (N, 1, W)
+        words, target = captions[:, :-1], captions[:, 1:]
+        T = words.shape[1]
+        x = self.pos_drop(self.embed(words) + self.pe[:T])  # (N, T, W)
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True = may not attend
+        x = self.decoder(x, memory, tgt_mask=causal)
+        keep = target != null
+        scores = self.vocab(x[keep])  # (M, V): only where a word is predicted
+        return F.cross_entropy(scores, target[keep], reduction="sum") / N
+
+
+def make_captions(rng: np.random.Generator, N: int, T: int, V: int) -> np.ndarray:
+    """(N, T+1) COCO-like captions: <START>, 7..T-1 words, <END>, <NULL> padding."""
+    captions = rng.integers(4, V, size=(N, T + 1))
+    captions[:, 0] = 1
+    for n, length in enumerate(rng.integers(min(8, T), T + 1, size=N)):
+        captions[n, length] = 2
+        captions[n, length + 1 :] = 0
+    return captions
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    N, T, L, D, W, heads, layers, Ff, V = (int(x) for x in args.size.split(","))
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    captions = make_captions(rng, N, T, V)
+    feats64 = rng.standard_normal((N, L, D))
+    print(
+        f"transformer benchmark: N={N}, T={T}, L={L}, D={D}, W={W}, heads={heads}, "
+        f"layers={layers}, F={Ff}, V={V}, threads={args.threads}, repeats={args.repeats} "
+        f"(minimum), torch {torch.__version__}"
+    )
+    print(f"\n{'case':28s}{'numpy ms':>10s}{'torch ms':>10s}{'ratio':>8s}")
+    with threadpool_limits(args.threads):
+        for dtype in args.dtypes.split(","):
+            for dropout in (float(x) for x in args.dropouts.split(",")):
+                model = CaptioningTransformer(
+                    vocab(V), D, W, heads, layers, max_length=T, dropout=dropout,
+                    dtype=np.dtype(dtype), seed=0, dim_feedforward=Ff,
+                )  # fmt: skip
+                tmodel = TorchCaptioningTransformer(model).train()
+                feats = feats64.astype(dtype)
+                tfeats, tcaps = torch.from_numpy(feats), torch.from_numpy(captions)
+
+                # the two models compute the same loss (a check that the peer is fair)
+                np_loss = model.eval().loss(feats, captions)[0]
+                tmodel.eval()
+                with torch.no_grad():
+                    t_loss = float(tmodel.loss(tfeats, tcaps))
+                assert abs(np_loss - t_loss) < 1e-4 * abs(t_loss), (np_loss, t_loss)
+                model.train()
+                tmodel.train()
+
+                def np_step(model=model, feats=feats):
+                    model.loss(feats, captions)
+
+                def torch_step(tmodel=tmodel, tfeats=tfeats, tcaps=tcaps):
+                    tmodel.zero_grad(set_to_none=True)
+                    tmodel.loss(tfeats, tcaps).backward()
+
+                cases = {"numpy": np_step, "torch": torch_step}
+                times: dict[str, list[float]] = {k: [] for k in cases}
+                for rep in range(args.warmup + args.repeats):
+                    for name, fn in cases.items():
+                        time.sleep(args.pause)
+                        t = timed(fn)
+                        if rep >= args.warmup:
+                            times[name].append(t)
+                t_np, t_torch = min(times["numpy"]), min(times["torch"])
+                label = f"step {dtype} dropout {dropout:g}"
+                print(f"{label:28s}{t_np * 1e3:10.1f}{t_torch * 1e3:10.1f}{t_np / t_torch:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

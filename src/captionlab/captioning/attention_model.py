@@ -1,0 +1,453 @@
+"""Show, Attend and Tell: an LSTM captioner with soft additive attention over a feature grid.
+
+Xu et al. 2015, the soft-attention model, with the gate ``beta`` and the doubly stochastic
+penalty. Dimensions: ``N`` batch, ``T`` caption length (the model reads ``captions[:, :-1]``
+and predicts ``captions[:, 1:]``, ``T - 1`` steps), ``L`` grid cells, ``D`` cell-feature
+size, ``W`` word-vector size, ``H`` hidden size, ``K`` attention size, ``V`` vocabulary.
+
+The forward pass of :meth:`AttentionCaptioner.loss`, ``A`` the grid (N, L, D), for steps
+``t = 1 .. T-1`` with ``x_t = W_embed[captions[:, t-1]]``::
+
+    a_mean  = mean over the L cells of A                            (N, D)
+    h_0     = a_mean @ W_h0 + b_h0,   c_0 = a_mean @ W_c0 + b_c0     (N, H)
+    A_proj  = A @ W_att_a                                            (N, L, K)  once
+    e_t     = tanh(A_proj + h_{t-1} @ W_att_h + b_att) @ w_att        (N, L)
+    alpha_t = softmax over the L cells of e_t                        (N, L)
+    beta_t  = sigmoid(h_{t-1} @ W_beta + b_beta)                     (N, 1)     a scalar gate
+    z_t     = beta_t * sum_l alpha_tl A_l                            (N, D)
+    a_t     = x_t @ Wx + z_t @ Wz + h_{t-1} @ Wh + b                 (N, 4H)    gates i, f, o, g
+    h_t, c_t = LSTM(a_t, c_{t-1})                                    (N, H)     as nn.lstm
+    scores_t = h_t @ W_vocab + b_vocab                               (N, V)
+    loss    = (1/N) sum_{n,t: mask} -log softmax(scores_nt)[captions[n, t]]
+              + lambda * (1/N) sum_n sum_l (1 - sum_{t: captions[n, t] != <NULL>} alpha_ntl)^2
+
+The word loss is cs231n's (summed over time, averaged over the batch, ``<NULL>`` targets
+masked, or the positions a caller's ``mask`` keeps). The doubly stochastic penalty (lambda =
+``attention_penalty``) sums each cell's attention over the steps whose target is not
+``<NULL>`` (the steps that predict a word or ``<END>``; a caller's ``mask`` does not change
+it) and pushes every cell towards a total of one.
+
+Fast path: what does not change over time is hoisted out of the step loop: ``A @ W_att_a``
+once per image; the words' contribution to the gates, ``x @ Wx + b``, for all steps as one
+GEMM; ``h_{t-1}``'s three projections (``Wh``, ``W_att_h``, ``W_beta``) as one GEMM per step
+(and one per step backwards); after the backward loop, every weight gradient as one GEMM
+over all steps, and the grid's gradient through the context as one batched GEMM. The tests
+hold a readable per-step reference that this must equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from captionlab import nn
+from captionlab.nn.attention import additive_scores, additive_scores_backward
+from captionlab.nn.functional import masked_softmax, masked_softmax_backward, sigmoid
+from captionlab.nn.lstm import lstm_gates_backward, lstm_gates_forward
+
+# The order of the parameters in ``params``.
+PARAM_NAMES = (
+    "W_embed",
+    "W_h0",
+    "b_h0",
+    "W_c0",
+    "b_c0",
+    "W_att_a",
+    "W_att_h",
+    "b_att",
+    "w_att",
+    "W_beta",
+    "b_beta",
+    "Wx",
+    "Wz",
+    "Wh",
+    "b",
+    "W_vocab",
+    "b_vocab",
+)
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Everything needed to rebuild an :class:`AttentionCaptioner` apart from its weights."""
+
+    input_dim: int = 512
+    wordvec_dim: int = 128
+    hidden_dim: int = 128
+    attention_dim: int = 128
+    attention_penalty: float = 1.0
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def attention_param_shapes(config: AttentionConfig, vocab_size: int) -> dict[str, tuple]:
+    """The shape of every parameter of a model with ``config`` and ``V = vocab_size``."""
+    V, D, W = vocab_size, config.input_dim, config.wordvec_dim
+    H, K = config.hidden_dim, config.attention_dim
+    return {
+        "W_embed": (V, W),
+        "W_h0": (D, H),
+        "b_h0": (H,),
+        "W_c0": (D, H),
+        "b_c0": (H,),
+        "W_att_a": (D, K),
+        "W_att_h": (H, K),
+        "b_att": (K,),
+        "w_att": (K,),
+        "W_beta": (H, 1),
+        "b_beta": (1,),
+        "Wx": (W, 4 * H),
+        "Wz": (D, 4 * H),
+        "Wh": (H, 4 * H),
+        "b": (4 * H,),
+        "W_vocab": (H, V),
+        "b_vocab": (V,),
+    }
+
+
+class AttentionCaptioner:
+    """A Show, Attend and Tell captioner over a grid of image features (N, L, D).
+
+    Args:
+        word_to_idx: vocabulary, word -> index; must hold ``<NULL>``. ``V = len(word_to_idx)``.
+        input_dim: ``D``, the size of one grid cell's feature vector.
+        wordvec_dim: ``W``, the size of a word vector.
+        hidden_dim: ``H``, the size of the LSTM state.
+        attention_dim: ``K``, the size of the additive attention's hidden layer.
+        dtype: ``np.float32`` for training, ``np.float64`` for gradient checks.
+        seed: ``None`` draws the initial weights from NumPy's global generator (as
+            CaptioningRNN does); an int draws them from a private generator.
+        attention_penalty: ``lambda``, the weight of the doubly stochastic penalty (0: off).
+
+    Attributes:
+        params: dict of parameter arrays, keyed by :data:`PARAM_NAMES`:
+
+            * ``W_embed`` (V, W): word vectors.
+            * ``W_h0`` (D, H), ``b_h0`` (H,): initial hidden state from the mean cell.
+            * ``W_c0`` (D, H), ``b_c0`` (H,): initial cell state from the mean cell.
+            * ``W_att_a`` (D, K): the grid's projection (``Wa``), applied once per image.
+            * ``W_att_h`` (H, K), ``b_att`` (K,): the query's projection and the bias.
+            * ``w_att`` (K,): the attention's scoring vector.
+            * ``W_beta`` (H, 1), ``b_beta`` (1,): the context gate beta (a scalar per step).
+            * ``Wx`` (W, 4H): word -> gates i, f, o, g.
+            * ``Wz`` (D, 4H): context -> gates.
+            * ``Wh`` (H, 4H), ``b`` (4H,): hidden state -> gates, and the gates' bias.
+            * ``W_vocab`` (H, V), ``b_vocab`` (V,): hidden state -> word scores.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: dict[str, int],
+        input_dim: int = 512,
+        wordvec_dim: int = 128,
+        hidden_dim: int = 128,
+        attention_dim: int = 128,
+        dtype=np.float32,
+        seed: int | None = None,
+        *,
+        attention_penalty: float = 1.0,
+    ) -> None:
+        if "<NULL>" not in word_to_idx:
+            raise ValueError("word_to_idx must hold '<NULL>'")
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"dtype must be a floating type, got {self.dtype}")
+        if not np.isfinite(attention_penalty) or attention_penalty < 0:
+            raise ValueError(f"attention_penalty must be >= 0, got {attention_penalty!r}")
+        self.attention_penalty = float(attention_penalty)
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {i: w for w, i in word_to_idx.items()}
+        self._null = word_to_idx["<NULL>"]
+
+        randn = np.random.randn if seed is None else np.random.RandomState(seed).randn
+        V, D, W = len(word_to_idx), input_dim, wordvec_dim
+        H, K = hidden_dim, attention_dim
+        p: dict[str, np.ndarray] = {}
+        p["W_embed"] = randn(V, W) / 100
+        p["W_h0"] = randn(D, H) / np.sqrt(D)
+        p["b_h0"] = np.zeros(H)
+        p["W_c0"] = randn(D, H) / np.sqrt(D)
+        p["b_c0"] = np.zeros(H)
+        p["W_att_a"] = randn(D, K) / np.sqrt(D)
+        p["W_att_h"] = randn(H, K) / np.sqrt(H)
+        p["b_att"] = np.zeros(K)
+        p["w_att"] = randn(K) / np.sqrt(K)
+        p["W_beta"] = randn(H, 1) / np.sqrt(H)
+        p["b_beta"] = np.zeros(1)
+        p["Wx"] = randn(W, 4 * H) / np.sqrt(W)
+        p["Wz"] = randn(D, 4 * H) / np.sqrt(D)
+        p["Wh"] = randn(H, 4 * H) / np.sqrt(H)
+        p["b"] = np.zeros(4 * H)
+        p["W_vocab"] = randn(H, V) / np.sqrt(H)
+        p["b_vocab"] = np.zeros(V)
+        self.params = {k: p[k].astype(self.dtype) for k in PARAM_NAMES}
+
+    # ------------------------------------------------------------------ description
+    @property
+    def config(self) -> AttentionConfig:
+        """The architecture, read from the parameter shapes."""
+        D, K = self.params["W_att_a"].shape
+        return AttentionConfig(
+            input_dim=int(D),
+            wordvec_dim=int(self.params["W_embed"].shape[1]),
+            hidden_dim=int(self.params["W_h0"].shape[1]),
+            attention_dim=int(K),
+            attention_penalty=self.attention_penalty,
+            dtype=self.dtype.name,
+        )
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape each parameter must have, from :attr:`config` and ``V``."""
+        return attention_param_shapes(self.config, len(self.word_to_idx))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"AttentionCaptioner(V={len(self.word_to_idx)}, D={c.input_dim}, "
+            f"W={c.wordvec_dim}, H={c.hidden_dim}, K={c.attention_dim}, "
+            f"lambda={c.attention_penalty}, dtype={c.dtype})"
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _check_features(self, features: np.ndarray) -> np.ndarray:
+        D = self.params["W_att_a"].shape[0]
+        features = np.asarray(features)
+        if features.ndim != 3 or features.shape[2] != D or features.shape[1] < 1:
+            raise ValueError(f"features must be a grid (N, L, {D}), got {features.shape}")
+        return features.astype(self.dtype, copy=False)
+
+    def _check_captions(self, captions: np.ndarray, N: int) -> np.ndarray:
+        captions = np.asarray(captions)
+        if captions.ndim != 2 or captions.shape[0] != N:
+            raise ValueError(f"captions must be (N, T) with N={N}, got {captions.shape}")
+        if captions.dtype.kind not in "iu":
+            raise ValueError(f"captions must hold integer word indices, got {captions.dtype}")
+        if captions.shape[1] < 2:
+            raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
+        return captions
+
+    # ------------------------------------------------------------------ training loss
+    def loss(
+        self,
+        features: np.ndarray,
+        captions: np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        feature_grad: bool = False,
+    ) -> tuple[float, dict]:
+        """Training loss and gradients (the CaptioningRNN contract, on a grid).
+
+        Args:
+            features: the image grid, (N, L, D).
+            captions: ground-truth captions, (N, T) integers in [0, V); the model reads
+                ``captions[:, :-1]`` and predicts ``captions[:, 1:]``.
+            mask: None (the word loss counts the non-``<NULL>`` targets) or boolean
+                (N, T-1): the target positions the word loss counts. The attention penalty
+                always uses the ``<NULL>`` mask.
+            feature_grad: also return the gradient of the loss with respect to
+                ``features``, under the key ``"features"``.
+
+        Returns:
+            ``(loss, grads)``: the scalar loss (word loss summed over time and averaged over
+            N, plus the attention penalty) and a dict of gradients keyed and shaped like
+            :attr:`params` (and ``"features"`` (N, L, D) if asked for).
+        """
+        A = self._check_features(features)
+        N = A.shape[0]
+        captions = self._check_captions(captions, N)
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T-1) each
+        null_mask = captions_out != self._null  # (N, T-1)
+        if mask is None:
+            mask = null_mask
+        else:
+            mask = np.asarray(mask)
+            if mask.shape != captions_out.shape or mask.dtype != bool:
+                raise ValueError(
+                    f"mask must be boolean (N, T-1) = {captions_out.shape}, "
+                    f"got {mask.dtype} {mask.shape}"
+                )
+        cache = self._forward(A, captions_in)
+        loss, dhs = self._word_loss(cache, captions_out, mask)
+        penalty, dalpha = self._penalty(cache["alphas"], null_mask)
+        grads = self._backward(cache, dhs, dalpha, captions_in, feature_grad)
+        return float(loss + penalty), grads
+
+    def _forward(self, A: np.ndarray, captions_in: np.ndarray) -> dict:
+        """Teacher-forced forward pass over ``captions_in`` (N, T); internally time-major.
+
+        Returns the cache: ``hs`` (T+1, N, H) with ``hs[0] = h_0``, ``cs`` likewise,
+        ``alphas`` (T, N, L), ``betas`` (T, N), ``ctx`` (T, N, D) the unweighted contexts,
+        ``zs`` (T, N, D), ``gates`` (T, N, 4H), ``tanh_c`` (T, N, H), ``th`` (T, N, L, K),
+        plus the inputs and the hoisted products.
+        """
+        p = self.params
+        N, L, D = A.shape
+        T = captions_in.shape[1]
+        H, K = p["W_h0"].shape[1], p["W_att_a"].shape[1]
+        dtype = self.dtype
+        a_mean = A.mean(axis=1)  # (N, D)
+        # Hoisted: the grid's projection, once per image.
+        A_proj = (A.reshape(N * L, D) @ p["W_att_a"]).reshape(N, L, K)  # (N, L, K)
+        # Hoisted: the words' contribution to the gates (bias included) for all steps.
+        x = p["W_embed"][captions_in.T]  # (T, N, W)
+        gates = (x.reshape(T * N, -1) @ p["Wx"]).reshape(T, N, 4 * H)  # (T, N, 4H)
+        gates += p["b"]
+        # h_{t-1}'s three projections, fused: [Wh | W_att_h | W_beta] (H, 4H + K + 1).
+        W_hcat = np.concatenate([p["Wh"], p["W_att_h"], p["W_beta"]], axis=1)
+        hs = np.empty((T + 1, N, H), dtype=dtype)
+        cs = np.empty((T + 1, N, H), dtype=dtype)
+        hs[0] = a_mean @ p["W_h0"] + p["b_h0"]
+        cs[0] = a_mean @ p["W_c0"] + p["b_c0"]
+        tanh_c = np.empty((T, N, H), dtype=dtype)
+        th = np.empty((T, N, L, K), dtype=dtype)
+        alphas = np.empty((T, N, L), dtype=dtype)
+        betas = np.empty((T, N), dtype=dtype)
+        ctx = np.empty((T, N, D), dtype=dtype)
+        zs = np.empty((T, N, D), dtype=dtype)
+        for t in range(T):
+            hp = hs[t] @ W_hcat  # (N, 4H + K + 1)
+            q = hp[:, 4 * H : 4 * H + K] + p["b_att"]  # (N, K)
+            _, e = additive_scores(A_proj, q, p["w_att"], out=th[t])  # (N, L)
+            alphas[t] = masked_softmax(e)
+            np.matmul(alphas[t][:, None, :], A, out=ctx[t][:, None, :])  # (N, D)
+            sigmoid(hp[:, -1] + p["b_beta"], out=betas[t])  # (N,)
+            np.multiply(ctx[t], betas[t][:, None], out=zs[t])  # (N, D)
+            at = gates[t]  # (N, 4H): x_t @ Wx + b so far
+            at += hp[:, : 4 * H]
+            at += zs[t] @ p["Wz"]
+            hs[t + 1], cs[t + 1], gate_views = lstm_gates_forward(at, cs[t])
+            tanh_c[t] = gate_views[4]
+        return {
+            "A": A, "a_mean": a_mean, "x": x, "W_hcat": W_hcat, "hs": hs, "cs": cs,
+            "gates": gates, "tanh_c": tanh_c, "th": th, "alphas": alphas, "betas": betas,
+            "ctx": ctx, "zs": zs,
+        }  # fmt: skip
+
+    def _word_loss(
+        self, cache: dict, captions_out: np.ndarray, mask: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        """Masked softmax loss of the word scores; returns it and dL/dh (T, N, H)."""
+        p = self.params
+        hs = cache["hs"]
+        T1, N, H = hs.shape
+        T = T1 - 1
+        # Scores only where the loss counts (as CaptioningRNN does), rows time-major.
+        rows = np.flatnonzero(mask.T.reshape(-1))  # (M,)
+        h_rows = hs[1:].reshape(T * N, H)[rows]  # (M, H)
+        scores, cache_scores = nn.affine_forward(h_rows, p["W_vocab"], p["b_vocab"])  # (M, V)
+        targets = captions_out.T.reshape(-1)[rows]  # (M,)
+        loss, dscores = nn.temporal_softmax_loss(
+            scores[None], targets[None], np.ones((1, rows.size), dtype=bool)
+        )  # dscores (1, M, V); the loss averages over its first axis (1): divide by N
+        scale = np.asarray(1.0 / N, dtype=self.dtype)
+        dhs = np.zeros((T * N, H), dtype=self.dtype)
+        if rows.size:
+            dh_rows, dW_vocab, db_vocab = nn.affine_backward(dscores[0], cache_scores)
+            dhs[rows] = dh_rows * scale
+        else:
+            dW_vocab, db_vocab = np.zeros_like(p["W_vocab"]), np.zeros_like(p["b_vocab"])
+        cache["dW_vocab"], cache["db_vocab"] = dW_vocab * scale, db_vocab * scale
+        return loss / N, dhs.reshape(T, N, H)
+
+    def _penalty(self, alphas: np.ndarray, null_mask: np.ndarray) -> tuple[float, np.ndarray]:
+        """Doubly stochastic penalty of alphas (T, N, L) over the non-<NULL> steps
+        (null_mask (N, T)); returns it and its gradient (T, N, L)."""
+        N = alphas.shape[1]
+        lam = self.attention_penalty
+        if lam == 0:
+            return 0.0, np.zeros_like(alphas)
+        m = null_mask.T.astype(self.dtype)  # (T, N)
+        total = np.einsum("tn,tnl->nl", m, alphas)  # (N, L) attention each cell received
+        gap = 1 - total  # (N, L)
+        penalty = lam * float(np.sum(gap * gap)) / N
+        dalpha = (-2 * lam / N) * gap[None] * m[:, :, None]  # (T, N, L)
+        return penalty, dalpha.astype(self.dtype, copy=False)
+
+    def _backward(
+        self,
+        cache: dict,
+        dhs: np.ndarray,
+        dalpha_pen: np.ndarray,
+        captions_in: np.ndarray,
+        feature_grad: bool,
+    ) -> dict[str, np.ndarray]:
+        """Backward through time; weight gradients as single GEMMs after the loop."""
+        p = self.params
+        A, hs, cs, gates = cache["A"], cache["hs"], cache["cs"], cache["gates"]
+        tanh_c, th, alphas, betas, ctx = (
+            cache[k] for k in ("tanh_c", "th", "alphas", "betas", "ctx")
+        )
+        T, N, H = dhs.shape
+        _, L, D = A.shape
+        K = p["W_att_a"].shape[1]
+        dtype = self.dtype
+        W_hcatT = cache["W_hcat"].T  # (4H + K + 1, H)
+        WzT = p["Wz"].T  # (4H, D)
+        w_att = p["w_att"]
+        # Per-step gradients kept for the GEMMs after the loop: dhp = [da | dq | dbeta_pre].
+        dhp = np.empty((T, N, 4 * H + K + 1), dtype=dtype)
+        de = np.empty((T, N, L), dtype=dtype)
+        dctx = np.empty((T, N, D), dtype=dtype)
+        dA_proj = np.zeros((N, L, K), dtype=dtype)
+        dh_next = np.zeros((N, H), dtype=dtype)
+        dc_next = np.zeros((N, H), dtype=dtype)
+        for t in range(T - 1, -1, -1):
+            at = gates[t]
+            gate_views = (at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :])
+            da, dc_next = lstm_gates_backward(
+                dhs[t] + dh_next, dc_next, cs[t], (*gate_views, tanh_c[t])
+            )  # (N, 4H), (N, H)
+            dhp[t, :, : 4 * H] = da
+            dz = da @ WzT  # (N, D)
+            beta = betas[t]  # (N,)
+            dbeta = np.einsum("nd,nd->n", dz, ctx[t])  # (N,)
+            dhp[t, :, -1] = dbeta * beta * (1 - beta)  # through the sigmoid
+            np.multiply(dz, beta[:, None], out=dctx[t])  # (N, D)
+            dalpha = np.matmul(A, dctx[t][:, :, None])[:, :, 0]  # (N, L)
+            dalpha += dalpha_pen[t]
+            de[t] = masked_softmax_backward(dalpha, alphas[t])  # (N, L)
+            dpre = additive_scores_backward(de[t], th[t], w_att)  # (N, L, K)
+            dA_proj += dpre
+            dpre.sum(axis=1, out=dhp[t, :, 4 * H : 4 * H + K])  # dq (N, K)
+            dh_next = dhp[t] @ W_hcatT  # (N, H)
+        dh0, dc0 = dh_next, dc_next
+
+        grads: dict[str, np.ndarray] = {}
+        # Hoisted: every weight gradient as one GEMM over the T*N rows.
+        dhp2 = dhp.reshape(T * N, 4 * H + K + 1)
+        dW_hcat = hs[:T].reshape(T * N, H).T @ dhp2  # (H, 4H + K + 1); hs[t] = h_{t-1}
+        grads["Wh"] = dW_hcat[:, : 4 * H]
+        grads["W_att_h"] = dW_hcat[:, 4 * H : 4 * H + K]
+        grads["W_beta"] = dW_hcat[:, 4 * H + K :]
+        dsum = dhp2.sum(axis=0)  # (4H + K + 1,)
+        grads["b"], grads["b_att"], grads["b_beta"] = (
+            dsum[: 4 * H],
+            dsum[4 * H : 4 * H + K],
+            dsum[4 * H + K :],
+        )
+        da2 = np.ascontiguousarray(dhp2[:, : 4 * H])  # (T*N, 4H)
+        x = cache["x"]
+        grads["Wx"] = x.reshape(T * N, -1).T @ da2  # (W, 4H)
+        grads["Wz"] = cache["zs"].reshape(T * N, D).T @ da2  # (D, 4H)
+        dx = (da2 @ p["Wx"].T).reshape(T, N, -1)  # (T, N, W)
+        grads["W_embed"] = nn.word_embedding_backward(
+            dx.transpose(1, 0, 2), (captions_in, p["W_embed"])
+        )
+        grads["w_att"] = np.tensordot(de, th, axes=([0, 1, 2], [0, 1, 2]))  # (K,)
+        grads["W_att_a"] = A.reshape(N * L, D).T @ dA_proj.reshape(N * L, K)  # (D, K)
+        a_mean = cache["a_mean"]
+        grads["W_h0"], grads["b_h0"] = a_mean.T @ dh0, dh0.sum(axis=0)
+        grads["W_c0"], grads["b_c0"] = a_mean.T @ dc0, dc0.sum(axis=0)
+        grads["W_vocab"], grads["b_vocab"] = cache["dW_vocab"], cache["db_vocab"]
+        grads = {k: grads[k] for k in PARAM_NAMES}
+        if feature_grad:
+            # Through the contexts, as one batched GEMM: dA_n = alphas_n^T (L, T) @ dctx_n.
+            dA = np.matmul(alphas.transpose(1, 2, 0), dctx.transpose(1, 0, 2))  # (N, L, D)
+            dA += (dA_proj.reshape(N * L, K) @ p["W_att_a"].T).reshape(N, L, D)
+            da_mean = dh0 @ p["W_h0"].T + dc0 @ p["W_c0"].T  # (N, D)
+            dA += da_mean[:, None, :] / L
+            grads["features"] = dA
+        return grads

@@ -1,0 +1,130 @@
+"""What decides which numbers come out of the CNN for an image: the extractor's config.
+
+Shapes: ``C = 1280`` channels of EfficientNet-Lite0's last feature map, ``h = w`` its side,
+``R`` the pooled size, ``D`` the stored size (after PCA when the config asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+
+from captionlab.errors import DataError, UserError
+
+__all__ = ["CHANNELS", "FeatureExtractorConfig", "parse_pool"]
+
+CHANNELS = 1280  # EfficientNet-Lite0's head width
+_POOL_PART = re.compile(r"^(avg|max|(\d+)x(\d+))$")
+
+
+def parse_pool(pool: str) -> list[tuple[str, int]]:
+    """``"avg+2x2"`` -> ``[("avg", 1), ("grid", 2)]``: the pooled parts, in output order.
+
+    Parts, joined by ``+``: ``avg`` (global average, C), ``max`` (global max, C), ``KxK``
+    (average over a KxK grid of cells, ``K*K*C``; cells in row-major order, top-left first,
+    each cell's C channels contiguous).
+    """
+    if not isinstance(pool, str) or not pool.strip():
+        raise UserError(f"pool must be like 'avg', 'max' or 'avg+2x2', got {pool!r}")
+    parts = []
+    for token in pool.lower().replace(" ", "").split("+"):
+        m = _POOL_PART.match(token)
+        if not m:
+            raise UserError(
+                f"pool part {token!r} not understood: expected 'avg', 'max' or 'KxK' "
+                f"(e.g. 'avg+2x2'), got pool={pool!r}"
+            )
+        if m.group(2) is not None:
+            k, k2 = int(m.group(2)), int(m.group(3))
+            if k != k2 or not 1 <= k <= 8:
+                raise UserError(f"pool part {token!r}: expected a square KxK with 1 <= K <= 8")
+            parts.append(("grid", k))
+        else:
+            parts.append((token, 1))
+    if len(set(parts)) != len(parts):
+        raise UserError(f"pool {pool!r} names a part twice")
+    return parts
+
+
+@dataclass(frozen=True)
+class FeatureExtractorConfig:
+    """Everything that decides which numbers come out for an image (stored in the file).
+
+    * ``image_size``: side in pixels the image is resized (shorter side) and centre-cropped to
+      (224 is what the backbone was trained on; 160 is as good for the shapes scenes).
+    * ``pool``: how the last feature map becomes a vector, see :func:`parse_pool`.
+    * ``grid``: also store the last feature map (for attention models), float16.
+    * ``pca_dim``: project the pooled features to this many dimensions (None: no PCA).
+    * ``pca_fit_split``: fit the PCA on this split's images (all images if it has none).
+    * ``fold_bn`` / ``channels_last``: speed settings; they change features only at ~1e-5.
+    """
+
+    backbone: str = "efficientnet-lite0"
+    image_size: int = 160
+    pool: str = "avg"
+    grid: bool = False
+    pca_dim: int | None = None
+    pca_fit_split: str | None = "train"
+    fold_bn: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone != "efficientnet-lite0":
+            raise UserError(f"backbone must be 'efficientnet-lite0', got {self.backbone!r}")
+        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
+            raise UserError(f"image_size must be an int in 32..1024, got {self.image_size!r}")
+        parse_pool(self.pool)
+        if self.pca_dim is not None and (
+            not isinstance(self.pca_dim, int) or self.pca_dim < 1 or self.pca_dim > self.raw_dim
+        ):
+            raise UserError(
+                f"pca_dim must be None or an int in 1..{self.raw_dim} (the pooled size for "
+                f"pool={self.pool!r}), got {self.pca_dim!r}"
+            )
+
+    @property
+    def pool_parts(self) -> list[tuple[str, int]]:
+        return parse_pool(self.pool)
+
+    @property
+    def raw_dim(self) -> int:
+        """R: the pooled feature size before PCA."""
+        return CHANNELS * sum(k * k for _, k in parse_pool(self.pool))
+
+    @property
+    def feature_dim(self) -> int:
+        """D: the stored feature size (after PCA when it is on)."""
+        return self.pca_dim if self.pca_dim is not None else self.raw_dim
+
+    @property
+    def grid_side(self) -> int:
+        """h = w: the last feature map's side (five stride-2 'same' convs: ceil(S / 32))."""
+        return math.ceil(self.image_size / 32)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> FeatureExtractorConfig:
+        if not isinstance(data, dict):
+            raise DataError(f"{source}: config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(
+                f"{source}: unknown config key(s) {unknown}; expected some of {sorted(known)}"
+            )
+        try:
+            return cls(**data)
+        except UserError as exc:
+            raise DataError(f"{source}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> FeatureExtractorConfig:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{source}: config is not valid JSON ({exc})") from exc
+        return cls.from_dict(data, source)

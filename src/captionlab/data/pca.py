@@ -1,0 +1,76 @@
+"""PCA of pooled features: fitted on the training images, stored with the features and in
+every checkpoint, so new images are projected exactly as the training images were.
+
+Shapes: ``N`` images, ``R`` raw feature size, ``D`` components kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from captionlab.errors import UserError
+
+__all__ = ["PCA", "fit_pca"]
+
+
+@dataclass
+class PCA:
+    """``transform(x) = (x - mean) @ components``: mean (R,), components (R, D) orthonormal."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """x (M, R) -> (M, D) float32."""
+        x = np.asarray(x, dtype=np.float32)
+        R = self.components.shape[0]
+        if x.ndim != 2 or x.shape[1] != R:
+            raise ValueError(f"x must be (M, {R}) raw features, got {x.shape}")
+        return ((x - self.mean) @ self.components).astype(np.float32, copy=False)  # (M, D)
+
+
+def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
+    """Principal components of x (N, R) -> PCA with the top ``k`` components.
+
+    ``method="auto"``: exact (SVD of the centred data) when ``min(N, R) <= 2048``, else a
+    seeded randomized SVD; ``"exact"`` or ``"randomized"`` force one. The randomized one is
+    Halko et al. 2011 (4 power iterations, 32 extra columns), accurate for the leading
+    components and deterministic. Each component's sign is fixed so that its largest-magnitude
+    entry is positive. Needs ``N >= k`` rows.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    N, R = x.shape
+    if not 1 <= k <= min(N, R):
+        raise UserError(
+            f"PCA to {k} dimensions needs at least {k} images and features to fit on, "
+            f"got {N} images x {R} features; lower the PCA size or give more images"
+        )
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)  # (R,)
+    xc = x - mean  # (N, R)
+    if method not in ("auto", "exact", "randomized"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'randomized', got {method!r}")
+    if method == "exact" or (method == "auto" and min(N, R) <= 2048):
+        _, s, vt = np.linalg.svd(xc.astype(np.float64), full_matrices=False)
+        components = vt[:k].T  # (R, k)
+        s = s[:k]
+    else:
+        rng = np.random.default_rng(seed)
+        cols = min(k + 32, min(N, R))
+        q = xc @ rng.standard_normal((R, cols), dtype=np.float32)  # (N, cols)
+        for _ in range(4):
+            q, _ = np.linalg.qr(q)
+            q, _ = np.linalg.qr(xc.T @ q)  # (R, cols)
+            q = xc @ q  # (N, cols)
+        q, _ = np.linalg.qr(q)
+        b = q.T @ xc  # (cols, R)
+        _, s, vt = np.linalg.svd(b.astype(np.float64), full_matrices=False)
+        components = vt[:k].T  # (R, k)
+        s = s[:k]
+    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
+    signs[signs == 0] = 1
+    components = components * signs
+    var = (s**2) / max(N - 1, 1)
+    return PCA(mean, components.astype(np.float32), var.astype(np.float32))

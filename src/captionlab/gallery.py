@@ -1,0 +1,137 @@
+"""The captions gallery: right and wrong captions of shapes test images, as PNG and HTML.
+
+A caption is *right* when every object, attribute, count and relation it names is in the
+scene and nothing is missing (:mod:`captionlab.captioning.scene_accuracy`). The HTML page's
+template is a package file (``captionlab/templates/gallery.html``).
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import textwrap
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+import numpy as np
+
+from captionlab._atomic import atomic_write, atomic_write_bytes
+
+__all__ = ["caption_is_right", "pick_varied", "write_gallery"]
+
+
+def caption_is_right(scene_score: dict | None) -> bool:
+    """Whether a caption's scene score (``score_caption``) has every object, the count and
+    every relation right, and names nothing that is not there."""
+    s = scene_score
+    if not s:
+        return False
+    return (
+        s["matched"] == s["objects"] == s["mentions"]
+        and bool(s["count_correct"])
+        and s["relations_correct"] == s["relations_named"]
+    )
+
+
+def pick_varied(items: list[dict], k: int) -> list[dict]:
+    """Up to ``k`` items spread over scenes of 1, 2 and 3 objects (round robin, in order)."""
+    by_count: dict[int, list[dict]] = {}
+    for item in items:
+        by_count.setdefault(item["scene"]["objects"], []).append(item)
+    queues = [by_count[n] for n in sorted(by_count)]
+    chosen: list[dict] = []
+    while len(chosen) < k and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < k:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: int = 6) -> dict:
+    """``OUT/gallery.png`` and ``OUT/gallery.html`` (with its images in ``OUT/gallery/``).
+
+    Args:
+        out: the folder to write into.
+        captions: ``{"image_id", "path", "caption", "references"}`` per test image (as
+            :func:`captionlab.runs.evaluate.evaluate_run` lists them); each gets ``scene``
+            (its score) and ``correct`` added.
+        shapes_dir: the shapes dataset folder (its ``scenes.json`` scores the captions).
+        per_kind: how many right and how many wrong captions to show.
+
+    Returns:
+        ``{"png", "html", "fully_correct", "images"}``.
+    """
+    from captionlab.captioning.scene_accuracy import score_caption
+    from captionlab.data.shapes import load_scenes, parse_caption
+
+    scenes = load_scenes(shapes_dir / "scenes.json")
+    for item in captions:
+        item["scene"] = score_caption(parse_caption(item["caption"]), scenes[item["image_id"]])
+        item["correct"] = caption_is_right(item["scene"])
+    right = pick_varied([c for c in captions if c["correct"]], per_kind)
+    wrong = pick_varied([c for c in captions if not c["correct"]], per_kind)
+    img_dir = out / "gallery"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for item in right + wrong:
+        shutil.copyfile(item["path"], img_dir / Path(item["path"]).name)
+    _gallery_png(out / "gallery.png", right, wrong)
+    _gallery_html(out / "gallery.html", right, wrong, len(captions))
+    return {
+        "png": str(out / "gallery.png"),
+        "html": str(out / "gallery.html"),
+        "fully_correct": sum(c["correct"] for c in captions),
+        "images": len(captions),
+    }
+
+
+def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    cols = max(len(right), len(wrong), 1)
+    fig = Figure(figsize=(2.6 * cols, 7.6))
+    FigureCanvasAgg(fig)
+    for r, (items, label, colour) in enumerate(
+        ((right, "right", "#1a7f37"), (wrong, "wrong", "#c62828"))
+    ):
+        for c in range(cols):
+            ax = fig.add_axes((c / cols + 0.005, 0.69 - 0.5 * r, 1 / cols - 0.01, 0.25))
+            ax.set_axis_off()
+            if c >= len(items):
+                continue
+            item = items[c]
+            ax.imshow(np.asarray(Image.open(item["path"]).convert("RGB")))
+            gen = textwrap.fill(item["caption"], 30)
+            refs = "\n".join(textwrap.fill("· " + t, 32) for t in item["references"][:2])
+            ax.text(0.5, -0.04, gen, transform=ax.transAxes, ha="center", va="top",
+                    fontsize=8.5, color=colour, fontweight="bold")  # fmt: skip
+            ax.text(0.5, -0.04 - 0.075 * (gen.count("\n") + 1), refs, transform=ax.transAxes,
+                    ha="center", va="top", fontsize=7, color="#555555")  # fmt: skip
+        fig.text(0.005, 0.99 - 0.5 * r, f"{label}: generated caption (bold) and two references",
+                 fontsize=10, color=colour, va="top")  # fmt: skip
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90, facecolor="white"))
+
+
+def _card(item: dict) -> str:
+    refs = "".join(f"<li>{html.escape(t)}</li>" for t in item["references"][:2])
+    cls = "ok" if item["correct"] else "bad"
+    name = html.escape(Path(item["path"]).name)
+    return (
+        f'<figure class="{cls}"><img src="gallery/{name}" alt="{name}">'
+        f"<figcaption><b>{html.escape(item['caption'])}</b><ul>{refs}</ul></figcaption>"
+        "</figure>"
+    )
+
+
+def _gallery_html(path: Path, right: list[dict], wrong: list[dict], total: int) -> None:
+    template = resources.files("captionlab").joinpath("templates/gallery.html").read_text("utf-8")
+    page = Template(template).substitute(
+        n_right=len(right),
+        n_wrong=len(wrong),
+        total=total,
+        right="".join(_card(i) for i in right),
+        wrong="".join(_card(i) for i in wrong),
+    )
+    atomic_write_bytes(path, page.encode("utf-8"))

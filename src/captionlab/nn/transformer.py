@@ -1,0 +1,777 @@
+"""Transformer layers (Vaswani et al., 2017) with hand-written backward passes.
+
+The layers of cs231n assignment 3 (2021 and later, ``transformer_layers.py``), written as
+pure forward/backward pairs with a cache, and its classes ``PositionalEncoding`` and
+``MultiHeadAttention`` over them.
+
+Dimensions: ``N`` batch, ``S`` (or ``T``) target positions, ``L`` (or ``T``) source /
+memory positions, ``E`` embedding size, ``h`` heads, ``d = E / h`` per head, ``F`` the
+feed-forward size.
+
+* **Dropout** is inverted dropout with ``p`` the probability of *dropping* (as
+  ``torch.nn.Dropout``; cs231n assignment 2's ``dropout_param['p']`` is the keep
+  probability instead): kept entries are scaled by ``1/(1-p)`` (p rounded to a multiple
+  of 2^-16, see :func:`dropout_mask`), so the expectation is
+  unchanged. Layers with dropout take ``dropout`` (p) and ``rng`` (a
+  ``numpy.random.Generator``) and draw their masks from it in forward order; ``dropout=0``
+  is evaluation mode. A fresh generator from a fixed seed makes a forward pass repeatable.
+* **Linear maps** are ``x @ W + b`` with ``W`` (in, out), as every captionlab layer
+  (``torch.nn.Linear`` stores ``W.T``).
+* **Multi-head attention**: ``q, k, v = query Wq + bq, key Wk + bk, value Wv + bv``, each
+  split into ``h`` heads of ``d`` columns (head ``i`` owns columns ``i*d:(i+1)*d``), scaled
+  dot-product attention per head, heads concatenated and projected by ``Wo, bo``. Dropout
+  acts on the attention weights (as ``torch.nn.MultiheadAttention`` and the assignment).
+* **Decoder layer** (post-norm, ``torch.nn.TransformerDecoderLayer(norm_first=False,
+  activation="relu")``)::
+
+      x = LN1(x + Dropout(SelfAttention(x, x, x, tgt_mask)))
+      x = LN2(x + Dropout(CrossAttention(x, memory, memory)))
+      x = LN3(x + Dropout(W2 Dropout(ReLU(W1 x + b1)) + b2))
+
+  The decoder layer projects ``q, k, v`` of its self-attention with one GEMM
+  ``x @ [Wq | Wk | Wv]`` and ``k, v`` of its cross-attention with one GEMM
+  ``memory @ [Wk | Wv]``; the backward passes do the same for the weight and input
+  gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captionlab.nn.attention import (
+    scaled_dot_product_attention_backward,
+    scaled_dot_product_attention_forward,
+)
+from captionlab.nn.functional import check_ndim, check_shape
+
+
+# ----------------------------------------------------------------------------------------
+# dropout
+# ----------------------------------------------------------------------------------------
+def dropout_mask(
+    shape: tuple[int, ...], p: float, rng: np.random.Generator | None, dtype
+) -> np.ndarray | None:
+    """The inverted-dropout multiplier: 0 with probability ``p``, else ``1 / (1 - p)``.
+
+    The mask is drawn as 16-bit integers (faster than drawing floats), so the probability
+    of dropping is ``p`` rounded to a multiple of 2^-16 (0.1 becomes 0.100006); kept
+    entries are scaled by the reciprocal of the actual keep probability, so the
+    expectation is kept exactly.
+
+    Args:
+        shape: the shape of the mask.
+        p: the probability of dropping, in [0, 1).
+        rng: the generator to draw from; may be ``None`` only when ``p == 0``.
+        dtype: the floating dtype of the mask.
+
+    Returns:
+        the mask of ``shape`` and ``dtype``, or ``None`` when ``p == 0`` (identity).
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout p must be in [0, 1), got {p}")
+    if p == 0:
+        return None
+    if rng is None:
+        raise ValueError(f"dropout p = {p} > 0 needs a random generator rng, got None")
+    threshold = min(round(p * 65536), 65535)  # drop when u < threshold
+    keep = 1 - threshold / 65536
+    u = rng.integers(0, 65536, size=shape, dtype=np.uint16)
+    return np.multiply(u >= threshold, 1 / keep, dtype=np.dtype(dtype))
+
+
+def dropout_forward(
+    x: np.ndarray, p: float, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inverted dropout ``out = x * mask``, ``mask`` from :func:`dropout_mask`.
+
+    Args:
+        x: input of any shape, floating.
+        p: the probability of dropping, in [0, 1); 0 is the identity (evaluation mode).
+        rng: the generator the mask is drawn from (needed when ``p > 0``).
+
+    Returns:
+        ``(out, cache)``: out of ``x``'s shape and dtype; the cache is the mask (or ``None``).
+    """
+    mask = dropout_mask(np.shape(x), p, rng, np.asarray(x).dtype)
+    return (x if mask is None else x * mask), mask
+
+
+def dropout_backward(dout: np.ndarray, cache: np.ndarray | None) -> np.ndarray:
+    """Backward pass of :func:`dropout_forward`: ``dx = dout * mask``, shape of ``dout``."""
+    return dout if cache is None else dout * cache
+
+
+# ----------------------------------------------------------------------------------------
+# layer normalization
+# ----------------------------------------------------------------------------------------
+def layernorm_forward(
+    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ln_param: dict | None = None
+) -> tuple[np.ndarray, tuple]:
+    """Layer normalization over the last axis (cs231n assignment 2, Ba et al., 2016)::
+
+        mu = mean(x, -1)   var = mean((x - mu)**2, -1)   (biased, as torch)
+        xhat = (x - mu) / sqrt(var + eps)       out = gamma * xhat + beta
+
+    Args:
+        x: input of shape (..., D) (cs231n: (N, D)).
+        gamma: scale of shape (D,).
+        beta: shift of shape (D,).
+        ln_param: dict with optional ``eps`` (default 1e-5).
+
+    Returns:
+        ``(out, cache)`` with out of shape (..., D).
+    """
+    x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must have shape (..., D), got {x.shape}")
+    D = x.shape[-1]
+    check_shape("gamma", gamma, (D,), "(D,)")
+    check_shape("beta", beta, (D,), "(D,)")
+    eps = (ln_param or {}).get("eps", 1e-5)
+    mu = np.mean(x, axis=-1, keepdims=True)  # (..., 1)
+    xhat = x - mu  # (..., D)
+    var = np.einsum("...i,...i->...", xhat, xhat)[..., None]  # row dot products, (..., 1)
+    var /= D
+    var += eps
+    rstd = 1 / np.sqrt(var)  # (..., 1)
+    xhat *= rstd
+    out = xhat * gamma
+    out += beta
+    return out, (xhat, rstd, gamma)
+
+
+def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward pass of :func:`layernorm_forward`::
+
+        g = dout * gamma
+        dx = (g - mean(g, -1) - xhat * mean(g * xhat, -1)) / sqrt(var + eps)
+        dgamma = sum(dout * xhat) over all but the last axis,  dbeta = sum(dout)
+
+    Args:
+        dout: upstream gradient of shape (..., D).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dgamma, dbeta)`` of shapes (..., D), (D,), (D,).
+    """
+    xhat, rstd, gamma = cache
+    check_shape("dout", dout, xhat.shape, "(..., D)")
+    D = xhat.shape[-1]
+    dout2 = dout.reshape(-1, D)  # (M, D)
+    dgamma = np.einsum("ij,ij->j", dout2, xhat.reshape(-1, D))  # (D,)
+    dbeta = np.sum(dout2, axis=0)  # (D,)
+    dx = dout * gamma  # g, (..., D)
+    mean_gx = np.einsum("...i,...i->...", dx, xhat)[..., None]  # (..., 1)
+    mean_gx /= D
+    dx -= np.mean(dx, axis=-1, keepdims=True)
+    dx -= xhat * mean_gx
+    dx *= rstd
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------------------
+# positional encoding
+# ----------------------------------------------------------------------------------------
+def sinusoidal_positional_encoding(T: int, E: int, dtype=np.float64) -> np.ndarray:
+    """The sinusoidal table ``PE[i, 2k] = sin(i * 10000^(-2k/E))``,
+    ``PE[i, 2k+1] = cos(i * 10000^(-2k/E))`` for positions ``i < T``.
+
+    Args:
+        T: number of positions.
+        E: embedding size (an odd E ends with a sine column).
+        dtype: the dtype of the table (computed in float64).
+
+    Returns:
+        PE of shape (T, E).
+    """
+    pos = np.arange(T, dtype=np.float64)[:, None]  # (T, 1)
+    rate = 10000.0 ** (-np.arange(0, E, 2, dtype=np.float64) / E)  # (ceil(E/2),)
+    pe = np.empty((T, E), dtype=np.float64)
+    pe[:, 0::2] = np.sin(pos * rate)
+    pe[:, 1::2] = np.cos(pos * rate[: E // 2])
+    return pe.astype(dtype)
+
+
+def positional_encoding_forward(
+    x: np.ndarray, dropout: float = 0.0, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``out = Dropout(x + PE[:T])``, PE from :func:`sinusoidal_positional_encoding`.
+
+    Args:
+        x: embeddings of shape (N, T, E).
+        dropout: the probability of dropping (0 in evaluation mode).
+        rng: the generator of the dropout mask (needed when ``dropout > 0``).
+
+    Returns:
+        ``(out, cache)`` with out of shape (N, T, E), in x's dtype.
+    """
+    check_ndim("x", x, 3, "(N, T, E)")
+    _, T, E = x.shape
+    out = x + sinusoidal_positional_encoding(T, E, x.dtype)  # (N, T, E)
+    return dropout_forward(out, dropout, rng)
+
+
+def positional_encoding_backward(dout: np.ndarray, cache: np.ndarray | None) -> np.ndarray:
+    """Backward pass of :func:`positional_encoding_forward`: dx (N, T, E) = dropout's."""
+    return dropout_backward(dout, cache)
+
+
+# ----------------------------------------------------------------------------------------
+# multi-head attention
+# ----------------------------------------------------------------------------------------
+def _linear(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``x @ W + b`` as one 2-D GEMM: x (..., I), W (I, O), b (O,) -> (..., O)."""
+    out = x.reshape(-1, x.shape[-1]) @ W  # (M, O)
+    out += b
+    return out.reshape(*x.shape[:-1], W.shape[1])
+
+
+def _linear_backward(
+    dout: np.ndarray, x: np.ndarray, W: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward of :func:`_linear`: dout (..., O) -> dx (..., I), dW (I, O), db (O,)."""
+    dout2 = dout.reshape(-1, W.shape[1])  # (M, O)
+    dx = (dout2 @ W.T).reshape(x.shape)
+    dW = x.reshape(-1, W.shape[0]).T @ dout2  # (I, O)
+    return dx, dW, dout2.sum(axis=0)
+
+
+def _split_heads(x: np.ndarray, h: int) -> np.ndarray:
+    """(N, S, E) -> (N, h, S, d), a view: head ``i`` owns columns ``i*d:(i+1)*d``."""
+    N, S, E = x.shape
+    return x.reshape(N, S, h, E // h).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(*ys: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_split_heads` for one or more (N, h, S, d) arrays, laid side by
+    side: returns (N, S, c*E) for ``c`` arrays (a fresh contiguous array)."""
+    N, h, S, d = ys[0].shape
+    out = np.empty((N, S, len(ys), h, d), dtype=ys[0].dtype)
+    for i, y in enumerate(ys):
+        out[:, :, i] = y.transpose(0, 2, 1, 3)
+    return out.reshape(N, S, len(ys) * h * d)
+
+
+def _attend_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    Wo: np.ndarray,
+    bo: np.ndarray,
+    num_heads: int,
+    mask: np.ndarray | None,
+    dropout: float,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Attention of projected q (N, S, E) to k, v (N, T, E), per head, then ``@ Wo + bo``.
+
+    Returns ``(out (N, S, E), weights (N, h, S, T), cache)``.
+    """
+    N, S, _E = q.shape
+    T = k.shape[1]
+    drop = dropout_mask((N, num_heads, S, T), dropout, rng, q.dtype)
+    y, weights, c_sdpa = scaled_dot_product_attention_forward(
+        _split_heads(q, num_heads),
+        _split_heads(k, num_heads),
+        _split_heads(v, num_heads),
+        mask,
+        dropout_mask=drop,
+    )  # y (N, h, S, d), weights (N, h, S, T)
+    y = _merge_heads(y)  # (N, S, E)
+    return _linear(y, Wo, bo), weights, (c_sdpa, y, Wo, num_heads)
+
+
+def _attend_backward(
+    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple
+) -> tuple[np.ndarray, ...]:
+    """Backward of :func:`_attend_forward`: dout (N, S, E) ->
+    ``(dq (N, h, S, d), dk (N, h, T, d), dv (N, h, T, d), dWo, dbo)``."""
+    c_sdpa, y, Wo, num_heads = cache
+    dy, dWo, dbo = _linear_backward(dout, y, Wo)
+    dq, dk, dv = scaled_dot_product_attention_backward(
+        _split_heads(dy, num_heads), dweights, c_sdpa
+    )
+    return dq, dk, dv, dWo, dbo
+
+
+def multihead_attention_forward(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    Wq: np.ndarray,
+    bq: np.ndarray,
+    Wk: np.ndarray,
+    bk: np.ndarray,
+    Wv: np.ndarray,
+    bv: np.ndarray,
+    Wo: np.ndarray,
+    bo: np.ndarray,
+    num_heads: int,
+    attn_mask: np.ndarray | None = None,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Multi-head attention of ``query`` to ``key``/``value``::
+
+        q, k, v = query @ Wq + bq, key @ Wk + bk, value @ Wv + bv    # (N, S|T, E)
+        head_i  = softmax(q_i k_i^T / sqrt(d), attn_mask) v_i        # q_i = q[..., i*d:(i+1)*d]
+        out     = [head_1 | ... | head_h] @ Wo + bo                   # (N, S, E)
+
+    Args:
+        query: (N, S, E).
+        key: (N, T, E).
+        value: (N, T, E).
+        Wq, Wk, Wv, Wo: projections, each (E, E).
+        bq, bk, bv, bo: biases, each (E,).
+        num_heads: ``h``; must divide E.
+        attn_mask: ``None`` or an array broadcastable to (N, h, S, T), e.g. (S, T);
+            ``attn_mask[i, j] == 0`` means query ``i`` may not attend to key ``j``. A query
+            with no key allowed gets zero weights (its head output is 0).
+        dropout: the probability of dropping an attention weight (0 in evaluation mode).
+        rng: the generator of the dropout mask (needed when ``dropout > 0``).
+
+    Returns:
+        ``(out, weights, cache)``: out (N, S, E) and the attention weights of every head
+        before dropout, (N, h, S, T).
+    """
+    check_ndim("query", query, 3, "(N, S, E)")
+    N, _S, E = query.shape
+    check_ndim("key", key, 3, "(N, T, E)")
+    T = key.shape[1]
+    check_shape("key", key, (N, T, E), "(N, T, E)")
+    check_shape("value", value, (N, T, E), "(N, T, E)")
+    for name, W, b in (("q", Wq, bq), ("k", Wk, bk), ("v", Wv, bv), ("o", Wo, bo)):
+        check_shape(f"W{name}", W, (E, E), "(E, E)")
+        check_shape(f"b{name}", b, (E,), "(E,)")
+    if num_heads < 1 or E % num_heads:
+        raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
+    q = _linear(query, Wq, bq)  # (N, S, E)
+    k = _linear(key, Wk, bk)  # (N, T, E)
+    v = _linear(value, Wv, bv)  # (N, T, E)
+    out, weights, c_att = _attend_forward(q, k, v, Wo, bo, num_heads, attn_mask, dropout, rng)
+    return out, weights, (query, key, value, Wq, Wk, Wv, c_att)
+
+
+def multihead_attention_backward(
+    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple
+) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`multihead_attention_forward`.
+
+    Args:
+        dout: gradient with respect to out, (N, S, E).
+        dweights: gradient with respect to the weights, (N, h, S, T), or ``None``.
+        cache: from the forward pass.
+
+    Returns:
+        ``(dquery, dkey, dvalue, dWq, dbq, dWk, dbk, dWv, dbv, dWo, dbo)`` of shapes
+        (N, S, E), (N, T, E), (N, T, E), then (E, E) and (E,) for each projection.
+    """
+    query, key, value, Wq, Wk, Wv, c_att = cache
+    check_shape("dout", dout, query.shape, "(N, S, E)")
+    dq, dk, dv, dWo, dbo = _attend_backward(dout, dweights, c_att)
+    dquery, dWq, dbq = _linear_backward(_merge_heads(dq), query, Wq)
+    dkey, dWk, dbk = _linear_backward(_merge_heads(dk), key, Wk)
+    dvalue, dWv, dbv = _linear_backward(_merge_heads(dv), value, Wv)
+    return dquery, dkey, dvalue, dWq, dbq, dWk, dbk, dWv, dbv, dWo, dbo
+
+
+# ----------------------------------------------------------------------------------------
+# position-wise feed-forward
+# ----------------------------------------------------------------------------------------
+def feedforward_forward(
+    x: np.ndarray,
+    W1: np.ndarray,
+    b1: np.ndarray,
+    W2: np.ndarray,
+    b2: np.ndarray,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, tuple]:
+    """Position-wise feed-forward block ``out = Dropout(ReLU(x @ W1 + b1)) @ W2 + b2``.
+
+    Args:
+        x: input of shape (..., E).
+        W1: (E, F).   b1: (F,).
+        W2: (F, E).   b2: (E,).
+        dropout: the probability of dropping a hidden unit (0 in evaluation mode).
+        rng: the generator of the dropout mask (needed when ``dropout > 0``).
+
+    Returns:
+        ``(out, cache)`` with out of shape (..., E).
+    """
+    x = np.asarray(x)
+    E = x.shape[-1]
+    check_shape("W1", W1, (E, None), "(E, F)")
+    F = W1.shape[1]
+    check_shape("b1", b1, (F,), "(F,)")
+    check_shape("W2", W2, (F, E), "(F, E)")
+    check_shape("b2", b2, (E,), "(E,)")
+    a = _linear(x, W1, b1)  # (..., F)
+    np.maximum(a, 0, out=a)
+    drop = dropout_mask(a.shape, dropout, rng, a.dtype)
+    r = a if drop is None else a * drop  # (..., F)
+    return _linear(r, W2, b2), (x, W1, W2, a, r, drop)
+
+
+def feedforward_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`feedforward_forward`.
+
+    Returns:
+        ``(dx, dW1, db1, dW2, db2)`` of shapes (..., E), (E, F), (F,), (F, E), (E,).
+    """
+    x, W1, W2, a, r, drop = cache
+    check_shape("dout", dout, x.shape, "(..., E)")
+    dr, dW2, db2 = _linear_backward(dout, r, W2)  # dr (..., F)
+    if drop is not None:
+        dr *= drop
+    dr *= a > 0  # ReLU
+    dx, dW1, db1 = _linear_backward(dr, x, W1)
+    return dx, dW1, db1, dW2, db2
+
+
+# ----------------------------------------------------------------------------------------
+# decoder layer
+# ----------------------------------------------------------------------------------------
+_PROJ = ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")
+
+#: The parameters of one decoder layer, in this order.
+DECODER_LAYER_KEYS: tuple[str, ...] = (
+    *(f"self_attn.{n}" for n in _PROJ),
+    *(f"cross_attn.{n}" for n in _PROJ),
+    "ffn.W1",
+    "ffn.b1",
+    "ffn.W2",
+    "ffn.b2",
+    "norm1.gamma",
+    "norm1.beta",
+    "norm2.gamma",
+    "norm2.beta",
+    "norm3.gamma",
+    "norm3.beta",
+)
+
+
+def decoder_layer_param_shapes(E: int, F: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter of a decoder layer, keyed by :data:`DECODER_LAYER_KEYS`.
+
+    Projections ``W`` (E, E) and ``b`` (E,); ``ffn.W1`` (E, F), ``ffn.b1`` (F,),
+    ``ffn.W2`` (F, E), ``ffn.b2`` (E,); ``normK.gamma`` and ``normK.beta`` (E,).
+    """
+    shapes = {}
+    for key in DECODER_LAYER_KEYS:
+        name = key.split(".")[1]
+        shapes[key] = (E, E) if name in ("Wq", "Wk", "Wv", "Wo") else (E,)
+    shapes["ffn.W1"], shapes["ffn.b1"], shapes["ffn.W2"] = (E, F), (F,), (F, E)
+    return shapes
+
+
+def decoder_layer_forward(
+    x: np.ndarray,
+    memory: np.ndarray,
+    params: dict[str, np.ndarray],
+    num_heads: int,
+    tgt_mask: np.ndarray | None = None,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, tuple]:
+    """One post-norm Transformer decoder layer (see the module docstring for the equations).
+
+    Args:
+        x: target sequence of shape (N, T, E).
+        memory: the encoder output (for a captioner: the image tokens) of shape (N, L, E).
+        params: dict of arrays keyed by :data:`DECODER_LAYER_KEYS`, shapes from
+            :func:`decoder_layer_param_shapes`.
+        num_heads: ``h``; must divide E.
+        tgt_mask: ``None`` or broadcastable to (N, h, T, T), e.g. the causal (T, T)
+            ``tril(ones)``; 0 means "may not attend".
+        dropout: the probability of dropping (0 in evaluation mode), used at all six
+            places of ``torch.nn.TransformerDecoderLayer``: both attention weights, after
+            each of the three blocks, and inside the feed-forward block.
+        rng: the generator of the dropout masks (needed when ``dropout > 0``).
+
+    Returns:
+        ``(out, cache)`` with out of shape (N, T, E).
+    """
+    check_ndim("x", x, 3, "(N, T, E)")
+    N, _T, E = x.shape
+    check_ndim("memory", memory, 3, "(N, L, E)")
+    check_shape("memory", memory, (N, None, E), "(N, L, E)")
+    missing = [key for key in DECODER_LAYER_KEYS if key not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}")
+    F = params["ffn.W1"].shape[-1]
+    for key, shape in decoder_layer_param_shapes(E, F).items():
+        check_shape(f"params[{key!r}]", params[key], shape, str(shape))
+    if num_heads < 1 or E % num_heads:
+        raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
+    p = params
+
+    # 1. masked self-attention: q, k, v from one GEMM
+    Wqkv = np.concatenate([p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]], axis=1)
+    bqkv = np.concatenate([p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]])
+    qkv = _linear(x, Wqkv, bqkv)  # (N, T, 3E)
+    sa, _, c_sa = _attend_forward(
+        qkv[..., :E],
+        qkv[..., E : 2 * E],
+        qkv[..., 2 * E :],
+        p["self_attn.Wo"],
+        p["self_attn.bo"],
+        num_heads,
+        tgt_mask,
+        dropout,
+        rng,
+    )  # (N, T, E)
+    sa, c_d1 = dropout_forward(sa, dropout, rng)
+    h1, c_n1 = layernorm_forward(x + sa, p["norm1.gamma"], p["norm1.beta"])  # (N, T, E)
+
+    # 2. cross-attention to the memory: k, v from one GEMM
+    q = _linear(h1, p["cross_attn.Wq"], p["cross_attn.bq"])  # (N, T, E)
+    Wkv = np.concatenate([p["cross_attn.Wk"], p["cross_attn.Wv"]], axis=1)  # (E, 2E)
+    bkv = np.concatenate([p["cross_attn.bk"], p["cross_attn.bv"]])
+    kv = _linear(memory, Wkv, bkv)  # (N, L, 2E)
+    ca, _, c_ca = _attend_forward(
+        q,
+        kv[..., :E],
+        kv[..., E:],
+        p["cross_attn.Wo"],
+        p["cross_attn.bo"],
+        num_heads,
+        None,
+        dropout,
+        rng,
+    )  # (N, T, E)
+    ca, c_d2 = dropout_forward(ca, dropout, rng)
+    h2, c_n2 = layernorm_forward(h1 + ca, p["norm2.gamma"], p["norm2.beta"])  # (N, T, E)
+
+    # 3. position-wise feed-forward
+    ff, c_ff = feedforward_forward(
+        h2, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"], dropout, rng
+    )  # (N, T, E)
+    ff, c_d3 = dropout_forward(ff, dropout, rng)
+    out, c_n3 = layernorm_forward(h2 + ff, p["norm3.gamma"], p["norm3.beta"])  # (N, T, E)
+
+    cache = (x, memory, h1, Wqkv, Wkv, p["cross_attn.Wq"])
+    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
+    return out, cache
+
+
+def decoder_layer_backward(
+    dout: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Backward pass of :func:`decoder_layer_forward`.
+
+    Args:
+        dout: upstream gradient of shape (N, T, E).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
+        gradients keyed and shaped like ``params``.
+    """
+    x, memory, h1, Wqkv, Wkv, Wq_c = cache[:6]
+    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3 = cache[6:]
+    check_shape("dout", dout, x.shape, "(N, T, E)")
+    E = x.shape[-1]
+    g: dict[str, np.ndarray] = {}
+
+    # 3. feed-forward block and its norm
+    dz, g["norm3.gamma"], g["norm3.beta"] = layernorm_backward(dout, c_n3)  # (N, T, E)
+    dh2, g["ffn.W1"], g["ffn.b1"], g["ffn.W2"], g["ffn.b2"] = feedforward_backward(
+        dropout_backward(dz, c_d3), c_ff
+    )
+    dh2 += dz  # the residual path
+
+    # 2. cross-attention block and its norm
+    dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dh2, c_n2)
+    dq, dk, dv, g["cross_attn.Wo"], g["cross_attn.bo"] = _attend_backward(
+        dropout_backward(dz, c_d2), None, c_ca
+    )
+    dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(_merge_heads(dq), h1, Wq_c)
+    dh1 += dz
+    dmemory, dWkv, dbkv = _linear_backward(_merge_heads(dk, dv), memory, Wkv)  # (N, L, E)
+    g["cross_attn.Wk"], g["cross_attn.Wv"] = dWkv[:, :E], dWkv[:, E:]
+    g["cross_attn.bk"], g["cross_attn.bv"] = dbkv[:E], dbkv[E:]
+
+    # 1. self-attention block and its norm
+    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dh1, c_n1)
+    dq, dk, dv, g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
+        dropout_backward(dz, c_d1), None, c_sa
+    )
+    dx, dWqkv, dbqkv = _linear_backward(_merge_heads(dq, dk, dv), x, Wqkv)  # (N, T, E)
+    dx += dz
+    for i, n in enumerate("qkv"):
+        g[f"self_attn.W{n}"] = dWqkv[:, i * E : (i + 1) * E]
+        g[f"self_attn.b{n}"] = dbqkv[i * E : (i + 1) * E]
+    return dx, dmemory, {key: g[key] for key in DECODER_LAYER_KEYS}
+
+
+# ----------------------------------------------------------------------------------------
+# the cs231n classes
+# ----------------------------------------------------------------------------------------
+class _Module:
+    """Training/evaluation mode and a private dropout generator for the classes below."""
+
+    def __init__(self, dropout: float, seed: int | None, dtype) -> None:
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"dtype must be a floating type, got {self.dtype}")
+        # seed=None draws from NumPy's global generator (np.random.seed makes it repeatable)
+        self._init_rng = np.random if seed is None else np.random.RandomState(seed)
+        self.rng = np.random.default_rng(self._init_rng.randint(2**31 - 1))
+        self.training = True
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self._cache = None
+
+    def train(self):
+        """Training mode: dropout is on (the default, as in torch)."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Evaluation mode: dropout is the identity."""
+        self.training = False
+        return self
+
+    @property
+    def _p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def _input(self, name: str, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"{name} must have shape (N, S, E), got {x.shape}")
+        return x.astype(self.dtype, copy=False)
+
+
+class PositionalEncoding(_Module):
+    """Adds the sinusoidal positional encoding, then dropout (cs231n ``PositionalEncoding``).
+
+    Args:
+        embed_dim: ``E``.
+        dropout: the probability of dropping, in training mode.
+        max_len: the longest sequence.
+        seed: seeds the dropout masks (``None``: drawn from NumPy's global generator).
+        dtype: the dtype of the table and of the computation.
+
+    Attributes:
+        pe: the table of shape (1, max_len, E).
+        params, grads: empty dicts (no parameters), for a uniform interface.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        dropout: float = 0.1,
+        max_len: int = 5000,
+        *,
+        seed: int | None = None,
+        dtype=np.float32,
+    ) -> None:
+        super().__init__(dropout, seed, dtype)
+        self.max_len = int(max_len)
+        self.pe = sinusoidal_positional_encoding(self.max_len, embed_dim, self.dtype)[None]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, S, E) with S <= max_len -> ``Dropout(x + pe[:, :S])`` (N, S, E)."""
+        x = self._input("x", x)
+        _, S, E = x.shape
+        if S > self.max_len or E != self.pe.shape[2]:
+            raise ValueError(
+                f"x must have shape (N, S, E) with S <= {self.max_len}, E = {self.pe.shape[2]}, "
+                f"got {x.shape}"
+            )
+        out, mask = dropout_forward(x + self.pe[:, :S], self._p, self.rng)
+        self._cache = (mask,)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """dout (N, S, E) -> dx (N, S, E)."""
+        if self._cache is None:
+            raise RuntimeError("backward needs a forward pass first")
+        return dropout_backward(dout, self._cache[0])
+
+    __call__ = forward
+
+
+class MultiHeadAttention(_Module):
+    """Multi-head attention (cs231n ``MultiHeadAttention``), NumPy with a backward pass.
+
+    Args:
+        embed_dim: ``E``.
+        num_heads: ``h``; must divide E.
+        dropout: the probability of dropping an attention weight, in training mode.
+        seed: seeds the weights and the dropout masks (``None``: NumPy's global generator).
+        dtype: the dtype of the parameters and the computation.
+
+    Attributes:
+        params: ``Wq, bq, Wk, bk, Wv, bv, Wo, bo``, each W (E, E) applied as ``x @ W + b``,
+            initialised as ``torch.nn.Linear`` (uniform in +-1/sqrt(E)).
+        grads: after :meth:`backward`, the gradients, same keys and shapes.
+        attn_weights: after :meth:`forward`, the attention weights (N, h, S, T).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.1,
+        *,
+        seed: int | None = None,
+        dtype=np.float32,
+    ) -> None:
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ValueError(f"num_heads must divide embed_dim = {embed_dim}, got {num_heads}")
+        super().__init__(dropout, seed, dtype)
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.head_dim = self.embed_dim // self.num_heads
+        bound = 1 / np.sqrt(embed_dim)
+        for name in ("q", "k", "v", "o"):
+            W = self._init_rng.uniform(-bound, bound, (embed_dim, embed_dim))
+            b = self._init_rng.uniform(-bound, bound, embed_dim)
+            self.params[f"W{name}"] = W.astype(self.dtype)
+            self.params[f"b{name}"] = b.astype(self.dtype)
+        self.attn_weights: np.ndarray | None = None
+
+    def forward(
+        self,
+        query: np.ndarray,
+        key: np.ndarray,
+        value: np.ndarray,
+        attn_mask: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Attention of ``query`` (N, S, E) to ``key`` and ``value`` (N, T, E).
+
+        Args:
+            attn_mask: ``None`` or (S, T) (broadcastable to (N, h, S, T));
+                ``attn_mask[i, j] == 0`` means query ``i`` may not attend to key ``j``.
+
+        Returns:
+            output of shape (N, S, E).
+        """
+        p = self.params
+        out, self.attn_weights, self._cache = multihead_attention_forward(
+            self._input("query", query),
+            self._input("key", key),
+            self._input("value", value),
+            *(p[k] for k in _PROJ),
+            self.num_heads,
+            attn_mask,
+            self._p,
+            self.rng,
+        )
+        return out
+
+    def backward(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """dout (N, S, E) -> ``(dquery (N, S, E), dkey (N, T, E), dvalue (N, T, E))``;
+        the parameter gradients go to :attr:`grads`."""
+        if self._cache is None:
+            raise RuntimeError("backward needs a forward pass first")
+        dquery, dkey, dvalue, *dparams = multihead_attention_backward(dout, None, self._cache)
+        self.grads = dict(zip(_PROJ, dparams, strict=True))
+        return dquery, dkey, dvalue
+
+    __call__ = forward

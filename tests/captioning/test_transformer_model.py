@@ -1,0 +1,369 @@
+"""CaptioningTransformer: the cs231n loss contract, gradients (numerical and against a torch
+model of the same math), masks, dropout modes, and the assignment's overfit check."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from captioning_helpers import make_captions, make_vocab
+
+from captionlab.captioning import CaptioningTransformer, TransformerConfig
+from captionlab.nn import DECODER_LAYER_KEYS, optim, transformer
+from captionlab.nn.functional import log_softmax
+from captionlab.nn.gradcheck import eval_numerical_gradient, rel_error
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_transformer.py"
+
+
+def _model(V=11, D=5, W=8, dtype=np.float64, dropout=0.0, seed=1, **kw):
+    kw = {"num_heads": 2, "num_layers": 2, "max_length": 10, "dim_feedforward": 12, **kw}
+    return CaptioningTransformer(make_vocab(V), D, W, dropout=dropout, dtype=dtype, seed=seed, **kw)
+
+
+def _captions(rng, N=3, T=6, V=11):
+    captions = rng.integers(4, V, size=(N, T))
+    captions[:, 0] = 1
+    captions[0, T - 2 :] = 0  # padding: masked targets
+    captions[1, T - 1] = 2
+    captions[2, 2] = captions[2, 3] = 5  # a word twice: embedding gradients accumulate
+    return captions
+
+
+def _reference_loss(model, features, captions, mask=None):
+    """The loss from the teacher-forced scores at every position, in the model's dtype."""
+    scores = model._teacher_forced_scores(features, captions)  # (N, T-1, V)
+    target = captions[:, 1:]
+    mask = target != 0 if mask is None else mask
+    logp = np.take_along_axis(log_softmax(scores), target[..., None], axis=-1)[..., 0]
+    return -np.sum(logp * mask) / captions.shape[0]
+
+
+# ------------------------------------------------------------------ construction
+def test_param_names_shapes_and_init():
+    model = _model(V=11, D=5, W=8, dtype=np.float32, seed=0)
+    expected = {"W_embed": (11, 8), "W_proj": (5, 8), "b_proj": (8,), "W_vocab": (8, 11)}
+    expected["b_vocab"] = (11,)
+    for i in range(2):
+        for key in DECODER_LAYER_KEYS:
+            expected[f"layers.{i}.{key}"] = (8, 8) if key.split(".")[1][0] == "W" else (8,)
+        expected[f"layers.{i}.ffn.W1"], expected[f"layers.{i}.ffn.b1"] = (8, 12), (12,)
+        expected[f"layers.{i}.ffn.W2"] = (12, 8)
+    assert {k: v.shape for k, v in model.params.items()} == expected
+    assert model.expected_shapes() == expected
+    assert all(v.dtype == np.float32 for v in model.params.values())
+    assert np.all(model.params["layers.1.norm3.gamma"] == 1)
+    assert np.all(model.params["layers.0.self_attn.bq"] == 0)
+    big = CaptioningTransformer(make_vocab(50), 64, 64, seed=0, dim_feedforward=256)
+    assert big.params["layers.0.ffn.W1"].std() == pytest.approx(0.02, rel=0.05)
+    assert big.config == TransformerConfig(64, 64, 4, 2, 50, 0.1, 256, "float32")
+    assert "heads=4" in repr(big)
+
+
+def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
+    state = np.random.get_state()  # noqa: NPY002 (the global generator is what is checked)
+    a, b = _model(seed=3), _model(seed=3)
+    after = np.random.get_state()  # noqa: NPY002
+    assert state[1].tolist() == after[1].tolist()
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert not np.array_equal(a.params["W_embed"], _model(seed=4).params["W_embed"])
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="num_heads"):
+        _model(W=8, num_heads=3)
+    with pytest.raises(ValueError, match="NULL"):
+        CaptioningTransformer({"a": 0}, 4, 8)
+    with pytest.raises(ValueError, match="dropout"):
+        _model(dropout=1.0)
+
+
+# ------------------------------------------------------------------ loss contract
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
+def test_loss_and_grads_keep_dtype_and_shapes(dtype, grid):
+    rng = np.random.default_rng(0)
+    model = _model(dtype=dtype, dropout=0.1)
+    features = rng.standard_normal((3, 4, 5) if grid else (3, 5))
+    loss, grads = model.loss(features, _captions(rng), feature_grad=True)
+    assert isinstance(loss, float) and np.isfinite(loss)
+    assert list(grads) == [*model.params, "features"]
+    for name, g in grads.items():
+        shape = features.shape if name == "features" else model.params[name].shape
+        assert g.shape == shape and g.dtype == dtype, name
+    _, grads = model.loss(features, _captions(rng))
+    assert list(grads) == list(model.params)
+
+
+def test_initial_loss_is_about_log_V_per_word():
+    """Small initial weights give near-uniform scores: loss = words per caption * log V."""
+    rng = np.random.default_rng(1)
+    V = 40
+    model = CaptioningTransformer(make_vocab(V), 16, 32, seed=0, dim_feedforward=64).eval()
+    captions = make_captions(rng, 20, 12, V)
+    loss, _ = model.loss(rng.standard_normal((20, 16)), captions)
+    words = np.sum(captions[:, 1:] != 0) / 20
+    assert loss == pytest.approx(words * math.log(V), rel=0.02)
+
+
+def test_loss_is_the_masked_mean_over_the_batch_and_null_targets_are_masked():
+    rng = np.random.default_rng(2)
+    model = _model()
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    loss, _ = model.loss(features, captions)
+    assert loss == pytest.approx(_reference_loss(model, features, captions), rel=1e-12)
+    singles = [model.loss(features[i : i + 1], captions[i : i + 1])[0] for i in range(3)]
+    assert loss == pytest.approx(np.mean(singles), rel=1e-12)
+    empty = np.zeros_like(captions)
+    empty[:, 0] = 1
+    loss0, grads0 = model.loss(features, empty, feature_grad=True)
+    assert loss0 == 0.0 and all(not g.any() for g in grads0.values())
+
+
+def test_mask_overrides_the_null_mask():
+    rng = np.random.default_rng(3)
+    model = _model()
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    default = captions[:, 1:] != 0
+    assert model.loss(features, captions, mask=default)[0] == model.loss(features, captions)[0]
+    mask = rng.random(default.shape) > 0.5  # any positions, <NULL> targets included
+    mask[0, -1] = True
+    loss, grads = model.loss(features, captions, mask=mask)
+    assert loss == pytest.approx(_reference_loss(model, features, captions, mask), rel=1e-12)
+    num = eval_numerical_gradient(
+        lambda _: model.loss(features, captions, mask=mask)[0],
+        model.params["W_vocab"],
+        verbose=False,
+    )
+    assert rel_error(num, grads["W_vocab"]) < 1e-7
+    with pytest.raises(ValueError, match=r"mask must be \(N, T-1\)"):
+        model.loss(features, captions, mask=mask[:, 1:])
+
+
+def test_errors_name_what_was_expected():
+    model = _model(max_length=4)
+    rng = np.random.default_rng(4)
+    with pytest.raises(ValueError, match=r"features must be pooled \(N, 5\) or a grid"):
+        model.loss(rng.standard_normal((3, 6)), _captions(rng, T=5))
+    with pytest.raises(ValueError, match="max_length = 4"):
+        model.loss(rng.standard_normal((3, 5)), _captions(rng, T=6))
+    with pytest.raises(ValueError, match="captions must be"):
+        model.loss(rng.standard_normal((2, 5)), _captions(rng, T=5))
+
+
+def test_causal_a_word_sees_only_earlier_words():
+    rng = np.random.default_rng(5)
+    model = _model()
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    scores = model._teacher_forced_scores(features, captions)
+    changed = captions.copy()
+    changed[:, 3] = 7
+    scores2 = model._teacher_forced_scores(features, changed)
+    np.testing.assert_allclose(scores2[:, :3], scores[:, :3], rtol=1e-13, atol=1e-15)
+    assert not np.allclose(scores2[:, 3], scores[:, 3])
+
+
+def test_dropout_train_and_eval_modes():
+    rng = np.random.default_rng(6)
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    model = _model(dropout=0.3, seed=8)
+    assert model.training
+    a = model.loss(features, captions)[0]
+    assert model.loss(features, captions)[0] != a  # fresh masks at every call
+    assert _model(dropout=0.3, seed=8).loss(features, captions)[0] == a  # seeded
+    model.eval()
+    e = model.loss(features, captions)[0]
+    assert model.loss(features, captions)[0] == e
+    assert e == pytest.approx(_model(dropout=0.0, seed=8).loss(features, captions)[0], rel=1e-14)
+    assert model.train() is model and model.training
+
+
+# ------------------------------------------------------------------ gradients
+def _extended_precision_copy(model):
+    """The same model in np.longdouble (80-bit on x86 Linux): its finite differences
+    resolve gradients far below float64's noise floor."""
+    c = model.config
+    wide = CaptioningTransformer(
+        model.word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers,
+        c.max_length, 0.0, np.longdouble, seed=0, dim_feedforward=c.dim_feedforward,
+    )  # fmt: skip
+    wide.params = {k: v.astype(np.longdouble) for k, v in model.params.items()}
+    return wide
+
+
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision np.longdouble"
+)
+@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
+def test_whole_model_gradient_check(grid):
+    """Every parameter and the features: relative error < 1e-5 (dropout 0, float64 model).
+
+    The analytic gradients are the float64 model's. The centred differences are taken
+    of the same model in extended precision: in float64 they have an absolute noise of
+    about 1e-10 (rounding of a loss of about 10 over a step of 1e-5), which is larger than
+    1e-5 of the smallest attention-weight gradients (softmax sums cancel), so a float64
+    difference check of a whole Transformer fails on noise for most seeds.
+    """
+    rng = np.random.default_rng(7 if grid else 8)
+    model = _model()
+    for k, v in model.params.items():  # non-trivial weights, none zero
+        model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
+            v.shape[0] if v.ndim == 2 else 4
+        )
+    features = rng.standard_normal((3, 3, 5) if grid else (3, 5))
+    captions = _captions(rng)
+    _, grads = model.loss(features, captions, feature_grad=True)
+    wide = _extended_precision_copy(model)
+    wide_features = features.astype(np.longdouble)
+    assert float(_reference_loss(wide, wide_features, captions)) == pytest.approx(
+        model.loss(features, captions)[0], rel=1e-13
+    )
+    errors = {}
+    for name in [*model.params, "features"]:
+        if name.endswith("attn.bk"):
+            # adding a constant to every key adds q.bk to a whole row of scores, which the
+            # softmax ignores: the gradient is zero (checked with torch, below)
+            assert np.abs(grads[name]).max() < 1e-12
+            continue
+        x = wide_features if name == "features" else wide.params[name]
+        num = eval_numerical_gradient(
+            lambda _: _reference_loss(wide, wide_features, captions), x, verbose=False, h=1e-6
+        )
+        errors[name] = rel_error(num, grads[name])
+    assert max(errors.values()) < 1e-5, {k: v for k, v in errors.items() if v >= 1e-5}
+
+
+def test_gradient_check_catches_a_wrong_layernorm_gradient(monkeypatch):
+    """Negative control: a 1% error in LayerNorm's dgamma shows in the model's gradient."""
+    rng = np.random.default_rng(9)
+    model = _model()
+    features, captions = rng.standard_normal((3, 3, 5)), _captions(rng)
+    real = transformer.layernorm_backward
+
+    def wrong(dout, cache):
+        dx, dgamma, dbeta = real(dout, cache)
+        return dx, dgamma * 1.01, dbeta
+
+    name = "layers.1.norm2.gamma"
+    num = eval_numerical_gradient(
+        lambda _: model.loss(features, captions)[0], model.params[name], verbose=False
+    )
+    assert rel_error(num, model.loss(features, captions)[1][name]) < 1e-7
+    monkeypatch.setattr(transformer, "layernorm_backward", wrong)
+    assert rel_error(num, model.loss(features, captions)[1][name]) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def bench():
+    pytest.importorskip("torch")
+    pytest.importorskip("threadpoolctl")
+    spec = importlib.util.spec_from_file_location("bench_transformer", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
+def test_equals_the_torch_model_of_the_same_math(bench, grid):
+    """The benchmark's torch peer computes the same loss and gradients (float64, 1e-9)."""
+    import torch
+
+    rng = np.random.default_rng(10)
+    model = _model(num_layers=2)
+    for k, v in model.params.items():
+        model.params[k] = v + 0.3 * rng.standard_normal(v.shape)
+    features = rng.standard_normal((3, 4, 5) if grid else (3, 5))
+    captions = _captions(rng)
+    loss, grads = model.loss(features, captions, feature_grad=True)
+    peer = bench.TorchCaptioningTransformer(model).double()
+    tfeatures = torch.tensor(features, requires_grad=True)
+    tloss = peer.loss(tfeatures, torch.tensor(captions))
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-12)
+    # the peer's gradients, gathered in captionlab's names and layout
+    expect = {"features": tfeatures.grad.numpy()}
+    expect["W_proj"], expect["b_proj"] = peer.proj.weight.grad.numpy().T, peer.proj.bias.grad
+    expect["W_embed"] = peer.embed.weight.grad.numpy()
+    expect["W_vocab"], expect["b_vocab"] = peer.vocab.weight.grad.numpy().T, peer.vocab.bias.grad
+    for i, mod in enumerate(peer.decoder.layers):
+        q = f"layers.{i}."
+        for ours, attn in (("self_attn", mod.self_attn), ("cross_attn", mod.multihead_attn)):
+            W, b = attn.in_proj_weight.grad.numpy(), attn.in_proj_bias.grad.numpy()
+            for j, n in enumerate("qkv"):
+                expect[f"{q}{ours}.W{n}"] = W[j * 8 : (j + 1) * 8].T
+                expect[f"{q}{ours}.b{n}"] = b[j * 8 : (j + 1) * 8]
+            expect[f"{q}{ours}.Wo"] = attn.out_proj.weight.grad.numpy().T
+            expect[f"{q}{ours}.bo"] = attn.out_proj.bias.grad.numpy()
+        expect[q + "ffn.W1"], expect[q + "ffn.b1"] = (
+            mod.linear1.weight.grad.T,
+            mod.linear1.bias.grad,
+        )
+        expect[q + "ffn.W2"], expect[q + "ffn.b2"] = (
+            mod.linear2.weight.grad.T,
+            mod.linear2.bias.grad,
+        )
+        for k in (1, 2, 3):
+            norm = getattr(mod, f"norm{k}")
+            expect[f"{q}norm{k}.gamma"], expect[f"{q}norm{k}.beta"] = (
+                norm.weight.grad,
+                norm.bias.grad,
+            )
+    assert sorted(expect) == sorted(grads)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, np.asarray(expect[name]), rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def test_bench_transformer_runs(bench, capsys):
+    """benchmarks/bench_transformer.py still runs (tiny sizes, one repeat): not a timing."""
+    argv = ["--size", "2,4,3,6,8,2,1,8,12", "--repeats", "1", "--warmup", "0", "--pause", "0"]
+    assert bench.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "step" in line]
+    assert [r[:4] for r in rows] == [["step", "float32", "dropout", d] for d in ("0.1", "0")]
+
+
+# ------------------------------------------------------------------ overfit
+def _overfit(V, D, W, heads, F, lr, iterations, N=50, T=17, seed=231):
+    """The assignment's check: 50 captions, Adam, batches of 25, dropout 0.1 while training."""
+    rng = np.random.default_rng(seed)
+    captions = make_captions(rng, N, T, V)
+    features = rng.standard_normal((N, D)).astype(np.float32)
+    model = CaptioningTransformer(
+        make_vocab(V), D, W, num_heads=heads, num_layers=2, max_length=30, dropout=0.1,
+        seed=seed, dim_feedforward=F,
+    )  # fmt: skip
+    configs = {k: {"learning_rate": lr} for k in model.params}
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # the machines are shared: one BLAS thread is fastest
+        for _ in range(iterations):
+            batch = rng.choice(N, 25, replace=False)
+            _, grads = model.loss(features[batch], captions[batch])
+            for k in model.params:
+                model.params[k], configs[k] = optim.adam(model.params[k], grads[k], configs[k])
+        model.eval()
+        loss, _ = model.loss(features, captions)
+        predicted = model._teacher_forced_scores(features, captions).argmax(axis=-1)
+    target = captions[:, 1:]
+    per_token = loss * N / np.sum(target != 0)  # the mean over the words predicted
+    assert loss / (T - 1) <= per_token  # (the assignment's mean also counts <NULL> positions)
+    return per_token, np.all(predicted[target != 0] == target[target != 0])
+
+
+def test_overfit_50_captions_small():
+    """A small model (W=64, 2 heads, 2 layers) memorizes 50 random captions."""
+    pytest.importorskip("threadpoolctl")
+    per_token, reproduced = _overfit(V=50, D=32, W=64, heads=2, F=128, lr=5e-3, iterations=400)
+    assert per_token < 0.03
+    assert reproduced
+
+
+@pytest.mark.slow
+def test_overfit_50_captions_assignment_size():
+    """The notebook's sizes: V=1004, D=512, W=256, 2 heads, 2 layers, F=2048, Adam 1e-3,
+    100 epochs of 2 batches."""
+    pytest.importorskip("threadpoolctl")
+    per_token, reproduced = _overfit(V=1004, D=512, W=256, heads=2, F=2048, lr=1e-3, iterations=200)
+    assert per_token < 0.03
+    assert reproduced
