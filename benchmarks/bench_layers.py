@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter if a.clock == "wall" else time.process_time
     N, T, D, H = (int(v) for v in a.size.split(","))
     torch.set_num_threads(a.threads)
-    nn.kernels.set_num_threads(a.threads)
+    if hasattr(nn, "kernels"):  # (absent before the fused kernels: compare old code too)
+        nn.kernels.set_num_threads(a.threads)
     print(
         f"N={N} T={T} D={D} H={H}, {a.threads} threads, median of {a.repeats}, "
         f"{a.clock} clock, numpy {np.__version__}, torch {torch.__version__}"
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "gemm = the fast path's matrix products alone; 1 - gemm/fast is the share of its\n"
         "element-wise work (fused numba kernels: one pass per step, all threads).\n"
-        f"kernels: {nn.kernels_in_use()}; times in ms, min / median of the repeats"
+        f"kernels: {nn.kernels_in_use() if hasattr(nn, 'kernels') else 'none (before)'}; "
+        "times in ms, min / median of the repeats"
     )
     with threadpool_limits(limits=a.threads, user_api="blas"):
         for dname in a.dtypes.split(","):
