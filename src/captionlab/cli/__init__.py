@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "fool",
     "dream",
     "gradcheck",
+    "serve",
 ]
 
 
