@@ -165,10 +165,11 @@ Array.from(document.querySelectorAll('body *'))
 """
 
 
-def test_page_in_headless_chromium(server, tmp_path):
+def test_page_in_headless_chromium(request, tmp_path):
     """Upload a photo, see captions and class bars, saliency, a fooling image chosen with
     completion and a class visualization; nothing but the server is ever asked for."""
     _browser_or_skip()
+    server = request.getfixturevalue("server")
     from playwright.sync_api import sync_playwright
 
     photo = tmp_path / "chelsea.png"

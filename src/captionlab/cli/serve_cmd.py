@@ -97,11 +97,6 @@ def _url(host: str, port: int) -> str:
 
 
 def run(args) -> dict:
-    import uvicorn
-
-    from captionlab.serve import ServeConfig, create_app
-    from captionlab.vision.images import MAX_PIXELS
-
     if args.max_upload_mb <= 0:
         raise UserError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     if args.max_pixels is not None and args.max_pixels < 1:
@@ -111,6 +106,22 @@ def run(args) -> dict:
     folders = args.models
     if folders is None:
         folders = [str(DEFAULT_MODELS)] if DEFAULT_MODELS.is_dir() else []
+    for folder in folders:  # checked before the slow imports: a typo fails at once
+        if not Path(folder).is_dir():
+            raise UserError(f"--models {folder}: no such folder of trained runs")
+    sock = _bind(args.host, args.port)  # likewise a busy port
+    try:
+        return _serve(args, folders, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args, folders: list[str], sock: socket.socket) -> dict:
+    import uvicorn
+
+    from captionlab.serve import ServeConfig, create_app
+    from captionlab.vision.images import MAX_PIXELS
+
     config = ServeConfig(
         models=folders,
         device=args.device,
@@ -118,41 +129,37 @@ def run(args) -> dict:
         max_pixels=args.max_pixels or MAX_PIXELS,
         max_queue=args.max_queue,
     )
-    sock = _bind(args.host, args.port)  # before loading models: a busy port fails fast
-    try:
-        app = create_app(config)
-        registry = app.state.registry
-        port = sock.getsockname()[1]
-        url = _url(args.host, port)
-        out = sys.stderr if args.json else sys.stdout
-        if len(registry):
-            where = ", ".join(folders)
-            print(
-                f"captionlab serve: {len(registry)} model(s) ({', '.join(registry.names)}) "
-                f"from {where}; networks on {args.device}",
-                file=out,
-            )
-        else:
-            print(
-                "captionlab serve: no captioning models (give --models DIR, e.g. demo_out/runs "
-                "after `make demo`); the CNN panels work without them",
-                file=out,
-            )
-        for line in registry.skipped:
-            print(f"  skipped {line}", file=out)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"  note: listening on {args.host}, reachable from other machines", file=out)
-        print(f"  open {url}   (API docs: {url}docs; Ctrl-C stops)", file=out, flush=True)
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    app = create_app(config)
+    registry = app.state.registry
+    port = sock.getsockname()[1]
+    url = _url(args.host, port)
+    out = sys.stderr if args.json else sys.stdout
+    if len(registry):
+        where = ", ".join(folders)
+        print(
+            f"captionlab serve: {len(registry)} model(s) ({', '.join(registry.names)}) "
+            f"from {where}; networks on {args.device}",
+            file=out,
         )
-        try:
-            server.run(sockets=[sock])
-        except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown
-            pass
-        print("captionlab serve: stopped", file=out)
-    finally:
-        sock.close()
+    else:
+        print(
+            "captionlab serve: no captioning models (give --models DIR, e.g. demo_out/runs "
+            "after `make demo`); the CNN panels work without them",
+            file=out,
+        )
+    for line in registry.skipped:
+        print(f"  skipped {line}", file=out)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"  note: listening on {args.host}, reachable from other machines", file=out)
+    print(f"  open {url}   (API docs: {url}docs; Ctrl-C stops)", file=out, flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown
+        pass
+    print("captionlab serve: stopped", file=out)
     return {
         "url": url,
         "models": registry.names,
