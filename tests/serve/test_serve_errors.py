@@ -245,3 +245,25 @@ def test_server_keeps_serving_after_bad_requests(tiny_client, runs_dir):
     assert r.status_code == 200 and len(r.json()["classes"]) == 5
     assert tiny_client.get("/api/health").json()["status"] == "ok"
     assert sorted((p.name, p.stat().st_mtime_ns) for p in runs_dir.rglob("*")) == before
+
+
+def test_a_bug_is_a_json_500_and_the_server_goes_on(registry, tiny_engine, monkeypatch):
+    with make_client(registry, tiny_engine) as c:
+        monkeypatch.setattr(tiny_engine, "classify", lambda *a, **k: 1 / 0)
+        expect_error(c.post("/api/classify", files=upload(png())), 500, "ZeroDivisionError")
+        monkeypatch.undo()
+        assert c.post("/api/classify", files=upload(png())).status_code == 200
+
+
+def test_a_failing_job_reports_its_error(registry, tiny_engine, monkeypatch):
+    import time
+
+    with make_client(registry, tiny_engine) as c:
+        monkeypatch.setattr(tiny_engine, "dream", lambda *a, **k: 1 / 0)
+        job = c.post("/api/dream", data={"target": "goldfish"}).json()
+        for _ in range(200):
+            job = c.get(f"/api/jobs/{job['id']}").json()
+            if job["state"] == "error":
+                break
+            time.sleep(0.02)
+        assert job["state"] == "error" and "ZeroDivisionError" in job["error"]

@@ -203,6 +203,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def queue_full(request: Request, exc: QueueFull):
         return _error(503, str(exc), headers={"Retry-After": "2"})
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception):  # logged with its traceback
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has details")
+
 
 # ----------------------------------------------------------------------------- the app
 

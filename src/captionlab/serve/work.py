@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 import queue
 import secrets
 import threading
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Job", "JobStore", "QueueFull", "WorkQueue"]
+
+log = logging.getLogger("captionlab.serve")
 
 
 class QueueFull(Exception):
@@ -175,6 +178,7 @@ class JobStore:
             except UserError as exc:
                 job.error, job.status, job.state = str(exc), 422, "error"
             except Exception as exc:  # a bug: reported in the job, the server goes on
+                log.error("job %s failed", job.id, exc_info=exc)
                 job.error, job.status, job.state = f"internal error: {exc!r}", 500, "error"
 
         try:
