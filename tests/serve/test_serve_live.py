@@ -9,6 +9,7 @@ Screenshots go to the test's tmp folder, and also to CAPTIONLAB_SCREENSHOT_DIR w
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -155,6 +156,21 @@ def _save(path: Path, name: str) -> None:
         shutil.copy(path, Path(extra) / name)
 
 
+DISPATCH_IMAGE = """
+([b64, kind]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+  if (kind === 'drop') {
+    document.querySelector('#drop').dispatchEvent(
+      new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+  } else {
+    document.dispatchEvent(
+      new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true}));
+  }
+}
+"""
+
 WIDER_THAN_SCREEN = """
 Array.from(document.querySelectorAll('body *'))
   .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5
@@ -227,6 +243,13 @@ def test_page_in_headless_chromium(request, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         _save(shot, "serve_page.png")
 
+        # an image dropped on the page, then one pasted, replace the photo and are analysed
+        b64 = base64.b64encode(png(size=(200, 140))).decode()
+        for event, name in (("drop", "dropped.png"), ("paste", "pasted image")):
+            page.evaluate(DISPATCH_IMAGE, [b64, event])
+            page.wait_for_selector(f"#image-meta:has-text('{name}')")
+            page.wait_for_selector("#classes li.bar:nth-child(5)")
+
         page.set_viewport_size({"width": 390, "height": 844})  # a phone
         page.wait_for_timeout(300)
         phone = tmp_path / "serve_phone.png"
@@ -234,6 +257,10 @@ def test_page_in_headless_chromium(request, tmp_path):
         _save(phone, "serve_phone.png")
         too_wide = page.evaluate(WIDER_THAN_SCREEN)
         assert not too_wide, f"wider than a phone screen: {too_wide}"
+
+        page.goto(server + "docs")  # the API's OpenAPI page renders, from local files only
+        page.wait_for_selector(".opblock")
+        assert page.locator(".opblock").count() == 12
         context.close()
     assert shot.stat().st_size > 50_000 and phone.stat().st_size > 20_000
     assert not problems, problems

@@ -8,7 +8,7 @@ checkpoint or a path.
 Discovery (:meth:`ModelRegistry.discover`): in each folder given, a run folder holding
 ``best.npz`` (``DIR/lstm/best.npz`` -> model ``lstm``), the folder itself when it is a run
 (``DIR/best.npz`` -> the folder's name), and loose checkpoints (``DIR/name.npz`` -> ``name``).
-A name found twice gets its parent folder's name in front (``other/lstm``). Requests name a
+A name found twice gets the given folder's name in front (``other/lstm``). Requests name a
 model only by these names; a name is a key of a dict, never a path.
 
 Captions are returned as :class:`Caption` records: the text, its words, and a slot for
@@ -24,7 +24,7 @@ import numpy as np
 
 from captionlab.errors import UserError
 
-__all__ = ["Caption", "ModelRegistry", "ServedModel", "UnknownModelError"]
+__all__ = ["Caption", "ModelRegistry", "ServedModel", "UnknownModelError", "find_checkpoints"]
 
 MAX_BEAM = 10
 MAX_WORDS = 20  # words per caption at most (the training captions have at most 15)
@@ -91,6 +91,25 @@ def _candidates(folder: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def find_checkpoints(folders: list[str | Path]) -> list[tuple[str, Path]]:
+    """``(name, checkpoint)`` for every run in ``folders`` (see the module docstring), names
+    unique: a repeated name gets the name of the folder given in front (``other/lstm``)."""
+    named: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"--models {folder}: no such folder of trained runs")
+        for name, path in _candidates(folder):
+            if name in seen:
+                name = f"{folder.resolve().name}/{name}"
+            while name in seen:
+                name += "+"
+            seen.add(name)
+            named.append((name, path))
+    return named
+
+
 class ModelRegistry:
     """Captioners by name. Build with :meth:`discover` (or :meth:`from_checkpoints`)."""
 
@@ -101,27 +120,12 @@ class ModelRegistry:
 
     @classmethod
     def discover(cls, folders: list[str | Path], device: str = "cpu") -> ModelRegistry:
-        """Load every run found in ``folders`` (see the module docstring).
+        """Load every run :func:`find_checkpoints` finds in ``folders``.
 
         A folder that does not exist is the user's mistake (:class:`UserError`); a
         checkpoint that cannot be loaded is skipped and listed in :attr:`skipped`.
         """
-        pairs: list[tuple[str, Path]] = []
-        for folder in folders:
-            folder = Path(folder)
-            if not folder.is_dir():
-                raise UserError(f"--models {folder}: no such folder of trained runs")
-            pairs.extend(_candidates(folder))
-        named: list[tuple[str, Path]] = []
-        seen: set[str] = set()
-        for name, path in pairs:
-            if name in seen:
-                name = f"{path.resolve().parent.parent.name}/{name}"
-            while name in seen:
-                name += "+"
-            seen.add(name)
-            named.append((name, path))
-        return cls.from_checkpoints(named, device=device)
+        return cls.from_checkpoints(find_checkpoints(folders), device=device)
 
     @classmethod
     def from_checkpoints(
