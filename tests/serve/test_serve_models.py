@@ -46,7 +46,7 @@ def test_caption_checks_its_input(registry):
     import numpy as np
 
     good = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    with pytest.raises(UserError, match="beam must be in 1..10"):
+    with pytest.raises(UserError, match=r"beam must be in 1\.\.10"):
         registry.caption("lstm", good, beam=11)
     with pytest.raises(ValueError, match="uint8"):
         registry.caption("lstm", good.astype(np.float32))
