@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "fool",
     "dream",
     "gradcheck",
+    "serve",
 ]
 
 
