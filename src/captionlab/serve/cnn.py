@@ -20,7 +20,8 @@ import torch
 
 from captionlab.errors import UserError
 from captionlab.serve.imaging import png_data_url
-from captionlab.vision.backbone import INPUT_RANGE, deprocess, load_backbone, preprocess
+from captionlab.vision import tasks
+from captionlab.vision.backbone import deprocess, load_backbone
 from captionlab.vision.imagenet import CLASS_NAMES, NUM_CLASSES, SYNONYMS, resolve_class
 
 __all__ = ["LIMITS", "SALIENCY_METHODS", "UnknownClassError", "VisionEngine", "parse_budget"]
@@ -85,33 +86,25 @@ def class_catalogue() -> list[dict]:
     ]
 
 
-def _check_pixels(pixels: np.ndarray) -> torch.Tensor:
+def _check_pixels(pixels: np.ndarray) -> None:
     if pixels.shape != (CNN_SIZE, CNN_SIZE, 3) or pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be uint8 (224, 224, 3), got {pixels.dtype} {pixels.shape}")
-    return preprocess(pixels)  # (1, 3, 224, 224)
 
 
 class VisionEngine:
-    """The pretrained backbone and the visualizations of :mod:`captionlab.vision`."""
+    """The pretrained backbone and the visualizations of :mod:`captionlab.vision.tasks`,
+    within the server's :data:`LIMITS`, answered as JSON-able dicts with PNG data URLs."""
 
     def __init__(self, device: str = "cpu", model: torch.nn.Module | None = None):
         self.model = model if model is not None else load_backbone(device=device)
         self.device = next(self.model.parameters()).device
 
-    def _x(self, pixels: np.ndarray) -> torch.Tensor:
-        return _check_pixels(pixels).to(self.device)
-
-    @torch.no_grad()
-    def probabilities(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 (224, 224, 3) -> softmax over the 1000 classes, (1000,) on the CPU."""
-        return self.model(self._x(pixels)).softmax(dim=1)[0].cpu()
-
     def classify(self, pixels: np.ndarray, top: int = 5) -> list[dict]:
         """The ``top`` classes of an image, most probable first."""
         if not 1 <= top <= LIMITS.top_max:
             raise UserError(f"top must be in 1..{LIMITS.top_max}, got {top}")
-        values, indices = self.probabilities(pixels).topk(top)
-        return [class_entry(i, p) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+        _check_pixels(pixels)
+        return [_entry(c) for c in tasks.classify(self.model, pixels[None], top)[0]]
 
     def saliency(
         self,
@@ -122,7 +115,6 @@ class VisionEngine:
         steps: int = LIMITS.steps_default,
     ) -> dict:
         """Saliency map of ``target`` (default: the top class) by ``method``, as overlay PNG."""
-        from captionlab.vision import saliency as sal
         from captionlab.vision.figures import normalize_map, overlay
 
         if method not in SALIENCY_METHODS:
@@ -131,19 +123,14 @@ class VisionEngine:
             raise UserError(f"samples must be in 1..{LIMITS.samples_max}, got {samples}")
         if not 1 <= steps <= LIMITS.steps_max:
             raise UserError(f"steps must be in 1..{LIMITS.steps_max}, got {steps}")
-        probs = self.probabilities(pixels)
-        if target is None:
-            target = int(probs.argmax())
-        options = {
-            "vanilla": {},
-            "smoothgrad": {"n_samples": samples, "seed": 0},
-            "ig": {"steps": steps, "baseline": float(INPUT_RANGE[0])},  # a black image
-        }[method]
-        heat = sal.saliency(self._x(pixels), target, self.model, method=method, **options)
-        heat = heat[0].cpu().numpy()  # (224, 224)
+        _check_pixels(pixels)
+        res = tasks.saliency_maps(
+            self.model, pixels, target, (method,), samples=samples, steps=steps
+        )
+        heat = res["maps"][method]  # (224, 224)
         return {
             "method": method,
-            "target": class_entry(target, float(probs[target])),
+            "target": _entry(res["target"]),
             "overlay": png_data_url(overlay(pixels, heat)),
             "map": png_data_url(np.repeat(normalize_map(heat)[..., None], 3, axis=2)),
         }
@@ -158,49 +145,27 @@ class VisionEngine:
     ) -> dict:
         """A fooling image toward ``target``: PGD within ``epsilon`` (L-inf, pixel range
         fraction), or cs231n's unbounded attack when ``epsilon`` is None."""
-        from captionlab.vision import fooling
+        from captionlab.vision.figures import magnified_difference
 
         if not 1 <= max_iter <= LIMITS.fool_iter_max:
             raise UserError(f"max_iter must be in 1..{LIMITS.fool_iter_max}, got {max_iter}")
-        X = self._x(pixels)
-        if epsilon is None:
-            res = fooling.fool(
-                X,
-                target,
-                self.model,
-                max_iter=max_iter,
-                input_range=INPUT_RANGE,
-                stop_prob=confidence,
-            )
-        else:
-            res = fooling.pgd_attack(
-                X,
-                target,
-                self.model,
-                epsilon=epsilon,
-                max_iter=max_iter,
-                input_range=INPUT_RANGE,
-                stop_prob=confidence,
-            )
-        fooled = deprocess(res.images)[0]  # what the page shows: rounded to pixels
-        before = self.probabilities(pixels)
-        after = self.probabilities(fooled)
-        diff = fooled.astype(np.float64) - pixels.astype(np.float64)  # (224, 224, 3)
-        linf = float(np.abs(diff).max())
-        typical = float(np.percentile(np.abs(diff), 99.0)) or linf
-        magnify = 127.0 / typical if typical > 0 else 1.0
-        shown = np.clip(127.5 + magnify * diff, 0, 255).astype(np.uint8)
-        top_after = int(after.argmax())
+        _check_pixels(pixels)
+        res = tasks.fool(
+            self.model, pixels, target, epsilon=epsilon, max_iter=max_iter, confidence=confidence
+        )
+        fooled = res["image"]  # what the page shows: rounded to pixels
+        shown, magnify, linf = magnified_difference(pixels, fooled)
+        after = res["predicted_after_saving"]
         return {
-            "target": class_entry(target, float(after[target])),
-            "attack": "cs231n" if epsilon is None else "pgd",
+            "target": class_entry(target, res["target_prob_after_saving"]),
+            "attack": res["attack"],
             "epsilon": epsilon,
-            "success": top_after == target,
-            "iterations": int(res.iterations[0]),
+            "success": res["success_after_saving"],
+            "iterations": res["iterations"],
             "max_change": linf,  # in grey levels (0..255)
             "magnify": magnify,
-            "original_class": class_entry(int(before.argmax()), float(before.max())),
-            "fooled_class": class_entry(top_after, float(after[top_after])),
+            "original_class": _entry(res["predicted_before"]),
+            "fooled_class": _entry(after),
             "images": {
                 "original": png_data_url(pixels),
                 "fooled": png_data_url(fooled),
@@ -217,8 +182,6 @@ class VisionEngine:
         every: int = 10,
     ) -> dict:
         """Class visualization from noise; ``progress(step, total, preview_png_url)``."""
-        from captionlab.vision.class_viz import visualize_class
-
         if not 1 <= iterations <= LIMITS.dream_iter_max:
             raise UserError(f"iterations must be in 1..{LIMITS.dream_iter_max}, got {iterations}")
 
@@ -226,18 +189,17 @@ class VisionEngine:
             if progress is not None:
                 progress(t, iterations, png_data_url(deprocess(images)[0]))
 
-        res = visualize_class(
-            target,
-            self.model,
-            num_iterations=iterations,
-            seed=seed,
-            size=CNN_SIZE,
-            input_range=INPUT_RANGE,
-            callback=callback,
-            show_every=every,
-        )
+        res = tasks.dream(
+            self.model, [target], num_iterations=iterations, seed=seed, size=CNN_SIZE,
+            callback=callback, show_every=every,
+        )  # fmt: skip
         return {
-            "target": class_entry(target, float(res.target_prob[0])),
+            "target": _entry(res["classes"][0]),
             "iterations": iterations,
-            "image": png_data_url(deprocess(res.images)[0]),
+            "image": png_data_url(res["images"][0]),
         }
+
+
+def _entry(c: dict) -> dict:
+    """A class as :mod:`captionlab.vision.tasks` gives it -> the API's ``class_entry``."""
+    return class_entry(c["index"], c["prob"])

@@ -1,12 +1,11 @@
 """Images in and out of the server: uploads decoded safely, crops, PNGs, example pictures.
 
-An upload is bytes from a stranger. :func:`decode_upload` refuses, each with a
+An upload is bytes from a stranger. :func:`decode_upload` decodes it exactly as files are
+read (:func:`captionlab.vision.images.open_rgb`: the pixel limit checked from the header
+before any pixel is decoded, EXIF orientation, any mode to RGB) and refuses, each with a
 :class:`BadImage` carrying the HTTP status and a message naming what was wrong: an empty
 body (400), bytes Pillow does not recognise as an image (415), a truncated or corrupt file
-(400), and a picture with more pixels than the limit (413), the last read from the header
-before any pixel is decoded (a decompression bomb never expands). A decoded upload becomes
-an RGB :class:`PIL.Image.Image` the way :func:`captionlab.vision.images.load_image` reads
-files (EXIF orientation, any mode to RGB, alpha over white); :func:`square` then takes the
+(400), and a picture with more pixels than the limit (413). :func:`square` then takes the
 centre square at the size a network wants.
 
 The example pictures are the scikit-image photos the project uses elsewhere
@@ -17,13 +16,12 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from captionlab.errors import UserError
-from captionlab.vision.images import _to_rgb, center_crop_resize
+from captionlab.vision.images import BUNDLED_PHOTOS, ImageError, center_crop_resize, open_rgb
 
 __all__ = [
     "EXAMPLE_PHOTOS",
@@ -37,7 +35,7 @@ __all__ = [
 ]
 
 #: Photos bundled with scikit-image (CC0 / public domain), as ``captionlab classify skimage:NAME``.
-EXAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
+EXAMPLE_PHOTOS = BUNDLED_PHOTOS
 
 # Decoded pictures are kept at most this large (longer side): enough for every network here
 # (224 px) and for showing the crop, small enough to keep memory per request bounded.
@@ -58,6 +56,10 @@ def _describe(data: bytes) -> str:
     return f"{len(data)} bytes starting {shown!r}"
 
 
+#: The HTTP status of each kind of unusable image.
+_STATUS = {"empty": 400, "not_image": 415, "too_large": 413, "corrupt": 400, "missing": 400}
+
+
 def decode_upload(data: bytes, max_pixels: int, field: str = "image") -> Image.Image:
     """Bytes of an uploaded picture -> an RGB image, its longer side at most 1024 px.
 
@@ -67,45 +69,17 @@ def decode_upload(data: bytes, max_pixels: int, field: str = "image") -> Image.I
     if not data:
         raise BadImage(f"{field}: the uploaded file is empty (0 bytes)", 400)
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check warns or raises at its global limit; ours is explicit.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise BadImage(
-                        f"{field}: image of {w}x{h} = {w * h} pixels exceeds the limit of "
-                        f"{max_pixels} pixels (--max-pixels)",
-                        413,
-                    )
-                if w < 1 or h < 1:
-                    raise BadImage(f"{field}: image has no pixels ({w}x{h})", 400)
-                if img.format == "JPEG":  # decode at a reduced scale that still covers 1024
-                    img.draft("RGB", (_KEEP_SIDE, _KEEP_SIDE))
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_rgb(img)
-                if max(img.size) > _KEEP_SIDE:
-                    img = img.copy()
-                    img.thumbnail((_KEEP_SIDE, _KEEP_SIDE), Image.Resampling.BILINEAR)
-                return img.copy() if img.mode == "RGB" else img.convert("RGB")
-    except BadImage:
-        raise
-    except Image.UnidentifiedImageError:
-        raise BadImage(
-            f"{field}: not an image Pillow can read ({_describe(data)}); send a PNG, JPEG, "
-            "GIF, BMP, TIFF or WebP file",
-            415,
-        ) from None
-    except Image.DecompressionBombError as exc:
-        raise BadImage(
-            f"{field}: image over the limit of {max_pixels} pixels (--max-pixels), refused "
-            f"as a decompression bomb ({exc})",
-            413,
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        # Pillow reports truncated or corrupt streams with any of these.
-        raise BadImage(f"{field}: corrupt or truncated image ({exc})", 400) from None
+        img = open_rgb(io.BytesIO(data), name=field, max_pixels=max_pixels, draft=_KEEP_SIDE)
+    except ImageError as exc:
+        message = str(exc)
+        if exc.kind == "not_image":
+            message += f" ({_describe(data)}); send a PNG, JPEG, GIF, BMP, TIFF or WebP file"
+        elif exc.kind == "too_large":
+            message += " (--max-pixels)"
+        raise BadImage(message, _STATUS[exc.kind]) from None
+    if max(img.size) > _KEEP_SIDE:
+        img.thumbnail((_KEEP_SIDE, _KEEP_SIDE), Image.Resampling.BILINEAR)
+    return img
 
 
 def square(img: Image.Image, size: int) -> np.ndarray:
@@ -130,16 +104,9 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 def example_photo(name: str) -> np.ndarray:
     """A bundled scikit-image photo -> uint8 (H, W, 3) at its own size."""
-    if name not in EXAMPLE_PHOTOS:
-        raise UserError(
-            f"unknown example photo {name!r}; expected one of {', '.join(EXAMPLE_PHOTOS)}"
-        )
-    import skimage.data
+    from captionlab.vision.images import bundled_photo
 
-    pixels = np.asarray(getattr(skimage.data, name)())
-    if pixels.ndim == 2:
-        pixels = np.stack([pixels] * 3, axis=-1)
-    return np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
+    return bundled_photo(name)
 
 
 def shapes_scene(seed: int, size: int = 224) -> tuple[np.ndarray, dict, list[str]]:

@@ -163,7 +163,7 @@ class ModelRegistry:
         ``pixels`` uint8 (S, S, 3) with ``S`` the model's ``image_size`` (the centre crop the
         features are taken from, as in training).
         """
-        from captionlab.runs import decode
+        from captionlab.runs.inference import caption_features
 
         served = self.get(name)
         if not 1 <= beam <= MAX_BEAM:
@@ -177,7 +177,7 @@ class ModelRegistry:
         features = served.extractor.transform_images(pixels[None]).astype(model.dtype)  # (1, D)
         out = []
         for size in (1, beam) if beam > 1 else (1,):
-            (text,) = decode(model, features, beam=size, max_length=MAX_WORDS)
+            (text,) = caption_features(model, features, beam=size, max_length=MAX_WORDS)
             out.append(
                 Caption(
                     decoding="greedy" if size == 1 else "beam",
@@ -191,7 +191,7 @@ class ModelRegistry:
 
 def _load(name: str, path: Path, device: str) -> ServedModel:
     from captionlab.captioning import load_checkpoint
-    from captionlab.runs import extractor_for_checkpoint, resolve_model_path
+    from captionlab.runs.inference import extractor_for_checkpoint, resolve_model_path
 
     ckpt = resolve_model_path(path)
     model, state = load_checkpoint(ckpt)

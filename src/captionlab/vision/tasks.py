@@ -105,7 +105,8 @@ def fool(
     Returns:
         ``{"image": uint8 (S, S, 3) the fooling image rounded to pixels, "attack", "epsilon",
         "success", "iterations", "target_prob", "l2", "linf", "predicted_before",
-        "predicted_after_saving", "success_after_saving", "seconds"}``.
+        "predicted_after_saving", "success_after_saving", "target_prob_after_saving",
+        "seconds"}``.
     """
     from captionlab.vision import fooling
 
@@ -138,6 +139,7 @@ def fool(
         "predicted_before": top_classes(before, 1)[0],
         "predicted_after_saving": top_after,
         "success_after_saving": top_after["index"] == target,
+        "target_prob_after_saving": float(after[target]),
         "seconds": seconds,
     }
 
