@@ -335,6 +335,15 @@ class CaptioningSolver:
                 f"solver state has optimizer state for {sorted(self.optim_configs)}, "
                 f"the model has parameters {sorted(self.model.params)}"
             )
+        arrays = [(f"optim_configs.{p}.{k}", p, v) for p, c in self.optim_configs.items()
+                  for k, v in c.items() if isinstance(v, np.ndarray)]  # fmt: skip
+        arrays += [(f"best.params.{p}", p, v) for p, v in (self.best_params or {}).items()]
+        for where, name, value in arrays:
+            want = self.model.params[name].shape if name in self.model.params else None
+            if value.shape != want:
+                raise CheckpointError(
+                    f"solver state field {where!r} must have shape {want}, got {value.shape}"
+                )
 
     def resume(self, path: str | os.PathLike) -> None:
         """Load parameters and solver state from a checkpoint this solver wrote."""

@@ -1,8 +1,10 @@
 """Typed defaults, loud overrides: turn a dataclass of defaults into argparse flags.
 
 Each field becomes ``--field-name`` with its default, type and the help string stored in
-``field(metadata={"help": ...})``. Booleans become ``--flag/--no-flag``. A JSON config file
-(``--config FILE``) may set the same keys; an unknown key is rejected by name.
+``field(metadata={"help": ...})``; a number's range is the field's ``metadata["bound"]``
+(:mod:`captionlab.bounds`), checked as the flag is read. Booleans become ``--flag/--no-flag``.
+A JSON config file (``--config FILE``) may set the same keys; an unknown key is rejected by
+name, and a bad value is named with the file and the field.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from captionlab.bounds import check_values, number_type
 from captionlab.errors import UserError
 
 T = TypeVar("T")
@@ -60,10 +63,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str |
         base = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Union else kind
         if base not in (int, float, str):
             base = str
+        bound = f.metadata.get("bound")
         target.add_argument(
             _flag(f.name),
             dest=f.name,
-            type=base,
+            type=number_type(bound, _flag(f.name)) if bound is not None else base,
             default=None,
             choices=choices,
             metavar=f.metadata.get("metavar", f.name.upper()),
@@ -90,17 +94,25 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
             f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"expected some of {', '.join(sorted(names))}"
         )
-    return cls(**data)
+    values = check_values(cls, data, where=lambda name: f"{source}: field {name!r}")
+    try:
+        return cls(**values)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
 
 
 def load_json_config(cls: type[T], path: str | Path) -> T:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: expected a JSON config file, got a folder") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise UserError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return dataclass_from_dict(cls, data, str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from captionlab.bounds import add_number, integer
 from captionlab.cli import add_json_flag
 
 
@@ -14,7 +15,7 @@ def register(sub) -> None:
     )
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
-    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    add_number(p, "--beam", bound=integer(1, 100), default=3, help="beam size (1 = greedy)")
     p.add_argument("--device", default="cpu", help="cpu or cuda for the feature extractor")
     add_json_flag(p)
     p.set_defaults(func=run)

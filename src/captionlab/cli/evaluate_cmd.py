@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from captionlab.bounds import add_number, integer
 from captionlab.cli import add_json_flag
 
 
@@ -18,15 +19,19 @@ def register(sub) -> None:
         "--features", default=None, help="feature store (default: the one the model trained on)"
     )
     p.add_argument("--split", default="test", help="split to caption: train, val or test")
-    p.add_argument(
-        "--beam", type=int, default=3, help="beam size (1 = greedy); greedy is always reported too"
+    add_number(
+        p,
+        "--beam",
+        bound=integer(1, 100),
+        default=3,
+        help="beam size (1 = greedy); greedy is always reported too",
     )
     p.add_argument("--image-root", default=None, help="folder the dataset's image paths are under")
     p.add_argument("--scenes", default=None, help="scenes.json for scene accuracy (shapes data)")
     p.add_argument(
         "--no-meteor", action="store_true", help="skip METEOR (it costs ~15 s of Java start-up)"
     )
-    p.add_argument("--limit", type=int, default=None, help="caption only the first N images")
+    add_number(p, "--limit", bound=integer(1), default=None, help="caption only the first N images")
     p.add_argument(
         "--out",
         default=None,

@@ -21,6 +21,7 @@ __all__ = [
     "caption_features",
     "caption_images",
     "checkpoint_extra",
+    "checkpoint_pca",
     "extractor_for_checkpoint",
     "resolve_model_path",
 ]
@@ -63,15 +64,36 @@ def extractor_for_checkpoint(state: dict, device: str = "cpu", path: Path | str 
             "by `captionlab train`, so new images cannot be captioned with it"
         )
     config = FeatureExtractorConfig.from_dict(extra["features"], source=f"{path}: extra.features")
-    pca = None
-    if "pca" in extra:
-        p = extra["pca"]
-        pca = PCA(
-            np.asarray(p["mean"], np.float32),
-            np.asarray(p["components"], np.float32),
-            np.asarray(p["explained_variance"], np.float32),
+    return FeatureExtractor(config, device=device, pca=checkpoint_pca(state, config, path))
+
+
+def checkpoint_pca(state: dict, config, path: Path | str = "model") -> PCA | None:
+    """The PCA basis stored in a checkpoint's ``extra.pca``, checked against the extractor
+    ``config`` (``None`` when the config has no PCA). CheckpointError names the file."""
+    extra = state.get("extra") or {}
+    if config.pca_dim is None:
+        return None
+    p = extra.get("pca")
+    R, D = config.raw_dim, config.pca_dim
+    if not isinstance(p, dict) or not all(
+        isinstance(p.get(k), np.ndarray) for k in ("mean", "components", "explained_variance")
+    ):
+        raise CheckpointError(
+            f"{path}: extra.features asks for PCA to {D} dimensions, but the checkpoint holds "
+            "no PCA basis (extra.pca with mean, components, explained_variance), so new images "
+            "cannot be turned into the features it was trained on"
         )
-    return FeatureExtractor(config, device=device, pca=pca)
+    pca = PCA(
+        np.asarray(p["mean"], np.float32),
+        np.asarray(p["components"], np.float32),
+        np.asarray(p["explained_variance"], np.float32),
+    )
+    if pca.mean.shape != (R,) or pca.components.shape != (R, D):
+        raise CheckpointError(
+            f"{path}: extra.pca must hold mean ({R},) and components ({R}, {D}) for its "
+            f"extractor config, got {pca.mean.shape} and {pca.components.shape}"
+        )
+    return pca
 
 
 def caption_features(model, features: np.ndarray, beam: int = 1, max_length: int = 20):
@@ -95,7 +117,7 @@ def caption_images(
     """Caption image files with a trained model: features extracted on the fly, exactly as
     in training (same backbone, image size, pooling and PCA basis)."""
     ckpt = resolve_model_path(model_path)
-    model, state = load_checkpoint(ckpt)
+    model, state = load_checkpoint(ckpt, solver_state=False)
     extractor = extractor_for_checkpoint(state, device=device, path=ckpt)
     features = extractor.transform([Path(p) for p in image_paths]).astype(model.dtype)
     texts = caption_features(model, features, beam=beam)
