@@ -63,6 +63,9 @@ class Vocabulary:
 
     def __init__(self, idx_to_word: Sequence[str]):
         idx_to_word = list(idx_to_word)
+        bad = next((w for w in idx_to_word if not isinstance(w, str)), None)
+        if bad is not None:
+            raise DataError(f"vocabulary words must be strings, got {bad!r:.40}")
         if tuple(idx_to_word[:4]) != SPECIAL_TOKENS:
             raise DataError(
                 f"vocabulary must start with {list(SPECIAL_TOKENS)}, got {idx_to_word[:4]}"
