@@ -75,6 +75,15 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, group: str |
         )
 
 
+def given_fields(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` the user set by a flag (flags default to None when not given)."""
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+
+
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
     """Build ``cls`` from its defaults (or ``base``), overridden by flags the user set."""
     values = dataclasses.asdict(base) if base is not None else {}
@@ -85,8 +94,9 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: T | None =
     return cls(**values)
 
 
-def dataclass_from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
-    """Build ``cls`` from a dict (a JSON config), rejecting unknown keys by name."""
+def checked_values(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The keys of ``data`` (a JSON config), known to ``cls`` and with numbers in range;
+    an unknown key or a bad value is a UserError naming ``source`` and the field."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -94,7 +104,12 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
             f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
             f"expected some of {', '.join(sorted(names))}"
         )
-    values = check_values(cls, data, where=lambda name: f"{source}: field {name!r}")
+    return check_values(cls, data, where=lambda name: f"{source}: field {name!r}")
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
+    """Build ``cls`` from a dict (a JSON config), rejecting unknown keys by name."""
+    values = checked_values(cls, data, source)
     try:
         return cls(**values)
     except UserError as exc:
@@ -102,6 +117,17 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any], source: str) -> T:
 
 
 def load_json_config(cls: type[T], path: str | Path) -> T:
+    """``cls`` built from a JSON config file (see :func:`dataclass_from_dict`)."""
+    return dataclass_from_dict(cls, read_json_config(path), str(path))
+
+
+def load_json_values(cls: type, path: str | Path) -> dict[str, Any]:
+    """Only the keys a JSON config file sets, checked (see :func:`checked_values`)."""
+    return checked_values(cls, read_json_config(path), str(path))
+
+
+def read_json_config(path: str | Path) -> dict[str, Any]:
+    """A JSON config file's object; a missing file or another document is a UserError."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -115,4 +141,4 @@ def load_json_config(cls: type[T], path: str | Path) -> T:
         raise UserError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return dataclass_from_dict(cls, data, str(path))
+    return data

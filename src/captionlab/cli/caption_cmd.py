@@ -22,10 +22,12 @@ def register(sub) -> None:
 
 
 def run(args) -> dict:
-    from captionlab.runs.inference import caption_images
+    from captionlab.runs.inference import caption_image_files
 
-    results = caption_images(args.model, args.images, beam=args.beam, device=args.device)
+    result = caption_image_files(args.model, args.images, beam=args.beam, device=args.device)
     if not args.json:
-        for r in results:
+        for r in result["captions"]:
             print(f"{r['image']}: {r['caption']}")
-    return {"model": args.model, "beam": args.beam, "captions": results}
+        if result["note"]:
+            print(f"note: {result['note']}")
+    return {"model": args.model, "beam": args.beam, **result}

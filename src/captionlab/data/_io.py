@@ -8,7 +8,18 @@ from typing import Any
 
 from captionlab.errors import DataError
 
-__all__ = ["read_json", "require"]
+__all__ = ["file_sha256", "h5_dataset", "h5_strings", "read_json", "require"]
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read 1 MB at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

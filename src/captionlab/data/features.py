@@ -7,7 +7,8 @@ channels, ``h = w`` the side of the last feature map (``ceil(image_size / 32)``)
 File layout (format ``captionlab.features``, version 1)::
 
     attrs:  format, format_version, complete (bool), config (JSON of FeatureExtractorConfig),
-            captionlab_version, n_failed, pca_fit_rows, pca_fit_split
+            captionlab_version, n_failed, pca_fit_rows, pca_fit_split, and for a dataset
+            file: source (its resolved path), source_sha256 (its content)
     image_ids (M,) str      the dataset's image ids, in extraction order
     paths     (M,) str      the image files they came from
     splits    (M,) str      train / val / test ("" for a plain folder of images)
@@ -42,6 +43,8 @@ from captionlab.data.pca import PCA, fit_pca
 from captionlab.errors import DataError, UserError
 
 FORMAT = "captionlab.features"
+#: The config fields that decide the rows of an unfinished extraction (PCA is applied after).
+_EXTRACTION_FIELDS = ("backbone", "image_size", "pool", "grid", "fold_bn", "channels_last")
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 
@@ -170,25 +173,37 @@ class FeatureStoreWriter:
             if f.attrs.get("format") != FORMAT or "done" not in f:
                 f.close()
                 return None
-            old = f.attrs.get("config")
+            old = FeatureExtractorConfig.from_json(f.attrs.get("config"), str(part))
             old_ids = _read_strings(f["image_ids"])
             old_paths = _read_strings(f["paths"])
-        except (OSError, KeyError):
+            done = int((f["done"][()] | f["failed"][()]).sum())
+        except (OSError, KeyError, ValueError, TypeError, UserError):
             f.close()
-            return None
-        if (
-            old != config.to_json()
-            or old_ids != [str(i) for i in image_ids]
-            or old_paths != [str(p) for p in paths]
-        ):
+            return None  # unreadable: start over (nothing usable in it)
+        if done == 0:
             f.close()
-            what = "config" if old != config.to_json() else "list of images"
+            return None  # a start that failed before any image: nothing to keep
+        same_images = old_ids == [str(i) for i in image_ids] and old_paths == [
+            str(p) for p in paths
+        ]
+        differs = [k for k in _EXTRACTION_FIELDS if getattr(old, k) != getattr(config, k)]
+        if differs or not same_images:
+            f.close()
+            if differs:
+                what = ", ".join(
+                    f"{k} {getattr(old, k)!r} (now {getattr(config, k)!r})" for k in differs
+                )
+            else:
+                what = f"another list of images ({len(old_ids)} then, {len(image_ids)} now)"
             raise UserError(
-                f"{part}: an unfinished extraction with a different {what} is there; "
-                f"resume it with the same settings, or restart (--restart) to discard it"
+                f"{part}: holds {done} of {len(old_ids)} images extracted by an earlier run "
+                f"that stopped, with {what}; rerun with those settings to finish it, or "
+                "discard it (--restart)"
             )
-        done = f["done"][()] | f["failed"][()]
-        return cls(out, f, config, int(done.sum()))
+        if old != config:  # only what is applied after extraction (PCA) changed: keep rows
+            f.attrs["config"] = config.to_json()
+            f.flush()
+        return cls(out, f, config, done)
 
     # -- progress ---------------------------------------------------------------------------
     def pending(self) -> np.ndarray:
@@ -259,8 +274,16 @@ class FeatureStoreWriter:
                 return np.flatnonzero(in_split), split
         return np.flatnonzero(ok), "all"
 
-    def finalize(self, pca: PCA | None = None, pca_fit: tuple[int, str] = (0, "")) -> Path:
-        """Write ``out`` from the partial file (atomically) and remove the partial file."""
+    def finalize(
+        self,
+        pca: PCA | None = None,
+        pca_fit: tuple[int, str] = (0, ""),
+        source: dict[str, str] | None = None,
+    ) -> Path:
+        """Write ``out`` from the partial file (atomically) and remove the partial file.
+
+        ``source``: attributes naming the dataset file the images came from (``source``,
+        ``source_sha256``), so readers can tell which dataset the store was made for."""
         if len(self.pending()):
             raise RuntimeError(f"{self.path}: {len(self.pending())} images still pending")
         if (pca is None) != (self.config.pca_dim is None):
@@ -278,6 +301,8 @@ class FeatureStoreWriter:
                 g.attrs["n_failed"] = len(failures)
                 g.attrs["pca_fit_rows"] = int(pca_fit[0])
                 g.attrs["pca_fit_split"] = pca_fit[1]
+                for key, value in (source or {}).items():
+                    g.attrs[key] = str(value)
                 for key in ("image_ids", "paths", "splits"):
                     g.create_dataset(
                         key, data=_strings(np.array(_read_strings(f[key]))[keep]), dtype=_STR

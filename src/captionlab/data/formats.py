@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from captionlab.data._io import h5_dataset, read_json, require
-from captionlab.data.vocab import Vocabulary
+from captionlab.data.vocab import Vocabulary, tokenize
 from captionlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -398,7 +398,9 @@ def to_caption_data(
     For each split present: ``{split}_captions`` (N, max_length+1) int32, one row per
     caption; ``{split}_image_idxs`` (N,) int32 rows into ``{split}_features`` (M, D)
     float32; ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,) str image paths. Plus
-    ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split: captions cut}).
+    ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split: captions cut}). For val and
+    test also ``{split}_texts`` (N,): each caption's words as text, cut like the encoded row
+    but with words outside the vocabulary kept (the references a metric compares with).
 
     Args:
         features_for: maps M image ids to an (M, D) array, row i for id i.
@@ -420,6 +422,8 @@ def to_caption_data(
             [i for i, r in enumerate(records) for _ in r.captions], dtype=np.int32
         )
         encoded, n_cut = vocab.encode(captions, max_length=max_length)
+        if split != "train":
+            data[f"{split}_texts"] = [" ".join(tokenize(c)[: max_length - 1]) for c in captions]
         data[f"{split}_captions"] = encoded
         data[f"{split}_image_idxs"] = image_idxs
         data[f"{split}_features"] = feats

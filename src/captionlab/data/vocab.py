@@ -101,6 +101,15 @@ class Vocabulary:
         )
         return cls([*SPECIAL_TOKENS, *words])
 
+    def unknown_fraction(self, captions: Iterable[str]) -> float:
+        """The fraction of the words of ``captions`` that are not in the vocabulary."""
+        total = unknown = 0
+        for caption in captions:
+            for word in tokenize(caption):
+                total += 1
+                unknown += word not in self.word_to_idx
+        return unknown / total if total else 0.0
+
     def to_dict(self) -> dict:
         """The JSON form: cs231n's two keys plus a format tag."""
         return {
