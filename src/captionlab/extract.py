@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from captionlab.data._io import file_sha256
 from captionlab.data.feature_config import FeatureExtractorConfig, parse_pool
 from captionlab.data.features import FeatureStore, FeatureStoreWriter
-from captionlab.data.pca import PCA, fit_pca
+from captionlab.data.pca import PCA, fit_pca_rows
 from captionlab.errors import DataError, UserError
 from captionlab.vision.backbone import EfficientNetLite0, load_backbone, preprocess, resolve_device
 from captionlab.vision.images import list_image_files, load_image
@@ -396,7 +396,8 @@ def _fit_store_pca(
     fit_rows, fit_split = writer.fit_rows()
     if len(fit_rows) == 0:
         raise UserError(f"no image could be read; first error: {writer.failures()[0]['error']}")
-    return fit_pca(writer.raw_rows(fit_rows), config.pca_dim), (len(fit_rows), fit_split)
+    pca = fit_pca_rows(writer.raw_rows, fit_rows, config.raw_dim, config.pca_dim)
+    return pca, (len(fit_rows), fit_split)
 
 
 def _source_attrs(source: str | Path, kind: str) -> dict[str, str]:

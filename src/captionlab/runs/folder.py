@@ -103,6 +103,12 @@ class RunFolder:
         header of a run that saved no epoch has nothing to lose."""
         return any((self.path / name).is_file() for name in ("last.npz", "best.npz"))
 
+    def remove_temporaries(self) -> None:
+        """Remove the temporary files a process killed while writing a run file left."""
+        for name in RUN_FILES:
+            for stale in self.path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def epochs_done(self) -> int:
         """Epochs recorded in ``log.json`` (0 when there is none)."""
         try:
@@ -128,6 +134,7 @@ class RunFolder:
         epoch of it was saved), nothing else."""
         self.check_new(overwrite)
         if self.path.is_dir():
+            self.remove_temporaries()
             for name in RUN_FILES:
                 (self.path / name).unlink(missing_ok=True)
             for stale in self.path.glob("eval_*.json"):
@@ -149,6 +156,7 @@ class RunFolder:
                     + (" (no epoch finished; start it again with --overwrite)"
                        if needed == "last.npz" and self.config_file.is_file() else "")
                 )  # fmt: skip
+        self.remove_temporaries()
         try:
             header = json.loads(self.config_file.read_text(encoding="utf-8"))
             saved = TrainConfig(**header["train"])

@@ -134,7 +134,9 @@ def train_run(
         if not isinstance(config, TrainConfig):
             config = TrainConfig(**(config or {}))
         run.check_new(overwrite)
-    dataset = load_dataset(dataset_path, image_root=image_root)
+    # the images themselves are not needed: their features are in the store, which is
+    # checked to hold this dataset's images
+    dataset = load_dataset(dataset_path, image_root=image_root, check_images=False)
     store = FeatureStore.open(store_path)
     identity = data_identity(dataset_path, dataset, store)
     if resume:
