@@ -292,6 +292,8 @@ def extract_features(
     """
     config = config or FeatureExtractorConfig()
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give the store's file name (e.g. {out / 'feats.h5'})")
     if pca is not None and pca.components.shape != (config.raw_dim, config.pca_dim):
         raise UserError(
             f"the PCA basis must be ({config.raw_dim}, {config.pca_dim}) for the extractor "

@@ -39,3 +39,13 @@ def test_blocks_match_the_in_memory_fit(R):
 def test_too_few_rows_is_a_user_error():
     with pytest.raises(UserError, match="PCA to 5 dimensions needs at least 5 images"):
         fit_pca_rows(lambda r: np.zeros((len(r), 8)), np.arange(3), 8, 5)
+
+
+def test_tall_qr_is_an_orthonormal_basis_of_the_same_span():
+    from captionlab.data.pca import _tall_qr
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((1000, 30))
+    q = _tall_qr(a.copy(), block_rows=64)  # 15 blocks, the last one merged
+    np.testing.assert_allclose(q.T @ q, np.eye(30), atol=1e-12)
+    np.testing.assert_allclose(q @ (q.T @ a), a, atol=1e-10)

@@ -138,14 +138,14 @@ def fit_pca_rows(
         for span, x in blocks():
             q[span] = (x - mean) @ omega  # (B, cols)
         for _ in range(4):
-            q, _ = np.linalg.qr(q)
+            _tall_qr(q)
             z = np.zeros((R, cols), np.float32)
             for span, x in blocks():
                 z += (x - mean).T @ q[span]  # (R, cols)
             z, _ = np.linalg.qr(z)
             for span, x in blocks():
                 q[span] = (x - mean) @ z
-        q, _ = np.linalg.qr(q)
+        _tall_qr(q)
         b = np.zeros((cols, R), np.float32)
         for span, x in blocks():
             b += q[span].T @ (x - mean)  # (cols, R)
@@ -157,3 +157,26 @@ def fit_pca_rows(
     components = components * signs
     var = (s**2) / max(N - 1, 1)
     return PCA(mean, components.astype(np.float32), var.astype(np.float32))
+
+
+def _tall_qr(q: np.ndarray, block_rows: int = 8192) -> np.ndarray:
+    """Replace the columns of a tall q (N, c) by an orthonormal basis of their span, in place.
+
+    ``np.linalg.qr`` of an (N, c) matrix needs about five times its memory; this TSQR (the QR
+    of each block of rows, then of their stacked R factors) needs q itself plus one block.
+    """
+    N, c = q.shape
+    step = max(block_rows, c)
+    starts = list(range(0, N, step))
+    if len(starts) > 1 and N - starts[-1] < c:  # a last block shorter than c joins the one before
+        starts.pop()
+    spans = [slice(a, b) for a, b in zip(starts, [*starts[1:], N], strict=True)]
+    factors = []
+    for span in spans:
+        qb, rb = np.linalg.qr(q[span])  # (B, c), (c, c)
+        q[span] = qb
+        factors.append(rb)
+    q2, _ = np.linalg.qr(np.concatenate(factors))  # (blocks * c, c)
+    for i, span in enumerate(spans):
+        q[span] = q[span] @ q2[i * c : (i + 1) * c]
+    return q

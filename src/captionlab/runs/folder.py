@@ -141,10 +141,17 @@ class RunFolder:
                 stale.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def write_header(self, config: TrainConfig, vocab: Vocabulary, identity: dict) -> None:
+    def write_header(
+        self, config: TrainConfig, vocab: Vocabulary, identity: dict, store: FeatureStore
+    ) -> None:
         """``vocab.json`` and ``config.json`` of a new run."""
         vocab.save(self.path / "vocab.json")
-        write_json(self.config_file, {"train": dataclasses.asdict(config), **identity})
+        header = {
+            "train": dataclasses.asdict(config),
+            **identity,
+            "feature_config": dataclasses.asdict(store.config),
+        }
+        write_json(self.config_file, header)
 
     # -- resuming -------------------------------------------------------------------------------
     def read_header(self) -> tuple[TrainConfig, dict, Vocabulary]:

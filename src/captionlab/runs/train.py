@@ -147,7 +147,7 @@ def train_run(
     check_model_size(config, store.dim, len(vocab))
     if not resume:
         run.prepare_new(overwrite=overwrite)
-        run.write_header(config, vocab, identity)
+        run.write_header(config, vocab, identity, store)
     model = CaptioningRNN(
         vocab.word_to_idx,
         input_dim=store.dim,
