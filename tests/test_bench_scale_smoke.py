@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_scale_small(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--images", "700",
-         "--val", "50", "--test", "50", "--pool", "avg", "--pca", "16", "--dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--images", "300",
+         "--val", "30", "--test", "30", "--pool", "avg", "--pca", "8", "--dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
         env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip

@@ -308,3 +308,13 @@ def test_a_shapes_model_says_what_it_describes(data, run, capsys):
     assert "captionlab train --data dataset.json" in out
     summary = ok_json(["caption", "--model", run, image], capsys)
     assert summary["trained_on"]["dataset_title"] == "shapes" and summary["note"]
+
+
+def test_the_training_store_is_found_after_run_and_data_moved_together(tmp_path):
+    from captionlab.runs.evaluate import _training_stores
+
+    (tmp_path / "moved" / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "moved" / "feats.h5").write_bytes(b"")
+    ckpt = tmp_path / "moved" / "runs" / "a" / "best.npz"
+    extra = {"feature_store": "/gone/feats.h5", "feature_store_relative": "../../feats.h5"}
+    assert _training_stores(extra, ckpt) == [ckpt.parent / "../../feats.h5"]
