@@ -18,6 +18,7 @@ import torch
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, deprocess, preprocess
 from captionlab.vision.imagenet import CLASS_NAMES, top_classes
+from captionlab.vision.settings import DREAM, FOOL, SALIENCY, check_settings
 
 __all__ = ["classify", "dream", "fool", "predict", "saliency_maps"]
 
@@ -60,6 +61,10 @@ def saliency_maps(
         ``{"target": {"index", "name", "prob"}, "predicted": {...}, "maps": {method: (S, S)
         float32}, "seconds": {method: s}}``.
     """
+    settings = check_settings(
+        SALIENCY, {"samples": samples, "noise": noise, "steps": steps, "seed": seed}
+    )
+    samples, noise, steps, seed = (settings[k] for k in ("samples", "noise", "steps", "seed"))
     x = preprocess(pixels).to(_device(model))  # (1, 3, S, S)
     probs = predict(model, pixels[None])[0]
     if target is None:
@@ -110,6 +115,16 @@ def fool(
     """
     from captionlab.vision import fooling
 
+    settings = check_settings(
+        FOOL,
+        {
+            "epsilon": epsilon, "step_size": step_size, "learning_rate": learning_rate,
+            "max_iter": max_iter, "confidence": confidence,
+        },
+    )  # fmt: skip
+    epsilon, step_size = settings["epsilon"], settings["step_size"]
+    learning_rate, max_iter = settings["learning_rate"], settings["max_iter"]
+    confidence = settings["confidence"]
     x = preprocess(pixels).to(_device(model))  # (1, 3, S, S)
     stop_prob = confidence or None
     start = time.perf_counter()
@@ -157,6 +172,7 @@ def dream(model: torch.nn.Module, targets: Sequence[int], **options) -> dict:
     """
     from captionlab.vision.class_viz import visualize_class
 
+    options = check_settings(DREAM, options)
     start = time.perf_counter()
     res = visualize_class(list(targets), model, input_range=INPUT_RANGE, **options)
     probs = [float(p) for p in res.target_prob.tolist()]
