@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from captionlab._atomic import write_json
+from captionlab.bounds import SEED, check_fields, integer, real
 from captionlab.captioning.model import CELL_TYPES
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.errors import UserError
@@ -38,33 +39,57 @@ __all__ = ["DemoConfig", "run_demo", "vision_figures"]
 class DemoConfig:
     """What the demo does; ``--quick`` swaps in :meth:`quick` (for tests and a first look)."""
 
-    n_train: int = field(default=8000, metadata={"help": "training images generated"})
-    n_val: int = field(default=500, metadata={"help": "validation images generated"})
-    n_test: int = field(default=500, metadata={"help": "test images generated"})
-    image_size: int = field(default=128, metadata={"help": "side of the generated images, px"})
-    feature_size: int = field(default=160, metadata={"help": "image side fed to the CNN, px"})
+    n_train: int = field(
+        default=8000, metadata={"help": "training images generated", "bound": integer(1, 10**7)}
+    )
+    n_val: int = field(
+        default=500, metadata={"help": "validation images generated", "bound": integer(1, 10**7)}
+    )
+    n_test: int = field(
+        default=500, metadata={"help": "test images generated", "bound": integer(1, 10**7)}
+    )
+    image_size: int = field(
+        default=128,
+        metadata={"help": "side of the generated images, px", "bound": integer(32, 1024)},
+    )
+    feature_size: int = field(
+        default=160, metadata={"help": "image side fed to the CNN, px", "bound": integer(32, 1024)}
+    )
     pool: str = field(default="avg+2x2", metadata={"help": "feature pooling (see features)"})
-    pca_dim: int = field(default=512, metadata={"help": "PCA size of the features (0: none)"})
+    pca_dim: int = field(
+        default=512,
+        metadata={"help": "PCA size of the features (0: none)", "bound": integer(0, 10**6)},
+    )
     cells: str = field(default="lstm,rnn", metadata={"help": "cells to train, comma-separated"})
-    hidden_dim: int = field(default=256, metadata={"help": "H of every captioner"})
-    wordvec_dim: int = field(default=128, metadata={"help": "W of every captioner"})
-    epochs: int = field(default=6, metadata={"help": "training epochs per captioner"})
-    learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
-    beam: int = field(default=3, metadata={"help": "beam size for the test captions"})
+    hidden_dim: int = field(
+        default=256, metadata={"help": "H of every captioner", "bound": integer(1, 16384)}
+    )
+    wordvec_dim: int = field(
+        default=128, metadata={"help": "W of every captioner", "bound": integer(1, 16384)}
+    )
+    epochs: int = field(
+        default=6, metadata={"help": "training epochs per captioner", "bound": integer(1, 10**5)}
+    )
+    learning_rate: float = field(
+        default=5e-3, metadata={"help": "Adam learning rate", "bound": real(0, lo_open=True)}
+    )
+    beam: int = field(
+        default=3, metadata={"help": "beam size for the test captions", "bound": integer(1, 100)}
+    )
     meteor: bool = field(default=True, metadata={"help": "compute METEOR (Java start-up ~10 s)"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
-    seed: int = field(default=0, metadata={"help": "seed of data, initialisation and batches"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of data, initialisation and batches", "bound": SEED}
+    )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         bad = [c for c in self.cell_list if c not in CELL_TYPES]
         if bad or not self.cell_list:
             raise UserError(
                 f"cells must be a comma-separated list of {', '.join(CELL_TYPES)}, "
                 f"got {self.cells!r}"
             )
-        for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls) -> DemoConfig:

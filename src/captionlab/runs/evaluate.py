@@ -1,0 +1,252 @@
+"""Evaluation: caption a split of a dataset with a trained model and score the captions."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from captionlab.captioning import load_checkpoint
+from captionlab.data import CaptionDataset, load_dataset
+from captionlab.data._io import file_sha256
+from captionlab.data.features import FeatureStore
+from captionlab.errors import DataError, UserError
+from captionlab.runs.folder import check_store_matches
+from captionlab.runs.inference import caption_features, checkpoint_pca, resolve_model_path
+
+__all__ = ["evaluate_run", "evaluation_features", "load_scenes_for", "scene_scores"]
+
+
+def evaluate_run(
+    model_path: str | Path,
+    dataset_path: str | Path,
+    store_path: str | Path | None = None,
+    *,
+    split: str = "test",
+    beams: Sequence[int] = (1,),
+    image_root: str | Path | None = None,
+    scenes_path: str | Path | None = None,
+    coco: bool = True,
+    meteor: bool = True,
+    limit: int | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Caption ``split`` of a dataset with a trained model and score it.
+
+    Features come from ``store_path`` when given, else from the store the model trained on
+    (found from any folder) when it holds this dataset's images, else they are extracted
+    with the model's own extractor and PCA basis into a store cached in ``cache_dir``
+    (default ``RUN/eval_features/``), named by the dataset's content, the split and the
+    extractor, so the same dataset is never extracted twice for the same model. Any store
+    is checked to hold this dataset's images (by file) and the model's features.
+
+    Returns ``{"model", "cell", "split", "images", "features", "results": {"greedy"|"beam3":
+    {"metrics", "captions"}}}``. COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr-D) always; scene
+    accuracy too when the dataset has a ``scenes.json`` beside it (the shapes benchmark) or
+    ``scenes_path`` is given.
+    """
+    ckpt = resolve_model_path(model_path)
+    model, state = load_checkpoint(ckpt, solver_state=False)
+    dataset = load_dataset(dataset_path, image_root=image_root, check_images=False)
+    records = dataset.split(split)
+    if not records:
+        raise DataError(f"{dataset.source}: no images in split {split!r}")
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"limit must be >= 1, got {limit}")
+        records = records[:limit]
+    cache = Path(cache_dir) if cache_dir is not None else ckpt.parent / "eval_features"
+    features, source = evaluation_features(
+        model, state, ckpt, dataset, records, store_path, split=split, cache_dir=cache,
+        device=device, progress=progress,
+    )  # fmt: skip
+    scenes = load_scenes_for(dataset, scenes_path)
+    results = {}
+    for beam in beams:
+        name = "greedy" if beam == 1 else f"beam{beam}"
+        texts = caption_features(model, features, beam=beam)
+        results[name] = {
+            "metrics": _score(texts, records, scenes, coco=coco, meteor=meteor),
+            "captions": [
+                {
+                    "image_id": r.image_id,
+                    "path": str(r.path),
+                    "caption": text,
+                    "references": list(r.captions),
+                }
+                for r, text in zip(records, texts, strict=True)
+            ],
+        }
+    return {
+        "model": str(ckpt),
+        "cell": model.cell_type,
+        "split": split,
+        "images": len(records),
+        "features": source,
+        "results": results,
+    }
+
+
+def evaluation_features(
+    model,
+    state: dict,
+    ckpt: Path,
+    dataset: CaptionDataset,
+    records: list,
+    store_path: str | Path | None,
+    *,
+    split: str,
+    cache_dir: Path,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, dict]:
+    """The model's features (K, D) of ``records`` and where they came from (see
+    :func:`evaluate_run`)."""
+    from captionlab.data.feature_config import FeatureExtractorConfig
+
+    extra = state.get("extra") or {}
+    if "features" not in extra:
+        if store_path is None:
+            raise UserError(
+                f"give --features STORE: {ckpt} records no feature extractor, so features "
+                "cannot be extracted for it"
+            )
+        config, pca = None, None
+    else:
+        config = FeatureExtractorConfig.from_dict(extra["features"], f"{ckpt}: extra.features")
+        pca = checkpoint_pca(state, config, ckpt)
+    ids = [r.image_id for r in records]
+    if store_path is not None:
+        store = FeatureStore.open(store_path)
+        _check_store_fits(store, config, pca, ckpt, f"--features {store.path}")
+        check_store_matches(store, dataset, records)
+        return _checked(model, store.features_for(ids), store.path, ckpt), {
+            "store": str(store.path),
+            "extracted": False,
+        }
+    for candidate in _training_stores(extra, ckpt):
+        store = FeatureStore.open(candidate)
+        try:
+            _check_store_fits(store, config, pca, ckpt, str(candidate))
+            check_store_matches(store, dataset, records)
+        except DataError:
+            continue  # the training store does not hold this dataset: extract (below)
+        return _checked(model, store.features_for(ids), store.path, ckpt), {
+            "store": str(store.path),
+            "extracted": False,
+        }
+    from captionlab.extract import extract_features
+
+    key = f"{file_sha256(dataset.source)[:16]}-{split}-{len(ids)}-{_extractor_key(config, pca)}"
+    out = cache_dir / f"{key}.h5"
+    summary = extract_features(
+        dataset.source, out, config, image_root=_image_root(dataset, records), device=device,
+        progress=progress, only_ids=ids, pca=pca,
+    )  # fmt: skip
+    store = FeatureStore.open(out)
+    if summary.get("n_failed"):
+        first = (summary.get("failed") or [{}])[0]
+        raise DataError(
+            f"{dataset.source}: {summary['n_failed']} image(s) of split {split!r} could not be "
+            f"read, e.g. {first.get('path')}: {first.get('error')}"
+        )
+    return _checked(model, store.features_for(ids), store.path, ckpt), {
+        "store": str(out),
+        "extracted": not summary.get("up_to_date", False),
+    }
+
+
+def _image_root(dataset: CaptionDataset, records: list) -> Path | None:
+    """The folder the records' files are under (what extraction needs to find them)."""
+    r = records[0]
+    if r.file and str(r.path).endswith(r.file):
+        return Path(str(r.path)[: -len(r.file)] or ".")
+    return None
+
+
+def _training_stores(extra: dict, ckpt: Path) -> list[Path]:
+    """Where the store the model trained on may be: its resolved path, the path relative to
+    the run folder, and (older checkpoints) the path as written, from here or the run."""
+    seen, out = set(), []
+    written, relative = extra.get("feature_store"), extra.get("feature_store_relative")
+    candidates = [written, relative and ckpt.parent / relative, written and ckpt.parent / written]
+    for candidate in candidates:
+        if not candidate or not isinstance(candidate, str | Path):
+            continue
+        path = Path(candidate)
+        if path.is_file() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            out.append(path)
+    return out
+
+
+def _check_store_fits(store: FeatureStore, config, pca, ckpt: Path, what: str) -> None:
+    """The store must hold the features the model's extractor makes (same config and PCA)."""
+    if config is None:
+        return
+    if store.config != config:
+        raise DataError(
+            f"{what} was made with another extractor ({store.config.to_json()}) than the model "
+            f"{ckpt} ({config.to_json()}); its features mean nothing to the model"
+        )
+    if (pca is None) != (store.pca is None) or (
+        pca is not None
+        and not np.allclose(store.pca.components, pca.components, rtol=1e-5, atol=1e-6)
+    ):
+        raise DataError(f"{what} was projected with another PCA basis than the model {ckpt}'s")
+
+
+def _extractor_key(config, pca) -> str:
+    h = hashlib.sha256(config.to_json().encode())
+    if pca is not None:
+        h.update(np.ascontiguousarray(pca.mean, np.float32).tobytes())
+        h.update(np.ascontiguousarray(pca.components, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _checked(model, features: np.ndarray, store_path, ckpt: Path) -> np.ndarray:
+    features = features.astype(model.dtype, copy=False)
+    D = model.feature_shape[0] if hasattr(model, "feature_shape") else features.shape[1]
+    if features.shape[1] != D:
+        raise DataError(
+            f"{store_path}: features are {features.shape[1]}-d, the model {ckpt} expects {D}-d"
+        )
+    return features
+
+
+def _score(texts: list[str], records, scenes: dict | None, *, coco: bool, meteor: bool) -> dict:
+    """COCO metrics of ``texts`` against the records' references, plus scene accuracy."""
+    from captionlab.captioning.metrics import coco_metrics
+
+    ids = [r.image_id for r in records]
+    metrics = {}
+    if coco:
+        references = {r.image_id: list(r.captions) for r in records}
+        metrics = coco_metrics(dict(zip(ids, texts, strict=True)), references, meteor=meteor)
+    if scenes is not None:
+        metrics.update(scene_scores(texts, [scenes[i] for i in ids]))
+    return metrics
+
+
+def load_scenes_for(dataset: CaptionDataset, scenes_path=None) -> dict | None:
+    """The shapes scenes of ``dataset`` (``scenes.json`` beside it, or ``scenes_path``)."""
+    from captionlab.data.shapes import load_scenes
+
+    path = Path(scenes_path) if scenes_path else Path(dataset.source).parent / "scenes.json"
+    if not path.is_file():
+        if scenes_path:
+            raise DataError(f"{path}: scenes file not found")
+        return None
+    return load_scenes(path)
+
+
+def scene_scores(texts: list[str], scenes: list[dict]) -> dict:
+    """Scene accuracy of captions (parsed as shapes captions) against their scenes."""
+    from captionlab.captioning.scene_accuracy import scene_accuracy
+    from captionlab.data.shapes import parse_caption
+
+    return scene_accuracy([parse_caption(t) for t in texts], scenes)
