@@ -22,17 +22,24 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 _MEASURE = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from captionlab.captioning import load_checkpoint
     from captionlab.errors import CheckpointError
-    out = {"baseline_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+    def peak_kb():
+        # VmHWM: this process's own high-water mark. (getrusage's ru_maxrss carries the
+        # parent's peak across fork and exec on Linux, so a big pytest would leak into it.)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+    out = {"baseline_kb": peak_kb()}
     for name, path in json.loads(sys.argv[1]).items():
         try:
             load_checkpoint(path)
             out[name] = "loaded"
         except CheckpointError as exc:
             out[name] = str(exc)
-    out["peak_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_kb"] = peak_kb()
     print(json.dumps(out))
     """
 )
