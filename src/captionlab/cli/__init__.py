@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "caption",
     "classify",
     "saliency",
+    "explain",
     "fool",
     "dream",
     "gradcheck",
