@@ -11,6 +11,7 @@ from PIL import Image
 from captionlab.captioning import CaptioningRNN
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.data.pca import PCA, fit_pca
+from captionlab.errors import UserError
 from captionlab.explain import (
     CaptionScores,
     CropGeometry,
@@ -267,6 +268,9 @@ def test_explanation_words_positions_and_deletion():
     probs, auc = explainer.deletion(pixels, CAPTION, 2, result.words[2].saliency, n_steps=4)
     assert probs.shape == (5,) and probs[0] == pytest.approx(result.words[2].prob, rel=1e-4)
     assert 0 <= auc <= 1
+    np.testing.assert_array_equal(explainer.encode("w5 w9 w4 w7"), CAPTION)
+    with pytest.raises(UserError, match=r"not in the model's vocabulary: \['dog'\]"):
+        explainer.encode("w5 dog")
     decoded = explainer.decode(pixels, beam=2)
     assert decoded[0] == 1 and decoded.ndim == 1
     assert explainer.explain(pixels, caption_ids=np.array([1, 2])).words == []
@@ -304,8 +308,6 @@ def test_attention_to_pixels_puts_each_cell_where_it_is():
 
 
 def test_grid_layout_is_a_separate_branch_not_yet_filled():
-    from captionlab.errors import UserError
-
     config = FeatureExtractorConfig(image_size=64, grid=True)
     pipeline = FeaturePipeline(load_backbone(fold_bn=True), config, layout="grid")
     with pytest.raises(UserError, match="grid feature config"):

@@ -231,6 +231,16 @@ class Explainer:
                 break
         return np.array(ids, dtype=np.int64)
 
+    def encode(self, text: str) -> np.ndarray:
+        """A caption given as words (``"a red circle"``) -> ids (T,): ``<START>``, the
+        words, ``<END>``. A word outside the vocabulary is a UserError naming it."""
+        start, end, _ = special_ids(self.captioner)
+        w2i = self.captioner.word_to_idx
+        unknown = [w for w in text.split() if w not in w2i]
+        if unknown:
+            raise UserError(f"caption {text!r}: words not in the model's vocabulary: {unknown}")
+        return np.array([start, *(w2i[w] for w in text.split()), end], dtype=np.int64)
+
     def text(self, caption_ids: np.ndarray) -> list[str]:
         """The words of a caption (ids (T,)), without ``<START>`` and ``<END>``."""
         start, end, null = special_ids(self.captioner)
