@@ -78,6 +78,36 @@ def test_word_feature_gradient_passes_numerical_check(name):
         assert rel_error(num, grad * 1.01) > 1e-3  # negative control: the check can fail
 
 
+class PenalizedRNN(CaptioningRNN):
+    """A captioner whose loss adds a term no word mask removes (as the AttentionCaptioner's
+    attention penalty): ``penalty * |features|^2 / N``, declared by ``attention_penalty``."""
+
+    penalty = attention_penalty = 0.7
+
+    def loss(self, features, captions, *, mask=None, feature_grad=False):
+        loss, grads = super().loss(features, captions, mask=mask, feature_grad=feature_grad)
+        N = features.shape[0]
+        loss += self.penalty * float((features**2).sum()) / N
+        if feature_grad:
+            grads["features"] = grads["features"] + 2 * self.penalty * features / N
+        return loss, grads
+
+
+def test_a_loss_term_free_of_words_cancels_out():
+    model = PenalizedRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type="lstm",
+                         dtype=np.float64, seed=4)  # fmt: skip
+    features = np.random.RandomState(3).randn(2, 6)
+    weights = np.zeros((2, 5))
+    weights[0, 1], weights[1, 3] = 1.0, -2.0
+    num = eval_numerical_gradient(
+        lambda f: float((word_logprobs(model, f, CAPTION)[0] * weights).sum()),
+        features.copy(), verbose=False, h=1e-5,
+    )  # fmt: skip
+    assert rel_error(num, word_feature_grads(model, features, CAPTION, weights)) < 1e-7
+    model.attention_penalty = 0.0  # not declared, yet in the loss: the check must fail
+    assert rel_error(num, word_feature_grads(model, features, CAPTION, weights)) > 1e-3
+
+
 @pytest.mark.parametrize("name", list(CAPTIONERS))
 def test_autograd_function_matches_torch_gradcheck(name):
     make, shape = CAPTIONERS[name]

@@ -40,6 +40,7 @@ __all__ = [
     "FeaturePipeline",
     "StepScores",
     "feature_layout",
+    "has_word_free_loss_term",
     "word_feature_grads",
     "word_logprobs",
 ]
@@ -188,6 +189,13 @@ def word_logprobs(
     return logp, attention
 
 
+def has_word_free_loss_term(captioner) -> bool:
+    """Whether ``captioner.loss`` adds a term that a word mask does not remove: the
+    AttentionCaptioner's doubly stochastic attention penalty (``attention_penalty > 0``).
+    :class:`~captionlab.captioning.CaptioningRNN`'s loss is the words' alone."""
+    return float(getattr(captioner, "attention_penalty", 0.0) or 0.0) > 0.0
+
+
 def word_feature_grads(
     captioner, features: np.ndarray, caption: np.ndarray, weights: np.ndarray
 ) -> np.ndarray:
@@ -197,9 +205,9 @@ def word_feature_grads(
     ``-(1/N) sum_{(n, t) in M} d log p_t(n) / d features`` with rows independent, so one call
     with one position per row gives every row its word's gradient (the saliency case: one
     target per image). Rows weighting several positions take one call per extra position.
-    The gradient at an empty mask is subtracted, so that a loss term that does not depend
-    on the words counted (the AttentionCaptioner's attention penalty) cancels; for
-    :class:`~captionlab.captioning.CaptioningRNN` it is zero.
+    A captioner whose loss adds a term that does not depend on the words counted (the
+    AttentionCaptioner's ``attention_penalty``, see :func:`has_word_free_loss_term`) has the
+    gradient at an empty mask subtracted, so that the term cancels.
 
     Args:
         captioner: a captioner with ``loss(..., mask=, feature_grad=)``.
@@ -215,10 +223,12 @@ def word_feature_grads(
     weights = np.asarray(weights)
     if weights.shape != (N, captions.shape[1] - 1):
         raise ValueError(f"weights must be {(N, captions.shape[1] - 1)}, got {weights.shape}")
-    empty = np.zeros(weights.shape, dtype=bool)
-    _, g0 = captioner.loss(features, captions, mask=empty, feature_grad=True)
-    base = g0["features"]
-    out = np.zeros_like(base)
+    dtype = np.dtype(getattr(captioner, "dtype", features.dtype))
+    out = np.zeros(features.shape, dtype=dtype)
+    base = 0.0
+    if has_word_free_loss_term(captioner):
+        empty = np.zeros(weights.shape, dtype=bool)
+        base = captioner.loss(features, captions, mask=empty, feature_grad=True)[1]["features"]
     remaining = weights != 0  # (N, T-1)
     while remaining.any():
         rows = np.flatnonzero(remaining.any(axis=1))  # (n,)
@@ -227,7 +237,8 @@ def word_feature_grads(
         mask[rows, cols] = True
         _, g = captioner.loss(features, captions, mask=mask, feature_grad=True)
         w = weights[rows, cols].astype(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        out[rows] -= N * w * (g["features"][rows] - base[rows])  # -N * d(-log p / N)
+        word = g["features"] - base  # d(-log p / N) / d features, rows independent
+        out[rows] -= N * w * word[rows]
         remaining[rows, cols] = False
     return out
 
