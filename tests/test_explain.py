@@ -342,3 +342,25 @@ def test_grid_layout_is_a_separate_branch_not_yet_filled():
     pipeline = FeaturePipeline(load_backbone(fold_bn=True), config, layout="grid")
     with pytest.raises(UserError, match="grid feature config"):
         pipeline(preprocess(shapes_image(64)))
+
+
+def test_figure_has_a_panel_per_word_and_an_attention_row_when_given():
+    from captionlab.explain import Explanation, WordMap
+    from captionlab.explain.figure import explanation_figure
+
+    rng = np.random.default_rng(0)
+    pixels = shapes_image(32)
+
+    def result(attention: bool) -> Explanation:
+        words = [
+            WordMap(w, t, 0.5, rng.random((32, 32), dtype=np.float32),
+                    rng.random((32, 32), dtype=np.float32) if attention else None, (1, 2))
+            for t, w in enumerate(["red", "square"])
+        ]  # fmt: skip
+        return Explanation("red square", CAPTION[:4], "smoothgrad", words)
+
+    fig = explanation_figure(pixels, result(False))
+    assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == ["image", "red", "square"]
+    fig = explanation_figure(pixels, result(True))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 6 and titles[3:] == ["attention", "red", "square"]
