@@ -49,10 +49,10 @@ def photo(tmp_path):
 def test_explain_writes_a_figure_and_prints_json(run_dir, photo, tmp_path, capsys):
     out = tmp_path / "figs"
     argv = ["explain", "--model", str(run_dir), str(photo), "--out", str(out),
-            "--max-length", "4", "--json"]  # fmt: skip
+            "--max-length", "4", "--samples", "3", "--json"]  # fmt: skip
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["method"] == "vanilla" and summary["beam"] == 1
+    assert summary["method"] == "smoothgrad" and summary["beam"] == 1
     (item,) = summary["images"]
     assert item["image"] == str(photo) and item["image_size"] == [96, 60]
     words = item["caption"].split()
@@ -64,7 +64,7 @@ def test_explain_writes_a_figure_and_prints_json(run_dir, photo, tmp_path, capsy
         assert 18 <= x < 78 and 0 <= y < 60  # inside the centred 60x60 square of the photo
         assert 0 < w["prob"] <= 1
         assert "attention_peak" not in w  # an LSTM has no attention
-    figure = out / "photo_explain_vanilla.png"
+    figure = out / "photo_explain_smoothgrad.png"
     assert item["figure"] == str(figure)
     with Image.open(figure) as img:
         assert img.format == "PNG" and img.width > img.height * len(words) * 0.8
@@ -75,7 +75,7 @@ def test_explain_each_method_and_repeated_names(run_dir, photo, tmp_path, capsys
     other.mkdir()
     copy = other / "photo.png"
     copy.write_bytes(photo.read_bytes())
-    for method in ("smoothgrad", "ig"):
+    for method in ("vanilla", "ig"):
         argv = ["explain", "--model", str(run_dir / "best"), str(photo), str(copy),
                 "--method", method, "--samples", "2", "--steps", "2", "--max-length", "3",
                 "--beam", "2", "--out", str(tmp_path)]  # fmt: skip

@@ -26,8 +26,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--method",
         choices=METHODS,
-        default="vanilla",
-        help="vanilla gradient, SmoothGrad or Integrated Gradients",
+        default="smoothgrad",
+        help="vanilla gradient, SmoothGrad or Integrated Gradients; SmoothGrad points at the "
+        "right object most often and is the most faithful (benchmarks/bench_explain.py), at "
+        "--samples times vanilla's cost",
     )
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
     p.add_argument("--max-length", type=int, default=20, help="most words in a caption")
