@@ -118,7 +118,9 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
     ids = [i for i, sc in scenes.items() if sc["split"] == "test"][: args.n_scenes]
     methods = list(args.methods)
     rng = np.random.default_rng(0)
-    hits = {m: {"shape": [], "colour": []} for m in [*methods, "attention", "random"]}
+    # per map: the hits of shape and colour words, in scenes of one object and of two or three
+    keys = ("shape", "colour", "shape_1", "shape_2+", "colour_1", "colour_2+")
+    hits = {m: {k: [] for k in keys} for m in [*methods, "attention", "random"]}
     deletion = {m: [] for m in [*methods, "attention", "random"]}
     skipped: dict[str, int] = {}
     words_seen = 0
@@ -155,10 +157,13 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
                 bbox = scene["objects"][target["object"]]["bbox"]
                 if m == "random":  # the expectation of a uniformly random peak
                     area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) / (geo.width * geo.height)
-                    hits[m][target["kind"]].append(area)
+                    hit = area
                 else:
                     peak = geo.to_original(*map_peak(word_map))
-                    hits[m][target["kind"]].append(float(inside(peak, bbox)))
+                    hit = float(inside(peak, bbox))
+                crowd = "1" if len(scene["objects"]) == 1 else "2+"
+                hits[m][target["kind"]].append(hit)
+                hits[m][f"{target['kind']}_{crowd}"].append(hit)
                 if n < args.deletion_scenes:
                     _, auc = explainer.deletion(pixels, caption, t, word_map, n_steps=16)
                     deletion[m].append(auc)
@@ -174,6 +179,8 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
             "pointing_colour": _mean(hits[m]["colour"]),
             "n_shape": len(hits[m]["shape"]),
             "n_colour": len(hits[m]["colour"]),
+            **{f"pointing_{k}": _mean(hits[m][k]) for k in keys[2:]},
+            **{f"n_{k}": len(hits[m][k]) for k in keys[2:]},
             "deletion_auc": _mean(deletion[m]),
             "n_deletion": len(deletion[m]),
         }
@@ -239,15 +246,20 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
 # ----------------------------------------------------------------------- report
 def print_tables(results: list[dict], cost: dict | None) -> None:
     print("\npointing game (peak inside the word's object) and deletion AUC (lower is better)")
-    head = f"{'model':8} {'map':11} {'shape words':>16} {'colour words':>16} {'deletion AUC':>16}"
+    head = (f"{'model':8} {'map':11} {'shape words':>14} {'1 object':>9} {'2-3':>6} "
+            f"{'colour words':>14} {'1 object':>9} {'2-3':>6} {'deletion AUC':>14}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in results:
         for m, row in r["methods"].items():
-            shape = f"{_fmt(row['pointing_shape'])} ({row['n_shape']})"
-            colour = f"{_fmt(row['pointing_colour'])} ({row['n_colour']})"
-            auc = f"{_fmt(row['deletion_auc'])} ({row['n_deletion']})"
-            print(f"{r['model']:8} {m:11} {shape:>16} {colour:>16} {auc:>16}")
+            cells = [f"{_fmt(row['pointing_shape'])} ({row['n_shape']})",
+                     _fmt(row["pointing_shape_1"]), _fmt(row["pointing_shape_2+"]),
+                     f"{_fmt(row['pointing_colour'])} ({row['n_colour']})",
+                     _fmt(row["pointing_colour_1"]), _fmt(row["pointing_colour_2+"]),
+                     f"{_fmt(row['deletion_auc'])} ({row['n_deletion']})"]  # fmt: skip
+            widths = (14, 9, 6, 14, 9, 6, 14)
+            line = " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+            print(f"{r['model']:8} {m:11} {line}")
         print(f"{'':8} {r['scenes']} scenes, {r['words']} words; not scored: {r['not_scored']}")
     if cost:
         print(f"\ncost of one word's map / one ImageNet-class map ({cost['image_size']} px)")
