@@ -20,6 +20,8 @@ from captionlab._atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["caption_is_right", "pick_varied", "write_gallery"]
 
+STRIP_SAMPLES = 10  # SmoothGrad's noisy copies in the explanation strip
+
 
 def caption_is_right(scene_score: dict | None) -> bool:
     """Whether a caption's scene score (``score_caption``) has every object, the count and
@@ -110,7 +112,9 @@ def _explanation_strip(
     made = []
     for item in items:
         pixels = load_image(item["path"], explainer.image_size)
-        result = explainer.explain(pixels, method, caption_ids=explainer.encode(item["caption"]))
+        # 10 noisy copies (the command's default is 25): the strip costs the demo seconds
+        ids = explainer.encode(item["caption"])
+        result = explainer.explain(pixels, method, caption_ids=ids, samples=STRIP_SAMPLES)
         verdict = "right" if item["correct"] else "wrong"
         fig = explanation_figure(pixels, result, title=f"{verdict}: “{result.caption}”")
         name = f"explain_{Path(item['path']).stem}.png"
@@ -167,11 +171,13 @@ def _strip_html(strip: list[tuple[str, str]], method: str) -> str:
     images = "".join(
         f'<img src="gallery/{html.escape(name)}" alt="{html.escape(alt)}">' for name, alt in strip
     )
+    how = METHOD_TITLES.get(method, method)
+    if method == "smoothgrad":
+        how += f" over {STRIP_SAMPLES} noisy copies"
     return (
-        "<h2>Why each word</h2><p>For each word, the pixels that move its probability most "
-        f"({METHOD_TITLES.get(method, method)} of the word's log-probability through the "
-        "captioner and the CNN; "
-        "<code>captionlab explain</code>).</p>"
+        "<h2>Why each word</h2><p>For each word, the pixels that move its probability most: "
+        f"{how}, of the word's log-probability through the captioner and the CNN "
+        "(<code>captionlab explain</code>).</p>"
         f'<div class="explain">{images}</div>'
     )
 
