@@ -315,8 +315,11 @@ class Explainer:
         started = time.perf_counter()
         maps = self.word_maps(pixels, caption_ids, np.arange(K), method, **options)
         seconds = time.perf_counter() - started
-        logp, _ = word_logprobs(self.captioner, self.features(pixels), caption_ids)
-        attention = self.attention_maps(pixels, caption_ids)
+        logp, alpha = word_logprobs(self.captioner, self.features(pixels), caption_ids)
+        attention = None
+        if alpha is not None:  # (1, T-1, L) -> (T-1, S, S)
+            side = self.pipeline.config.grid_side
+            attention = attention_to_pixels(alpha[0], side, self.image_size)
         out = Explanation(" ".join(words), caption_ids, method, seconds=seconds)
         for t, word in enumerate(words):
             out.words.append(
