@@ -4,7 +4,8 @@
 2. extract EfficientNet-Lite0 features (cached),
 3. train an LSTM captioner and a vanilla RNN for comparison (cached per config),
 4. caption the test split greedily and with beam search; COCO metrics + scene accuracy,
-5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions), ``loss.png``,
+5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions, and two of them
+   explained word by word), ``loss.png``,
    ``metrics.json`` and print the comparison table,
 6. the network-visualization figures on bundled photos (saliency, fooling image, class
    visualization) into ``OUT/vision/``.
@@ -78,6 +79,9 @@ class DemoConfig:
     )
     meteor: bool = field(default=True, metadata={"help": "compute METEOR (Java start-up ~10 s)"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
+    explain: bool = field(
+        default=True, metadata={"help": "explain two test captions word by word in the gallery"}
+    )
     seed: int = field(
         default=0, metadata={"help": "seed of data, initialisation and batches", "bound": SEED}
     )
@@ -157,7 +161,12 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
         }
         best_name = f"beam{config.beam}" if config.beam > 1 else "greedy"
         main_captions = evals[config.cell_list[0]]["results"][best_name]["captions"]
-        gallery = write_gallery(out, main_captions, shapes_dir)
+        explainer = None
+        if config.explain:
+            from captionlab.explain import Explainer
+
+            explainer = Explainer.from_checkpoint(out / "runs" / config.cell_list[0])
+        gallery = write_gallery(out, main_captions, shapes_dir, explainer=explainer)
         plot_loss_curves(out / "loss.png", {cell.upper(): r for cell, r in runs.items()})
         write_json(out / "captions.json", evals)
     vision_files: list[str] = []

@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "caption",
     "classify",
     "saliency",
+    "explain",
     "fool",
     "dream",
     "gradcheck",
