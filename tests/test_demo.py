@@ -43,6 +43,13 @@ def test_demo_writes_gallery_metrics_and_is_cached(tmp_path, capsys):
             assert im.width > 300
     for img in (out / "gallery").iterdir():
         assert f'gallery/{img.name}"' in html
+    explained = gallery["explained"]  # the first right and the first wrong caption shown
+    assert len(explained) == min(1, gallery["fully_correct"]) + min(
+        1, 12 - gallery["fully_correct"]
+    )
+    assert all(
+        f.endswith(".png") and (out / "gallery" / f.split("/")[-1]).is_file() for f in explained
+    )
 
     # A second run reuses data, features and both trained models.
     assert cli.main(["demo", "--out", str(out), *TINY]) == 0

@@ -6,9 +6,9 @@
    features, and the Show-Attend-Tell attention captioner on the grid stored beside them
    (one extraction, one forward pass per image, gives both),
 4. caption the test split greedily and with beam search; COCO metrics + scene accuracy,
-5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions, and attention strips:
-   where the attention captioner looked for each word), ``loss.png``, ``metrics.json`` and
-   print the comparison table,
+5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions; attention strips:
+   where the attention captioner looked for each word; two captions explained word by
+   word), ``loss.png``, ``metrics.json`` and print the comparison table,
 6. the network-visualization figures on bundled photos (saliency, fooling image, class
    visualization) into ``OUT/vision/``.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from captionlab._atomic import write_json
+from captionlab.bounds import SEED, check_fields, integer, real
 from captionlab.captioning.model import CELL_TYPES
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.errors import UserError
@@ -44,13 +45,27 @@ DEMO_MODELS = (*CELL_TYPES, "attention")
 class DemoConfig:
     """What the demo does; ``--quick`` swaps in :meth:`quick` (for tests and a first look)."""
 
-    n_train: int = field(default=8000, metadata={"help": "training images generated"})
-    n_val: int = field(default=500, metadata={"help": "validation images generated"})
-    n_test: int = field(default=500, metadata={"help": "test images generated"})
-    image_size: int = field(default=128, metadata={"help": "side of the generated images, px"})
-    feature_size: int = field(default=160, metadata={"help": "image side fed to the CNN, px"})
+    n_train: int = field(
+        default=8000, metadata={"help": "training images generated", "bound": integer(1, 10**7)}
+    )
+    n_val: int = field(
+        default=500, metadata={"help": "validation images generated", "bound": integer(1, 10**7)}
+    )
+    n_test: int = field(
+        default=500, metadata={"help": "test images generated", "bound": integer(1, 10**7)}
+    )
+    image_size: int = field(
+        default=128,
+        metadata={"help": "side of the generated images, px", "bound": integer(32, 1024)},
+    )
+    feature_size: int = field(
+        default=160, metadata={"help": "image side fed to the CNN, px", "bound": integer(32, 1024)}
+    )
     pool: str = field(default="avg+2x2", metadata={"help": "feature pooling (see features)"})
-    pca_dim: int = field(default=512, metadata={"help": "PCA size of the features (0: none)"})
+    pca_dim: int = field(
+        default=512,
+        metadata={"help": "PCA size of the features (0: none)", "bound": integer(0, 10**6)},
+    )
     models: str = field(
         default="lstm,rnn,attention",
         metadata={
@@ -58,44 +73,67 @@ class DemoConfig:
             "and attention (on the grid)"
         },
     )
-    hidden_dim: int = field(default=256, metadata={"help": "H of every captioner"})
-    wordvec_dim: int = field(default=128, metadata={"help": "W of every captioner"})
-    epochs: int = field(default=6, metadata={"help": "training epochs of lstm, rnn, gru"})
-    learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
-    attention_epochs: int = field(default=3, metadata={"help": "training epochs of attention"})
-    attention_hidden_dim: int = field(
-        default=192, metadata={"help": "H of the attention captioner"}
+    hidden_dim: int = field(
+        default=256, metadata={"help": "H of every captioner", "bound": integer(1, 16384)}
     )
-    attention_dim: int = field(default=64, metadata={"help": "K of the attention captioner"})
+    wordvec_dim: int = field(
+        default=128, metadata={"help": "W of every captioner", "bound": integer(1, 16384)}
+    )
+    epochs: int = field(
+        default=6, metadata={"help": "training epochs per captioner", "bound": integer(1, 10**5)}
+    )
+    learning_rate: float = field(
+        default=5e-3, metadata={"help": "Adam learning rate", "bound": real(0, lo_open=True)}
+    )
+    attention_epochs: int = field(
+        default=4,
+        metadata={"help": "training epochs of attention", "bound": integer(1, 10**5)},
+    )
+    attention_hidden_dim: int = field(
+        default=256,
+        metadata={"help": "H of the attention captioner", "bound": integer(1, 16384)},
+    )
+    attention_dim: int = field(
+        default=128,
+        metadata={"help": "K of the attention captioner", "bound": integer(1, 16384)},
+    )
     attention_penalty: float = field(
-        default=0.0, metadata={"help": "lambda of the attention captioner's penalty"}
+        default=0.0,
+        metadata={"help": "lambda of the attention captioner's penalty", "bound": real(0, 1e6)},
     )
     attention_position: bool = field(
         default=False, metadata={"help": "the attention captioner learns a position embedding"}
     )
     attention_monitor: str = field(
-        default="val_loss", metadata={"help": "what picks the attention captioner's best epoch"}
+        default="auto", metadata={"help": "what picks the attention captioner's best epoch"}
     )
     grid_pca_dim: int = field(
-        default=256, metadata={"help": "values per grid cell after its PCA (attention)"}
+        default=256,
+        metadata={
+            "help": "values per grid cell after its PCA (attention)",
+            "bound": integer(1, 10**6),
+        },
     )
-    beam: int = field(default=3, metadata={"help": "beam size for the test captions"})
+    beam: int = field(
+        default=3, metadata={"help": "beam size for the test captions", "bound": integer(1, 100)}
+    )
     meteor: bool = field(default=True, metadata={"help": "compute METEOR (Java start-up ~10 s)"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
-    seed: int = field(default=0, metadata={"help": "seed of data, initialisation and batches"})
+    explain: bool = field(
+        default=True, metadata={"help": "explain two test captions word by word in the gallery"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of data, initialisation and batches", "bound": SEED}
+    )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         bad = [c for c in self.model_list if c not in DEMO_MODELS]
         if bad or not self.model_list:
             raise UserError(
                 f"models must be a comma-separated list of {', '.join(DEMO_MODELS)}, "
                 f"got {self.models!r}"
             )
-        for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim",
-                     "attention_epochs", "attention_hidden_dim", "attention_dim",
-                     "grid_pca_dim"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -180,7 +218,12 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
         strips = None
         if "attention" in runs:
             strips = _attention_strips(out, shapes_dir, store, main_captions, config)
-        gallery = write_gallery(out, main_captions, shapes_dir, strips=strips)
+        explainer = None
+        if config.explain:
+            from captionlab.explain import Explainer
+
+            explainer = Explainer.from_checkpoint(out / "runs" / main)
+        gallery = write_gallery(out, main_captions, shapes_dir, strips=strips, explainer=explainer)
         gallery["model"] = main
         plot_loss_curves(out / "loss.png", {kind.upper(): r for kind, r in runs.items()})
         write_json(out / "captions.json", evals)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from captionlab.data._io import file_sha256
 from captionlab.data.feature_config import FeatureExtractorConfig, parse_pool
 from captionlab.data.features import FeatureStore, FeatureStoreWriter
-from captionlab.data.pca import PCA, fit_pca
+from captionlab.data.pca import PCA, fit_pca, fit_pca_rows
 from captionlab.errors import DataError, UserError
 from captionlab.vision.backbone import EfficientNetLite0, load_backbone, preprocess, resolve_device
 from captionlab.vision.images import list_image_files, load_image
@@ -290,29 +291,39 @@ class FeatureExtractor:
 
 
 def collect_images(
-    source: str | Path, image_root: str | Path | None = None, limit: int | None = None
+    source: str | Path,
+    image_root: str | Path | None = None,
+    limit: int | None = None,
+    only_ids: Collection[str] | None = None,
 ) -> tuple[list[ImageItem], str]:
     """A dataset file (Karpathy or COCO JSON) or a folder of images -> (items, kind).
 
-    Folder images get their relative path as id (``"sub/cat.jpg"``) and split ``""``.
-    Listed files that are missing are kept: extraction reports them as failed.
+    Folder images get their relative path as id (``"sub/cat.jpg"``) and split ``""``; every
+    item's path is absolute.
+    Listed files that are missing are kept: extraction reports them as failed. ``only_ids``
+    keeps just those images (in the source's order).
     """
     source = Path(source)
     if source.is_dir() and not (source / "dataset.json").is_file():
         items = [
-            ImageItem(p.relative_to(source).as_posix(), p, "") for p in list_image_files(source)
+            ImageItem(p.relative_to(source).as_posix(), p.absolute(), "")
+            for p in list_image_files(source)
         ]
         kind = "folder"
     elif source.exists():
         from captionlab.data.formats import load_dataset
 
         ds = load_dataset(source, image_root=image_root, check_images=False)
-        items = [ImageItem(str(r.image_id), Path(r.path), r.split) for r in ds.images]
+        # absolute paths: the store then names its files wherever it is read from
+        items = [ImageItem(str(r.image_id), Path(r.path).absolute(), r.split) for r in ds.images]
         kind = ds.name
     else:
         raise UserError(
             f"{source}: expected a dataset file or a folder of images, got nothing there"
         )
+    if only_ids is not None:
+        wanted = set(only_ids)
+        items = [it for it in items if it.image_id in wanted]
     if limit is not None:
         items = items[: max(0, int(limit))]
     if not items:
@@ -335,8 +346,15 @@ def extract_features(
     progress: bool = True,
     threads: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    only_ids: Collection[str] | None = None,
+    pca: PCA | None = None,
+    grid_pca: PCA | None = None,
 ) -> dict:
     """Extract features of every image of ``source`` into the store ``out``; return a summary.
+
+    ``only_ids`` extracts just those images of the source; ``pca`` projects with that basis
+    (a trained model's) instead of fitting one (``config.pca_dim`` must be its size), and
+    ``grid_pca`` the grid's cells likewise (``config.grid_pca_dim``).
 
     Resumes an interrupted run into the same ``out`` with the same config (``restart`` throws
     the unfinished work away). A finished ``out`` made with the same config for the same images
@@ -347,8 +365,23 @@ def extract_features(
     """
     config = config or FeatureExtractorConfig()
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give the store's file name (e.g. {out / 'feats.h5'})")
+    if pca is not None and pca.components.shape != (config.raw_dim, config.pca_dim):
+        raise UserError(
+            f"the PCA basis must be ({config.raw_dim}, {config.pca_dim}) for the extractor "
+            f"config, got {pca.components.shape}"
+        )
+    if grid_pca is not None and grid_pca.components.shape != (
+        config.grid_raw_dim,
+        config.grid_pca_dim,
+    ):
+        raise UserError(
+            f"the grid PCA basis must be ({config.grid_raw_dim}, {config.grid_pca_dim}) for the "
+            f"extractor config, got {grid_pca.components.shape}"
+        )
     device = resolve_device(device)  # fail before any work when CUDA is asked for but absent
-    items, kind = collect_images(source, image_root, limit)
+    items, kind = collect_images(source, image_root, limit, only_ids)
     ids = [it.image_id for it in items]
     if out.exists() and not overwrite:
         summary = _up_to_date(out, config, ids)
@@ -366,11 +399,20 @@ def extract_features(
     try:
         extractor = FeatureExtractor(config, device, batch_size=batch_size, workers=workers)
         processed, seconds = _extract_pending(writer, extractor, items, progress, on_batch)
-        pca, fit = _fit_store_pca(writer, config)
-        grid_pca, grid_cells_fit = _fit_grid_pca(writer, config)
+        if pca is None:
+            pca, fit = _fit_store_pca(writer, config)
+        else:
+            fit = (0, "given")
+        if grid_pca is None:
+            grid_pca, grid_cells_fit = _fit_grid_pca(writer, config)
+        else:
+            grid_cells_fit = 0
         failures = writer.failures()
         resumed = writer.resumed
-        writer.finalize(pca, fit, grid_pca, grid_cells_fit)
+        writer.finalize(
+            pca, fit, grid_pca=grid_pca, grid_pca_cells=grid_cells_fit,
+            source=_source_attrs(source, kind),
+        )  # fmt: skip
     finally:
         writer.close()
         torch.set_num_threads(threads_before)
@@ -446,7 +488,17 @@ def _fit_store_pca(
     fit_rows, fit_split = writer.fit_rows()
     if len(fit_rows) == 0:
         raise UserError(f"no image could be read; first error: {writer.failures()[0]['error']}")
-    return fit_pca(writer.raw_rows(fit_rows), config.pca_dim), (len(fit_rows), fit_split)
+    pca = fit_pca_rows(writer.raw_rows, fit_rows, config.raw_dim, config.pca_dim)
+    return pca, (len(fit_rows), fit_split)
+
+
+def _source_attrs(source: str | Path, kind: str) -> dict[str, str]:
+    """The dataset file a store is made from, by resolved path and content."""
+    if kind == "folder":
+        return {}
+    path = Path(source)
+    path = path / "dataset.json" if path.is_dir() else path
+    return {"source": str(path.resolve()), "source_sha256": file_sha256(path)}
 
 
 def _fit_grid_pca(writer: FeatureStoreWriter, config: FeatureExtractorConfig):

@@ -249,12 +249,28 @@ def test_resume_after_interruption_and_mismatch(tmp_path):
     assert w.resumed == 3 and list(w.pending()) == [3, 4]
     w.close()
     other = FeatureExtractorConfig(image_size=96)
-    with pytest.raises(UserError, match=r"different config.*--restart"):
+    with pytest.raises(
+        UserError, match=r"holds 3 of 5 images .* image_size 64 \(now 96\); rerun .*--restart"
+    ):
         FeatureStoreWriter.open(out, other, IDS, PATHS, SPLITS)
-    with pytest.raises(UserError, match="different list of images"):
+    with pytest.raises(UserError, match="another list of images"):
         FeatureStoreWriter.open(out, config, IDS[::-1], PATHS[::-1], SPLITS[::-1])
+    # Only the PCA (applied after extraction) differs: the rows are kept.
+    with_pca = FeatureExtractorConfig(image_size=64, pca_dim=2)
+    w = FeatureStoreWriter.open(out, with_pca, IDS, PATHS, SPLITS)
+    assert w.resumed == 3 and w.config == with_pca
+    w.close()
     w = FeatureStoreWriter.open(out, other, IDS, PATHS, SPLITS, restart=True)
     assert w.resumed == 0 and len(w.pending()) == 5
+    w.close()
+
+
+def test_a_failed_start_leaves_nothing_in_the_way(tmp_path):
+    """A partial file with no image done (a start that failed) is replaced silently."""
+    out = tmp_path / "f.h5"
+    FeatureStoreWriter.open(out, FeatureExtractorConfig(image_size=64), IDS, PATHS, SPLITS).close()
+    w = FeatureStoreWriter.open(out, FeatureExtractorConfig(image_size=96), IDS, PATHS, SPLITS)
+    assert w.resumed == 0 and w.config.image_size == 96
     w.close()
 
 

@@ -279,13 +279,16 @@ class AttentionCaptioner:
         return attention_param_shapes(_attention_config(config), vocab_size)
 
     @classmethod
-    def from_config(cls, word_to_idx: dict[str, int], config: dict) -> AttentionCaptioner:
-        """A model of the architecture ``config`` (weights to be loaded over it)."""
+    def from_config(
+        cls, word_to_idx: dict[str, int], config: dict, seed: int = 0
+    ) -> AttentionCaptioner:
+        """A model of the architecture ``config``, initialised from ``seed`` (weights to be
+        loaded over it, or trained)."""
         c = _attention_config(config)
         return cls(
             word_to_idx, input_dim=c.input_dim, wordvec_dim=c.wordvec_dim,
             hidden_dim=c.hidden_dim, attention_dim=c.attention_dim, dtype=np.dtype(c.dtype),
-            seed=0, attention_penalty=c.attention_penalty, num_cells=c.num_cells,
+            seed=seed, attention_penalty=c.attention_penalty, num_cells=c.num_cells,
         )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -15,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+from captionlab.bounds import add_number, field_bound, integer
 from captionlab.cli import add_json_flag
+from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.errors import UserError
 
 _DEFAULTS = {"size": 160, "pool": "avg", "batch_size": 64}
@@ -42,9 +44,10 @@ def register(subparsers) -> None:
         default=None,
         help="folder the dataset's image paths are relative to (default: the file's folder)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--size",
-        type=int,
+        bound=field_bound(FeatureExtractorConfig, "image_size"),
         default=_DEFAULTS["size"],
         metavar="PX",
         help="image side after resize and centre crop: 128, 160 or 224 are typical "
@@ -57,9 +60,10 @@ def register(subparsers) -> None:
         "(1280), KxK (average over KxK cells, K*K*1280); 'avg+2x2' (6400) keeps left/right "
         "(default: avg)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--pca",
-        type=int,
+        bound=integer(1),
         default=None,
         metavar="DIM",
         help="project features to DIM dimensions by PCA fitted on the train split; the basis "
@@ -101,21 +105,24 @@ def register(subparsers) -> None:
         "stored in the file; 0 keeps the raw cells (default: 256)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument(
+    add_number(
+        parser,
         "--batch-size",
-        type=int,
+        bound=integer(1, 4096),
         default=_DEFAULTS["batch_size"],
         help="images per forward pass (default: 64)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--workers",
-        type=int,
+        bound=integer(0, 64),
         default=2,
         help="threads decoding images while the network runs; 0 decodes in line (default: 2)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--threads",
-        type=int,
+        bound=integer(1, 1024),
         default=None,
         help="torch CPU threads (default: torch's choice, one per core); 1 can be faster "
         "on a machine busy with other work",
@@ -130,8 +137,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="use NCHW memory layout instead of channels-last (for speed comparisons)",
     )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="extract only the first N images (quick runs)"
+    add_number(
+        parser,
+        "--limit",
+        bound=integer(1),
+        default=None,
+        help="extract only the first N images (quick runs)",
     )
     parser.add_argument(
         "--restart",
@@ -149,14 +160,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from captionlab.extract import FeatureExtractorConfig, extract_features
+    from captionlab.extract import extract_features
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    raw_dim = FeatureExtractorConfig(pool=args.pool).raw_dim
+    if args.pca is not None and args.pca > raw_dim:
+        raise UserError(
+            f"--pca must be an integer in 1..{raw_dim} (the pooled size of --pool "
+            f"{args.pool}), got {args.pca}"
+        )
     config = FeatureExtractorConfig(
         image_size=args.size,
         pool=args.pool,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from captionlab.bounds import check_fields, integer
 from captionlab.errors import DataError, UserError
 
 __all__ = ["CHANNELS", "GRID_TAPS", "FeatureExtractorConfig", "parse_grid_taps", "parse_pool"]
@@ -103,10 +104,10 @@ class FeatureExtractorConfig:
     """
 
     backbone: str = "efficientnet-lite0"
-    image_size: int = 160
+    image_size: int = field(default=160, metadata={"bound": integer(32, 1024)})
     pool: str = "avg"
     grid: bool = False
-    pca_dim: int | None = None
+    pca_dim: int | None = field(default=None, metadata={"bound": integer(1, none=True)})
     pca_fit_split: str | None = "train"
     fold_bn: bool = True
     channels_last: bool = True
@@ -117,12 +118,14 @@ class FeatureExtractorConfig:
     def __post_init__(self) -> None:
         if self.backbone != "efficientnet-lite0":
             raise UserError(f"backbone must be 'efficientnet-lite0', got {self.backbone!r}")
-        if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
-            raise UserError(f"image_size must be an int in 32..1024, got {self.image_size!r}")
+        check_fields(self)
         parse_pool(self.pool)
-        if self.pca_dim is not None and (
-            not isinstance(self.pca_dim, int) or self.pca_dim < 1 or self.pca_dim > self.raw_dim
-        ):
+        for name in ("grid", "fold_bn", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.pca_fit_split is not None and not isinstance(self.pca_fit_split, str):
+            raise UserError(f"pca_fit_split must be a split name, got {self.pca_fit_split!r}")
+        if self.pca_dim is not None and self.pca_dim > self.raw_dim:
             raise UserError(
                 f"pca_dim must be None or an int in 1..{self.raw_dim} (the pooled size for "
                 f"pool={self.pool!r}), got {self.pca_dim!r}"

@@ -8,7 +8,8 @@ stored per cell (after the per-cell PCA).
 File layout (format ``captionlab.features``, version 2)::
 
     attrs:  format, format_version, complete (bool), config (JSON of FeatureExtractorConfig),
-            captionlab_version, n_failed, pca_fit_rows, pca_fit_split, grid_pca_fit_cells
+            captionlab_version, n_failed, pca_fit_rows, pca_fit_split, grid_pca_fit_cells, and
+            for a dataset file: source (its resolved path), source_sha256 (its content)
     image_ids (M,) str      the dataset's image ids, in extraction order
     paths     (M,) str      the image files they came from
     splits    (M,) str      train / val / test ("" for a plain folder of images)
@@ -46,6 +47,7 @@ import numpy as np
 
 from captionlab import __version__
 from captionlab._atomic import atomic_path
+from captionlab.data._io import h5_dataset, h5_strings
 from captionlab.data.feature_config import CHANNELS, FeatureExtractorConfig, parse_pool
 from captionlab.data.pca import PCA, fit_pca
 from captionlab.errors import DataError, UserError
@@ -54,6 +56,9 @@ FORMAT = "captionlab.features"
 FORMAT_VERSION = 2
 #: Cells the per-cell PCA is fitted on at most (a seeded sample of the fit split's cells).
 GRID_PCA_FIT_CELLS = 20_000
+#: The config fields that decide the rows of an unfinished extraction (PCAs are applied after).
+_EXTRACTION_FIELDS = ("backbone", "image_size", "pool", "grid", "fold_bn", "channels_last",
+                      "grid_taps", "grid_cells")  # fmt: skip
 _STR = h5py.string_dtype("utf-8")
 
 # The config (feature_config) and PCA (pca) live in their own modules; re-exported here.
@@ -86,6 +91,19 @@ def _strings(values: Iterable) -> np.ndarray:
 
 def _read_strings(ds: h5py.Dataset) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in ds[()]]
+
+
+#: The most images a store may list (ids, paths and splits are read whole at open).
+MAX_STORE_IMAGES = 20_000_000
+
+
+def _strings_of(f: h5py.File, key: str, path: Path, length: int | None = None) -> list[str]:
+    """A 1-D string dataset of the store, checked (kind, length, bytes held) before reading."""
+    ds = h5_dataset(f, key, path, kinds="S", ndim=1)
+    if ds.shape[0] > MAX_STORE_IMAGES or (length is not None and ds.shape[0] != length):
+        want = f"{length} entries (one per image)" if length is not None else "a list"
+        raise DataError(f"{path}: dataset '{key}' must hold {want}, got {ds.shape[0]}")
+    return h5_strings(ds)
 
 
 class FeatureStoreWriter:
@@ -167,25 +185,37 @@ class FeatureStoreWriter:
             if f.attrs.get("format") != FORMAT or "done" not in f:
                 f.close()
                 return None
-            old = f.attrs.get("config")
+            old = FeatureExtractorConfig.from_json(f.attrs.get("config"), str(part))
             old_ids = _read_strings(f["image_ids"])
             old_paths = _read_strings(f["paths"])
-        except (OSError, KeyError):
+            done = int((f["done"][()] | f["failed"][()]).sum())
+        except (OSError, KeyError, ValueError, TypeError, UserError):
             f.close()
-            return None
-        if (
-            old != config.to_json()
-            or old_ids != [str(i) for i in image_ids]
-            or old_paths != [str(p) for p in paths]
-        ):
+            return None  # unreadable: start over (nothing usable in it)
+        if done == 0:
             f.close()
-            what = "config" if old != config.to_json() else "list of images"
+            return None  # a start that failed before any image: nothing to keep
+        same_images = old_ids == [str(i) for i in image_ids] and old_paths == [
+            str(p) for p in paths
+        ]
+        differs = [k for k in _EXTRACTION_FIELDS if getattr(old, k) != getattr(config, k)]
+        if differs or not same_images:
+            f.close()
+            if differs:
+                what = ", ".join(
+                    f"{k} {getattr(old, k)!r} (now {getattr(config, k)!r})" for k in differs
+                )
+            else:
+                what = f"another list of images ({len(old_ids)} then, {len(image_ids)} now)"
             raise UserError(
-                f"{part}: an unfinished extraction with a different {what} is there; "
-                f"resume it with the same settings, or restart (--restart) to discard it"
+                f"{part}: holds {done} of {len(old_ids)} images extracted by an earlier run "
+                f"that stopped, with {what}; rerun with those settings to finish it, or "
+                "discard it (--restart)"
             )
-        done = f["done"][()] | f["failed"][()]
-        return cls(out, f, config, int(done.sum()))
+        if old != config:  # only what is applied after extraction (PCA) changed: keep rows
+            f.attrs["config"] = config.to_json()
+            f.flush()
+        return cls(out, f, config, done)
 
     # -- progress ---------------------------------------------------------------------------
     def pending(self) -> np.ndarray:
@@ -282,14 +312,18 @@ class FeatureStoreWriter:
         self,
         pca: PCA | None = None,
         pca_fit: tuple[int, str] = (0, ""),
+        *,
         grid_pca: PCA | None = None,
         grid_pca_cells: int = 0,
+        source: dict[str, str] | None = None,
     ) -> Path:
         """Write ``out`` from the partial file (atomically) and remove the partial file.
 
         ``pca`` projects the pooled features (given exactly when ``config.pca_dim`` is set),
         ``grid_pca`` every grid cell (exactly when the config has a grid and a
-        ``grid_pca_dim``), fitted on ``grid_pca_cells`` cells.
+        ``grid_pca_dim``), fitted on ``grid_pca_cells`` cells. ``source``: attributes naming
+        the dataset file the images came from (``source``, ``source_sha256``), so readers can
+        tell which dataset the store was made for.
         """
         if len(self.pending()):
             raise RuntimeError(f"{self.path}: {len(self.pending())} images still pending")
@@ -311,6 +345,8 @@ class FeatureStoreWriter:
                 g.attrs["pca_fit_rows"] = int(pca_fit[0])
                 g.attrs["pca_fit_split"] = pca_fit[1]
                 g.attrs["grid_pca_fit_cells"] = int(grid_pca_cells)
+                for key, value in (source or {}).items():
+                    g.attrs[key] = str(value)
                 for key in ("image_ids", "paths", "splits"):
                     g.create_dataset(
                         key, data=_strings(np.array(_read_strings(f[key]))[keep]), dtype=_STR
@@ -418,6 +454,9 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureStore:
+        """Open a finished store. Every dataset is checked (kind, shape, the bytes it holds)
+        before it is read; the features themselves are read only when asked for. Anything
+        else than a store written by :class:`FeatureStoreWriter` is a DataError naming it."""
         path = Path(path)
         if not path.is_file():
             hint = (
@@ -428,71 +467,73 @@ class FeatureStore:
             raise DataError(f"{path}: feature store not found{hint}")
         try:
             f = h5py.File(path, "r")
-        except OSError as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise DataError(f"{path}: not an HDF5 feature store ({exc})") from exc
-        with f:
-            fmt = f.attrs.get("format")
-            if fmt != FORMAT:
-                raise DataError(f"{path}: attribute 'format' must be {FORMAT!r}, got {fmt!r}")
-            version = int(f.attrs.get("format_version", -1))
-            if version > FORMAT_VERSION:
-                raise DataError(
-                    f"{path}: format_version {version} is newer than this captionlab reads "
-                    f"({FORMAT_VERSION}); upgrade captionlab"
-                )
-            if not bool(f.attrs.get("complete", False)):
-                raise DataError(f"{path}: incomplete feature store (attribute 'complete' is false)")
-            config = FeatureExtractorConfig.from_json(
-                f.attrs.get("config", ""), f"{path}: attrs.config"
-            )
-            for key in ("image_ids", "paths", "splits", "features"):
-                if key not in f:
-                    raise DataError(f"{path}: missing dataset '{key}'")
-            ids = _read_strings(f["image_ids"])
-            M = len(ids)
-            feats = f["features"]
-            if feats.ndim != 2 or feats.shape != (M, config.feature_dim):
-                raise DataError(
-                    f"{path}: dataset 'features' must be ({M}, {config.feature_dim}) for its "
-                    f"config, got {feats.shape}"
-                )
-            pca = None
-            if config.pca_dim is not None:
-                if "pca" not in f:
-                    raise DataError(
-                        f"{path}: config has pca_dim={config.pca_dim} but no 'pca' group"
-                    )
-                pca = PCA(
-                    f["pca/mean"][()], f["pca/components"][()], f["pca/explained_variance"][()]
-                )
-                expected = (config.raw_dim, config.pca_dim)
-                if pca.components.shape != expected or pca.mean.shape != (config.raw_dim,):
-                    raise DataError(
-                        f"{path}: 'pca/components' must be {expected}, got {pca.components.shape}"
-                    )
-            grid_pca, has_grid, legacy = cls._open_grid(path, f, config, version, M)
-            failed = []
-            if "failed" in f:
-                cols = [_read_strings(f[f"failed/{k}s"]) for k in ("image_id", "path", "error")]
-                failed = [
-                    {"image_id": a, "path": b, "error": c} for a, b, c in zip(*cols, strict=True)
-                ]
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-            return cls(
-                path,
-                config,
-                attrs,
-                ids,
-                _read_strings(f["paths"]),
-                _read_strings(f["splits"]),
-                failed,
-                pca,
-                config.feature_dim,
-                has_grid,
-                grid_pca,
-                legacy,
-            )
+        try:
+            with f:
+                return cls._read(path, f)
+        except DataError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+            raise DataError(f"{path}: not a readable feature store ({exc})") from None
 
+    @classmethod
+    def _read(cls, path: Path, f: h5py.File) -> FeatureStore:
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        fmt = attrs.get("format")
+        if fmt != FORMAT:
+            raise DataError(f"{path}: attribute 'format' must be {FORMAT!r}, got {fmt!r:.80}")
+        version = attrs.get("format_version", -1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DataError(f"{path}: attribute 'format_version' must be a positive integer")
+        if version > FORMAT_VERSION:
+            raise DataError(
+                f"{path}: format_version {version} is newer than this captionlab reads "
+                f"({FORMAT_VERSION}); upgrade captionlab"
+            )
+        if attrs.get("complete") is not True:
+            raise DataError(f"{path}: incomplete feature store (attribute 'complete' is false)")
+        text = attrs.get("config", "")
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        if not isinstance(text, str):
+            raise DataError(f"{path}: attribute 'config' must be JSON text")
+        config = FeatureExtractorConfig.from_json(text, f"{path}: attrs.config")
+        ids = _strings_of(f, "image_ids", path)
+        M = len(ids)
+        if len(set(ids)) != M:
+            dup = next(i for i, n in Counter(ids).items() if n > 1)
+            raise DataError(f"{path}: dataset 'image_ids' repeats image id {dup!r:.80}")
+        paths, splits = _strings_of(f, "paths", path, M), _strings_of(f, "splits", path, M)
+        feats = h5_dataset(f, "features", path, kinds="f", ndim=2)
+        if feats.shape != (M, config.feature_dim):
+            raise DataError(
+                f"{path}: dataset 'features' must be ({M}, {config.feature_dim}) for its "
+                f"config, got {feats.shape}"
+            )
+        pca = None
+        if config.pca_dim is not None:
+            if not isinstance(f.get("pca"), h5py.Group):
+                raise DataError(f"{path}: config has pca_dim={config.pca_dim} but no 'pca' group")
+            R, D = config.raw_dim, config.pca_dim
+            want = {"mean": (R,), "components": (R, D), "explained_variance": (D,)}
+            parts = {}
+            for key, shape in want.items():
+                ds = h5_dataset(f, f"pca/{key}", path, kinds="f", ndim=len(shape))
+                if ds.shape != shape:
+                    raise DataError(f"{path}: 'pca/{key}' must be {shape}, got {ds.shape}")
+                parts[key] = ds[()]
+            pca = PCA(parts["mean"], parts["components"], parts["explained_variance"])
+        grid_pca, has_grid, legacy = cls._open_grid(path, f, config, version, M)
+        failed = []
+        if "failed" in f:
+            cols = [_strings_of(f, f"failed/{k}s", path) for k in ("image_id", "path", "error")]
+            if len({len(c) for c in cols}) != 1:
+                raise DataError(f"{path}: the datasets of group 'failed' differ in length")
+            failed = [{"image_id": a, "path": b, "error": c} for a, b, c in zip(*cols, strict=True)]
+        return cls(path, config, attrs, ids, paths, splits, failed, pca, config.feature_dim,
+                   has_grid, grid_pca, legacy)  # fmt: skip
+
+    @staticmethod
     @staticmethod
     def _open_grid(path: Path, f: h5py.File, config, version: int, M: int):
         """``(grid_pca or None, has a usable grid, has a version-1 raw grid)``, checked."""
@@ -501,29 +542,33 @@ class FeatureStore:
         if version < 2:
             return None, False, True  # the raw last feature map (M, h, w, 1280)
         expected = (M, config.grid_len, config.grid_dim)
-        if f["grid"].shape != expected:
+        grid = h5_dataset(f, "grid", path, kinds="f", ndim=3)
+        if grid.shape != expected:
             raise DataError(
                 f"{path}: dataset 'grid' must be {expected} (M, L, Dg) for its config, "
-                f"got {f['grid'].shape}"
+                f"got {grid.shape}"
             )
         if config.grid_pca_dim is None:
             return None, True, False
-        if "grid_pca" not in f:
+        if not isinstance(f.get("grid_pca"), h5py.Group):
             raise DataError(
                 f"{path}: config has grid_pca_dim={config.grid_pca_dim} but no 'grid_pca' group"
             )
-        grid_pca = PCA(
-            f["grid_pca/mean"][()],
-            f["grid_pca/components"][()],
-            f["grid_pca/explained_variance"][()],
-            float(f["grid_pca/scale"][()]) if "grid_pca/scale" in f else 1.0,
-        )
-        want = (config.grid_raw_dim, config.grid_pca_dim)
-        if grid_pca.components.shape != want or grid_pca.mean.shape != want[:1]:
-            raise DataError(
-                f"{path}: 'grid_pca/components' must be {want}, got {grid_pca.components.shape}"
-            )
-        return grid_pca, True, False
+        R, D = config.grid_raw_dim, config.grid_pca_dim
+        want = {"mean": (R,), "components": (R, D), "explained_variance": (D,)}
+        parts = {}
+        for key, shape in want.items():
+            ds = h5_dataset(f, f"grid_pca/{key}", path, kinds="f", ndim=len(shape))
+            if ds.shape != shape:
+                raise DataError(f"{path}: 'grid_pca/{key}' must be {shape}, got {ds.shape}")
+            parts[key] = ds[()]
+        scale = 1.0
+        if "grid_pca/scale" in f:
+            scale = float(h5_dataset(f, "grid_pca/scale", path, kinds="f", ndim=0)[()])
+            if not np.isfinite(scale) or scale <= 0:
+                raise DataError(f"{path}: 'grid_pca/scale' must be a positive number, got {scale}")
+        pca = PCA(parts["mean"], parts["components"], parts["explained_variance"], scale)
+        return pca, True, False
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -547,13 +592,33 @@ class FeatureStore:
     def all_features(self) -> np.ndarray:
         """(M, D) float32, every image in store order (cached after the first read)."""
         if self._features is None:
-            with h5py.File(self.path, "r") as f:
-                self._features = f["features"][()].astype(np.float32, copy=False)
+            self._features = self._read_rows("features", np.arange(len(self), dtype=np.int64))
         return self._features
 
     def features_for(self, ids: Iterable[str]) -> np.ndarray:
-        """(K, D) float32 features of ``ids``, in the order given."""
-        return self.all_features()[self.index_of(ids)]
+        """(K, D) float32 features of ``ids``, in the order given: only those rows are read
+        (in blocks of about 8 MB), so memory is the result, not the whole store."""
+        rows = self.index_of(ids)
+        if self._features is not None:
+            return self._features[rows]
+        return self._read_rows("features", rows).astype(np.float32, copy=False)
+
+    def fingerprint(self) -> str:
+        """A content fingerprint (SHA-256 hex) of what decides the features a model sees: the
+        extractor config, the image ids and the files they came from, the PCA basis, and a
+        sample of 16 feature rows. Equal stores (moved, copied) have equal fingerprints."""
+        import hashlib
+
+        h = hashlib.sha256(self.config.to_json().encode())
+        for values in (self.image_ids, self.paths):
+            h.update("\0".join(values).encode("utf-8", "surrogatepass"))
+        if self.pca is not None:
+            for part in (self.pca.mean, self.pca.components):
+                h.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())
+        if len(self):
+            rows = np.unique(np.linspace(0, len(self) - 1, 16).round().astype(np.int64))
+            h.update(self._read_rows("features", rows).astype(np.float32).tobytes())
+        return h.hexdigest()
 
     def raw_features_for(self, ids: Iterable[str]) -> np.ndarray:
         """(K, R) float32 pooled features before PCA (the same as features without PCA)."""
