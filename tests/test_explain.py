@@ -363,7 +363,7 @@ def test_grid_layout_needs_a_grid_config_and_its_pca():
     with pytest.raises(UserError, match="makes none"):
         FeaturePipeline(backbone, FeatureExtractorConfig(image_size=64), layout="grid")
     config = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=6)
-    with pytest.raises(UserError, match="extra.grid_pca is missing"):
+    with pytest.raises(UserError, match=r"extra\.grid_pca is missing"):
         FeaturePipeline(backbone, config, layout="grid")
 
 

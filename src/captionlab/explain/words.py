@@ -180,7 +180,10 @@ class Explainer:
         captioner, state = load_checkpoint(ckpt)
         extractor = extractor_for_checkpoint(state, device=device, path=ckpt)
         pipeline = FeaturePipeline(
-            extractor.model, extractor.config, extractor.pca, layout=feature_layout(captioner),
+            extractor.model,
+            extractor.config,
+            extractor.pca,
+            layout=feature_layout(captioner),
             grid_pca=extractor.grid_pca,
         )
         return cls(captioner, pipeline, max_length=max_length)
