@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= demo_out
 
-.PHONY: demo test test-all lint format bench gradcheck clean venv
+.PHONY: demo test test-all lint format bench gradcheck clean venv browser
 
 venv: $(STAMP)
 
@@ -25,6 +25,13 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q || { rc=$$?; [ $$rc -eq 5 ] && echo 'pytest: no tests collected' || exit $$rc; }
+
+# Debian's Chromium, for the headless-browser test of `captionlab serve` (CI installs it here;
+# nothing downloads a browser of its own). Needs root, as CI is.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''

@@ -73,7 +73,7 @@ def test_folder_extraction_skips_bad_files(tmp_path):
 def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path):
     folder = tmp_path / "imgs"
     make_images(folder, 7)
-    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", grid=True)
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", grid=True, grid_pca_dim=None)
     out = tmp_path / "f.h5"
 
     def stop_after_first_batch(k):
@@ -94,9 +94,11 @@ def test_interrupted_run_resumes_and_matches_a_clean_run(tmp_path):
     a, b = FeatureStore.open(out), FeatureStore.open(tmp_path / "clean.h5")
     assert a.image_ids == b.image_ids
     np.testing.assert_allclose(a.all_features(), b.all_features(), atol=1e-5)
-    grid = a.grid_for(a.image_ids)  # (M, 2, 2, 1280) float16 in the file
-    assert grid.shape == (7, 2, 2, 1280)
-    np.testing.assert_allclose(a.all_features()[:, :1280], grid.mean(axis=(1, 2)), atol=2e-2)
+    grid = a.grid_features_for(a.image_ids)  # (M, L, 112 + 1280) float16 in the file
+    assert grid.shape == (7, 4, 1392)
+    np.testing.assert_array_equal(grid, b.grid_features_for(a.image_ids))
+    # the last map's 2x2 cells are the grid's last 1280 values, their mean the avg feature
+    np.testing.assert_allclose(a.all_features()[:, :1280], grid[:, :, 112:].mean(1), atol=2e-2)
 
 
 def test_dataset_input_pca_on_train_split_and_reuse(tmp_path):
@@ -115,8 +117,9 @@ def test_dataset_input_pca_on_train_split_and_reuse(tmp_path):
         for i, (p, s) in enumerate(zip(paths, splits, strict=True))
     ]
     (root / "dataset.json").write_text(json.dumps({"images": images}))
-    config = FeatureExtractorConfig(image_size=64, pca_dim=4)
+    config = FeatureExtractorConfig(image_size=64, pca_dim=4, grid=True, grid_pca_dim=3)
     summary = extract_features(root / "dataset.json", tmp_path / "f.h5", config, progress=False)
+    assert summary["grid"] == [4, 3] and summary["grid_pca_fit_cells"] == 5 * 4
     assert summary["stored"] == 7 and [f["image_id"] for f in summary["failed"]] == ["7"]
     assert "not found" in summary["failed"][0]["error"]
     assert (summary["pca_fit_split"], summary["pca_fit_rows"], summary["feature_dim"]) == (
@@ -133,6 +136,18 @@ def test_dataset_input_pca_on_train_split_and_reuse(tmp_path):
     np.testing.assert_allclose(fx.transform([paths[5]]), store.features_for(["5"]), atol=1e-4)
     with pytest.raises(UserError, match="no PCA basis was given"):
         FeatureExtractor(config).transform([paths[5]])
+    # the grid: PCA centred on the train split's cells; new images get the stored numbers
+    train_grid = store.grid_features_for(store.split_ids("train"))  # (5, 4, 3)
+    np.testing.assert_allclose(train_grid.reshape(-1, 3).mean(axis=0), 0, atol=2e-3)
+    # scaled to unit RMS on the cells it was fitted on (all 20 of them here)
+    assert np.sqrt(np.mean(train_grid**2)) == pytest.approx(1.0, abs=2e-3)
+    assert store.grid_pca.scale > 1  # raw cells are far larger than unit RMS
+    feats, grid = fx.transform_with_grid([paths[6], paths[5]])
+    np.testing.assert_allclose(feats, store.features_for(["6", "5"]), atol=1e-4)
+    np.testing.assert_allclose(grid, store.grid_features_for(["6", "5"]), atol=2e-3)
+    assert grid.dtype == np.float32 and grid.shape == (2, 4, 3)
+    with pytest.raises(UserError, match="no grid PCA basis"):
+        FeatureExtractor(config, pca=store.pca).transform_with_grid([paths[5]])
 
 
 def test_up_to_date_overwrite_and_mismatch(tmp_path):

@@ -1,4 +1,5 @@
-"""examples/rnn_captioning.ipynb, lstm_captioning.ipynb and transformer_captioning.ipynb run top
+"""examples/rnn_captioning.ipynb, lstm_captioning.ipynb, attention_captioning.ipynb and
+transformer_captioning.ipynb run top
 to bottom, checks holding.
 
 Each notebook asserts its own checks (fixed forward values, gradient checks, overfitting);
@@ -165,8 +166,54 @@ def test_transformer_captioning_notebook(kernel_env, tmp_path):
     assert images(nb) >= 4  # positional encoding, overfit loss, training curves, attention
 
 
+def test_attention_captioning_notebook(kernel_env, tmp_path):
+    nb, text = run_notebook("attention_captioning.ipynb", kernel_env, tmp_path)
+    layer = dict(re.findall(rf"^(\w+) error:\s+{NUMBER}$", text, re.M))
+    assert set(layer) == {"dA", "dWa", "dh", "dWh", "db", "dw"}
+    assert all(float(e) < 1e-6 for e in layer.values()), layer
+    model = dict(re.findall(rf"^(\w+) relative error:\s+{NUMBER}$", text, re.M))
+    names = {
+        "W_embed",
+        "W_h0",
+        "b_h0",
+        "W_c0",
+        "b_c0",
+        "W_att_a",
+        "W_att_h",
+        "b_att",
+        "w_att",
+        "W_beta",
+        "b_beta",
+        "Wx",
+        "Wz",
+        "Wh",
+        "b",
+        "W_vocab",
+        "b_vocab",
+        "W_pos",
+        "grid",
+    }
+    assert set(model) == names and all(float(e) < 1e-5 for e in model.values()), model
+    check_loss_at_init(text)
+    assert float(re.search(rf"^Final loss:\s+{NUMBER}$", text, re.M)[1]) < 0.5
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("BLEU-4"))
+    columns = lines[start].split()
+    rows = {}
+    for line in lines[start + 2 :]:
+        m = re.match(r"^((?:LSTM|Attention) (?:greedy|beam 3))\s+(.*)$", line)
+        if m:
+            rows[m[1]] = dict(zip(columns, map(float, m[2].split()), strict=True))
+    assert set(rows) == {"LSTM greedy", "LSTM beam 3", "Attention greedy", "Attention beam 3"}
+    for row in rows.values():
+        assert row["BLEU-4"] > 0.25  # both learned
+    # PCA maps, overfit loss, curves, one attention strip per scene size (1-3 objects)
+    assert images(nb) >= 6
+
+
 def test_notebooks_are_committed_without_outputs():
-    for name in ("rnn_captioning.ipynb", "lstm_captioning.ipynb", "transformer_captioning.ipynb"):
+    for name in ("rnn_captioning.ipynb", "lstm_captioning.ipynb", "attention_captioning.ipynb",
+                 "transformer_captioning.ipynb"):  # fmt: skip
         nb = nbformat.read(EXAMPLES / name, as_version=4)
         nbformat.validate(nb)
         code = [c for c in nb.cells if c.cell_type == "code"]

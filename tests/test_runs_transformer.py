@@ -27,16 +27,20 @@ TINY = dict(
 
 def test_build_model_from_the_train_config():
     vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
-    store = SimpleNamespace(dim=12)
+    store = SimpleNamespace(dim=12, grid_shape=(4, 6), require_grid=lambda: None)
     model = build_model(TrainConfig(**TINY), vocab, store)
     assert isinstance(model, CaptioningTransformer)
     c = model.config
     assert (c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers) == (12, 8, 2, 1)
     assert (c.dim_feedforward, c.dropout, c.grid, c.max_length) == (16, 0.1, False, 50)
+    grid = build_model(TrainConfig(**TINY, grid=True), vocab, store)
+    assert grid.feature_shape == (4, 6) and grid.config.grid  # position embedding by default
+    no_pos = build_model(TrainConfig(**TINY, grid=True, position=False), vocab, store)
+    assert no_pos.feature_shape == (None, 6)
     assert build_model(TrainConfig(cell="gru"), vocab, store).cell_type == "gru"
-    with pytest.raises(UserError, match="num_heads must divide wordvec_dim = 8, got 3"):
+    with pytest.raises(UserError, match="--num-heads 3 must divide --wordvec-dim 8"):
         TrainConfig(**{**TINY, "num_heads": 3})
-    with pytest.raises(UserError, match="model must be one of rnn, transformer"):
+    with pytest.raises(UserError, match="model must be one of rnn, attention, transformer"):
         TrainConfig(model="cnn")
     with pytest.raises(UserError, match="dropout"):
         TrainConfig(dropout=1.0)
@@ -44,10 +48,11 @@ def test_build_model_from_the_train_config():
 
 @pytest.fixture(scope="module")
 def shapes_with_grid(tmp_path_factory):
-    """A 40/10/10-image benchmark, 64-px features: pooled 1280-d and the 2x2 grid."""
+    """A 40/10/10-image benchmark, 64-px features: pooled 1280-d and the 2x2 grid (block10
+    and the last map per cell, PCA to 16)."""
     root = tmp_path_factory.mktemp("shapes_grid")
     data = generate_shapes(root / "shapes", 40, 10, 10, image_size=64, seed=4, progress=False)
-    config = FeatureExtractorConfig(image_size=64, pool="avg", grid=True)
+    config = FeatureExtractorConfig(image_size=64, pool="avg", grid=True, grid_pca_dim=16)
     store = root / "feats.h5"
     extract_features(data / "dataset.json", store, config, progress=False, workers=0)
     return data / "dataset.json", store
@@ -62,7 +67,7 @@ def test_train_evaluate_caption_a_transformer(shapes_with_grid, tmp_path, grid):
     assert summary["cell"] == summary["model"] == "transformer" and summary["epochs"] == 2
     model, _ = load_checkpoint(out / "best.npz")
     assert isinstance(model, CaptioningTransformer) and model.config.grid is grid
-    assert model.feature_shape == ((4, 1280) if grid else (1280,))  # 64 px: a 2x2 grid
+    assert model.feature_shape == ((4, 16) if grid else (1280,))  # 64 px: a 2x2 grid
     assert ("W_pos" in model.params) is grid
     assert json.loads((out / "log.json").read_text())["cell"] == "transformer"
 
@@ -94,4 +99,4 @@ def test_cli_train_transformer(shapes_with_grid, tmp_path, capsys):
                      "--no-meteor", "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["images"] == 10
     assert cli.main([*argv[:7], "--model", "transformer", "--num-heads", "3"]) == 2
-    assert "num_heads must divide wordvec_dim" in capsys.readouterr().err
+    assert "--num-heads 3 must divide --wordvec-dim" in capsys.readouterr().err

@@ -2,10 +2,13 @@
 
 1. generate the shapes benchmark (cached in ``OUT/cache``),
 2. extract EfficientNet-Lite0 features (cached),
-3. train an LSTM captioner and a vanilla RNN for comparison (cached per config),
+3. train the captioners (cached per config): an LSTM and a vanilla RNN on the pooled
+   features, and the Show-Attend-Tell attention captioner on the grid stored beside them
+   (one extraction, one forward pass per image, gives both),
 4. caption the test split greedily and with beam search; COCO metrics + scene accuracy,
-5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions), ``loss.png``,
-   ``metrics.json`` and print the comparison table,
+5. write ``gallery.html`` / ``gallery.png`` (right and wrong captions; attention strips:
+   where the attention captioner looked for each word; two captions explained word by
+   word), ``loss.png``, ``metrics.json`` and print the comparison table,
 6. the network-visualization figures on bundled photos (saliency, fooling image, class
    visualization) into ``OUT/vision/``.
 
@@ -26,56 +29,137 @@ from pathlib import Path
 import numpy as np
 
 from captionlab._atomic import write_json
+from captionlab.bounds import SEED, check_fields, integer, real
 from captionlab.captioning.model import CELL_TYPES
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.errors import UserError
 from captionlab.runs.config import TrainConfig
 
-__all__ = ["DemoConfig", "run_demo", "vision_figures"]
+__all__ = ["DemoConfig", "prepare_data", "run_demo", "train_cached", "vision_figures"]
+
+#: The captioners the demo can train: CaptioningRNN's cells and the attention captioner.
+DEMO_MODELS = (*CELL_TYPES, "attention")
 
 
 @dataclass
 class DemoConfig:
     """What the demo does; ``--quick`` swaps in :meth:`quick` (for tests and a first look)."""
 
-    n_train: int = field(default=8000, metadata={"help": "training images generated"})
-    n_val: int = field(default=500, metadata={"help": "validation images generated"})
-    n_test: int = field(default=500, metadata={"help": "test images generated"})
-    image_size: int = field(default=128, metadata={"help": "side of the generated images, px"})
-    feature_size: int = field(default=160, metadata={"help": "image side fed to the CNN, px"})
+    n_train: int = field(
+        default=8000, metadata={"help": "training images generated", "bound": integer(1, 10**7)}
+    )
+    n_val: int = field(
+        default=500, metadata={"help": "validation images generated", "bound": integer(1, 10**7)}
+    )
+    n_test: int = field(
+        default=500, metadata={"help": "test images generated", "bound": integer(1, 10**7)}
+    )
+    image_size: int = field(
+        default=128,
+        metadata={"help": "side of the generated images, px", "bound": integer(32, 1024)},
+    )
+    feature_size: int = field(
+        default=160, metadata={"help": "image side fed to the CNN, px", "bound": integer(32, 1024)}
+    )
     pool: str = field(default="avg+2x2", metadata={"help": "feature pooling (see features)"})
-    pca_dim: int = field(default=512, metadata={"help": "PCA size of the features (0: none)"})
-    cells: str = field(default="lstm,rnn", metadata={"help": "cells to train, comma-separated"})
-    hidden_dim: int = field(default=256, metadata={"help": "H of every captioner"})
-    wordvec_dim: int = field(default=128, metadata={"help": "W of every captioner"})
-    epochs: int = field(default=6, metadata={"help": "training epochs per captioner"})
-    learning_rate: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
-    beam: int = field(default=3, metadata={"help": "beam size for the test captions"})
+    pca_dim: int = field(
+        default=512,
+        metadata={"help": "PCA size of the features (0: none)", "bound": integer(0, 10**6)},
+    )
+    models: str = field(
+        default="lstm,rnn,attention",
+        metadata={
+            "help": "captioners to train, comma-separated: lstm, rnn, gru (on pooled features) "
+            "and attention (on the grid)"
+        },
+    )
+    hidden_dim: int = field(
+        default=256, metadata={"help": "H of every captioner", "bound": integer(1, 16384)}
+    )
+    wordvec_dim: int = field(
+        default=128, metadata={"help": "W of every captioner", "bound": integer(1, 16384)}
+    )
+    epochs: int = field(
+        default=6, metadata={"help": "training epochs per captioner", "bound": integer(1, 10**5)}
+    )
+    learning_rate: float = field(
+        default=5e-3, metadata={"help": "Adam learning rate", "bound": real(0, lo_open=True)}
+    )
+    attention_epochs: int = field(
+        default=4,
+        metadata={"help": "training epochs of attention", "bound": integer(1, 10**5)},
+    )
+    attention_hidden_dim: int = field(
+        default=256,
+        metadata={"help": "H of the attention captioner", "bound": integer(1, 16384)},
+    )
+    attention_dim: int = field(
+        default=128,
+        metadata={"help": "K of the attention captioner", "bound": integer(1, 16384)},
+    )
+    attention_penalty: float = field(
+        default=0.0,
+        metadata={"help": "lambda of the attention captioner's penalty", "bound": real(0, 1e6)},
+    )
+    attention_position: bool = field(
+        default=False, metadata={"help": "the attention captioner learns a position embedding"}
+    )
+    attention_monitor: str = field(
+        default="auto", metadata={"help": "what picks the attention captioner's best epoch"}
+    )
+    grid_pca_dim: int = field(
+        default=256,
+        metadata={
+            "help": "values per grid cell after its PCA (attention)",
+            "bound": integer(1, 10**6),
+        },
+    )
+    beam: int = field(
+        default=3, metadata={"help": "beam size for the test captions", "bound": integer(1, 100)}
+    )
     meteor: bool = field(default=True, metadata={"help": "compute METEOR (Java start-up ~10 s)"})
     vision: bool = field(default=True, metadata={"help": "also draw the CNN-visualization figures"})
-    seed: int = field(default=0, metadata={"help": "seed of data, initialisation and batches"})
+    explain: bool = field(
+        default=True, metadata={"help": "explain two test captions word by word in the gallery"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of data, initialisation and batches", "bound": SEED}
+    )
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.cell_list if c not in CELL_TYPES]
-        if bad or not self.cell_list:
+        check_fields(self)
+        bad = [c for c in self.model_list if c not in DEMO_MODELS]
+        if bad or not self.model_list:
             raise UserError(
-                f"cells must be a comma-separated list of {', '.join(CELL_TYPES)}, "
-                f"got {self.cells!r}"
+                f"models must be a comma-separated list of {', '.join(DEMO_MODELS)}, "
+                f"got {self.models!r}"
             )
-        for name in ("n_train", "n_val", "n_test", "beam", "epochs", "hidden_dim", "wordvec_dim"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @classmethod
     def quick(cls) -> DemoConfig:
         return cls(
             n_train=200, n_val=40, n_test=40, pool="avg", pca_dim=0, hidden_dim=128,
-            wordvec_dim=64, epochs=2, vision=False,
+            wordvec_dim=64, epochs=2, attention_epochs=2, attention_hidden_dim=128,
+            attention_dim=32, grid_pca_dim=64,
+            vision=False,
         )  # fmt: skip
 
     @property
-    def cell_list(self) -> list[str]:
-        return [c.strip() for c in self.cells.split(",") if c.strip()]
+    def model_list(self) -> list[str]:
+        return [c.strip() for c in self.models.split(",") if c.strip()]
+
+    def train_config(self, kind: str) -> TrainConfig:
+        """The TrainConfig of one of :attr:`model_list`."""
+        common = dict(hidden_dim=self.hidden_dim, wordvec_dim=self.wordvec_dim,
+                      learning_rate=self.learning_rate, seed=self.seed)  # fmt: skip
+        if kind == "attention":
+            common["hidden_dim"] = self.attention_hidden_dim
+            return TrainConfig(model="attention", epochs=self.attention_epochs,
+                               attention_dim=self.attention_dim,
+                               attention_penalty=self.attention_penalty,
+                               position=self.attention_position,
+                               monitor=self.attention_monitor, **common)  # fmt: skip
+        return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 
 class _Stages:
@@ -108,32 +192,40 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     with stage("features", "2. EfficientNet-Lite0 features (extracted once, then cached)"):
         store = _features(out / "cache", shapes_dir, config, progress)
     runs = {}
-    for cell in config.cell_list:
-        with stage(f"train_{cell}", f"3. train the {cell.upper()} captioner"):
-            tconfig = TrainConfig(
-                cell=cell, hidden_dim=config.hidden_dim, wordvec_dim=config.wordvec_dim,
-                epochs=config.epochs, learning_rate=config.learning_rate, seed=config.seed,
-            )  # fmt: skip
-            runs[cell] = _train_cached(dataset, store, out / "runs" / cell, tconfig, progress)
+    for kind in config.model_list:
+        with stage(f"train_{kind}", f"3. train the {kind.upper()} captioner"):
+            tconfig = config.train_config(kind)
+            runs[kind] = train_cached(dataset, store, out / "runs" / kind, tconfig, progress)
     heading = f"4. caption the {config.n_test} test images (greedy and beam {config.beam})"
     with stage("evaluate", heading):
         beams = sorted({1, config.beam})
         evals = {
-            cell: evaluate_run(
-                out / "runs" / cell, dataset, store, split="test", beams=beams, meteor=config.meteor
+            kind: evaluate_run(
+                out / "runs" / kind, dataset, store, split="test", beams=beams, meteor=config.meteor
             )
-            for cell in runs
+            for kind in runs
         }
-    with stage("figures", "5. gallery, loss curves, metrics"):
+    with stage("figures", "5. gallery, attention strips, loss curves, metrics"):
         rows = {
-            f"{cell} {name}": r["metrics"]
-            for cell, e in evals.items()
+            f"{kind} {name}": r["metrics"]
+            for kind, e in evals.items()
             for name, r in e["results"].items()
         }
         best_name = f"beam{config.beam}" if config.beam > 1 else "greedy"
-        main_captions = evals[config.cell_list[0]]["results"][best_name]["captions"]
-        gallery = write_gallery(out, main_captions, shapes_dir)
-        plot_loss_curves(out / "loss.png", {cell.upper(): r for cell, r in runs.items()})
+        # The gallery shows the strongest captioner: attention when it was trained.
+        main = "attention" if "attention" in evals else config.model_list[0]
+        main_captions = evals[main]["results"][best_name]["captions"]
+        strips = None
+        if "attention" in runs:
+            strips = _attention_strips(out, shapes_dir, store, main_captions, config)
+        explainer = None
+        if config.explain:
+            from captionlab.explain import Explainer
+
+            explainer = Explainer.from_checkpoint(out / "runs" / main)
+        gallery = write_gallery(out, main_captions, shapes_dir, strips=strips, explainer=explainer)
+        gallery["model"] = main
+        plot_loss_curves(out / "loss.png", {kind.upper(): r for kind, r in runs.items()})
         write_json(out / "captions.json", evals)
     vision_files: list[str] = []
     if config.vision:
@@ -161,6 +253,13 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     return summary
 
 
+def prepare_data(cache: Path, config: DemoConfig, progress: bool = True) -> tuple[Path, Path]:
+    """The demo's first two stages: ``(dataset.json, feature store)`` under ``cache``, made
+    once and reused (benchmarks/bench_quality.py trains on exactly the demo's data)."""
+    shapes_dir = _shapes_data(cache, config, progress)
+    return shapes_dir / "dataset.json", _features(cache, shapes_dir, config, progress)
+
+
 def _shapes_data(cache: Path, config: DemoConfig, progress: bool) -> Path:
     from captionlab.data.shapes import generate_shapes
 
@@ -175,19 +274,47 @@ def _shapes_data(cache: Path, config: DemoConfig, progress: bool) -> Path:
 
 
 def _features(cache: Path, shapes_dir: Path, config: DemoConfig, progress: bool) -> Path:
+    """One store: the pooled features and, when the attention captioner is trained, the grid
+    (the per-cell probe's recipe, docs/feature_probe.md), from one forward pass per image."""
     from captionlab.extract import extract_features
 
+    grid = "attention" in config.model_list
     fconfig = FeatureExtractorConfig(
-        image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None
-    )
+        image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None,
+        grid=grid, grid_pca_dim=config.grid_pca_dim,
+    )  # fmt: skip
     tag = f"{config.feature_size}_{config.pool.replace('+', '-')}_{config.pca_dim}"
+    if grid:
+        tag += f"_grid{fconfig.grid_len}x{fconfig.grid_dim}"
     store = cache / f"{shapes_dir.name}_features_{tag}.h5"
     feats = extract_features(shapes_dir / "dataset.json", store, fconfig, progress=progress)
-    print(f"{store}: {feats.get('images', '')} images, {fconfig.feature_dim}-d features")
+    what = f"{fconfig.feature_dim}-d features"
+    if grid:
+        what += f" and a grid of {fconfig.grid_len} cells x {fconfig.grid_dim}"
+    print(f"{store}: {feats.get('images', '')} images, {what}")
     return store
 
 
-def _train_cached(dataset, store, run_dir: Path, config: TrainConfig, progress: bool) -> dict:
+def _attention_strips(out: Path, shapes_dir: Path, store: Path, captions, config) -> list[dict]:
+    """Attention strips of a few test images (one of 1, 2 and 3 objects each, then a second
+    3-object scene), by the trained attention captioner."""
+    from captionlab.captioning import load_checkpoint
+    from captionlab.data.features import FeatureStore
+    from captionlab.data.shapes import load_scenes
+    from captionlab.gallery import attention_strips
+
+    scenes = load_scenes(shapes_dir / "scenes.json")
+    by_count: dict[int, list[dict]] = {}
+    for item in captions:
+        by_count.setdefault(len(scenes[item["image_id"]]["objects"]), []).append(item)
+    items = [q[0] for _, q in sorted(by_count.items())]
+    items += by_count.get(3, [])[1:2]
+    model, _ = load_checkpoint(out / "runs" / "attention" / "best.npz")
+    grids = FeatureStore.open(store).grid_features_for([i["image_id"] for i in items])
+    return attention_strips(out, model, grids, items, config.feature_size, beam=config.beam)
+
+
+def train_cached(dataset, store, run_dir: Path, config: TrainConfig, progress: bool) -> dict:
     """Train, unless ``run_dir`` holds a finished run of the same config on the same data."""
     from captionlab.runs.train import train_run
 

@@ -1,4 +1,5 @@
-"""The captions gallery: right and wrong captions of shapes test images, as PNG and HTML.
+"""The captions gallery: right and wrong captions of shapes test images, as PNG and HTML,
+and attention strips (where an attention captioner looked for each word).
 
 A caption is *right* when every object, attribute, count and relation it names is in the
 scene and nothing is missing (:mod:`captionlab.captioning.scene_accuracy`). The HTML page's
@@ -18,7 +19,9 @@ import numpy as np
 
 from captionlab._atomic import atomic_write, atomic_write_bytes
 
-__all__ = ["caption_is_right", "pick_varied", "write_gallery"]
+__all__ = ["attention_strips", "caption_is_right", "pick_varied", "write_gallery"]
+
+STRIP_SAMPLES = 10  # SmoothGrad's noisy copies in the explanation strip
 
 
 def caption_is_right(scene_score: dict | None) -> bool:
@@ -48,7 +51,49 @@ def pick_varied(items: list[dict], k: int) -> list[dict]:
     return chosen
 
 
-def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: int = 6) -> dict:
+def attention_strips(
+    out: Path, model, grids: np.ndarray, items: list[dict], image_size: int, beam: int = 3
+) -> list[dict]:
+    """One attention figure per item into ``OUT/gallery/`` (``attention_<file>.png``).
+
+    Args:
+        out: the gallery's folder.
+        model: an attention captioner.
+        grids: the items' grids, (K, L, D).
+        items: K dicts with ``image_id`` and ``path``.
+        image_size: the side the network saw the images at (the figure shows that crop).
+        beam: beam size of the captions shown (1: greedy).
+
+    Returns:
+        ``[{"image_id", "caption", "png"}]``, the figure of each item.
+    """
+    from captionlab.captioning.plots import attention_figure, caption_words
+    from captionlab.runs.inference import best_captions
+    from captionlab.vision.figures import save_figure
+    from captionlab.vision.images import load_image
+
+    words, alphas = best_captions(model, grids.astype(model.dtype), beam=beam, attention=True)
+    folder = out / "gallery"
+    folder.mkdir(parents=True, exist_ok=True)
+    strips = []
+    for k, item in enumerate(items):
+        shown = caption_words(words[k], model.idx_to_word)
+        image = load_image(item["path"], image_size)
+        fig = attention_figure(image, shown, alphas[k, : len(shown)])
+        png = save_figure(fig, folder / f"attention_{Path(item['path']).stem}.png", dpi=80)
+        strips.append({"image_id": item["image_id"], "caption": " ".join(shown), "png": str(png)})
+    return strips
+
+
+def write_gallery(
+    out: Path,
+    captions: list[dict],
+    shapes_dir: Path,
+    per_kind: int = 6,
+    strips: list[dict] | None = None,
+    explainer=None,
+    explain_method: str = "smoothgrad",
+) -> dict:
     """``OUT/gallery.png`` and ``OUT/gallery.html`` (with its images in ``OUT/gallery/``).
 
     Args:
@@ -58,9 +103,14 @@ def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: i
             (its score) and ``correct`` added.
         shapes_dir: the shapes dataset folder (its ``scenes.json`` scores the captions).
         per_kind: how many right and how many wrong captions to show.
+        strips: attention figures (:func:`attention_strips`) to show in the HTML page.
+        explainer: a :class:`captionlab.explain.Explainer` of the model that wrote the
+            captions: the first right and the first wrong caption shown are explained word
+            by word (``explain_method``) in an explanation strip.
 
     Returns:
-        ``{"png", "html", "fully_correct", "images"}``.
+        ``{"png", "html", "fully_correct", "images", "explained"}`` (and ``"attention"``,
+        the strips' PNGs).
     """
     from captionlab.captioning.scene_accuracy import score_caption
     from captionlab.data.shapes import load_scenes, parse_caption
@@ -75,14 +125,44 @@ def write_gallery(out: Path, captions: list[dict], shapes_dir: Path, per_kind: i
     img_dir.mkdir(parents=True, exist_ok=True)
     for item in right + wrong:
         shutil.copyfile(item["path"], img_dir / Path(item["path"]).name)
+    strip = []
+    if explainer is not None:
+        strip = _explanation_strip(img_dir, explainer, right[:1] + wrong[:1], explain_method)
     _gallery_png(out / "gallery.png", right, wrong)
-    _gallery_html(out / "gallery.html", right, wrong, len(captions))
-    return {
+    _gallery_html(out / "gallery.html", right, wrong, len(captions), strips or [], strip,
+                  explain_method)  # fmt: skip
+    summary = {
         "png": str(out / "gallery.png"),
         "html": str(out / "gallery.html"),
         "fully_correct": sum(c["correct"] for c in captions),
         "images": len(captions),
+        "explained": [str(img_dir / name) for name, _ in strip],
     }
+    if strips:
+        summary["attention"] = [s["png"] for s in strips]
+    return summary
+
+
+def _explanation_strip(
+    img_dir: Path, explainer, items: list[dict], method: str
+) -> list[tuple[str, str]]:
+    """Explain each item's caption word by word; ``[(png name, alt text)]`` in img_dir."""
+    from captionlab.explain.figure import explanation_figure
+    from captionlab.vision.figures import save_figure
+    from captionlab.vision.images import load_image
+
+    made = []
+    for item in items:
+        pixels = load_image(item["path"], explainer.image_size)
+        # 10 noisy copies (the command's default is 25): the strip costs the demo seconds
+        ids = explainer.encode(item["caption"])
+        result = explainer.explain(pixels, method, caption_ids=ids, samples=STRIP_SAMPLES)
+        verdict = "right" if item["correct"] else "wrong"
+        fig = explanation_figure(pixels, result, title=f"{verdict}: “{result.caption}”")
+        name = f"explain_{Path(item['path']).stem}.png"
+        save_figure(fig, img_dir / name, dpi=80)
+        made.append((name, f"{verdict}: {result.caption}"))
+    return made
 
 
 def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
@@ -125,7 +205,51 @@ def _card(item: dict) -> str:
     )
 
 
-def _gallery_html(path: Path, right: list[dict], wrong: list[dict], total: int) -> None:
+def _attention_html(strips: list[dict]) -> str:
+    if not strips:
+        return ""
+    figures = "".join(
+        f'<figure class="strip"><img src="gallery/{html.escape(Path(s["png"]).name)}" '
+        f'alt="attention of each word"><figcaption>{html.escape(s["caption"])}</figcaption>'
+        "</figure>"
+        for s in strips
+    )
+    return (
+        "<h2>Where the attention captioner looked</h2><p>For each word of its caption (beam "
+        "search), the image dimmed where that step did not look; the yellow line encloses the "
+        "cells with at least half the step's largest weight, shown in brackets.</p>"
+        f'<section class="strips">{figures}</section>'
+    )
+
+
+def _explain_html(strip: list[tuple[str, str]], method: str) -> str:
+    from captionlab.vision.figures import METHOD_TITLES
+
+    if not strip:
+        return ""
+    images = "".join(
+        f'<img src="gallery/{html.escape(name)}" alt="{html.escape(alt)}">' for name, alt in strip
+    )
+    how = METHOD_TITLES.get(method, method)
+    if method == "smoothgrad":
+        how += f" over {STRIP_SAMPLES} noisy copies"
+    return (
+        "<h2>Why each word</h2><p>For each word, the pixels that move its probability most: "
+        f"{how}, of the word's log-probability through the captioner and the CNN "
+        "(<code>captionlab explain</code>).</p>"
+        f'<div class="explain">{images}</div>'
+    )
+
+
+def _gallery_html(
+    path: Path,
+    right: list[dict],
+    wrong: list[dict],
+    total: int,
+    strips: list[dict],
+    strip: list[tuple[str, str]],
+    method: str,
+) -> None:
     template = resources.files("captionlab").joinpath("templates/gallery.html").read_text("utf-8")
     page = Template(template).substitute(
         n_right=len(right),
@@ -133,5 +257,7 @@ def _gallery_html(path: Path, right: list[dict], wrong: list[dict], total: int) 
         total=total,
         right="".join(_card(i) for i in right),
         wrong="".join(_card(i) for i in wrong),
+        attention=_attention_html(strips),
+        explain=_explain_html(strip, method),
     )
     atomic_write_bytes(path, page.encode("utf-8"))

@@ -31,6 +31,8 @@ def reference_loss(model, features, captions, mask=None):
     null_mask = captions_out != 0
     mask = null_mask if mask is None else mask
 
+    if "W_pos" in p:  # the position embedding, added to every image's grid
+        A = A + p["W_pos"]
     a_mean = A.mean(axis=1)
     h, cache_h0 = nn.affine_forward(a_mean, p["W_h0"], p["b_h0"])
     c, cache_c0 = nn.affine_forward(a_mean, p["W_c0"], p["b_c0"])
@@ -95,14 +97,16 @@ def reference_loss(model, features, captions, mask=None):
     da_mean_h, g["W_h0"], g["b_h0"] = nn.affine_backward(dh_next, cache_h0)
     da_mean_c, g["W_c0"], g["b_c0"] = nn.affine_backward(dc_next, cache_c0)
     dA += (da_mean_h + da_mean_c)[:, None, :] / L
+    if "W_pos" in p:
+        g["W_pos"] = dA.sum(axis=0)
     g["features"] = dA
     return loss, g
 
 
-def _model(V=9, D=5, W=4, H=6, K=3, dtype=np.float64, seed=0, lam=1.0, scale=None):
+def _model(V=9, D=5, W=4, H=6, K=3, dtype=np.float64, seed=0, lam=1.0, scale=None, cells=None):
     model = AttentionCaptioner(
         make_vocab(V), input_dim=D, wordvec_dim=W, hidden_dim=H, attention_dim=K,
-        dtype=dtype, seed=seed, attention_penalty=lam,
+        dtype=dtype, seed=seed, attention_penalty=lam, num_cells=cells,
     )  # fmt: skip
     if scale is not None:  # every weight non-zero (biases too), small
         rng = np.random.default_rng(seed + 100)
@@ -134,14 +138,16 @@ SHAPES = [  # N, L, D, W, H, K, T, V
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("lam", [1.0, 0.0, 0.3])
-def test_fast_path_equals_per_step_reference(shape, lam):
+@pytest.mark.parametrize("position", [False, True])
+def test_fast_path_equals_per_step_reference(shape, lam, position):
     N, L, D, W, H, K, T, V = shape
-    model = _model(V, D, W, H, K, lam=lam, scale=0.5)
+    model = _model(V, D, W, H, K, lam=lam, scale=0.5, cells=L if position else None)
     features, captions = _data(1, N, L, D, T, V)
     loss, grads = model.loss(features, captions, feature_grad=True)
     ref_loss, ref = reference_loss(model, features, captions)
     assert abs(loss - ref_loss) <= 1e-10 * max(1.0, abs(ref_loss))
-    assert set(grads) == set(ref) == {*PARAM_NAMES, "features"}
+    assert set(grads) == set(ref) == {*model.params, "features"}
+    assert ("W_pos" in grads) == position
     for k in ref:
         assert grads[k].shape == ref[k].shape, k
         np.testing.assert_allclose(grads[k], ref[k], rtol=1e-10, atol=1e-10, err_msg=k)
@@ -161,9 +167,10 @@ def test_fast_path_equals_reference_with_a_mask_override():
 # ------------------------------------------------------------------ gradient checks
 
 
-def test_whole_model_gradient_check():
+@pytest.mark.parametrize("position", [False, True])
+def test_whole_model_gradient_check(position):
     """float64, small sizes, every parameter and the features, relative error < 1e-5."""
-    model = _model(scale=0.4)
+    model = _model(scale=0.4, cells=4 if position else None)
     features, captions = _data(4)
     mask = captions[:, 1:] != 0
     mask[1, 0] = False  # a caller's mask that differs from the <NULL> mask
@@ -174,7 +181,8 @@ def test_whole_model_gradient_check():
 
     # h = 1e-4: the loss is ~9, so at h = 1e-5 its rounding (~1e-15 * 9 / h) already reaches
     # 1e-10 in the difference quotient, 4e-5 relative on the smallest gradient entries.
-    for name in PARAM_NAMES:
+    assert ("W_pos" in model.params) == position
+    for name in model.params:
         num = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-4)
         assert rel_error(num, grads[name]) < 1e-5, name
     num = eval_numerical_gradient(f, features, verbose=False, h=1e-4)
@@ -277,13 +285,18 @@ def test_argument_errors_name_the_argument():
         model.loss(features, captions, mask=np.ones((3, 6), dtype=bool))
     with pytest.raises(ValueError, match="attention_penalty"):
         _model(lam=-1.0)
+    with pytest.raises(ValueError, match=r"grid of L=3 cells .*got \(3, 4, 5\)"):
+        _model(cells=3).loss(features, captions)
+    with pytest.raises(ValueError, match="num_cells"):
+        _model(cells=0)
 
 
 def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
     state = np.random.get_state()  # noqa: NPY002 (the global generator is what is checked)
     a, b = _model(seed=5), _model(seed=5)
     after = np.random.get_state()  # noqa: NPY002
-    assert list(a.params) == list(PARAM_NAMES)
+    assert list(a.params) == [k for k in PARAM_NAMES if k != "W_pos"]
+    assert list(_model(seed=5, cells=4).params) == list(PARAM_NAMES)
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert np.array_equal(state[1], after[1]) and state[2] == after[2]
 

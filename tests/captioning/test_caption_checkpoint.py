@@ -168,8 +168,15 @@ def test_pickle_bearing_file_is_rejected_without_unpickling(tmp_path):
         np.save(buf, np.array([_Boom()], dtype=object), allow_pickle=True)
         dst.writestr("params/payload.npy", buf.getvalue())
     _Boom.ran = False
-    with pytest.raises(CheckpointError, match=r"evil\.npz: array 'params/payload' holds pickled"):
+    with pytest.raises(CheckpointError, match=r"evil\.npz: holds entries .*'params/payload'"):
         load_checkpoint(evil)
+    assert not _Boom.ran
+    # Referred to by the header, the object array is refused from its .npy header.
+    referred = _with_header(tmp_path, lambda h: h["extra"].update(x={"__array__": "extra/x"}))
+    with zipfile.ZipFile(referred, "a") as dst:
+        dst.writestr("extra/x.npy", buf.getvalue())
+    with pytest.raises(CheckpointError, match=r"array 'extra/x' must be numeric, got dtype object"):
+        load_checkpoint(referred)
     assert not _Boom.ran
 
 

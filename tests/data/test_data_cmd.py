@@ -31,7 +31,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["data"]) == 2
     assert "choose an action" in capsys.readouterr().err
     assert cli.main(["data", "shapes", "--out", str(tmp_path), "--size", "4"]) == 2
-    assert "image_size must be" in capsys.readouterr().err
+    assert "--size must be an integer in 32..1024, got 4" in capsys.readouterr().err
 
 
 def test_info_on_cs231n_folder(tmp_path, capsys):

@@ -85,6 +85,27 @@ def test_pca_exact_matches_svd_and_projects():
         pca.transform(x[:, :5])
 
 
+def test_pca_scale_divides_the_projection_and_unit_rms_sets_it():
+    rng = np.random.default_rng(3)
+    x = (5 * rng.standard_normal((200, 10))).astype(np.float32)
+    pca = fit_pca(x, 4)
+    unit = pca.with_unit_rms(x)
+    assert pca.scale == 1.0 and unit.scale > 1
+    np.testing.assert_allclose(unit.transform(x), pca.transform(x) / unit.scale, rtol=1e-5)
+    assert np.sqrt(np.mean(unit.transform(x) ** 2)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_pca_gram_equals_the_exact_svd():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((300, 8)) @ rng.standard_normal((8, 20))).astype(np.float32)
+    x += 0.05 * rng.standard_normal((300, 20)).astype(np.float32)
+    exact, gram = fit_pca(x, 6, method="exact"), fit_pca(x, 6, method="gram")
+    np.testing.assert_allclose(gram.components, exact.components, atol=1e-5)
+    np.testing.assert_allclose(gram.explained_variance, exact.explained_variance, rtol=1e-5)
+    auto = fit_pca(x, 6)  # many rows of few features: the Gram matrix
+    np.testing.assert_array_equal(auto.components, gram.components)
+
+
 def test_pca_randomized_finds_the_planted_subspace():
     rng = np.random.default_rng(1)
     N, R, k = 400, 300, 6
@@ -116,15 +137,21 @@ def write_all(out, config, fail=()):
         w.mark_failed(i, f"{PATHS[i]}: corrupt")
     grid = None
     if config.grid:
-        h = config.grid_side
-        grid = np.full((len(rows), h, h, 1280), 0.5, np.float32)
+        grid = grid_rows(rows, config.grid_len, config.grid_raw_dim)
     w.write(np.array(rows), raw_rows(rows, config.raw_dim), grid)
     return w
 
 
+def grid_rows(rows, L, Rg):
+    """Deterministic fake raw grid cells (B, L, Rg): row i, cell l holds i + l / L + small."""
+    rows = np.asarray(rows)
+    base = rows[:, None, None] + np.arange(L)[None, :, None] / L
+    return (base + np.sin(np.arange(Rg))[None, None, :] / 8).astype(np.float16)
+
+
 def test_write_finalize_and_read(tmp_path):
     out = tmp_path / "feats.h5"
-    config = FeatureExtractorConfig(image_size=64, grid=True)
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="grid", grid_pca_dim=None)
     w = write_all(out, config, fail=[2])
     assert not out.exists() and partial_path(out).exists()  # nothing final before finalize
     assert len(w.pending()) == 0
@@ -143,8 +170,15 @@ def test_write_finalize_and_read(tmp_path):
     assert got.shape == (3, 1280) and got.dtype == np.float32
     np.testing.assert_array_equal(got, raw_rows([4, 0, 4], 1280))
     np.testing.assert_array_equal(store.raw_features_for(["d"]), raw_rows([3], 1280))
-    grid = store.grid_for(["b", "a"])
-    assert grid.shape == (2, 2, 2, 1280) and grid.dtype == np.float32 and np.all(grid == 0.5)
+    grid = store.grid_features_for(["b", "a"])
+    assert grid.shape == (2, 4, 1280) and grid.dtype == np.float32
+    np.testing.assert_array_equal(grid, grid_rows([1, 0], 4, 1280))
+    assert store.has_grid and store.grid_shape == (4, 1280) and store.grid_pca is None
+    lazy = store.grid_rows(["e", "a", "b"])
+    assert lazy.shape == (3, 4, 1280) and lazy.ndim == 3 and len(lazy) == 3
+    np.testing.assert_array_equal(lazy[np.array([2, 0, 2])], grid_rows([1, 4, 1], 4, 1280))
+    np.testing.assert_array_equal(lazy[1], grid_rows([0], 4, 1280)[0])
+    np.testing.assert_array_equal(np.asarray(lazy), grid_rows([4, 0, 1], 4, 1280))
     assert store.split_ids("train") == ["a", "b"] and "d" in store and "c" not in store
     with pytest.raises(DataError, match=r"no features for image id\(s\) 'c', 'zz'.*1 skipped"):
         store.features_for(["a", "c", "zz"])
@@ -163,8 +197,45 @@ def test_pca_store_keeps_raw_and_basis(tmp_path):
     raw = store.raw_features_for(IDS)
     np.testing.assert_allclose(store.features_for(IDS), pca.transform(raw), atol=1e-5)
     np.testing.assert_array_equal(store.pca.components, pca.components)
-    with pytest.raises(DataError, match="no spatial grid"):
-        store.grid_for(["a"])
+    with pytest.raises(DataError, match=r"pca\.h5: holds no attention grid.*--grid"):
+        store.grid_features_for(["a"])
+
+
+def test_grid_pca_fitted_on_train_cells_projects_every_cell(tmp_path):
+    out = tmp_path / "g.h5"
+    config = FeatureExtractorConfig(
+        image_size=64, grid=True, grid_taps="block10", grid_cells=2, grid_pca_dim=3
+    )
+    assert (config.grid_len, config.grid_raw_dim, config.grid_dim) == (4, 112, 3)
+    w = write_all(out, config)
+    rows, _ = w.fit_rows()
+    cells = w.grid_cell_sample(rows)  # 3 train images x 4 cells, all of them
+    np.testing.assert_array_equal(cells, grid_rows([0, 1, 2], 4, 112).reshape(12, 112))
+    assert w.grid_cell_sample(rows, limit=6).shape == (6, 112)  # 2 random cells per image
+    pca = fit_pca(cells, 3).with_unit_rms(cells)
+    with pytest.raises(ValueError, match="grid_pca must be given"):
+        w.finalize()
+    w.finalize(grid_pca=pca, grid_pca_cells=len(cells))
+    store = FeatureStore.open(out)
+    assert store.attrs["grid_pca_fit_cells"] == 12 and store.grid_shape == (4, 3)
+    np.testing.assert_array_equal(store.grid_pca.components, pca.components)
+    assert store.grid_pca.scale == pca.scale != 1.0
+    raw = grid_rows(np.arange(5), 4, 112).reshape(20, 112)
+    want = pca.transform(raw).reshape(5, 4, 3).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(store.grid_features_for(IDS), want)
+
+
+def test_version_1_store_reads_but_refuses_its_raw_grid(tmp_path):
+    out = tmp_path / "old.h5"
+    write_all(out, FeatureExtractorConfig(image_size=64)).finalize()
+    with h5py.File(out, "r+") as f:  # what captionlab wrote before the attention grid
+        f.attrs["format_version"] = 1
+        f.attrs["config"] = f.attrs["config"].replace('"grid": false', '"grid": true')
+        f.create_dataset("grid", data=np.zeros((5, 2, 2, 1280), np.float16))
+    store = FeatureStore.open(out)
+    assert store.features_for(["a"]).shape == (1, 1280) and not store.has_grid
+    with pytest.raises(DataError, match=r"old\.h5: its grid is the raw last feature map.*--grid"):
+        store.grid_features_for(["a"])
 
 
 def test_resume_after_interruption_and_mismatch(tmp_path):
@@ -178,12 +249,28 @@ def test_resume_after_interruption_and_mismatch(tmp_path):
     assert w.resumed == 3 and list(w.pending()) == [3, 4]
     w.close()
     other = FeatureExtractorConfig(image_size=96)
-    with pytest.raises(UserError, match=r"different config.*--restart"):
+    with pytest.raises(
+        UserError, match=r"holds 3 of 5 images .* image_size 64 \(now 96\); rerun .*--restart"
+    ):
         FeatureStoreWriter.open(out, other, IDS, PATHS, SPLITS)
-    with pytest.raises(UserError, match="different list of images"):
+    with pytest.raises(UserError, match="another list of images"):
         FeatureStoreWriter.open(out, config, IDS[::-1], PATHS[::-1], SPLITS[::-1])
+    # Only the PCA (applied after extraction) differs: the rows are kept.
+    with_pca = FeatureExtractorConfig(image_size=64, pca_dim=2)
+    w = FeatureStoreWriter.open(out, with_pca, IDS, PATHS, SPLITS)
+    assert w.resumed == 3 and w.config == with_pca
+    w.close()
     w = FeatureStoreWriter.open(out, other, IDS, PATHS, SPLITS, restart=True)
     assert w.resumed == 0 and len(w.pending()) == 5
+    w.close()
+
+
+def test_a_failed_start_leaves_nothing_in_the_way(tmp_path):
+    """A partial file with no image done (a start that failed) is replaced silently."""
+    out = tmp_path / "f.h5"
+    FeatureStoreWriter.open(out, FeatureExtractorConfig(image_size=64), IDS, PATHS, SPLITS).close()
+    w = FeatureStoreWriter.open(out, FeatureExtractorConfig(image_size=96), IDS, PATHS, SPLITS)
+    assert w.resumed == 0 and w.config.image_size == 96
     w.close()
 
 

@@ -79,6 +79,17 @@ def test_taps_shapes(model, size, side):
     assert out["grid"].min() >= 0 and out["grid"].max() <= 6  # after ReLU6
 
 
+def test_grid_tap_table_matches_the_network(model):
+    """captionlab.data keeps the taps' channels and strides without importing the network."""
+    from captionlab.data.feature_config import GRID_TAPS
+
+    size = 256
+    with torch.inference_mode():
+        out = model.taps(torch.zeros(1, 3, size, size), list(GRID_TAPS))
+    for name, (channels, stride) in GRID_TAPS.items():
+        assert out[name].shape[1:] == (channels, size // stride, size // stride), name
+
+
 def test_features_stop_early_and_reject_bad_input(model):
     x = torch.zeros(1, 3, 64, 64)
     assert set(model.taps(x, ["block3"])) == {"block3"}

@@ -8,6 +8,7 @@ size, ``W`` word-vector size, ``H`` hidden size, ``K`` attention size, ``V`` voc
 The forward pass of :meth:`AttentionCaptioner.loss`, ``A`` the grid (N, L, D), for steps
 ``t = 1 .. T-1`` with ``x_t = W_embed[captions[:, t-1]]``::
 
+    A       = A + W_pos   (only with num_cells = L: a learned position embedding per cell)
     a_mean  = mean over the L cells of A                            (N, D)
     h_0     = a_mean @ W_h0 + b_h0,   c_0 = a_mean @ W_c0 + b_c0     (N, H)
     A_proj  = A @ W_att_a                                            (N, L, K)  once
@@ -33,6 +34,14 @@ GEMM; ``h_{t-1}``'s three projections (``Wh``, ``W_att_h``, ``W_beta``) as one G
 (and one per step backwards); after the backward loop, every weight gradient as one GEMM
 over all steps, and the grid's gradient through the context as one batched GEMM. The tests
 hold a readable per-step reference that this must equal.
+
+Decoding (:meth:`AttentionCaptioner.decode_start` / :meth:`~AttentionCaptioner.decode_step`,
+the interface of :mod:`captionlab.captioning.generate`) hoists the same way: per call, the
+grid's projection ``A @ W_att_a``, the fused ``[Wh | W_att_h | W_beta]`` and the table
+``W_embed @ Wx + b`` of every word's gate input; per step only ``h`` (M, H) is multiplied.
+Beams index their image's grid (``img`` (M,)) instead of copying it; when the rows are the
+images' beams in order (as beam search keeps them), the attention runs as a batched product
+over images without gathering the grid at all.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
+from captionlab.captioning.generate import DecodeState, greedy_decode
 from captionlab.nn.attention import additive_scores, additive_scores_backward
 from captionlab.nn.functional import masked_softmax, masked_softmax_backward, sigmoid
 from captionlab.nn.lstm import lstm_gates_backward, lstm_gates_forward
@@ -65,6 +75,7 @@ PARAM_NAMES = (
     "b",
     "W_vocab",
     "b_vocab",
+    "W_pos",
 )
 
 
@@ -77,6 +88,7 @@ class AttentionConfig:
     hidden_dim: int = 128
     attention_dim: int = 128
     attention_penalty: float = 1.0
+    num_cells: int | None = None
     dtype: str = "float32"
 
     def to_dict(self) -> dict:
@@ -87,7 +99,7 @@ def attention_param_shapes(config: AttentionConfig, vocab_size: int) -> dict[str
     """The shape of every parameter of a model with ``config`` and ``V = vocab_size``."""
     V, D, W = vocab_size, config.input_dim, config.wordvec_dim
     H, K = config.hidden_dim, config.attention_dim
-    return {
+    shapes = {
         "W_embed": (V, W),
         "W_h0": (D, H),
         "b_h0": (H,),
@@ -106,6 +118,34 @@ def attention_param_shapes(config: AttentionConfig, vocab_size: int) -> dict[str
         "W_vocab": (H, V),
         "b_vocab": (V,),
     }
+    if config.num_cells is not None:
+        shapes["W_pos"] = (config.num_cells, D)
+    return shapes
+
+
+def _attention_config(config: dict) -> AttentionConfig:
+    """An :class:`AttentionConfig` from a dict of its fields (a checkpoint's ``model``);
+    ValueError names what is wrong."""
+    names = set(AttentionConfig.__dataclass_fields__)
+    required = names - {"num_cells"}  # absent in files written before position embeddings
+    missing, unknown = required - set(config), set(config) - names
+    if missing or unknown:
+        raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
+                         f"unknown {sorted(unknown)}")  # fmt: skip
+    cells = config.get("num_cells")
+    c = AttentionConfig(
+        input_dim=int(config["input_dim"]), wordvec_dim=int(config["wordvec_dim"]),
+        hidden_dim=int(config["hidden_dim"]), attention_dim=int(config["attention_dim"]),
+        attention_penalty=float(config["attention_penalty"]),
+        num_cells=None if cells is None else int(cells), dtype=str(config["dtype"]),
+    )  # fmt: skip
+    if min(c.input_dim, c.wordvec_dim, c.hidden_dim, c.attention_dim) < 1:
+        raise ValueError(f"sizes must be >= 1, got {c}")
+    if c.num_cells is not None and c.num_cells < 1:
+        raise ValueError(f"num_cells must be None or >= 1, got {c.num_cells}")
+    if np.dtype(c.dtype).kind != "f":
+        raise ValueError(f"dtype must be a floating type, got {c.dtype!r}")
+    return c
 
 
 class AttentionCaptioner:
@@ -121,6 +161,10 @@ class AttentionCaptioner:
         seed: ``None`` draws the initial weights from NumPy's global generator (as
             CaptioningRNN does); an int draws them from a private generator.
         attention_penalty: ``lambda``, the weight of the doubly stochastic penalty (0: off).
+        num_cells: ``L``; when given, a learned position embedding ``W_pos`` (L, D) is added
+            to every image's grid, so the context tells the LSTM where it looked (the grid's
+            vectors alone know their row and column only partly, docs/feature_probe.md), and
+            the model takes grids of exactly ``L`` cells. None: no position embedding.
 
     Attributes:
         params: dict of parameter arrays, keyed by :data:`PARAM_NAMES`:
@@ -136,6 +180,7 @@ class AttentionCaptioner:
             * ``Wz`` (D, 4H): context -> gates.
             * ``Wh`` (H, 4H), ``b`` (4H,): hidden state -> gates, and the gates' bias.
             * ``W_vocab`` (H, V), ``b_vocab`` (V,): hidden state -> word scores.
+            * ``W_pos`` (L, D): the position embedding (only with ``num_cells``; starts at 0).
     """
 
     def __init__(
@@ -149,6 +194,7 @@ class AttentionCaptioner:
         seed: int | None = None,
         *,
         attention_penalty: float = 1.0,
+        num_cells: int | None = None,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -158,6 +204,8 @@ class AttentionCaptioner:
         if not np.isfinite(attention_penalty) or attention_penalty < 0:
             raise ValueError(f"attention_penalty must be >= 0, got {attention_penalty!r}")
         self.attention_penalty = float(attention_penalty)
+        if num_cells is not None and (int(num_cells) != num_cells or num_cells < 1):
+            raise ValueError(f"num_cells must be None or an int >= 1, got {num_cells!r}")
         self.word_to_idx = dict(word_to_idx)
         self.idx_to_word = {i: w for w, i in word_to_idx.items()}
         self._null = word_to_idx["<NULL>"]
@@ -183,7 +231,9 @@ class AttentionCaptioner:
         p["b"] = np.zeros(4 * H)
         p["W_vocab"] = randn(H, V) / np.sqrt(H)
         p["b_vocab"] = np.zeros(V)
-        self.params = {k: p[k].astype(self.dtype) for k in PARAM_NAMES}
+        if num_cells is not None:
+            p["W_pos"] = np.zeros((int(num_cells), D))
+        self.params = {k: p[k].astype(self.dtype) for k in PARAM_NAMES if k in p}
 
     # ------------------------------------------------------------------ description
     @property
@@ -196,19 +246,57 @@ class AttentionCaptioner:
             hidden_dim=int(self.params["W_h0"].shape[1]),
             attention_dim=int(K),
             attention_penalty=self.attention_penalty,
+            num_cells=self.num_cells,
             dtype=self.dtype.name,
         )
+
+    @property
+    def num_cells(self) -> int | None:
+        """L of the position embedding, or None without one."""
+        W_pos = self.params.get("W_pos")
+        return None if W_pos is None else int(W_pos.shape[0])
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape each parameter must have, from :attr:`config` and ``V``."""
         return attention_param_shapes(self.config, len(self.word_to_idx))
+
+    @property
+    def feature_shape(self) -> tuple[int | None, int]:
+        """The shape of one image's grid: ``(L, D)``, with ``L = None`` (any number of
+        cells) unless the model has a position embedding."""
+        return (self.num_cells, int(self.params["W_att_a"].shape[0]))
+
+    # ------------------------------------------------------------------ checkpoints
+    # What captionlab.captioning.checkpoint needs of every captioner class.
+    def config_dict(self) -> dict:
+        """The architecture as JSON-able values (a checkpoint's ``model`` field)."""
+        return self.config.to_dict()
+
+    @classmethod
+    def shapes_for(cls, config: dict, vocab_size: int) -> dict[str, tuple[int, ...]]:
+        """The parameter shapes of a model of ``config`` (checked against a checkpoint's
+        arrays before any model is built); ValueError or TypeError when it is malformed."""
+        return attention_param_shapes(_attention_config(config), vocab_size)
+
+    @classmethod
+    def from_config(
+        cls, word_to_idx: dict[str, int], config: dict, seed: int = 0
+    ) -> AttentionCaptioner:
+        """A model of the architecture ``config``, initialised from ``seed`` (weights to be
+        loaded over it, or trained)."""
+        c = _attention_config(config)
+        return cls(
+            word_to_idx, input_dim=c.input_dim, wordvec_dim=c.wordvec_dim,
+            hidden_dim=c.hidden_dim, attention_dim=c.attention_dim, dtype=np.dtype(c.dtype),
+            seed=seed, attention_penalty=c.attention_penalty, num_cells=c.num_cells,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         c = self.config
         return (
             f"AttentionCaptioner(V={len(self.word_to_idx)}, D={c.input_dim}, "
             f"W={c.wordvec_dim}, H={c.hidden_dim}, K={c.attention_dim}, "
-            f"lambda={c.attention_penalty}, dtype={c.dtype})"
+            f"lambda={c.attention_penalty}, L={c.num_cells}, dtype={c.dtype})"
         )
 
     # ------------------------------------------------------------------ checks
@@ -217,7 +305,19 @@ class AttentionCaptioner:
         features = np.asarray(features)
         if features.ndim != 3 or features.shape[2] != D or features.shape[1] < 1:
             raise ValueError(f"features must be a grid (N, L, {D}), got {features.shape}")
+        L = self.num_cells
+        if L is not None and features.shape[1] != L:
+            raise ValueError(
+                f"features must be a grid of L={L} cells (the position embedding's), "
+                f"got {features.shape}"
+            )
         return features.astype(self.dtype, copy=False)
+
+    def _grid(self, features: np.ndarray) -> np.ndarray:
+        """The checked grid (N, L, D), plus the position embedding when the model has one."""
+        A = self._check_features(features)
+        W_pos = self.params.get("W_pos")
+        return A if W_pos is None else A + W_pos
 
     def _check_captions(self, captions: np.ndarray, N: int) -> np.ndarray:
         captions = np.asarray(captions)
@@ -255,7 +355,7 @@ class AttentionCaptioner:
             N, plus the attention penalty) and a dict of gradients keyed and shaped like
             :attr:`params` (and ``"features"`` (N, L, D) if asked for).
         """
-        A = self._check_features(features)
+        A = self._grid(features)
         N = A.shape[0]
         captions = self._check_captions(captions, N)
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T-1) each
@@ -442,12 +542,114 @@ class AttentionCaptioner:
         grads["W_h0"], grads["b_h0"] = a_mean.T @ dh0, dh0.sum(axis=0)
         grads["W_c0"], grads["b_c0"] = a_mean.T @ dc0, dc0.sum(axis=0)
         grads["W_vocab"], grads["b_vocab"] = cache["dW_vocab"], cache["db_vocab"]
-        grads = {k: grads[k] for k in PARAM_NAMES}
-        if feature_grad:
+        has_pos = "W_pos" in p
+        if feature_grad or has_pos:
             # Through the contexts, as one batched GEMM: dA_n = alphas_n^T (L, T) @ dctx_n.
             dA = np.matmul(alphas.transpose(1, 2, 0), dctx.transpose(1, 0, 2))  # (N, L, D)
             dA += (dA_proj.reshape(N * L, K) @ p["W_att_a"].T).reshape(N, L, D)
             da_mean = dh0 @ p["W_h0"].T + dc0 @ p["W_c0"].T  # (N, D)
             dA += da_mean[:, None, :] / L
-            grads["features"] = dA
-        return grads
+            if has_pos:
+                grads["W_pos"] = dA.sum(axis=0)  # (L, D): A + W_pos, summed over images
+            if feature_grad:
+                grads["features"] = dA
+        order = [k for k in PARAM_NAMES if k in p] + (["features"] if feature_grad else [])
+        return {k: grads[k] for k in order}
+
+    # ------------------------------------------------------------------ test-time
+    def decode_start(
+        self, features: np.ndarray, max_length: int = 30, fold: bool | None = None
+    ) -> DecodeState:
+        """The decoding state of N images (see :mod:`captionlab.captioning.generate`).
+
+        Hoisted once per call: the grid's projection ``A @ W_att_a + b_att`` (N, L, K), the
+        fused ``[Wh | W_att_h | W_beta]``, and (with ``fold``) every word's gate input
+        ``W_embed @ Wx + b`` as a table (V, 4H), built by default when the call feeds back
+        at least V words (``N * max_length >= V``), as :class:`CaptioningRNN` does.
+
+        Args:
+            features: the image grids, (N, L, D).
+            max_length: the most words the call generates (only sizes the decision).
+            fold: build the word table (see above).
+
+        Returns:
+            a state with rows ``h``, ``c`` (N, H) and ``img`` (N,), each row's image; shared
+            ``A`` (N, L, D) and ``A_proj`` (N, L, K) that rows index by ``img``.
+        """
+        p = self.params
+        A = self._grid(features)  # (N, L, D)
+        N, L, D = A.shape
+        K = p["W_att_a"].shape[1]
+        a_mean = A.mean(axis=1)  # (N, D)
+        A_proj = (A.reshape(N * L, D) @ p["W_att_a"]).reshape(N, L, K)  # (N, L, K), once
+        A_proj += p["b_att"]
+        shared = {
+            "A": A,
+            "A_proj": A_proj,
+            "W_hcat": np.concatenate([p["Wh"], p["W_att_h"], p["W_beta"]], axis=1),
+        }
+        if fold is None:  # the table pays off once it replaces at least V input rows
+            fold = N * max_length >= p["W_embed"].shape[0]
+        if fold:
+            shared["table"] = p["W_embed"] @ p["Wx"] + p["b"]  # (V, 4H)
+        rows = {
+            "h": a_mean @ p["W_h0"] + p["b_h0"],
+            "c": a_mean @ p["W_c0"] + p["b_c0"],
+            "img": np.arange(N),
+        }
+        return DecodeState(rows, shared)
+
+    def decode_step(
+        self, words: np.ndarray, state: DecodeState
+    ) -> tuple[np.ndarray, DecodeState, np.ndarray]:
+        """Feed back ``words`` (M,): word scores (M, V), the next state, and the attention
+        (M, L) the step gave each cell (the step's ``alpha_t``)."""
+        p = self.params
+        h, c, img = state.rows["h"], state.rows["c"], state.rows["img"]
+        A, A_proj = state.shared["A"], state.shared["A_proj"]
+        M, H = h.shape
+        Ni, L, D = A.shape
+        K = A_proj.shape[2]
+        hp = h @ state.shared["W_hcat"]  # (M, 4H + K + 1)
+        q = hp[:, 4 * H : 4 * H + K]  # (M, K); b_att is in A_proj
+        if M % Ni == 0 and np.array_equal(img, np.repeat(np.arange(Ni), M // Ni)):
+            # Rows are each image's B beams in order: attend per image, no grid gathered.
+            B = M // Ni
+            th = A_proj[:, None] + q.reshape(Ni, B, 1, K)  # (Ni, B, L, K)
+            np.tanh(th, out=th)
+            alpha = nn.masked_softmax((th @ p["w_att"]).reshape(M, L))  # (M, L)
+            ctx = np.matmul(alpha.reshape(Ni, B, L), A).reshape(M, D)  # (M, D)
+        else:
+            th = A_proj[img]  # (M, L, K) gathered
+            th += q[:, None, :]
+            np.tanh(th, out=th)
+            alpha = nn.masked_softmax(th @ p["w_att"])  # (M, L)
+            ctx = np.matmul(alpha[:, None, :], A[img])[:, 0]  # (M, D)
+        beta = sigmoid(hp[:, -1:] + p["b_beta"])  # (M, 1)
+        table = state.shared.get("table")
+        a = table[words] if table is not None else p["W_embed"][words] @ p["Wx"] + p["b"]
+        a += hp[:, : 4 * H]
+        a += (ctx * beta) @ p["Wz"]  # (M, 4H)
+        h, c, _ = lstm_gates_forward(a, c)
+        scores = h @ p["W_vocab"]  # (M, V)
+        scores += p["b_vocab"]
+        return scores, DecodeState({"h": h, "c": c, "img": img}, state.shared), alpha
+
+    def sample(self, features: np.ndarray, max_length: int = 30) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy captions and where each word looked.
+
+        Args:
+            features: the image grids, (N, L, D).
+            max_length: the number of words generated at most.
+
+        Returns:
+            ``(captions, alphas)``: captions (N, max_length) int32 without ``<START>``, each
+            stopping at its first ``<END>`` (kept) and ``<NULL>`` after it; alphas
+            (N, max_length, L), the attention of every word (rows sum to 1), zero after
+            ``<END>``.
+        """
+        captions, alphas = greedy_decode(self, features, max_length=max_length,
+                                         return_attention=True)  # fmt: skip
+        if alphas is None:  # nothing decoded (N = 0)
+            alphas = np.zeros((len(captions), max_length, 0), dtype=self.dtype)
+        return captions, alphas

@@ -149,12 +149,13 @@ class CaptioningRNN:
         return param_shapes(_model_config(config), vocab_size)
 
     @classmethod
-    def from_config(cls, word_to_idx: dict[str, int], config: dict) -> CaptioningRNN:
-        """A model of the architecture ``config`` (weights to be loaded over it)."""
+    def from_config(cls, word_to_idx: dict[str, int], config: dict, seed: int = 0) -> CaptioningRNN:
+        """A model of the architecture ``config``, initialised from ``seed`` (weights to be
+        loaded over it, or trained)."""
         c = _model_config(config)
         return cls(
             word_to_idx, input_dim=c.input_dim, wordvec_dim=c.wordvec_dim,
-            hidden_dim=c.hidden_dim, cell_type=c.cell_type, dtype=np.dtype(c.dtype), seed=0,
+            hidden_dim=c.hidden_dim, cell_type=c.cell_type, dtype=np.dtype(c.dtype), seed=seed,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -214,21 +215,34 @@ class CaptioningRNN:
             if mask.shape != captions_out.shape:
                 raise ValueError(f"mask must be {captions_out.shape}, got {mask.shape}")
         p = self.params
+        N, Tm1 = captions_in.shape
+        V = p["W_embed"].shape[0]
 
         h0, cache_proj = nn.affine_forward(features, p["W_proj"], p["b_proj"])  # (N, H)
-        x, cache_embed = nn.word_embedding_forward(captions_in, p["W_embed"])  # (N, T-1, W)
-        if self.cell_type == "rnn":
-            h, cache_rnn = nn.rnn_forward(x, h0, p["Wx"], p["Wh"], p["b"])
-        elif self.cell_type == "lstm":
-            h, cache_rnn = nn.lstm_forward(x, h0, p["Wx"], p["Wh"], p["b"])
+        # The recurrence's input projection x @ Wx of the embedded words x = W_embed[words].
+        # When the vocabulary has fewer words than the batch has positions, fold the two
+        # into a table, (W_embed @ Wx)[words]: a GEMM over V rows instead of N*(T-1), and in
+        # the backward the gradient is scattered into V rows before its two GEMMs. The same
+        # math either way (the tests compare both with the layer-by-layer cs231n model).
+        fold = V < N * Tm1
+        if fold:
+            table = p["W_embed"] @ p["Wx"]  # (V, G*H)
+            xa, cache_embed = nn.word_embedding_forward(captions_in, table)  # (N, T-1, G*H)
         else:
-            h, cache_rnn = nn.gru_forward(x, h0, p["Wx"], p["Wh"], p["b"], p["bh"])
+            x, cache_embed = nn.word_embedding_forward(captions_in, p["W_embed"])  # (N,T-1,W)
+            xa = x @ p["Wx"]  # (N, T-1, G*H)
+        if self.cell_type == "rnn":
+            h, cache_rnn = nn.rnn_recurrence_forward(xa, h0, p["Wh"], p["b"])
+        elif self.cell_type == "lstm":
+            h, cache_rnn = nn.lstm_recurrence_forward(xa, h0, p["Wh"], p["b"])
+        else:
+            h, cache_rnn = nn.gru_recurrence_forward(xa, h0, p["Wh"], p["b"], p["bh"])
         # h: (N, T-1, H)
         # Word scores only where a word is predicted: <NULL> targets (the padding, often a
         # third of the positions) cost nothing in the loss, so their scores, softmax and
         # gradients are skipped. The same math as temporal_affine + temporal_softmax_loss
         # over all positions (the tests compare the two).
-        N, Tm1, H = h.shape
+        H = h.shape[2]
         rows = np.flatnonzero(mask.reshape(-1))  # (M,) positions that count
         h_rows = h.reshape(N * Tm1, H)[rows]  # (M, H)
         scores, cache_scores = nn.affine_forward(h_rows, p["W_vocab"], p["b_vocab"])  # (M, V)
@@ -240,24 +254,34 @@ class CaptioningRNN:
         loss /= N
 
         grads: dict[str, np.ndarray] = {}
-        if rows.size:
-            dh_rows, dW_vocab, db_vocab = nn.affine_backward(dscores[0], cache_scores)
-        else:  # nothing to predict (all targets <NULL>)
-            dh_rows, dW_vocab, db_vocab = h_rows, np.zeros_like(p["W_vocab"]), p["b_vocab"] * 0
         scale = np.asarray(1.0 / N, dtype=self.dtype)
-        grads["W_vocab"], grads["b_vocab"] = dW_vocab * scale, db_vocab * scale
+        dscores = dscores[0]
+        dscores *= scale  # (M, V), now the gradient of the loss averaged over N
+        if rows.size:
+            dh_rows, grads["W_vocab"], grads["b_vocab"] = nn.affine_backward(dscores, cache_scores)
+        else:  # nothing to predict (all targets <NULL>)
+            dh_rows, grads["W_vocab"], grads["b_vocab"] = h_rows, p["W_vocab"] * 0, p["b_vocab"] * 0
         dh = np.zeros((N * Tm1, H), dtype=h.dtype)
-        dh[rows] = dh_rows * scale
+        dh[rows] = dh_rows
         dh = dh.reshape(N, Tm1, H)  # (N, T-1, H)
         if self.cell_type == "rnn":
-            dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = nn.rnn_backward(dh, cache_rnn)
+            dxa, dh0, grads["Wh"], grads["b"] = nn.rnn_recurrence_backward(dh, cache_rnn)
         elif self.cell_type == "lstm":
-            dx, dh0, grads["Wx"], grads["Wh"], grads["b"] = nn.lstm_backward(dh, cache_rnn)
+            dxa, dh0, grads["Wh"], grads["b"] = nn.lstm_recurrence_backward(dh, cache_rnn)
         else:
-            dx, dh0, grads["Wx"], grads["Wh"], grads["b"], grads["bh"] = nn.gru_backward(
+            dxa, dh0, grads["Wh"], grads["b"], grads["bh"] = nn.gru_recurrence_backward(
                 dh, cache_rnn
             )
-        grads["W_embed"] = nn.word_embedding_backward(dx, cache_embed)
+        G = dxa.shape[2]
+        if fold:
+            dtable = nn.word_embedding_backward(dxa, cache_embed)  # (V, G*H)
+            grads["Wx"] = p["W_embed"].T @ dtable  # (W, G*H)
+            grads["W_embed"] = dtable @ p["Wx"].T  # (V, W)
+        else:
+            dxa2 = dxa.reshape(N * Tm1, G)
+            grads["Wx"] = x.reshape(N * Tm1, -1).T @ dxa2  # (W, G*H)
+            dx = (dxa2 @ p["Wx"].T).reshape(N, Tm1, -1)  # (N, T-1, W)
+            grads["W_embed"] = nn.word_embedding_backward(dx, cache_embed)
         dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, cache_proj)
         if feature_grad:
             grads["features"] = dfeatures

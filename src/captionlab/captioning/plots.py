@@ -1,7 +1,9 @@
-"""Loss curves of one or several training runs, as a PNG (Agg; no pyplot state)."""
+"""Figures of captioning: loss curves of training runs (a PNG) and attention maps (a
+matplotlib Figure per image). Agg only; no pyplot state."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from captionlab._atomic import atomic_write
+from captionlab.tokens import END, NULL, START
 
-__all__ = ["plot_loss_curves"]
+__all__ = ["attention_figure", "attention_map", "caption_words", "plot_loss_curves"]
 
 
 def _smooth(values: np.ndarray, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -70,3 +73,88 @@ def plot_loss_curves(path: str | os.PathLike, runs: Mapping[str, Mapping]) -> Pa
             a.legend(fontsize=8)
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+# ---------------------------------------------------------------------------- attention
+def caption_words(words: np.ndarray, idx_to_word) -> list[str]:
+    """The words of one generated caption (T,) before its ``<END>``; word ``t`` is the one
+    step ``t`` chose, so it pairs with that step's attention ``alphas[t]``."""
+    out = []
+    for idx in np.asarray(words).reshape(-1):
+        word = idx_to_word[int(idx)]
+        if word in (END, NULL):
+            break
+        if word != START:
+            out.append(word)
+    return out
+
+
+def attention_map(alpha: np.ndarray, size: int) -> np.ndarray:
+    """One step's attention over ``s x s`` cells (L = s*s,) -> a smooth (size, size) map.
+
+    Each cell covers its square of the image (row-major, top-left first, as the grid is
+    stored); the map is the cells' weights interpolated bicubically between the cells'
+    centres (held constant beyond the outer centres), clipped at 0 and scaled so that its
+    largest value is 1. A uniform attention gives a flat map.
+    """
+    from skimage.transform import resize
+
+    alpha = np.asarray(alpha, dtype=np.float64)
+    side = math.isqrt(alpha.size)
+    if side * side != alpha.size:
+        raise ValueError(f"alpha must hold s*s cell weights, got {alpha.size}")
+    heat = resize(alpha.reshape(side, side), (size, size), order=3, mode="edge")
+    heat = np.clip(heat, 0, None)
+    top = heat.max()
+    return heat / top if top > 0 else heat
+
+
+def attention_figure(image: np.ndarray, words, alphas: np.ndarray, *, columns: int = 6):
+    """Show, Attend and Tell's figure: the image with its caption, then one panel per word,
+    the image dimmed where the word's step did not look.
+
+    Args:
+        image: the image as the network saw it, uint8 (S, S, 3).
+        words: T words (:func:`caption_words`).
+        alphas: (T, L) the attention of each word's step over the L = s*s cells.
+        columns: panels per row.
+
+    Returns:
+        a matplotlib Figure (save it with ``captionlab.vision.figures.save_figure``).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    image = np.asarray(image)
+    alphas = np.asarray(alphas)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (S, S, 3), got {image.shape}")
+    words = list(words)
+    if alphas.ndim != 2 or alphas.shape[0] < len(words):
+        raise ValueError(f"alphas must be (T, L) with T >= {len(words)} words, got {alphas.shape}")
+    S = image.shape[0]
+    panels = 1 + len(words)
+    cols = min(columns, panels)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(1.9 * cols, 2.15 * rows))
+    FigureCanvasAgg(fig)
+    base = image.astype(np.float32) / 255.0
+    grey = base.mean(axis=2, keepdims=True)
+    for k in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.set_axis_off()
+        if k == 0:
+            ax.imshow(image)
+            ax.set_title("image", fontsize=9)
+        elif k < panels:
+            heat = attention_map(alphas[k - 1], S)[:, :, None]  # (S, S, 1) in [0, 1]
+            # Where the step looked, the image keeps its colours; elsewhere it fades to a
+            # dark grey, so the map never hides the colour a word names.
+            shown = heat * base + (1 - heat) * (0.25 * grey + 0.05)
+            ax.imshow(np.clip(shown, 0, 1))
+            ax.contour(heat[:, :, 0], levels=[0.5], colors=["#ffd400"], linewidths=0.8)
+            peak = float(alphas[k - 1].max())
+            ax.set_title(f"{words[k - 1]}  ({peak:.2f})", fontsize=9)
+    fig.suptitle(" ".join(words), fontsize=10, y=0.995)
+    fig.tight_layout()
+    return fig

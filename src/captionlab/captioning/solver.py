@@ -9,8 +9,15 @@ The data dict (cs231n layout; arrays, not files)::
     train_captions   (N, T) int     word indices, <START> ... <END> <NULL> ...
     train_image_idxs (N,)   int     row of train_features for each caption
     train_features   (M, ...) float one image's features per row: (M, D) pooled vectors, or
-                                    (M, L, D) grids, as the model's ``feature_shape`` says
+                                    (M, L, D) grids, as the model's ``feature_shape`` says;
+                                    an array, or an object that reads the rows it is indexed
+                                    with (``shape``, ``dtype``, ``ndim``, ``x[idx]``, as a
+                                    feature store's ``StoredRows``), so grids too large for
+                                    memory are read minibatch by minibatch
     val_captions, val_image_idxs, val_features    the same, optional
+    val_texts        (N,) str       optional: each validation caption as text, the reference the
+                                    metric compares with (default: val_captions decoded, where
+                                    a word outside the vocabulary reads "<UNK>")
     idx_to_word      list or dict   optional (the model's vocabulary is used otherwise)
     word_to_idx      dict           optional
 
@@ -56,6 +63,9 @@ class SolverOptions:
     Attributes:
         seed: seeds the minibatch order; the same seed (and model) gives the same run.
         grad_clip: if set, scale the gradients so their global L2 norm is at most this.
+        divergence_factor: stop (:class:`TrainingDivergedError`) when a step's loss exceeds
+            this many times the run's first loss (an untrained model's); ``None``: only a
+            NaN or infinite loss or gradient stops training.
         patience: stop after this many epochs without improvement of the monitored value.
         monitor: ``'auto'`` (the validation metric if there is validation data and a
             metric, else the validation loss, else the epoch's training loss),
@@ -85,6 +95,7 @@ class SolverOptions:
 
     seed: int | None = None
     grad_clip: float | None = None
+    divergence_factor: float | None = 100.0
     patience: int | None = None
     monitor: str = "auto"
     metric: Callable[[list[str], list[list[str]]], float] | None = None
@@ -205,7 +216,9 @@ class CaptioningSolver:
 
     # ------------------------------------------------------------------ set-up
     def _array(self, key: str, ndim: int, kind: str, dims: str) -> np.ndarray:
-        value = np.asarray(self.data[key])
+        value = self.data[key]
+        if not all(hasattr(value, a) for a in ("shape", "dtype", "ndim", "__getitem__")):
+            value = np.asarray(value)  # rows readers (StoredRows) stay as they are
         if value.ndim != ndim or value.dtype.kind not in kind:
             raise DataError(
                 f"data[{key!r}] must be a {dims} array of "
@@ -258,6 +271,16 @@ class CaptioningSolver:
             return
         images = np.unique(self.val_image_idxs)  # (I,)
         count = min(self.options.val_images, images.size)
+        if count == 0:  # no images decoded: the validation loss over all images is monitored
+            loss_rows = np.arange(self.val_captions.shape[0])
+            if loss_rows.size > self.options.val_loss_captions:
+                keep = np.linspace(0, loss_rows.size - 1, self.options.val_loss_captions)
+                loss_rows = np.unique(keep.round().astype(np.int64))
+            self.val_subset = {
+                "images": images[:0], "caption_rows": loss_rows, "references": None,
+                "idx_to_word": None,
+            }  # fmt: skip
+            return
         pick = np.unique(np.linspace(0, images.size - 1, count).round().astype(np.int64))
         images = images[pick]
         cap_rows = np.flatnonzero(np.isin(self.val_image_idxs, images))
@@ -268,7 +291,17 @@ class CaptioningSolver:
         idx_to_word = self.data.get("idx_to_word", getattr(self.model, "idx_to_word", None))
         references = None
         if idx_to_word is not None:
-            texts = captions_to_text(self.val_captions[cap_rows], idx_to_word)
+            given = self.data.get("val_texts")
+            if given is not None and len(given) != self.val_captions.shape[0]:
+                raise DataError(
+                    f"data['val_texts'] must hold one text per validation caption "
+                    f"({self.val_captions.shape[0]}), got {len(given)}"
+                )
+            texts = (
+                [str(given[r]) for r in cap_rows]
+                if given is not None
+                else captions_to_text(self.val_captions[cap_rows], idx_to_word)
+            )
             by_image: dict[int, list[str]] = {int(i): [] for i in images}
             for row, text in zip(cap_rows, texts, strict=True):
                 by_image[int(self.val_image_idxs[row])].append(text)
@@ -354,6 +387,15 @@ class CaptioningSolver:
                 f"solver state has optimizer state for {sorted(self.optim_configs)}, "
                 f"the model has parameters {sorted(self.model.params)}"
             )
+        arrays = [(f"optim_configs.{p}.{k}", p, v) for p, c in self.optim_configs.items()
+                  for k, v in c.items() if isinstance(v, np.ndarray)]  # fmt: skip
+        arrays += [(f"best.params.{p}", p, v) for p, v in (self.best_params or {}).items()]
+        for where, name, value in arrays:
+            want = self.model.params[name].shape if name in self.model.params else None
+            if value.shape != want:
+                raise CheckpointError(
+                    f"solver state field {where!r} must have shape {want}, got {value.shape}"
+                )
 
     def resume(self, path: str | os.PathLike) -> None:
         """Load parameters and solver state from a checkpoint this solver wrote."""
@@ -385,12 +427,19 @@ class CaptioningSolver:
         features = self.train_features[self.train_image_idxs[batch]]  # (B, D)
         loss, grads = self.model.loss(features, captions)
         norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+        where = f"at epoch {self.epoch + 1}, iteration {self.iteration + 1}"
         if not np.isfinite(loss) or not np.isfinite(norm):
             what = "loss" if not np.isfinite(loss) else "gradient norm"
             value = loss if not np.isfinite(loss) else norm
-            self._diverged(
-                f"{what} became {value} at epoch {self.epoch + 1}, iteration {self.iteration + 1}"
-            )
+            self._diverged(f"{what} became {value} {where}")
+        factor = self.options.divergence_factor
+        if factor is not None and self.loss_history:
+            first = abs(self.loss_history[0])
+            if first > 0 and loss > factor * first:
+                self._diverged(
+                    f"the loss grew from {self.loss_history[0]:.4g} (first iteration) to "
+                    f"{loss:.4g} {where}, more than {factor:g} times"
+                )
         self.grad_norm_history.append(norm)
         clip = self.options.grad_clip
         if clip is not None and norm > clip:
@@ -409,11 +458,15 @@ class CaptioningSolver:
         if self.options.restore_best and self.best_params is not None:
             self._restore_best()
             kept = f"; the model holds the best parameters (epoch {self.best_epoch})"
-        ckpt = (
-            f"; last good checkpoint: {self.last_checkpoint}"
-            if self.last_checkpoint is not None
-            else ""
-        )
+        ckpt = ""
+        if self.last_checkpoint is not None:
+            best = Path(self.options.checkpoint_dir) / "best.npz"
+            ckpt = (
+                f"; kept: the best checkpoint {best} (epoch {self.best_epoch}) and the last "
+                f"good checkpoint: {self.last_checkpoint}"
+            )
+        elif self.options.checkpoint_dir is not None:
+            ckpt = "; no epoch had finished, so no checkpoint was written"
         self.stop_reason = f"diverged: {what}"
         raise TrainingDivergedError(
             f"training stopped: {what} (try a lower learning rate or grad_clip){kept}{ckpt}"
@@ -485,24 +538,28 @@ class CaptioningSolver:
             unit="it",
         )
         say = bar.write if self.options.progress else print
+        # Overflow is checked at every step (a NaN or infinite loss, or a loss growing past
+        # divergence_factor, stops training with one message); NumPy's warnings would only
+        # repeat it, before it.
         try:
-            while self.epoch < self.num_epochs:
-                order = self.rng.permutation(N)
-                epoch_losses = []
-                for j in range(iterations_per_epoch):
-                    batch = order[j * self.batch_size : (j + 1) * self.batch_size]
-                    loss = self._step(batch)
-                    epoch_losses.append(loss)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-                    if self.verbose and self.iteration % self.print_every == 0:
-                        say(f"(Iteration {self.iteration} / {num_iterations}) loss: {loss:f}")
-                self.epoch += 1
-                for config in self.optim_configs.values():
-                    if "learning_rate" in config:
-                        config["learning_rate"] *= self.lr_decay
-                if self._end_epoch(float(np.mean(epoch_losses)), monitor, say):
-                    break
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                while self.epoch < self.num_epochs:
+                    order = self.rng.permutation(N)
+                    epoch_losses = []
+                    for j in range(iterations_per_epoch):
+                        batch = order[j * self.batch_size : (j + 1) * self.batch_size]
+                        loss = self._step(batch)
+                        epoch_losses.append(loss)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                        if self.verbose and self.iteration % self.print_every == 0:
+                            say(f"(Iteration {self.iteration} / {num_iterations}) loss: {loss:f}")
+                    self.epoch += 1
+                    for config in self.optim_configs.values():
+                        if "learning_rate" in config:
+                            config["learning_rate"] *= self.lr_decay
+                    if self._end_epoch(float(np.mean(epoch_losses)), monitor, say):
+                        break
         finally:
             bar.close()
         if self.options.restore_best and self.best_params is not None:

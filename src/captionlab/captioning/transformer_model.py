@@ -255,12 +255,15 @@ class CaptioningTransformer:
         return transformer_param_shapes(_transformer_config(config), vocab_size)
 
     @classmethod
-    def from_config(cls, word_to_idx: dict[str, int], config: dict) -> CaptioningTransformer:
-        """A model of the architecture ``config`` (weights to be loaded over it)."""
+    def from_config(
+        cls, word_to_idx: dict[str, int], config: dict, seed: int = 0
+    ) -> CaptioningTransformer:
+        """A model of the architecture ``config``, initialised from ``seed`` (weights to be
+        loaded over it, or trained)."""
         c = _transformer_config(config)
         return cls(
             word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length,
-            c.dropout, np.dtype(c.dtype), seed=0, dim_feedforward=c.dim_feedforward,
+            c.dropout, np.dtype(c.dtype), seed=seed, dim_feedforward=c.dim_feedforward,
             grid=c.grid, num_cells=c.num_cells,
         )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from captionlab.bounds import add_number, integer
 from captionlab.cli import add_json_flag
 
 
@@ -14,17 +15,30 @@ def register(sub) -> None:
     )
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True, help="RUN/, RUN/best or a .npz checkpoint")
-    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
+    add_number(p, "--beam", bound=integer(1, 100), default=3, help="beam size (1 = greedy)")
     p.add_argument("--device", default="cpu", help="cpu or cuda for the feature extractor")
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="DIR",
+        help="(attention models) write one figure per image into DIR: the image and, for "
+        "every word of its caption, where the model looked (DIR/<image>_attention.png)",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> dict:
-    from captionlab.runs.inference import caption_images
+    from captionlab.runs.inference import caption_image_files
 
-    results = caption_images(args.model, args.images, beam=args.beam, device=args.device)
+    result = caption_image_files(
+        args.model, args.images, beam=args.beam, device=args.device, attention_dir=args.attention
+    )
     if not args.json:
-        for r in results:
+        for r in result["captions"]:
             print(f"{r['image']}: {r['caption']}")
-    return {"model": args.model, "beam": args.beam, "captions": results}
+            if "figure" in r:
+                print(f"  attention: {r['figure']}")
+        if result["note"]:
+            print(f"note: {result['note']}")
+    return {"model": args.model, "beam": args.beam, **result}

@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
+from captionlab.bounds import add_number, integer
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, load_model, write_figure
-from captionlab.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         description="Print the backbone's top-k ImageNet classes with probabilities.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help=image_help())
-    p.add_argument("--top", type=int, default=5, help="how many classes to list per image")
+    add_number(
+        p, "--top", bound=integer(1, 1000), default=5, help="how many classes to list per image"
+    )
     p.add_argument(
         "--out", default=None, help="also write a PNG with each photo and its top classes"
     )
@@ -31,8 +33,6 @@ def run(args) -> dict:
     from captionlab.vision.images import image_stem, read_image
     from captionlab.vision.tasks import classify
 
-    if not 1 <= args.top <= 1000:
-        raise UserError(f"--top must be in 1..1000, got {args.top}")
     pixels = np.stack([read_image(spec) for spec in args.images])  # (N, 224, 224, 3)
     model = load_model(args.device)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from captionlab.bounds import SEED, add_number, integer
 from captionlab.cli import add_json_flag
 from captionlab.data import Vocabulary, dataset_summary, load_coco_data, load_dataset
 from captionlab.data.shapes import generate_shapes
@@ -32,13 +33,20 @@ def register(subparsers) -> None:
         "shapes", help="generate the seeded shapes benchmark (cached: same arguments, no work)"
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
-    p.add_argument("--train", type=int, default=4000, help="training images (default: 4000)")
-    p.add_argument("--val", type=int, default=500, help="validation images (default: 500)")
-    p.add_argument("--test", type=int, default=500, help="test images (default: 500)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; fixes every image and split")
+    count = integer(0, 10**7)
+    add_number(p, "--train", bound=count, default=4000, help="training images (default: 4000)")
+    add_number(p, "--val", bound=count, default=500, help="validation images (default: 500)")
+    add_number(p, "--test", bound=count, default=500, help="test images (default: 500)")
+    add_number(
+        p,
+        "--size",
+        bound=integer(32, 1024),
+        default=128,
+        help="image side in pixels (default: 128)",
+    )
+    add_number(p, "--seed", bound=SEED, default=0, help="random seed; fixes every image and split")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    add_json_flag(p)
+    add_json_flag(p, nested=True)
     p.set_defaults(func=run)
 
     p = actions.add_parser("info", help="read a dataset and print its splits and counts")
@@ -46,16 +54,23 @@ def register(subparsers) -> None:
         "path", type=Path, help="dataset.json, captions_*.json, a folder, or cs231n's folder"
     )
     p.add_argument("--image-root", type=Path, default=None, help="folder the images are in")
-    add_json_flag(p)
+    add_json_flag(p, nested=True)
     p.set_defaults(func=run)
 
     p = actions.add_parser("vocab", help="build a vocabulary JSON from a dataset's captions")
     p.add_argument("path", type=Path, help="dataset.json, captions_*.json, or a folder")
-    p.add_argument("--out", required=True, type=Path, help="vocabulary JSON file to write")
-    p.add_argument("--min-count", type=int, default=1, help="keep words seen this often")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="vocabulary JSON file to write (a folder: vocab.json in it)",
+    )
+    add_number(
+        p, "--min-count", bound=integer(1, 10**9), default=1, help="keep words seen this often"
+    )
     p.add_argument("--split", default="train", help="split whose captions count (default: train)")
     p.add_argument("--image-root", type=Path, default=None, help="folder the images are in")
-    add_json_flag(p)
+    add_json_flag(p, nested=True)
     p.set_defaults(func=run)
 
 
@@ -90,6 +105,8 @@ def run(args: argparse.Namespace) -> dict:
     if action == "vocab":
         ds = load_dataset(args.path, args.image_root, check_images=False)
         vocab = Vocabulary.build(ds.all_captions(args.split), min_count=args.min_count)
+        if args.out.is_dir():
+            args.out = args.out / "vocab.json"
         vocab.save(args.out)
         if not args.json:
             print(f"{args.out}: {len(vocab)} words (min count {args.min_count})")

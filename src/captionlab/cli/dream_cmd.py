@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from captionlab.bounds import add_number
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, load_model, write_figure
-from captionlab.errors import UserError
 from captionlab.vision.class_viz_defaults import DEFAULTS
+from captionlab.vision.settings import DREAM
 
 
 def register(subparsers) -> None:
@@ -15,32 +16,21 @@ def register(subparsers) -> None:
         description="Gradient ascent from noise on class scores, with L2, jitter and blur.",
     )
     p.add_argument("classes", nargs="+", metavar="CLASS", help="ImageNet class by index or name")
-    p.add_argument(
-        "--iterations",
-        type=int,
-        default=DEFAULTS["num_iterations"],
-        help="gradient steps",
+    number = [
+        ("--iterations", "num_iterations", "gradient steps"),
+        ("--lr", "learning_rate", "L2 length of each step"),
+        ("--l2", "l2_reg", "weight of the L2 penalty on the image"),
+        ("--blur-every", "blur_every", "blur every N steps (0: never)"),
+        ("--blur-sigma", "blur_sigma", "blur width in pixels"),
+        ("--jitter", "max_jitter", "largest random shift"),
+        ("--init-std", "init_std", "std of the start noise"),
+    ]
+    for flag, key, help_text in number:
+        add_number(p, flag, bound=DREAM[key], default=DEFAULTS[key], help=help_text)
+    add_number(p, "--size", bound=DREAM["size"], default=224, help="image side in pixels")
+    add_number(
+        p, "--seed", bound=DREAM["seed"], default=0, help="seed of the start noise and jitter"
     )
-    p.add_argument(
-        "--lr", type=float, default=DEFAULTS["learning_rate"], help="L2 length of each step"
-    )
-    p.add_argument(
-        "--l2", type=float, default=DEFAULTS["l2_reg"], help="weight of the L2 penalty on the image"
-    )
-    p.add_argument(
-        "--blur-every", type=int, default=DEFAULTS["blur_every"], help="blur every N steps"
-    )
-    p.add_argument(
-        "--blur-sigma", type=float, default=DEFAULTS["blur_sigma"], help="blur width in pixels"
-    )
-    p.add_argument(
-        "--jitter", type=int, default=DEFAULTS["max_jitter"], help="largest random shift"
-    )
-    p.add_argument(
-        "--init-std", type=float, default=DEFAULTS["init_std"], help="std of the start noise"
-    )
-    p.add_argument("--size", type=int, default=224, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the start noise and jitter")
     p.add_argument("--out", default="dream.png", help="PNG to write (default: ./dream.png)")
     add_device_flag(p)
     add_json_flag(p)
@@ -52,13 +42,6 @@ def run(args) -> dict:
     from captionlab.vision.imagenet import resolve_class
     from captionlab.vision.tasks import dream
 
-    if args.iterations < 0 or args.blur_every < 0 or args.jitter < 0:
-        raise UserError(
-            "--iterations, --blur-every and --jitter must be >= 0, got "
-            f"{args.iterations}, {args.blur_every}, {args.jitter}"
-        )
-    if not 32 <= args.size <= 1024:
-        raise UserError(f"--size must be in 32..1024 pixels, got {args.size}")
     targets = [resolve_class(c) for c in args.classes]
     model = load_model(args.device)
     res = dream(

@@ -1,7 +1,8 @@
 """``captionlab features``: extract EfficientNet-Lite0 features of a dataset into HDF5.
 
 captionlab features SOURCE --out FEATURES.h5 [--size 160] [--pool avg+2x2] [--pca 512]
-                    [--grid] [--device cuda] [--batch-size 64] [--restart] [--overwrite]
+                    [--grid [--grid-taps block10+grid] [--grid-cells 5] [--grid-pca 256]]
+                    [--device cuda] [--batch-size 64] [--restart] [--overwrite]
 
 SOURCE is a Karpathy ``dataset.json``, a COCO ``captions_*.json`` or a folder of images.
 An interrupted run resumes when started again with the same arguments.
@@ -14,7 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+from captionlab.bounds import add_number, field_bound, integer
 from captionlab.cli import add_json_flag
+from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.errors import UserError
 
 _DEFAULTS = {"size": 160, "pool": "avg", "batch_size": 64}
@@ -41,9 +44,10 @@ def register(subparsers) -> None:
         default=None,
         help="folder the dataset's image paths are relative to (default: the file's folder)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--size",
-        type=int,
+        bound=field_bound(FeatureExtractorConfig, "image_size"),
         default=_DEFAULTS["size"],
         metavar="PX",
         help="image side after resize and centre crop: 128, 160 or 224 are typical "
@@ -56,9 +60,10 @@ def register(subparsers) -> None:
         "(1280), KxK (average over KxK cells, K*K*1280); 'avg+2x2' (6400) keeps left/right "
         "(default: avg)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--pca",
-        type=int,
+        bound=integer(1),
         default=None,
         metavar="DIM",
         help="project features to DIM dimensions by PCA fitted on the train split; the basis "
@@ -72,24 +77,52 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--grid",
         action="store_true",
-        help="also store the last feature map (h x w x 1280, float16) for attention models",
+        help="also store an attention grid per image (L cells x Dg values, float16) for "
+        "attention models, from the same forward pass: by default block10 and the last "
+        "feature map on the last map's cells (5x5 at 160 px), PCA to 256 per cell",
+    )
+    parser.add_argument(
+        "--grid-taps",
+        default="block10+grid",
+        help="taps concatenated per grid cell: 'grid' (the last feature map, 1280 channels) "
+        "and/or 'blockN' (N = 0..15, e.g. block10: 112 channels at stride 16), joined by '+' "
+        "(default: block10+grid)",
+    )
+    parser.add_argument(
+        "--grid-cells",
+        type=int,
+        default=None,
+        metavar="S",
+        help="cells per side of the grid, S x S cells (default: the last feature map's side, "
+        "ceil(size / 32))",
+    )
+    parser.add_argument(
+        "--grid-pca",
+        type=int,
+        default=256,
+        metavar="DIM",
+        help="project every grid cell to DIM values by one PCA fitted on training cells and "
+        "stored in the file; 0 keeps the raw cells (default: 256)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    parser.add_argument(
+    add_number(
+        parser,
         "--batch-size",
-        type=int,
+        bound=integer(1, 4096),
         default=_DEFAULTS["batch_size"],
         help="images per forward pass (default: 64)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--workers",
-        type=int,
+        bound=integer(0, 64),
         default=2,
         help="threads decoding images while the network runs; 0 decodes in line (default: 2)",
     )
-    parser.add_argument(
+    add_number(
+        parser,
         "--threads",
-        type=int,
+        bound=integer(1, 1024),
         default=None,
         help="torch CPU threads (default: torch's choice, one per core); 1 can be faster "
         "on a machine busy with other work",
@@ -104,8 +137,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="use NCHW memory layout instead of channels-last (for speed comparisons)",
     )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="extract only the first N images (quick runs)"
+    add_number(
+        parser,
+        "--limit",
+        bound=integer(1),
+        default=None,
+        help="extract only the first N images (quick runs)",
     )
     parser.add_argument(
         "--restart",
@@ -123,20 +160,23 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from captionlab.extract import FeatureExtractorConfig, extract_features
+    from captionlab.extract import extract_features
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    raw_dim = FeatureExtractorConfig(pool=args.pool).raw_dim
+    if args.pca is not None and args.pca > raw_dim:
+        raise UserError(
+            f"--pca must be an integer in 1..{raw_dim} (the pooled size of --pool "
+            f"{args.pool}), got {args.pca}"
+        )
     config = FeatureExtractorConfig(
         image_size=args.size,
         pool=args.pool,
         grid=args.grid,
         pca_dim=args.pca,
         pca_fit_split=args.pca_fit_split or None,
+        grid_taps=args.grid_taps,
+        grid_cells=args.grid_cells,
+        grid_pca_dim=args.grid_pca or None,
         fold_bn=not args.no_fold_bn,
         channels_last=not args.no_channels_last,
     )
@@ -163,9 +203,11 @@ def run(args: argparse.Namespace) -> dict:
             )
         else:
             rate = summary["images_per_s"]
+            grid = summary.get("grid")
             print(
                 f"{summary['out']}: {summary['stored']} of {summary['images']} images, "
                 f"{summary['feature_dim']}-d features"
+                + (f", grid of {grid[0]} cells x {grid[1]}" if grid else "")
                 + (f" (resumed after {summary['resumed_from']})" if summary["resumed_from"] else "")
                 + (f", {rate:.1f} images/s on {summary['device']}" if rate else "")
             )

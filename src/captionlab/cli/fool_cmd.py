@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
+from captionlab.bounds import add_number
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, load_model, write_figure
 from captionlab.errors import UserError
+from captionlab.vision.settings import FOOL
 
 
-def parse_epsilon(text: str) -> float:
-    """``"8/255"`` or ``"0.031"`` -> a fraction of the pixel range in [0, 1]."""
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError) as exc:
-        raise UserError(f"--epsilon must be like 8/255 or 0.031, got {text!r}") from exc
-    if not 0 <= value <= 1:
-        raise UserError(
-            f"--epsilon is a fraction of the pixel range in [0, 1] (e.g. 8/255), got {text!r}"
-        )
-    return value
+def parse_epsilon(text: str, flag: str = "--epsilon") -> float:
+    """``"8/255"`` or ``"0.031"`` -> a fraction of the pixel range in [0, 1]; a bad value
+    raises UserError naming ``flag`` (``--epsilon`` or ``--step-size``)."""
+    bound = FOOL["step_size"] if flag == "--step-size" else FOOL["epsilon"]
+    return bound.parse(text, flag)
 
 
 def register(subparsers) -> None:
@@ -36,19 +30,38 @@ def register(subparsers) -> None:
     p.add_argument(
         "--target", required=True, help="class to fool the network into, by index or name"
     )
-    p.add_argument(
+    add_number(
+        p,
         "--epsilon",
+        bound=FOOL["epsilon"],
         default=None,
         help="L-infinity budget as a fraction of the pixel range, e.g. 4/255 (PGD)",
     )
-    p.add_argument("--max-iter", type=int, default=100, help="step cap of the attack (default 100)")
-    p.add_argument("--lr", type=float, default=1.0, help="unbounded attack: L2 length of each step")
-    p.add_argument(
-        "--step-size", default=None, help="PGD: step per pixel, like 1/255 (default epsilon/4)"
+    add_number(
+        p,
+        "--max-iter",
+        bound=FOOL["max_iter"],
+        default=100,
+        help="step cap of the attack (default 100)",
     )
-    p.add_argument(
+    add_number(
+        p,
+        "--lr",
+        bound=FOOL["learning_rate"],
+        default=1.0,
+        help="unbounded attack: L2 length of each step",
+    )
+    add_number(
+        p,
+        "--step-size",
+        bound=FOOL["step_size"],
+        default=None,
+        help="PGD: step per pixel, like 1/255 (default epsilon/4)",
+    )
+    add_number(
+        p,
         "--confidence",
-        type=float,
+        bound=FOOL["confidence"],
         default=0.9,
         help="keep going after the flip until the target has this probability (0 = stop at flip)",
     )
@@ -64,13 +77,10 @@ def run(args) -> dict:
     from captionlab.vision.images import image_stem, read_image
     from captionlab.vision.tasks import fool
 
-    if args.max_iter < 0:
-        raise UserError(f"--max-iter must be >= 0, got {args.max_iter}")
-    if not 0 <= args.confidence < 1:
-        raise UserError(f"--confidence must be in [0, 1), got {args.confidence}")
     target = resolve_class(args.target)
-    epsilon = None if args.epsilon is None else parse_epsilon(args.epsilon)
-    step = None if args.step_size is None else parse_epsilon(args.step_size)
+    epsilon, step = args.epsilon, args.step_size
+    if step is not None and epsilon is None:
+        raise UserError("--step-size is a PGD setting: give --epsilon too (e.g. 4/255)")
     pixels = read_image(args.image)
     model = load_model(args.device)
     res = fool(

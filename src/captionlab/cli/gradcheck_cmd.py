@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from captionlab.bounds import SEED, add_number
 from captionlab.cli import add_json_flag
 from captionlab.errors import UserError
 from captionlab.nn.gradcheck import check_layers
@@ -19,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "pass/fail). Exits with status 1 when any check fails."
         ),
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random inputs (default: 0)"
+    add_number(
+        parser, "--seed", bound=SEED, default=0, help="seed of the random inputs (default: 0)"
     )
     parser.add_argument(
         "--layer",

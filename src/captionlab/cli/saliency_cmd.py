@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from captionlab.bounds import add_number
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, load_model, write_figure
-from captionlab.errors import UserError
+from captionlab.vision.settings import SALIENCY
 
 CHOICES = ("vanilla", "smoothgrad", "ig", "all")
 
@@ -27,14 +28,24 @@ def register(subparsers) -> None:
         default=None,
         help="class to explain, by index or ImageNet name (default: the predicted class)",
     )
-    p.add_argument("--samples", type=int, default=25, help="SmoothGrad: noisy copies")
-    p.add_argument(
-        "--noise", type=float, default=0.15, help="SmoothGrad: noise std / image value range"
+    add_number(
+        p, "--samples", bound=SALIENCY["samples"], default=25, help="SmoothGrad: noisy copies"
     )
-    p.add_argument(
-        "--steps", type=int, default=32, help="Integrated Gradients: path points (black baseline)"
+    add_number(
+        p,
+        "--noise",
+        bound=SALIENCY["noise"],
+        default=0.15,
+        help="SmoothGrad: noise std / image value range",
     )
-    p.add_argument("--seed", type=int, default=0, help="SmoothGrad: noise seed")
+    add_number(
+        p,
+        "--steps",
+        bound=SALIENCY["steps"],
+        default=32,
+        help="Integrated Gradients: path points (black baseline)",
+    )
+    add_number(p, "--seed", bound=SALIENCY["seed"], default=0, help="SmoothGrad: noise seed")
     p.add_argument(
         "--out", default=None, help="PNG to write (default: ./<image>_saliency_<method>.png)"
     )
@@ -49,10 +60,6 @@ def run(args) -> dict:
     from captionlab.vision.images import image_stem, read_image
     from captionlab.vision.tasks import saliency_maps
 
-    if args.samples < 1 or args.steps < 1:
-        raise UserError(f"--samples and --steps must be >= 1, got {args.samples}, {args.steps}")
-    if args.noise < 0:
-        raise UserError(f"--noise must be >= 0, got {args.noise}")
     target = None if args.target is None else resolve_class(args.target)
     pixels = read_image(args.image)  # (224, 224, 3)
     model = load_model(args.device)

@@ -21,8 +21,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from captionlab.data._io import read_json, require
-from captionlab.data.vocab import Vocabulary
+from captionlab.data._io import h5_dataset, read_json, require
+from captionlab.data.features import StoredRows
+from captionlab.data.vocab import Vocabulary, tokenize
 from captionlab.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -33,22 +34,28 @@ class ImageRecord:
     """One image and its reference captions.
 
     ``image_id`` is a string key (Karpathy ``cocoid`` or ``imgid``; COCO ``id``) shared with
-    the features store; ``path`` is the image file; ``split`` is train, val or test.
+    the features store; ``path`` is the image file; ``split`` is train, val or test; ``file``
+    is the path as the dataset wrote it, relative to the image root (``filepath/filename``),
+    always inside it (absolute paths and ``..`` are refused when the file is read).
     """
 
     image_id: str
     path: Path
     split: str
     captions: tuple[str, ...]
+    file: str = ""
 
 
 @dataclass
 class CaptionDataset:
-    """Images with captions, from one file. ``name`` is the format ("karpathy", "coco")."""
+    """Images with captions, from one file. ``name`` is the format ("karpathy", "coco");
+    ``title`` what the file calls its data, when it does (Karpathy's ``dataset`` field:
+    ``"flickr8k"``, ``"coco"``, or ``"shapes"`` for the generated benchmark)."""
 
     name: str
     source: Path
     images: list[ImageRecord] = field(default_factory=list)
+    title: str | None = None
 
     def split(self, name: str) -> list[ImageRecord]:
         """The records of split ``name`` (train, val or test), in file order."""
@@ -113,6 +120,25 @@ def load_dataset(
     return ds
 
 
+def inside_root(value: str, field: str, path: Path, allow_empty: bool = False) -> str:
+    """``value`` (a path from a dataset file) as a relative POSIX path that stays inside the
+    image root; an absolute path, a ``..`` part or a NUL byte is refused naming ``field``."""
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    bad = (
+        (not parts and not allow_empty)
+        or value.startswith(("/", "\\"))
+        or ".." in value.replace("\\", "/").split("/")
+        or "\0" in value
+        or (len(value) > 1 and value[1] == ":")  # a Windows drive, C:
+    )
+    if bad:
+        raise DataError(
+            f"{path}: field '{field}' must be a path inside the image folder (relative, "
+            f"without '..'), got {value!r:.80}"
+        )
+    return "/".join(parts)
+
+
 def _read_karpathy(path: Path, data: dict, image_root: str | Path | None) -> CaptionDataset:
     root = Path(image_root) if image_root is not None else path.parent
     records = []
@@ -121,6 +147,8 @@ def _read_karpathy(path: Path, data: dict, image_root: str | Path | None) -> Cap
         where = f"images[{i}]"
         filename = require(im, "filename", str, where, path)
         filepath = require(im, "filepath", str, where, path) if "filepath" in im else ""
+        filename = inside_root(filename, f"{where}.filename", path)
+        filepath = inside_root(filepath, f"{where}.filepath", path, allow_empty=True)
         key = "cocoid" if "cocoid" in im else "imgid"
         image_id = str(require(im, key, (int, str), where, path))
         if image_id in seen:
@@ -136,7 +164,7 @@ def _read_karpathy(path: Path, data: dict, image_root: str | Path | None) -> Cap
         sentences = require(im, "sentences", list, where, path)
         captions = []
         for j, s in enumerate(sentences):
-            if "raw" in s:
+            if isinstance(s, dict) and "raw" in s:
                 captions.append(require(s, "raw", str, f"{where}.sentences[{j}]", path))
             else:
                 tokens = require(s, "tokens", list, f"{where}.sentences[{j}]", path)
@@ -148,8 +176,10 @@ def _read_karpathy(path: Path, data: dict, image_root: str | Path | None) -> Cap
                 f"{path}: field '{where}.sentids' lists {len(im['sentids'])} ids but "
                 f"'{where}.sentences' holds {len(captions)} sentences"
             )
-        records.append(ImageRecord(image_id, root / filepath / filename, split, tuple(captions)))
-    return CaptionDataset("karpathy", path, records)
+        file = f"{filepath}/{filename}" if filepath else filename
+        records.append(ImageRecord(image_id, root / file, split, tuple(captions), file))
+    title = data.get("dataset") if isinstance(data.get("dataset"), str) else None
+    return CaptionDataset("karpathy", path, records, title)
 
 
 def _read_coco(
@@ -166,7 +196,8 @@ def _read_coco(
         image_id = require(im, "id", (int, str), f"images[{i}]", path)
         if image_id in files:
             raise DataError(f"{path}: field 'images[{i}].id' repeats image id {image_id!r}")
-        files[image_id] = require(im, "file_name", str, f"images[{i}]", path)
+        name = require(im, "file_name", str, f"images[{i}]", path)
+        files[image_id] = inside_root(name, f"images[{i}].file_name", path)
     captions: dict[int | str, list[str]] = {k: [] for k in files}
     for i, ann in enumerate(anns):
         image_id = require(ann, "image_id", (int, str), f"annotations[{i}]", path)
@@ -185,11 +216,15 @@ def _read_coco(
     else:
         root = Path(image_root)
     records = [
-        ImageRecord(str(k), root / files[k], split, tuple(captions[k]))
+        ImageRecord(str(k), root / files[k], split, tuple(captions[k]), files[k])
         for k in files
         if captions[k]
     ]
-    return CaptionDataset("coco", path, records)
+    ids = [r.image_id for r in records]
+    if len(set(ids)) != len(ids):  # 7 and "7" are one image id in a feature store
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"{path}: field 'images[].id' repeats image id {dup!r} (as text)")
+    return CaptionDataset("coco", path, records, "coco")
 
 
 def _coco_folder(path: Path) -> str:
@@ -198,8 +233,15 @@ def _coco_folder(path: Path) -> str:
     return stem.split("_", 1)[1] if "_" in stem else stem
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        return False
+
+
 def _check_images_exist(ds: CaptionDataset) -> None:
-    missing = [r for r in ds.images if not r.path.is_file()]
+    missing = [r for r in ds.images if not _is_file(r.path)]
     if missing:
         r = missing[0]
         raise DataError(
@@ -213,17 +255,18 @@ def _check_images_exist(ds: CaptionDataset) -> None:
 # cs231n coco_captioning folder
 
 
-def _read_h5(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _read_h5(path: Path, keys: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+    """``{key: (dtype kinds, ndim)}`` -> the arrays, each checked before it is read."""
     if not path.is_file():
         raise DataError(f"{path}: file not found (part of the cs231n coco_captioning folder)")
     out = {}
     try:
         with h5py.File(path, "r") as f:
-            for k in keys:
-                if k not in f:
-                    raise DataError(f"{path}: missing dataset '{k}' (has {sorted(f.keys())})")
-                out[k] = np.asarray(f[k])
-    except OSError as exc:
+            for k, (kinds, ndim) in keys.items():
+                out[k] = h5_dataset(f, k, path, kinds=kinds, ndim=ndim)[()]
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from exc
     return out
 
@@ -231,8 +274,11 @@ def _read_h5(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 def _read_lines(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: file not found (one image URL per line)")
-    with open(path, encoding="utf-8") as f:
-        return np.asarray([line.strip() for line in f])
+    try:
+        with open(path, encoding="utf-8") as f:
+            return np.asarray([line.strip() for line in f], dtype=str)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
 
 
 def load_coco_data(
@@ -260,14 +306,16 @@ def load_coco_data(
     if not base.is_dir():
         raise DataError(f"{base}: folder not found (expected cs231n's coco_captioning)")
     caption_file = base / "coco2014_captions.h5"
-    keys = ("train_captions", "train_image_idxs", "val_captions", "val_image_idxs")
+    keys = {
+        f"{split}_{name}": ("iu", ndim)
+        for split in ("train", "val")
+        for name, ndim in (("captions", 2), ("image_idxs", 1))
+    }
     data: dict = dict(_read_h5(caption_file, keys))
     suffix = "_pca" if pca_features else ""
     for split in ("train", "val"):
         feat_file = base / f"{split}2014_vgg16_fc7{suffix}.h5"
-        feats = _read_h5(feat_file, ("features",))["features"]
-        if feats.ndim != 2:
-            raise DataError(f"{feat_file}: dataset 'features' must be (M, D), got {feats.shape}")
+        feats = _read_h5(feat_file, {"features": ("f", 2)})["features"]
         data[f"{split}_features"] = feats
         url_file = base / f"{split}2014_urls.txt"
         data[f"{split}_urls"] = _read_lines(url_file)
@@ -350,13 +398,16 @@ def to_caption_data(
 
     For each split present: ``{split}_captions`` (N, max_length+1) int32, one row per
     caption; ``{split}_image_idxs`` (N,) int32 rows into ``{split}_features`` (M, D)
-    (or (M, L, D) grids) float32; ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,)
-    str image paths. Plus ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split:
-    captions cut}).
+    float32 (or grids (M, L, D)); ``{split}_image_ids`` (M,) str; ``{split}_urls`` (M,) str
+    image paths. Plus ``idx_to_word``, ``word_to_idx`` and ``n_truncated`` ({split: captions
+    cut}). For val and test also ``{split}_texts`` (N,): each caption's words as text, cut
+    like the encoded row but with words outside the vocabulary kept (the references a metric
+    compares with).
 
     Args:
-        features_for: maps M image ids to an (M, D) array (or (M, L, D) grids), row i
-            for id i.
+        features_for: maps M image ids to an (M, D) or (M, L, D) array, row i for id i, or
+            to a :class:`~captionlab.data.features.StoredRows` of that shape, which stays a
+            reader (the solver reads its minibatches from the file).
     """
     data: dict = {"idx_to_word": vocab.idx_to_word, "word_to_idx": vocab.word_to_idx}
     data["n_truncated"] = {}
@@ -365,7 +416,9 @@ def to_caption_data(
         if not records:
             continue
         ids = [r.image_id for r in records]
-        feats = np.asarray(features_for(ids), dtype=np.float32)
+        feats = features_for(ids)
+        if not isinstance(feats, StoredRows):
+            feats = np.asarray(feats, dtype=np.float32)
         if feats.ndim not in (2, 3) or feats.shape[0] != len(ids):
             raise DataError(
                 f"features for split {split!r} must be ({len(ids)}, D) or ({len(ids)}, L, D), "
@@ -376,6 +429,8 @@ def to_caption_data(
             [i for i, r in enumerate(records) for _ in r.captions], dtype=np.int32
         )
         encoded, n_cut = vocab.encode(captions, max_length=max_length)
+        if split != "train":
+            data[f"{split}_texts"] = [" ".join(tokenize(c)[: max_length - 1]) for c in captions]
         data[f"{split}_captions"] = encoded
         data[f"{split}_image_idxs"] = image_idxs
         data[f"{split}_features"] = feats

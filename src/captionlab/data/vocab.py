@@ -63,6 +63,9 @@ class Vocabulary:
 
     def __init__(self, idx_to_word: Sequence[str]):
         idx_to_word = list(idx_to_word)
+        bad = next((w for w in idx_to_word if not isinstance(w, str)), None)
+        if bad is not None:
+            raise DataError(f"vocabulary words must be strings, got {bad!r:.40}")
         if tuple(idx_to_word[:4]) != SPECIAL_TOKENS:
             raise DataError(
                 f"vocabulary must start with {list(SPECIAL_TOKENS)}, got {idx_to_word[:4]}"
@@ -97,6 +100,15 @@ class Vocabulary:
             key=lambda w: (-counts[w], w),
         )
         return cls([*SPECIAL_TOKENS, *words])
+
+    def unknown_fraction(self, captions: Iterable[str]) -> float:
+        """The fraction of the words of ``captions`` that are not in the vocabulary."""
+        total = unknown = 0
+        for caption in captions:
+            for word in tokenize(caption):
+                total += 1
+                unknown += word not in self.word_to_idx
+        return unknown / total if total else 0.0
 
     def to_dict(self) -> dict:
         """The JSON form: cs231n's two keys plus a format tag."""

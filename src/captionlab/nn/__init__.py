@@ -12,7 +12,10 @@ loss), :mod:`~captionlab.nn.rnn`, :mod:`~captionlab.nn.lstm` (gates i, f, o, g),
 (additive attention over ``L`` grid cells, scaled dot-product attention),
 :mod:`~captionlab.nn.transformer` (layer norm, dropout, positional encoding, multi-head
 attention, feed-forward, decoder layer, and the cs231n classes ``PositionalEncoding`` and
-``MultiHeadAttention``), :mod:`~captionlab.nn.gradcheck`, :mod:`~captionlab.nn.optim`.
+``MultiHeadAttention``), :mod:`~captionlab.nn.gradcheck`, :mod:`~captionlab.nn.optim`,
+:mod:`~captionlab.nn.kernels` (the element-wise work between the matrix products: fused
+numba kernels by default, the NumPy reference with ``CAPTIONLAB_KERNELS=numpy`` or
+``with nn.use_kernels("numpy"): ...``).
 """
 
 from captionlab.nn import optim
@@ -38,9 +41,12 @@ from captionlab.nn.gru import (
     gru_backward,
     gru_cell_forward,
     gru_forward,
+    gru_recurrence_backward,
+    gru_recurrence_forward,
     gru_step_backward,
     gru_step_forward,
 )
+from captionlab.nn.kernels import kernels_in_use, set_kernels, use_kernels
 from captionlab.nn.layers import (
     affine_backward,
     affine_forward,
@@ -54,6 +60,8 @@ from captionlab.nn.lstm import (
     lstm_backward,
     lstm_cell_forward,
     lstm_forward,
+    lstm_recurrence_backward,
+    lstm_recurrence_forward,
     lstm_step_backward,
     lstm_step_forward,
 )
@@ -61,6 +69,8 @@ from captionlab.nn.rnn import (
     rnn_backward,
     rnn_cell_forward,
     rnn_forward,
+    rnn_recurrence_backward,
+    rnn_recurrence_forward,
     rnn_step_backward,
     rnn_step_forward,
 )
@@ -107,14 +117,19 @@ __all__ = [
     "gru_backward",
     "gru_cell_forward",
     "gru_forward",
+    "gru_recurrence_backward",
+    "gru_recurrence_forward",
     "gru_step_backward",
     "gru_step_forward",
+    "kernels_in_use",
     "layernorm_backward",
     "layernorm_forward",
     "log_softmax",
     "lstm_backward",
     "lstm_cell_forward",
     "lstm_forward",
+    "lstm_recurrence_backward",
+    "lstm_recurrence_forward",
     "lstm_step_backward",
     "lstm_step_forward",
     "masked_softmax",
@@ -128,15 +143,19 @@ __all__ = [
     "rnn_backward",
     "rnn_cell_forward",
     "rnn_forward",
+    "rnn_recurrence_backward",
+    "rnn_recurrence_forward",
     "rnn_step_backward",
     "rnn_step_forward",
     "scaled_dot_product_attention_backward",
     "scaled_dot_product_attention_forward",
+    "set_kernels",
     "sigmoid",
     "sinusoidal_positional_encoding",
     "temporal_affine_backward",
     "temporal_affine_forward",
     "temporal_softmax_loss",
+    "use_kernels",
     "word_embedding_backward",
     "word_embedding_forward",
 ]

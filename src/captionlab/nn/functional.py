@@ -12,9 +12,9 @@
   is true, with max subtraction; masked entries get exactly 0 and a row with no entry left
   is all zeros (not NaN). ``masked_softmax_backward`` is its backward pass.
 
-The ``*_from_negated_`` kernels take the *negated* (and for tanh doubled) pre-activation in
-place: the sequence layers fold the factor -1 or -2 into a scaled copy of their weights,
-exactly (powers of two), which saves one pass over the gates per step.
+The ``*_from_negated_`` helpers take the *negated* (and for tanh doubled) argument in place;
+``sigmoid`` and ``tanh`` are built on them. The NumPy kernels of :mod:`captionlab.nn.kernels`
+use these; the numba kernels compute the same expressions in the same order.
 
 All functions keep the floating dtype they are given (float32 stays float32).
 """
@@ -65,19 +65,6 @@ def tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty_like(x, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
     np.multiply(x, -2, out=out)
     return tanh_from_negated_double_(out)
-
-
-def time_major_with_ones(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Copy ``x`` (N, T, D) to a time-major (T, N, D + 1) array whose last column is 1.
-
-    With it the bias rides in the input GEMM, ``x1 @ [Wx; b] = x @ Wx + b``, and the
-    backward gets ``x1.T @ da = [dWx; db]`` from one GEMM too.
-    """
-    N, T, D = x.shape
-    x1 = np.empty((T, N, D + 1), dtype=dtype)  # (T, N, D+1)
-    x1[:, :, :D] = x.transpose(1, 0, 2)
-    x1[:, :, D] = 1
-    return x1
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -165,6 +152,30 @@ def check_ndim(name: str, arr: np.ndarray, ndim: int, dims: str) -> None:
     """Raise ``ValueError`` unless ``arr`` has ``ndim`` dimensions (``dims`` names them)."""
     if np.ndim(arr) != ndim:
         raise ValueError(f"{name} must have shape {dims}, got {tuple(np.shape(arr))}")
+
+
+def check_recurrence(
+    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray, gates: int
+) -> tuple[int, int, int]:
+    """Check the arguments of a recurrence given its input projections; return (N, T, H).
+
+    Args:
+        xa: input projections ``x @ Wx``, (N, T, gates*H).
+        h0: initial hidden state, (N, H).
+        Wh: hidden-to-hidden weights, (H, gates*H).
+        b: bias, (gates*H,).
+        gates: 1 for the RNN, 4 for the LSTM, 3 for the GRU.
+    """
+    g = "" if gates == 1 else str(gates)
+    check_ndim("Wh", Wh, 2, f"(H, {g}H)")
+    H = Wh.shape[0]
+    check_shape("Wh", Wh, (H, gates * H), f"(H, {g}H)")
+    check_ndim("xa", xa, 3, f"(N, T, {g}H)")
+    N, T = xa.shape[:2]
+    check_shape("xa", xa, (N, T, gates * H), f"(N, T, {g}H)")
+    check_shape("h0", h0, (N, H), "(N, H)")
+    check_shape("b", b, (gates * H,), f"({g}H,)")
+    return N, T, H
 
 
 def check_recurrent(

@@ -22,26 +22,20 @@ Backward::
     dxa_n = dn * (1 - n**2)    dha_n = dxa_n * r    dr = dxa_n * ha_n
     dxa_r = dha_r = dr * r(1-r)    dxa_z = dha_z = dz * z(1-z)
 
-The sequence functions hoist the input projection of all steps into one GEMM (``b`` rides
-in it as a column of ones on x), do the gate arithmetic in place in time-major buffers
-(each step's slice contiguous), and compute dx, [dWx; db], dWh as single GEMMs and dbh as
-one sum after the backward loop; only ``h @ Wh`` and
-``dha @ Wh.T`` stay per step. Sigmoid and tanh are ``1 / (1 + exp(-a))`` and
-``2 sigmoid(2a) - 1``, with the factors -1 and -2 folded into scaled copies of the weights.
+The sequence functions hoist the input projection of all steps into one GEMM
+(:func:`gru_recurrence_forward` takes it from there) and compute dx, dWx and dWh as single
+GEMMs after the backward loop; only ``h @ Wh`` and ``dha @ Wh.T`` stay per step. Between the
+GEMMs each step's gate arithmetic is one kernel call (:mod:`captionlab.nn.kernels`: fused and
+multi-threaded with numba, or plain NumPy), in place in batch-major ``(N, T, ...)`` buffers;
+the kernels also accumulate db and dbh.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import (
-    check_recurrent,
-    check_shape,
-    sigmoid,
-    sigmoid_from_negated_,
-    tanh_from_negated_double_,
-    time_major_with_ones,
-)
+from captionlab.nn import kernels
+from captionlab.nn.functional import check_recurrence, check_recurrent, check_shape
 
 
 def gru_cell_forward(
@@ -62,19 +56,26 @@ def gru_cell_forward(
         ``(next_h, (r, z, n, ha_n))``, each (N, H); the gates are what backward needs.
     """
     H = prev_h.shape[1]
+    next_h, gates, ha = _gru_cell(xa, prev_h, Wh, bh)
+    r, z, n = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
+    return next_h, (r, z, n, ha[:, 2 * H :])
+
+
+def _gru_cell(xa, prev_h, Wh, bh):
+    """:func:`gru_cell_forward` returning gates r, z, n (N, 3H) and ``ha`` (N, 3H) whole."""
     ha = prev_h @ Wh  # (N, 3H)
     ha += bh
-    rz = xa[:, : 2 * H] + ha[:, : 2 * H]  # (N, 2H)
-    sigmoid(rz, out=rz)
-    r, z = rz[:, :H], rz[:, H:]
-    ha_n = ha[:, 2 * H :]
-    n = r * ha_n  # (N, H)
-    n += xa[:, 2 * H :]
-    np.tanh(n, out=n)
-    next_h = prev_h - n  # h' = (1 - z) n + z h = n + z (h - n)
-    next_h *= z
-    next_h += n
-    return next_h, (r, z, n, ha_n)
+    dtype = ha.dtype
+    gates = np.empty(ha.shape, dtype=dtype)
+    next_h = np.empty(prev_h.shape, dtype=dtype)
+    kernels.active().gru_cell(
+        np.ascontiguousarray(xa, dtype=dtype),
+        ha,
+        np.ascontiguousarray(prev_h, dtype=dtype),
+        gates,
+        next_h,
+    )
+    return next_h, gates, ha
 
 
 def gru_step_forward(
@@ -100,8 +101,10 @@ def gru_step_forward(
     """
     _, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=3, sequence=False)
     check_shape("bh", bh, (3 * H,), "(3H,)")
-    next_h, gates = gru_cell_forward(x @ Wx + b, prev_h, Wh, bh)  # (N, H)
-    return next_h, (x, prev_h, Wx, Wh, *gates)
+    next_h, gates, ha = _gru_cell(x @ Wx + b, prev_h, Wh, bh)  # (N, H)
+    ha_n = np.ascontiguousarray(ha[:, 2 * H :])
+    prev_h = np.ascontiguousarray(prev_h, dtype=gates.dtype)
+    return next_h, (x, prev_h, Wx, Wh, gates, ha_n)
 
 
 def gru_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -115,23 +118,114 @@ def gru_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ..
         ``(dx, dprev_h, dWx, dWh, db, dbh)`` of shapes (N, D), (N, H), (D, 3H), (H, 3H),
         (3H,), (3H,).
     """
-    x, prev_h, Wx, Wh, r, z, n, ha_n = cache
+    x, prev_h, Wx, Wh, gates, ha_n = cache
     check_shape("dnext_h", dnext_h, prev_h.shape, "(N, H)")
-    dn = dnext_h * (1 - z)
-    dz = dnext_h * (prev_h - n)
-    dxa_n = dn * (1 - n * n)
-    dr = dxa_n * ha_n
-    dxa_r = dr * r * (1 - r)
-    dxa_z = dz * z * (1 - z)
-    dxa = np.concatenate([dxa_r, dxa_z, dxa_n], axis=1)  # (N, 3H)
-    dha = np.concatenate([dxa_r, dxa_z, dxa_n * r], axis=1)  # (N, 3H)
+    N, H = prev_h.shape
+    dtype = gates.dtype
+    # The sequence kernel with T = 1; carry comes back as dnext_h * z.
+    carry = np.zeros((N, H), dtype=dtype)
+    dxa = np.empty((N, 1, 3 * H), dtype=dtype)
+    dha = np.empty((N, 1, 3 * H), dtype=dtype)
+    db = np.zeros(3 * H, dtype=dtype)
+    dbh = np.zeros(3 * H, dtype=dtype)
+    kernels.active().gru_backward_step(
+        np.ascontiguousarray(dnext_h, dtype=dtype)[:, None],
+        np.zeros((N, H), dtype=dtype),
+        carry,
+        gates[:, None],
+        ha_n[:, None],
+        prev_h[:, None],
+        dxa,
+        dha,
+        db,
+        dbh,
+        0,
+    )
+    dxa, dha = dxa[:, 0], dha[:, 0]  # (N, 3H)
     dx = dxa @ Wx.T  # (N, D)
-    dprev_h = dnext_h * z + dha @ Wh.T  # (N, H)
+    dprev_h = carry + dha @ Wh.T  # (N, H): dnext_h * z + dha @ Wh.T
     dWx = x.T @ dxa  # (D, 3H)
     dWh = prev_h.T @ dha  # (H, 3H)
-    db = dxa.sum(axis=0)  # (3H,)
-    dbh = dha.sum(axis=0)  # (3H,)
     return dx, dprev_h, dWx, dWh, db, dbh
+
+
+def gru_recurrence_forward(
+    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray, bh: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """The GRU over a sequence given its input projections (``gru_forward`` after ``x @ Wx``).
+
+    ``gru_forward(x, h0, Wx, Wh, b, bh)`` equals ``gru_recurrence_forward(x @ Wx, h0, Wh, b,
+    bh)``; a caller that has ``x @ Wx`` cheaper (an embedding folded into a table) calls this.
+
+    Args:
+        xa: input projections ``x @ Wx`` (without the bias) of shape (N, T, 3H).
+        h0: initial hidden state of shape (N, H).
+        Wh: hidden-to-hidden weights of shape (H, 3H).
+        b: input bias of shape (3H,).
+        bh: recurrent bias of shape (3H,).
+
+    Returns:
+        h, the hidden states of all steps, shape (N, T, H), and the cache for
+        :func:`gru_recurrence_backward`.
+    """
+    _, _, H = check_recurrence(xa, h0, Wh, b, gates=3)
+    check_shape("bh", bh, (3 * H,), "(3H,)")
+    dtype = np.result_type(xa, h0, Wh, b, bh)
+    return _gru_recurrence(np.array(xa, dtype=dtype), h0, Wh, b, bh)
+
+
+def _gru_recurrence(gates, h0, Wh, b, bh):
+    """:func:`gru_recurrence_forward` on ``gates`` = xa, a C-contiguous array it may own."""
+    N, T, G = gates.shape
+    H = G // 3
+    dtype = gates.dtype
+    Wh = np.asarray(Wh, dtype=dtype)
+    b = np.ascontiguousarray(b, dtype=dtype)
+    bh = np.ascontiguousarray(bh, dtype=dtype)
+    k = kernels.active()
+    ha_n = np.empty((N, T, H), dtype=dtype)  # h_{t-1} @ Wh_n + bh_n, kept for backward
+    h = np.empty((N, T, H), dtype=dtype)
+    hprev = np.empty((N, T, H), dtype=dtype)  # hprev[:, t] = h_{t-1}
+    hprev[:, 0] = h0
+    hw = np.empty((N, 3 * H), dtype=dtype)
+    for t in range(T):
+        np.matmul(hprev[:, t], Wh, out=hw)  # (N, 3H)
+        k.gru_forward_step(gates, hw, b, bh, ha_n, h, hprev, t)  # gates[:, t] = r, z, n
+    return h, (Wh, gates, ha_n, hprev)
+
+
+def gru_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`gru_recurrence_forward`.
+
+    Args:
+        dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
+            gradient that flows back from later steps: this function adds that).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dxa, dh0, dWh, db, dbh)`` of shapes (N, T, 3H), (N, H), (H, 3H), (3H,), (3H,);
+        ``dxa`` is the gradient of the input projections.
+    """
+    Wh, gates, ha_n, hprev = cache
+    N, T, H = ha_n.shape
+    check_shape("dh", dh, (N, T, H), "(N, T, H)")
+    dtype = gates.dtype
+    dh = np.ascontiguousarray(dh, dtype=dtype)
+    k = kernels.active()
+    dxa = np.empty((N, T, 3 * H), dtype=dtype)  # gradients of x @ Wx + b, all steps
+    dha = np.empty((N, T, 3 * H), dtype=dtype)  # gradients of h @ Wh + bh, all steps
+    db = np.zeros(3 * H, dtype=dtype)
+    dbh = np.zeros(3 * H, dtype=dtype)
+    dhw = np.zeros((N, H), dtype=dtype)  # dha_{t+1} @ Wh.T
+    carry = np.zeros((N, H), dtype=dtype)  # dh_{t+1} * z_{t+1}
+    WhT = Wh.T
+    for t in range(T - 1, -1, -1):
+        k.gru_backward_step(dh, dhw, carry, gates, ha_n, hprev, dxa, dha, db, dbh, t)
+        np.matmul(dha[:, t], WhT, out=dhw)
+    dh0 = dhw + carry  # dh_{-1} = dha_0 @ Wh.T + dh_0 * z_0
+    # Hoisted: the weight gradient as one GEMM over the N*T rows.
+    dWh = hprev.reshape(N * T, H).T @ dha.reshape(N * T, 3 * H)  # (H, 3H)
+    return dxa, dh0, dWh, db, dbh
 
 
 def gru_forward(
@@ -159,42 +253,13 @@ def gru_forward(
     N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=3, sequence=True)
     check_shape("bh", bh, (3 * H,), "(3H,)")
     dtype = np.result_type(x, h0, Wx, Wh, b, bh)
-    # Internally time-major (T, N, ...), so that each step's slices are contiguous. The
-    # weights and biases are copied with the columns scaled by -1 (r, z: sigmoid) or -2
-    # (n: tanh), exactly, so the GEMMs give what the in-place kernels take.
-    scale = np.full(3 * H, -1, dtype=dtype)
-    scale[2 * H :] = -2
-    Wxb_s = np.concatenate([Wx, b[None]], dtype=dtype)  # (D+1, 3H)
-    Wxb_s *= scale
-    Wh_s, bh_s = Wh * scale, bh * scale
-    x1 = time_major_with_ones(x, dtype)  # (T, N, D+1)
-    # Hoisted: the input projection of all steps, bias included, as one GEMM. The buffer
-    # then holds the gate activations r, z, n of every step, computed in place.
-    gates = (x1.reshape(T * N, D + 1) @ Wxb_s).reshape(T, N, 3 * H)  # (T, N, 3H)
-    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
-    hs[0] = h0
-    ha_n = np.empty((T, N, H), dtype=dtype)  # h_{t-1} @ Wh_n + bh_n, kept for backward
-    tmp = np.empty((N, 3 * H), dtype=dtype)
-    for t in range(T):
-        at = gates[t]  # (N, 3H)
-        np.matmul(hs[t], Wh_s, out=tmp)
-        tmp += bh_s  # -ha_r, -ha_z, -2 ha_n
-        rz = at[:, : 2 * H]
-        rz += tmp[:, : 2 * H]
-        sigmoid_from_negated_(rz)  # r, z
-        r, z, n = at[:, :H], at[:, H : 2 * H], at[:, 2 * H :]
-        hn2 = tmp[:, 2 * H :]
-        np.multiply(hn2, -0.5, out=ha_n[t])
-        rhn = tmp[:, :H]
-        np.multiply(r, hn2, out=rhn)
-        n += rhn  # -2 (xa_n + r * ha_n)
-        tanh_from_negated_double_(n)
-        ht = hs[t + 1]
-        np.subtract(hs[t], n, out=ht)
-        ht *= z
-        ht += n  # h_t = n + z * (h_{t-1} - n) = (1 - z) n + z h_{t-1}
-    h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
-    return h, (x1, Wx, Wh, gates, ha_n, hs)
+    x2 = np.ascontiguousarray(x, dtype=dtype).reshape(N * T, D)
+    Wx = np.asarray(Wx, dtype=dtype)
+    # Hoisted: the input projection of all steps as one GEMM; the buffer then holds the
+    # gate activations r, z, n of every step, computed in place.
+    gates = (x2 @ Wx).reshape(N, T, 3 * H)  # (N, T, 3H)
+    h, cache = _gru_recurrence(gates, h0, Wh, b, bh)
+    return h, (x2, Wx, cache)
 
 
 def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -209,53 +274,11 @@ def gru_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
         ``(dx, dh0, dWx, dWh, db, dbh)`` of shapes (N, T, D), (N, H), (D, 3H), (H, 3H),
         (3H,), (3H,).
     """
-    x1, Wx, Wh, gates, ha_n, hs = cache
-    T, N, D = x1.shape[0], x1.shape[1], x1.shape[2] - 1
-    H = hs.shape[2]
-    check_shape("dh", dh, (N, T, H), "(N, T, H)")
-    dtype = gates.dtype
-    dxa = np.empty((T, N, 3 * H), dtype=dtype)  # gradients of x @ Wx + b, all steps
-    dha = np.empty((T, N, 3 * H), dtype=dtype)  # gradients of h @ Wh + bh, all steps
-    dprev = np.zeros((N, H), dtype=dtype)
-    dht = np.empty((N, H), dtype=dtype)
-    tmp = np.empty((N, H), dtype=dtype)
-    WhT = Wh.T
-    for t in range(T - 1, -1, -1):
-        at = gates[t]
-        r, z, n = at[:, :H], at[:, H : 2 * H], at[:, 2 * H :]
-        prev = hs[t]
-        dxt, dhat = dxa[t], dha[t]
-        dr, dz, dn = dxt[:, :H], dxt[:, H : 2 * H], dxt[:, 2 * H :]
-        np.add(dh[:, t], dprev, out=dht)
-        # dz = dh * (h_{t-1} - n) * z(1-z)
-        np.subtract(prev, n, out=dz)
-        dz *= dht
-        np.subtract(1, z, out=tmp)
-        tmp *= z
-        dz *= tmp
-        # dxa_n = dh * (1-z) * (1-n^2)
-        np.subtract(1, z, out=dn)
-        dn *= dht
-        np.multiply(n, n, out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        dn *= tmp
-        # dr = dxa_n * ha_n * r(1-r)
-        np.multiply(dn, ha_n[t], out=dr)
-        np.subtract(1, r, out=tmp)
-        tmp *= r
-        dr *= tmp
-        dhat[:, : 2 * H] = dxt[:, : 2 * H]
-        np.multiply(dn, r, out=dhat[:, 2 * H :])
-        # dh_{t-1} = dh * z + dha @ Wh.T
-        np.matmul(dhat, WhT, out=dprev)
-        np.multiply(dht, z, out=tmp)
-        dprev += tmp
-    # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
-    dxa2 = dxa.reshape(T * N, 3 * H)
-    dha2 = dha.reshape(T * N, 3 * H)
-    dx = np.ascontiguousarray((dxa2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
-    dWxb = x1.reshape(T * N, D + 1).T @ dxa2  # (D+1, 3H) = [dWx; db]
-    dWx, db = dWxb[:D], dWxb[D]  # (D, 3H), (3H,)
-    dWh = hs[:T].reshape(T * N, H).T @ dha2  # (H, 3H); hs[t] = h_{t-1}
-    dbh = dha2.sum(axis=0)  # (3H,)
-    return dx, dprev, dWx, dWh, db, dbh
+    x2, Wx, rcache = cache
+    dxa, dh0, dWh, db, dbh = gru_recurrence_backward(dh, rcache)
+    N, T, G = dxa.shape
+    dxa2 = dxa.reshape(N * T, G)
+    # Hoisted: dx and dWx as single GEMMs over the N*T rows.
+    dx = (dxa2 @ Wx.T).reshape(N, T, -1)  # (N, T, D)
+    dWx = x2.T @ dxa2  # (D, 3H)
+    return dx, dh0, dWx, dWh, db, dbh

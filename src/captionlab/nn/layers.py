@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import check_ndim, check_shape, log_softmax
+from captionlab.nn import kernels
+from captionlab.nn.functional import check_ndim, check_shape
 
 
 def affine_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple]:
@@ -85,8 +86,9 @@ def word_embedding_forward(x: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, tu
 def word_embedding_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     """Backward pass of :func:`word_embedding_forward`.
 
-    A word that occurs several times receives the sum of its gradients (``np.add.at``
-    accumulates; plain fancy-index assignment would keep only the last one).
+    A word that occurs several times receives the sum of its gradients (a scatter-add:
+    ``np.add.at`` in the NumPy kernels; plain fancy-index assignment would keep only the
+    last one).
 
     Args:
         dout: upstream gradient of shape (N, T, W).
@@ -97,8 +99,11 @@ def word_embedding_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     """
     x, W = cache
     check_shape("dout", dout, (*x.shape, W.shape[1]), "(N, T, W)")
-    dW = np.zeros(W.shape, dtype=np.result_type(W, dout))  # (V, W)
-    np.add.at(dW, x, dout)
+    dtype = np.result_type(W, dout)
+    dW = np.zeros(W.shape, dtype=dtype)  # (V, W)
+    rows = np.ascontiguousarray(x, dtype=np.intp).reshape(-1)  # (N*T,)
+    src = np.ascontiguousarray(dout, dtype=dtype).reshape(rows.size, W.shape[1])  # (N*T, W)
+    kernels.active().scatter_add_rows(rows, src, dW)  # dW[x[n, t]] += dout[n, t]
     return dW
 
 
@@ -175,13 +180,15 @@ def temporal_softmax_loss(
             f"y must hold indices in [0, V) = [0, {V}), got values in "
             f"[{y_flat.min()}, {y_flat.max()}]"
         )
-    mask_flat = np.asarray(mask).reshape(N * T).astype(x.dtype)  # (N*T,)
-    rows = np.arange(N * T)
-    logp = log_softmax(x.reshape(N * T, V))  # (N*T, V)
-    loss = -np.sum(mask_flat * logp[rows, y_flat]) / N
-    dx_flat = np.exp(logp)  # probabilities, (N*T, V)
-    dx_flat[rows, y_flat] -= 1
-    dx_flat *= (mask_flat / N)[:, None]
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    weight = np.asarray(mask).reshape(N * T).astype(dtype) / dtype.type(N)  # (N*T,)
+    x_flat = np.ascontiguousarray(x, dtype=dtype).reshape(N * T, V)
+    dx_flat = np.empty((N * T, V), dtype=dtype)
+    # One kernel: log-softmax of each row, the weighted loss, and the gradient
+    # (softmax - onehot) * mask / N into dx_flat.
+    loss = kernels.active().softmax_cross_entropy(
+        x_flat, np.ascontiguousarray(y_flat, dtype=np.intp), weight, dx_flat
+    )
     if verbose:
         print("dx_flat: ", dx_flat.shape)
     return float(loss), dx_flat.reshape(N, T, V)

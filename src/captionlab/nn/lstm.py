@@ -20,26 +20,19 @@ Backward, with ``dc`` the total gradient of ``c_t``::
     di = dc * g     df = dc * c_{t-1}     dg = dc * i     dc_{t-1} = dc * f
     da = [di * i(1-i), df * f(1-f), do * o(1-o), dg * (1-g**2)]
 
-The sequence functions hoist the input projection of all steps into one GEMM (the bias
-rides in it as a column of ones on x), do the gate arithmetic in place in preallocated
-time-major buffers (each step's slice contiguous), and compute dx, [dWx; db] and dWh as
-single GEMMs after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay per step.
-The sigmoid and tanh are ``1 / (1 + exp(-a))`` and ``2 sigmoid(2a) - 1``, with the
-factors -1 and -2 folded into scaled copies of the weights.
+The sequence functions hoist the input projection of all steps into one GEMM
+(:func:`lstm_recurrence_forward` takes it from there) and compute dx, dWx and dWh as single
+GEMMs after the backward loop; only ``h @ Wh`` and ``da @ Wh.T`` stay per step. Between the
+GEMMs each step's gate arithmetic is one kernel call (:mod:`captionlab.nn.kernels`: fused and
+multi-threaded with numba, or plain NumPy), in place in batch-major ``(N, T, ...)`` buffers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import (
-    check_recurrent,
-    check_shape,
-    sigmoid,
-    sigmoid_from_negated_,
-    tanh_from_negated_double_,
-    time_major_with_ones,
-)
+from captionlab.nn import kernels
+from captionlab.nn.functional import check_recurrence, check_recurrent, check_shape
 
 
 def lstm_cell_forward(
@@ -80,14 +73,20 @@ def lstm_gates_forward(a: np.ndarray, prev_c: np.ndarray) -> tuple[np.ndarray, n
         ``(next_h, next_c, (i, f, o, g, tanh_c))``, each (N, H), the gates views into ``a``.
     """
     H = prev_c.shape[1]
-    sigmoid(a[:, : 3 * H], out=a[:, : 3 * H])
-    i, f, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
-    g = np.tanh(a[:, 3 * H :], out=a[:, 3 * H :])
-    next_c = f * prev_c  # (N, H)
-    next_c += i * g
-    tanh_c = np.tanh(next_c)
-    next_h = o * tanh_c  # (N, H)
+    work = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    next_h, next_c, tanh_c = _lstm_gates(work, prev_c)
+    if work is not a:
+        a[...] = work
+    i, f, o, g = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
     return next_h, next_c, (i, f, o, g, tanh_c)
+
+
+def _lstm_gates(a, prev_c):
+    """The kernel behind :func:`lstm_gates_forward`: ``a`` C-contiguous (N, 4H), in place."""
+    prev_c = np.ascontiguousarray(prev_c, dtype=a.dtype)
+    next_c, tanh_c, next_h = (np.empty(prev_c.shape, dtype=a.dtype) for _ in range(3))
+    kernels.active().lstm_cell(a, prev_c, next_c, tanh_c, next_h)  # a -> i, f, o, g
+    return next_h, next_c, tanh_c
 
 
 def lstm_gates_backward(
@@ -106,15 +105,31 @@ def lstm_gates_backward(
         and of prev_c (N, H).
     """
     i, f, o, g, tanh_c = gates
-    dc = dnext_c + dnext_h * o * (1 - tanh_c * tanh_c)  # (N, H)
-    do = dnext_h * tanh_c
-    di = dc * g
-    df = dc * prev_c
-    dg = dc * i
-    da = np.concatenate(
-        [di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g * g)], axis=1
-    )  # (N, 4H)
-    return da, dc * f
+    a = np.concatenate([i, f, o, g], axis=1)  # (N, 4H)
+    da, dprev_c, _ = _lstm_gates_backward(dnext_h, dnext_c, prev_c, a, tanh_c)
+    return da, dprev_c
+
+
+def _lstm_gates_backward(dnext_h, dnext_c, prev_c, a, tanh_c):
+    """The sequence backward kernel with T = 1 (it reads ``c[:, 0]`` = prev_c as c_{t-1}):
+    a (N, 4H) C-contiguous gates -> ``(da (N, 4H), dprev_c (N, H), db (4H,))``."""
+    N, H = tanh_c.shape
+    dtype = a.dtype
+    dc = np.array(dnext_c, dtype=dtype)  # (N, H), becomes dprev_c
+    da = np.empty((N, 1, 4 * H), dtype=dtype)
+    db = np.zeros(4 * H, dtype=dtype)
+    kernels.active().lstm_backward_step(
+        np.ascontiguousarray(dnext_h, dtype=dtype)[:, None],
+        np.zeros((N, H), dtype=dtype),
+        dc,
+        a[:, None],
+        np.ascontiguousarray(prev_c, dtype=dtype)[:, None],
+        np.ascontiguousarray(tanh_c, dtype=dtype)[:, None],
+        da,
+        db,
+        0,
+    )
+    return da[:, 0], dc, db
 
 
 def lstm_step_forward(
@@ -140,8 +155,10 @@ def lstm_step_forward(
     """
     N, _, _, H = check_recurrent(x, "prev_h", prev_h, Wx, Wh, b, gates=4, sequence=False)
     check_shape("prev_c", prev_c, (N, H), "(N, H)")
-    next_h, next_c, gates = lstm_cell_forward(x @ Wx + b, prev_h, prev_c, Wh)
-    cache = (x, prev_h, prev_c, Wx, Wh, *gates)
+    a = prev_h @ Wh  # (N, 4H)
+    a += x @ Wx + b
+    next_h, next_c, tanh_c = _lstm_gates(a, prev_c)  # a -> i, f, o, g
+    cache = (x, prev_h, np.ascontiguousarray(prev_c, dtype=a.dtype), Wx, Wh, a, tanh_c)
     return next_h, next_c, cache
 
 
@@ -159,23 +176,89 @@ def lstm_step_backward(
         ``(dx, dprev_h, dprev_c, dWx, dWh, db)`` of shapes (N, D), (N, H), (N, H),
         (D, 4H), (H, 4H), (4H,).
     """
-    x, prev_h, prev_c, Wx, Wh, *gates = cache
+    x, prev_h, prev_c, Wx, Wh, a, tanh_c = cache
     check_shape("dnext_h", dnext_h, prev_h.shape, "(N, H)")
     check_shape("dnext_c", dnext_c, prev_c.shape, "(N, H)")
-    da, dprev_c = lstm_gates_backward(dnext_h, dnext_c, prev_c, gates)  # (N, 4H), (N, H)
+    da, dprev_c, db = _lstm_gates_backward(dnext_h, dnext_c, prev_c, a, tanh_c)
     dx = da @ Wx.T  # (N, D)
     dprev_h = da @ Wh.T  # (N, H)
     dWx = x.T @ da  # (D, 4H)
     dWh = prev_h.T @ da  # (H, 4H)
-    db = da.sum(axis=0)  # (4H,)
     return dx, dprev_h, dprev_c, dWx, dWh, db
 
 
-def _gate_scale(H: int, dtype: np.dtype) -> np.ndarray:
-    """(4H,) factors folded into the weights: -1 for i, f, o (sigmoid), -2 for g (tanh)."""
-    scale = np.full(4 * H, -1, dtype=dtype)
-    scale[3 * H :] = -2
-    return scale
+def lstm_recurrence_forward(
+    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """The LSTM over a sequence given its input projections (``lstm_forward`` after ``x @ Wx``).
+
+    ``lstm_forward(x, h0, Wx, Wh, b)`` equals ``lstm_recurrence_forward(x @ Wx, h0, Wh, b)``;
+    a caller that has ``x @ Wx`` cheaper (an embedding folded into a table) calls this.
+
+    Args:
+        xa: input projections ``x @ Wx`` (without the bias) of shape (N, T, 4H).
+        h0: initial hidden state of shape (N, H); the initial cell state is zero.
+        Wh: hidden-to-hidden weights of shape (H, 4H).
+        b: bias of shape (4H,).
+
+    Returns:
+        h, the hidden states of all steps, shape (N, T, H), and the cache for
+        :func:`lstm_recurrence_backward`.
+    """
+    check_recurrence(xa, h0, Wh, b, gates=4)
+    return _lstm_recurrence(np.array(xa, dtype=np.result_type(xa, h0, Wh, b)), h0, Wh, b)
+
+
+def _lstm_recurrence(gates, h0, Wh, b):
+    """:func:`lstm_recurrence_forward` on ``gates`` = xa, a C-contiguous array it may own."""
+    N, T, G = gates.shape
+    H = G // 4
+    dtype = gates.dtype
+    Wh = np.asarray(Wh, dtype=dtype)
+    b = np.ascontiguousarray(b, dtype=dtype)
+    k = kernels.active()
+    c = np.empty((N, T + 1, H), dtype=dtype)  # c[:, t + 1] = c_t
+    c[:, 0] = 0  # c_{-1}
+    tanh_c = np.empty((N, T, H), dtype=dtype)
+    h = np.empty((N, T, H), dtype=dtype)
+    hprev = np.empty((N, T, H), dtype=dtype)  # hprev[:, t] = h_{t-1}
+    hprev[:, 0] = h0
+    hw = np.empty((N, 4 * H), dtype=dtype)
+    for t in range(T):
+        np.matmul(hprev[:, t], Wh, out=hw)  # (N, 4H)
+        k.lstm_forward_step(gates, hw, b, c, tanh_c, h, hprev, t)  # gates[:, t] = i, f, o, g
+    return h, (Wh, gates, c, tanh_c, hprev)
+
+
+def lstm_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`lstm_recurrence_forward`.
+
+    Args:
+        dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
+            gradient that flows back from later steps: this function adds that).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dxa, dh0, dWh, db)`` of shapes (N, T, 4H), (N, H), (H, 4H), (4H,); ``dxa`` is the
+        gradient of the input projections (and of the pre-activations).
+    """
+    Wh, gates, c, tanh_c, hprev = cache
+    N, T, H = tanh_c.shape
+    check_shape("dh", dh, (N, T, H), "(N, T, H)")
+    dtype = gates.dtype
+    dh = np.ascontiguousarray(dh, dtype=dtype)
+    k = kernels.active()
+    da = np.empty((N, T, 4 * H), dtype=dtype)  # pre-activation gradients of all steps
+    db = np.zeros(4 * H, dtype=dtype)
+    dhw = np.zeros((N, H), dtype=dtype)  # gradient reaching h_t from step t + 1
+    dc = np.zeros((N, H), dtype=dtype)  # gradient of c_t, carried backwards
+    WhT = Wh.T
+    for t in range(T - 1, -1, -1):
+        k.lstm_backward_step(dh, dhw, dc, gates, c, tanh_c, da, db, t)
+        np.matmul(da[:, t], WhT, out=dhw)
+    # Hoisted: the weight gradient as one GEMM over the N*T rows.
+    dWh = hprev.reshape(N * T, H).T @ da.reshape(N * T, 4 * H)  # (H, 4H)
+    return da, dhw, dWh, db
 
 
 def lstm_forward(
@@ -196,45 +279,13 @@ def lstm_forward(
     """
     N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=4, sequence=True)
     dtype = np.result_type(x, h0, Wx, Wh, b)
-    # Internally time-major (T, N, ...), so that each step's slices are contiguous.
-    # The weights are copied with the gate columns scaled by -1 (i, f, o) or -2 (g), exactly,
-    # so that the GEMMs produce what the in-place sigmoid/tanh kernels take.
-    scale = _gate_scale(H, dtype)
-    Wxb_s = np.concatenate([Wx, b[None]], dtype=dtype)  # (D+1, 4H)
-    Wxb_s *= scale
-    Wh_s = Wh * scale
-    x1 = time_major_with_ones(x, dtype)  # (T, N, D+1)
-    # Hoisted: the input projection of all steps, bias included, as one GEMM. The buffer
-    # then holds the gate activations i, f, o, g of every step, computed in place.
-    gates = (x1.reshape(T * N, D + 1) @ Wxb_s).reshape(T, N, 4 * H)  # (T, N, 4H)
-    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
-    hs[0] = h0
-    c = np.empty((T, N, H), dtype=dtype)
-    tanh_c = np.empty((T, N, H), dtype=dtype)
-    tmp = np.empty((N, 4 * H), dtype=dtype)
-    ig = np.empty((N, H), dtype=dtype)
-    for t in range(T):
-        at = gates[t]  # (N, 4H)
-        np.matmul(hs[t], Wh_s, out=tmp)
-        at += tmp  # -a for i, f, o and -2a for g
-        sigmoid_from_negated_(at)  # i, f, o; and sigmoid(2 a_g) in the g columns
-        g = at[:, 3 * H :]
-        g *= 2
-        g -= 1  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
-        i, f, o = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H]
-        ct = c[t]
-        if t == 0:
-            np.multiply(i, g, out=ct)  # c_{-1} = 0
-        else:
-            np.multiply(f, c[t - 1], out=ct)
-            np.multiply(i, g, out=ig)
-            ct += ig  # c_t = f * c_{t-1} + i * g
-        tct = tanh_c[t]
-        np.multiply(ct, -2, out=tct)
-        tanh_from_negated_double_(tct)
-        np.multiply(o, tct, out=hs[t + 1])  # h_t = o * tanh(c_t)
-    h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
-    return h, (x1, Wx, Wh, gates, c, tanh_c, hs)
+    x2 = np.ascontiguousarray(x, dtype=dtype).reshape(N * T, D)
+    Wx = np.asarray(Wx, dtype=dtype)
+    # Hoisted: the input projection of all steps as one GEMM; the buffer then holds the
+    # gate activations i, f, o, g of every step, computed in place.
+    gates = (x2 @ Wx).reshape(N, T, 4 * H)  # (N, T, 4H)
+    h, cache = _lstm_recurrence(gates, h0, Wh, b)
+    return h, (x2, Wx, cache)
 
 
 def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -248,59 +299,11 @@ def lstm_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     Returns:
         ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, 4H), (H, 4H), (4H,).
     """
-    x1, Wx, Wh, gates, c, tanh_c, hs = cache
-    T, N, D = x1.shape[0], x1.shape[1], x1.shape[2] - 1
-    H = hs.shape[2]
-    check_shape("dh", dh, (N, T, H), "(N, T, H)")
-    dtype = gates.dtype
-    da = np.empty((T, N, 4 * H), dtype=dtype)  # pre-activation gradients of all steps
-    dprev_h = np.zeros((N, H), dtype=dtype)
-    dc = np.zeros((N, H), dtype=dtype)  # gradient of c_t, carried backwards
-    dht = np.empty((N, H), dtype=dtype)
-    tmp = np.empty((N, H), dtype=dtype)
-    WhT = Wh.T
-    for t in range(T - 1, -1, -1):
-        at = gates[t]
-        i, f, o, g = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :]
-        tct = tanh_c[t]
-        dat = da[t]
-        di, df, do, dg = dat[:, :H], dat[:, H : 2 * H], dat[:, 2 * H : 3 * H], dat[:, 3 * H :]
-        np.add(dh[:, t], dprev_h, out=dht)
-        # dc += dh * o * (1 - tanh(c)^2)
-        np.multiply(tct, tct, out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        tmp *= o
-        tmp *= dht
-        dc += tmp
-        # do = dh * tanh(c) * o(1-o)
-        np.multiply(dht, tct, out=do)
-        np.subtract(1, o, out=tmp)
-        tmp *= o
-        do *= tmp
-        # di = dc * g * i(1-i)
-        np.multiply(dc, g, out=di)
-        np.subtract(1, i, out=tmp)
-        tmp *= i
-        di *= tmp
-        # df = dc * c_{t-1} * f(1-f)
-        if t > 0:
-            np.multiply(dc, c[t - 1], out=df)
-            np.subtract(1, f, out=tmp)
-            tmp *= f
-            df *= tmp
-        else:
-            df.fill(0)  # c_{-1} = 0
-        # dg = dc * i * (1-g^2)
-        np.multiply(g, g, out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        tmp *= i
-        np.multiply(dc, tmp, out=dg)
-        dc *= f  # dc_{t-1}
-        np.matmul(dat, WhT, out=dprev_h)
-    # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
-    da2 = da.reshape(T * N, 4 * H)
-    dx = np.ascontiguousarray((da2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
-    dWxb = x1.reshape(T * N, D + 1).T @ da2  # (D+1, 4H) = [dWx; db]
-    dWx, db = dWxb[:D], dWxb[D]  # (D, 4H), (4H,)
-    dWh = hs[:T].reshape(T * N, H).T @ da2  # (H, 4H); hs[t] = h_{t-1}
-    return dx, dprev_h, dWx, dWh, db
+    x2, Wx, rcache = cache
+    da, dh0, dWh, db = lstm_recurrence_backward(dh, rcache)
+    N, T, G = da.shape
+    da2 = da.reshape(N * T, G)
+    # Hoisted: dx and dWx as single GEMMs over the N*T rows.
+    dx = (da2 @ Wx.T).reshape(N, T, -1)  # (N, T, D)
+    dWx = x2.T @ da2  # (D, 4H)
+    return dx, dh0, dWx, dWh, db

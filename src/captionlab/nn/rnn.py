@@ -12,23 +12,20 @@ Backward, with ``a_t`` the pre-activation and ``da_t = dh_t * (1 - h_t**2)``::
     dWh += h_{t-1}.T @ da_t    db += sum_n da_t
 
 The sequence functions are not a loop over the step functions: the input projection of all
-steps is one GEMM before the loop (the bias rides in it as a column of ones on x), and dx,
-[dWx; db] and dWh are single GEMMs over all steps after the backward loop; only
-``h @ Wh`` and ``da @ Wh.T`` stay inside the loops.
-Buffers are time-major (T, N, H) inside, so each step's slice is contiguous, and tanh is
-computed in place as ``2 sigmoid(2a) - 1`` with the factor -2 folded into the weights.
+steps is one GEMM before the loop (:func:`rnn_recurrence_forward` takes it from there), and
+dx, dWx and dWh are single GEMMs over all steps after the backward loop; only ``h @ Wh`` and
+``da @ Wh.T`` stay inside the loops. Between the GEMMs each step's element-wise work is one
+kernel call (:mod:`captionlab.nn.kernels`: fused and multi-threaded with numba, or plain
+NumPy). Buffers are batch-major ``(N, T, H)``: h is written where it is returned, and the
+previous states ``h_{t-1}`` are kept side by side for the single dWh GEMM.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from captionlab.nn.functional import (
-    check_recurrent,
-    check_shape,
-    tanh_from_negated_double_,
-    time_major_with_ones,
-)
+from captionlab.nn import kernels
+from captionlab.nn.functional import check_recurrence, check_recurrent, check_shape
 
 
 def rnn_cell_forward(xa: np.ndarray, prev_h: np.ndarray, Wh: np.ndarray) -> np.ndarray:
@@ -47,7 +44,8 @@ def rnn_cell_forward(xa: np.ndarray, prev_h: np.ndarray, Wh: np.ndarray) -> np.n
     """
     a = prev_h @ Wh  # (N, H)
     a += xa
-    return np.tanh(a, out=a)
+    kernels.active().rnn_cell(a)
+    return a
 
 
 def rnn_step_forward(
@@ -82,13 +80,86 @@ def rnn_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ..
     """
     x, prev_h, Wx, Wh, next_h = cache
     check_shape("dnext_h", dnext_h, next_h.shape, "(N, H)")
-    da = dnext_h * (1 - next_h * next_h)  # (N, H)
+    N, H = next_h.shape
+    dtype = next_h.dtype
+    # The sequence kernel with T = 1: da = dnext_h * (1 - next_h**2), db = sum_n da.
+    da = np.empty((N, 1, H), dtype=dtype)
+    db = np.zeros(H, dtype=dtype)
+    dh = np.ascontiguousarray(dnext_h, dtype=dtype)[:, None]
+    kernels.active().rnn_backward_step(
+        dh, np.zeros((N, H), dtype), np.ascontiguousarray(next_h)[:, None], da, db, 0
+    )
+    da = da[:, 0]  # (N, H)
     dx = da @ Wx.T  # (N, D)
     dprev_h = da @ Wh.T  # (N, H)
     dWx = x.T @ da  # (D, H)
     dWh = prev_h.T @ da  # (H, H)
-    db = da.sum(axis=0)  # (H,)
     return dx, dprev_h, dWx, dWh, db
+
+
+def rnn_recurrence_forward(
+    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """The RNN over a sequence given its input projections (``rnn_forward`` after ``x @ Wx``).
+
+    ``rnn_forward(x, h0, Wx, Wh, b)`` equals ``rnn_recurrence_forward(x @ Wx, h0, Wh, b)``;
+    a caller that has ``x @ Wx`` cheaper (an embedding folded into a table) calls this.
+
+    Args:
+        xa: input projections ``x @ Wx`` (without the bias) of shape (N, T, H).
+        h0: initial hidden state of shape (N, H).
+        Wh: hidden-to-hidden weights of shape (H, H).
+        b: bias of shape (H,).
+
+    Returns:
+        h, the hidden states of all steps, shape (N, T, H) (kept in the cache too: do not
+        modify it in place before the backward pass), and the cache for
+        :func:`rnn_recurrence_backward`.
+    """
+    N, T, H = check_recurrence(xa, h0, Wh, b, gates=1)
+    dtype = np.result_type(xa, h0, Wh, b)
+    xa = np.ascontiguousarray(xa, dtype=dtype)
+    Wh = np.asarray(Wh, dtype=dtype)
+    b = np.ascontiguousarray(b, dtype=dtype)
+    k = kernels.active()
+    h = np.empty((N, T, H), dtype=dtype)
+    hprev = np.empty((N, T, H), dtype=dtype)  # hprev[:, t] = h_{t-1}
+    hprev[:, 0] = h0
+    hw = np.empty((N, H), dtype=dtype)
+    for t in range(T):
+        np.matmul(hprev[:, t], Wh, out=hw)  # (N, H)
+        k.rnn_forward_step(xa, hw, b, h, hprev, t)  # h_t = tanh(x_t Wx + h_{t-1} Wh + b)
+    return h, (Wh, h, hprev)
+
+
+def rnn_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`rnn_recurrence_forward`.
+
+    Args:
+        dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
+            gradient that flows back from later steps: this function adds that).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dxa, dh0, dWh, db)`` of shapes (N, T, H), (N, H), (H, H), (H,); ``dxa`` is the
+        gradient of the input projections (and of the pre-activations).
+    """
+    Wh, h, hprev = cache
+    N, T, H = h.shape
+    check_shape("dh", dh, (N, T, H), "(N, T, H)")
+    dtype = h.dtype
+    dh = np.ascontiguousarray(dh, dtype=dtype)
+    k = kernels.active()
+    da = np.empty((N, T, H), dtype=dtype)  # gradients of the pre-activations, all steps
+    db = np.zeros(H, dtype=dtype)
+    dhw = np.zeros((N, H), dtype=dtype)  # gradient reaching h_t from step t + 1
+    WhT = Wh.T
+    for t in range(T - 1, -1, -1):
+        k.rnn_backward_step(dh, dhw, h, da, db, t)  # da_t = dh_t * (1 - h_t^2)
+        np.matmul(da[:, t], WhT, out=dhw)
+    # Hoisted: the weight gradient as one GEMM over the N*T rows.
+    dWh = hprev.reshape(N * T, H).T @ da.reshape(N * T, H)  # (H, H)
+    return da, dhw, dWh, db
 
 
 def rnn_forward(
@@ -109,24 +180,12 @@ def rnn_forward(
     """
     N, T, D, H = check_recurrent(x, "h0", h0, Wx, Wh, b, gates=1, sequence=True)
     dtype = np.result_type(x, h0, Wx, Wh, b)
-    # Internally time-major (T, N, ...), so that each step's slices are contiguous. The
-    # weights are copied scaled by -2 (exact), so the GEMMs give what the in-place
-    # tanh(a) = 2 sigmoid(2a) - 1 kernel takes.
-    Wxb_s = np.concatenate([Wx, b[None]], dtype=dtype)  # (D+1, H)
-    Wxb_s *= -2
-    Wh_s = Wh * dtype.type(-2)
-    x1 = time_major_with_ones(x, dtype)  # (T, N, D+1)
-    # Hoisted: the input projection of all steps, bias included, as one GEMM.
-    xa = (x1.reshape(T * N, D + 1) @ Wxb_s).reshape(T, N, H)  # (T, N, H), -2 (x Wx + b)
-    hs = np.empty((T + 1, N, H), dtype=dtype)  # hs[0] = h0, hs[t + 1] = h_t
-    hs[0] = h0
-    for t in range(T):
-        ht = hs[t + 1]
-        np.matmul(hs[t], Wh_s, out=ht)
-        ht += xa[t]
-        tanh_from_negated_double_(ht)  # h_t = tanh(x_t Wx + h_{t-1} Wh + b)
-    h = np.ascontiguousarray(hs[1:].transpose(1, 0, 2))  # (N, T, H)
-    return h, (x1, Wx, Wh, hs)
+    x2 = np.ascontiguousarray(x, dtype=dtype).reshape(N * T, D)
+    Wx = np.asarray(Wx, dtype=dtype)
+    # Hoisted: the input projection of all steps as one GEMM.
+    xa = (x2 @ Wx).reshape(N, T, H)  # (N, T, H)
+    h, cache = rnn_recurrence_forward(xa, h0, Wh, b)
+    return h, (x2, Wx, cache)
 
 
 def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -140,27 +199,11 @@ def rnn_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
     Returns:
         ``(dx, dh0, dWx, dWh, db)`` of shapes (N, T, D), (N, H), (D, H), (H, H), (H,).
     """
-    x1, Wx, Wh, hs = cache
-    T, N, D = x1.shape[0], x1.shape[1], x1.shape[2] - 1
-    H = hs.shape[2]
-    check_shape("dh", dh, (N, T, H), "(N, T, H)")
-    dtype = hs.dtype
-    da = np.empty((T, N, H), dtype=dtype)  # gradients of the pre-activations, all steps
-    dprev = np.zeros((N, H), dtype=dtype)  # gradient flowing into h_t from step t+1
-    tmp = np.empty((N, H), dtype=dtype)
-    WhT = Wh.T
-    for t in range(T - 1, -1, -1):
-        dat = da[t]
-        np.add(dh[:, t], dprev, out=dat)
-        ht = hs[t + 1]
-        np.multiply(ht, ht, out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        dat *= tmp  # da_t = dh_t * (1 - h_t^2)
-        np.matmul(dat, WhT, out=dprev)
-    # Hoisted: all weight gradients and dx as single GEMMs over the T*N rows.
-    da2 = da.reshape(T * N, H)
-    dx = np.ascontiguousarray((da2 @ Wx.T).reshape(T, N, D).transpose(1, 0, 2))  # (N, T, D)
-    dWxb = x1.reshape(T * N, D + 1).T @ da2  # (D+1, H) = [dWx; db]
-    dWx, db = dWxb[:D], dWxb[D]  # (D, H), (H,)
-    dWh = hs[:T].reshape(T * N, H).T @ da2  # (H, H); hs[t] = h_{t-1}
-    return dx, dprev, dWx, dWh, db
+    x2, Wx, rcache = cache
+    da, dh0, dWh, db = rnn_recurrence_backward(dh, rcache)
+    N, T, H = da.shape
+    da2 = da.reshape(N * T, H)
+    # Hoisted: dx and dWx as single GEMMs over the N*T rows.
+    dx = (da2 @ Wx.T).reshape(N, T, -1)  # (N, T, D)
+    dWx = x2.T @ da2  # (D, H)
+    return dx, dh0, dWx, dWh, db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,16 +10,23 @@ import numpy as np
 
 from captionlab.captioning import load_checkpoint
 from captionlab.data import CaptionDataset, load_dataset
+from captionlab.data._io import file_sha256
 from captionlab.data.features import FeatureStore
 from captionlab.errors import DataError, UserError
+from captionlab.runs.folder import check_store_matches
 from captionlab.runs.inference import (
     caption_features,
-    needs_grid,
+    check_store_for_model,
+    checkpoint_pca,
+    features_for_model,
+    model_kind,
     resolve_model_path,
-    store_features,
 )
 
-__all__ = ["evaluate_run", "load_scenes_for", "scene_scores"]
+#: Images read from the store and captioned at a time (grids are never read whole).
+BATCH_IMAGES = 500
+
+__all__ = ["evaluate_run", "evaluation_store", "load_scenes_for", "scene_scores"]
 
 
 def evaluate_run(
@@ -33,27 +41,50 @@ def evaluate_run(
     coco: bool = True,
     meteor: bool = True,
     limit: int | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> dict:
     """Caption ``split`` of a dataset with a trained model and score it.
 
-    Returns ``{"split", "images", "results": {"greedy"|"beam3": {"metrics", "captions"}}}``.
-    COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr-D) always; scene accuracy too when the
-    dataset has a ``scenes.json`` beside it (the shapes benchmark) or ``scenes_path`` is given.
+    Features come from ``store_path`` when given, else from the store the model trained on
+    (found from any folder) when it holds this dataset's images, else they are extracted
+    with the model's own extractor and PCA basis into a store cached in ``cache_dir``
+    (default ``RUN/eval_features/``), named by the dataset's content, the split and the
+    extractor, so the same dataset is never extracted twice for the same model. Any store
+    is checked to hold this dataset's images (by file) and the model's features.
+
+    Returns ``{"model", "cell", "split", "images", "features", "results": {"greedy"|"beam3":
+    {"metrics", "captions"}}}``. COCO metrics (BLEU, METEOR, ROUGE-L, CIDEr-D) always; scene
+    accuracy too when the dataset has a ``scenes.json`` beside it (the shapes benchmark) or
+    ``scenes_path`` is given.
     """
     ckpt = resolve_model_path(model_path)
-    model, state = load_checkpoint(ckpt)
-    dataset = load_dataset(dataset_path, image_root=image_root)
+    model, state = load_checkpoint(ckpt, solver_state=False)
+    dataset = load_dataset(dataset_path, image_root=image_root, check_images=False)
     records = dataset.split(split)
     if not records:
         raise DataError(f"{dataset.source}: no images in split {split!r}")
     if limit is not None:
+        if limit < 1:
+            raise UserError(f"limit must be >= 1, got {limit}")
         records = records[:limit]
-    features = _split_features(model, state, ckpt, store_path, [r.image_id for r in records])
+    cache = Path(cache_dir) if cache_dir is not None else ckpt.parent / "eval_features"
+    store, source = evaluation_store(
+        model, state, ckpt, dataset, records, store_path, split=split, cache_dir=cache,
+        device=device, progress=progress,
+    )  # fmt: skip
+    ids = [r.image_id for r in records]
+    texts_by_beam: dict[int, list[str]] = {beam: [] for beam in beams}
+    for start in range(0, len(ids), BATCH_IMAGES):
+        features = features_for_model(model, store, ids[start : start + BATCH_IMAGES], ckpt)
+        for beam in beams:
+            texts_by_beam[beam] += caption_features(model, features, beam=beam)
     scenes = load_scenes_for(dataset, scenes_path)
     results = {}
     for beam in beams:
         name = "greedy" if beam == 1 else f"beam{beam}"
-        texts = caption_features(model, features, beam=beam)
+        texts = texts_by_beam[beam]
         results[name] = {
             "metrics": _score(texts, records, scenes, coco=coco, meteor=meteor),
             "captions": [
@@ -68,28 +99,124 @@ def evaluate_run(
         }
     return {
         "model": str(ckpt),
-        "cell": getattr(model, "cell_type", "transformer"),
+        "cell": model_kind(model),
         "split": split,
         "images": len(records),
+        "features": source,
         "results": results,
     }
 
 
-def _split_features(model, state: dict, ckpt: Path, store_path, ids: list[str]) -> np.ndarray:
-    """The features of images ``ids`` from the store (default: the one the model trained on),
-    checked against the model's input size."""
-    if store_path is None:
-        store_path = (state.get("extra") or {}).get("feature_store")
+def evaluation_store(
+    model,
+    state: dict,
+    ckpt: Path,
+    dataset: CaptionDataset,
+    records: list,
+    store_path: str | Path | None,
+    *,
+    split: str,
+    cache_dir: Path,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[FeatureStore, dict]:
+    """The store holding the model's features of ``records`` (pooled, and the grid for a
+    model that reads one) and where it came from (see :func:`evaluate_run`)."""
+    from captionlab.data.feature_config import FeatureExtractorConfig
+
+    extra = state.get("extra") or {}
+    if "features" not in extra:
         if store_path is None:
-            raise UserError("give --features STORE: the checkpoint names no feature store")
-    store = FeatureStore.open(store_path)
-    features = store_features(store, ids, grid=needs_grid(model))
-    D = model.params["W_proj"].shape[0]
-    if features.shape[-1] != D:
+            raise UserError(
+                f"give --features STORE: {ckpt} records no feature extractor, so features "
+                "cannot be extracted for it"
+            )
+        config, pcas = None, (None, None)
+    else:
+        config = FeatureExtractorConfig.from_dict(extra["features"], f"{ckpt}: extra.features")
+        pcas = (checkpoint_pca(state, config, ckpt), checkpoint_pca(state, config, ckpt, True))
+    ids = [r.image_id for r in records]
+    if store_path is not None:
+        store = FeatureStore.open(store_path)
+        check_store_for_model(model, store, ckpt)
+        _check_store_fits(store, config, pcas, ckpt, f"--features {store.path}")
+        check_store_matches(store, dataset, records)
+        return store, {"store": str(store.path), "extracted": False}
+    for candidate in _training_stores(extra, ckpt):
+        store = FeatureStore.open(candidate)
+        try:
+            _check_store_fits(store, config, pcas, ckpt, str(candidate))
+            check_store_matches(store, dataset, records)
+        except DataError:
+            continue  # the training store does not hold this dataset: extract (below)
+        return store, {"store": str(store.path), "extracted": False}
+    from captionlab.extract import extract_features
+
+    key = f"{file_sha256(dataset.source)[:16]}-{split}-{len(ids)}-{_extractor_key(config, pcas)}"
+    out = cache_dir / f"{key}.h5"
+    summary = extract_features(
+        dataset.source, out, config, image_root=_image_root(dataset, records), device=device,
+        progress=progress, only_ids=ids, pca=pcas[0], grid_pca=pcas[1],
+    )  # fmt: skip
+    store = FeatureStore.open(out)
+    if summary.get("n_failed"):
+        first = (summary.get("failed") or [{}])[0]
         raise DataError(
-            f"{store.path}: features are {features.shape[-1]}-d, the model {ckpt} expects {D}-d"
+            f"{dataset.source}: {summary['n_failed']} image(s) of split {split!r} could not be "
+            f"read, e.g. {first.get('path')}: {first.get('error')}"
         )
-    return features.astype(model.dtype, copy=False)
+    return store, {"store": str(out), "extracted": not summary.get("up_to_date", False)}
+
+
+def _image_root(dataset: CaptionDataset, records: list) -> Path | None:
+    """The folder the records' files are under (what extraction needs to find them)."""
+    r = records[0]
+    if r.file and str(r.path).endswith(r.file):
+        return Path(str(r.path)[: -len(r.file)] or ".")
+    return None
+
+
+def _training_stores(extra: dict, ckpt: Path) -> list[Path]:
+    """Where the store the model trained on may be: its resolved path, the path relative to
+    the run folder, and (older checkpoints) the path as written, from here or the run."""
+    seen, out = set(), []
+    written, relative = extra.get("feature_store"), extra.get("feature_store_relative")
+    candidates = [written, relative and ckpt.parent / relative, written and ckpt.parent / written]
+    for candidate in candidates:
+        if not candidate or not isinstance(candidate, str | Path):
+            continue
+        path = Path(candidate)
+        if path.is_file() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            out.append(path)
+    return out
+
+
+def _check_store_fits(store: FeatureStore, config, pcas, ckpt: Path, what: str) -> None:
+    """The store must hold the features the model's extractor makes (same config and PCA
+    bases, pooled and grid)."""
+    if config is None:
+        return
+    if store.config != config:
+        raise DataError(
+            f"{what} was made with another extractor ({store.config.to_json()}) than the model "
+            f"{ckpt} ({config.to_json()}); its features mean nothing to the model"
+        )
+    for name, pca, have in (("PCA", pcas[0], store.pca), ("grid PCA", pcas[1], store.grid_pca)):
+        if (pca is None) != (have is None) or (
+            pca is not None
+            and not np.allclose(have.components, pca.components, rtol=1e-5, atol=1e-6)
+        ):
+            raise DataError(f"{what} was projected with another {name} basis than {ckpt}'s")
+
+
+def _extractor_key(config, pcas) -> str:
+    h = hashlib.sha256(config.to_json().encode())
+    for pca in pcas:
+        if pca is not None:
+            h.update(np.ascontiguousarray(pca.mean, np.float32).tobytes())
+            h.update(np.ascontiguousarray(pca.components, np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _score(texts: list[str], records, scenes: dict | None, *, coco: bool, meteor: bool) -> dict:

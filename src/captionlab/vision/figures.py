@@ -106,6 +106,27 @@ def saliency_figure(
     return fig
 
 
+def magnified_difference(
+    original: np.ndarray, fooled: np.ndarray, magnify: float | None = None
+) -> tuple[np.ndarray, float, float]:
+    """The change a fooling image made, made visible: ``(shown, magnify, linf)``.
+
+    ``shown`` uint8 (H, W, 3) is the difference around mid-grey, magnified so its larger
+    changes fill the range (scaled to the 99th percentile of the changes, the top 1% clipped:
+    most changes are far below the largest), or by ``magnify``; ``linf`` is the largest
+    change in grey levels.
+    """
+    original = _check_image(original, "original")
+    fooled = _check_image(fooled, "fooled")
+    diff = fooled.astype(np.float64) - original.astype(np.float64)  # (H, W, 3)
+    linf = float(np.abs(diff).max())
+    if magnify is None:
+        typical = float(np.percentile(np.abs(diff), 99.0)) or linf
+        magnify = 127.0 / typical if typical > 0 else 1.0
+    shown = np.clip(127.5 + magnify * diff, 0, 255).astype(np.uint8)
+    return shown, magnify, linf
+
+
 def fooling_figure(
     original: np.ndarray,
     fooled: np.ndarray,
@@ -123,14 +144,7 @@ def fooling_figure(
     predicts for each. The difference is shown around mid-grey, magnified so its larger
     changes fill the range (the top 1% clipped), or by ``magnify``.
     """
-    original = _check_image(original, "original")
-    fooled = _check_image(fooled, "fooled")
-    diff = fooled.astype(np.float64) - original.astype(np.float64)  # (H, W, 3)
-    linf = float(np.abs(diff).max())
-    if magnify is None:  # most changes are far below the largest: scale to the 99th percentile
-        typical = float(np.percentile(np.abs(diff), 99.0)) or linf
-        magnify = 127.0 / typical if typical > 0 else 1.0
-    shown = np.clip(127.5 + magnify * diff, 0, 255).astype(np.uint8)
+    shown, magnify, linf = magnified_difference(original, fooled, magnify)
     fig, axes = _panels(3)
     axes[0].imshow(original)
     axes[0].set_title("original\n" + _label(original_label, original_prob), fontsize=10)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,11 +25,14 @@ __all__ = [
     "BUNDLED_PHOTOS",
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "ImageError",
+    "bundled_photo",
     "center_crop_resize",
     "image_stem",
     "list_image_files",
     "load_image",
     "load_images",
+    "open_rgb",
     "read_image",
 ]
 
@@ -103,51 +107,78 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), _RESAMPLE, box=box, reducing_gap=3.0)
 
 
-def load_image(path: str | Path, size: int = 224, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read one image file -> uint8 RGB array (size, size, 3).
+class ImageError(UserError):
+    """An image that cannot be used; ``kind`` says why: ``"missing"``, ``"empty"``,
+    ``"not_image"``, ``"too_large"`` (over the pixel limit: a decompression bomb or a huge
+    scan) or ``"corrupt"`` (truncated or damaged)."""
 
-    EXIF orientation applied; any mode converted to RGB; shorter side resized to ``size`` and
-    centre-cropped. Files with more than ``max_pixels`` pixels are refused from their header.
-    Raises :class:`UserError` naming the file for a missing, unreadable, truncated, non-image
-    or oversized file.
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def open_rgb(
+    source: str | Path | BinaryIO,
+    *,
+    name: str,
+    max_pixels: int = MAX_PIXELS,
+    draft: int | None = None,
+) -> Image.Image:
+    """Decode an image file or stream -> an RGB :class:`PIL.Image.Image`, safely.
+
+    The pixel count is checked from the header before any pixel is decoded (a decompression
+    bomb never expands); EXIF orientation is applied and any mode converted to RGB (alpha
+    over white, high bit depths rescaled). ``draft``: a JPEG may be decoded at a reduced
+    scale that still covers this many pixels (much faster). Every failure is an
+    :class:`ImageError` whose message starts with ``name`` (a path, or a form field).
     """
-    path = Path(path)
-    if int(size) < 1:
-        raise ValueError(f"size must be a positive number of pixels, got {size}")
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns or raises at its global limit; ours is explicit.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise UserError(
-                        f"{path}: image of {w}x{h} = {w * h} pixels exceeds the limit of "
-                        f"{max_pixels} pixels (a decompression bomb or a huge scan)"
+                    raise ImageError(
+                        f"{name}: image of {w}x{h} = {w * h} pixels exceeds the limit of "
+                        f"{max_pixels} pixels (a decompression bomb or a huge scan)",
+                        "too_large",
                     )
                 if w < 1 or h < 1:
-                    raise UserError(f"{path}: image has no pixels ({w}x{h})")
-                # JPEG: decode at a reduced scale that still covers `size` (much faster).
-                if img.format == "JPEG":
-                    img.draft("RGB", (size, size))
+                    raise ImageError(f"{name}: image has no pixels ({w}x{h})", "corrupt")
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", (draft, draft))
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_rgb(img)
-                img = center_crop_resize(img, size)
-                out = np.array(img, dtype=np.uint8)  # a writable copy (torch wants one)
-    except UserError:
+                img = _to_rgb(ImageOps.exif_transpose(img))
+                return img.copy() if img.mode == "RGB" else img.convert("RGB")
+    except ImageError:
         raise
-    except FileNotFoundError as exc:
-        raise UserError(f"{path}: image file not found") from exc
-    except IsADirectoryError as exc:
-        raise UserError(f"{path}: expected an image file, got a folder") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise UserError(f"{path}: not an image Pillow can read") from exc
+    except FileNotFoundError:
+        raise ImageError(f"{name}: image file not found", "missing") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: expected an image file, got a folder", "missing") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read", "not_image") from None
     except Image.DecompressionBombError as exc:
-        raise UserError(f"{path}: refused as a decompression bomb ({exc})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow reports a truncated or corrupt stream as OSError / SyntaxError / ValueError.
-        raise UserError(f"{path}: corrupt or truncated image ({exc})") from exc
+        raise ImageError(f"{name}: refused as a decompression bomb ({exc})", "too_large") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        # Pillow reports a truncated or corrupt stream with any of these.
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})", "corrupt") from None
+
+
+def load_image(path: str | Path, size: int = 224, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read one image file -> uint8 RGB array (size, size, 3).
+
+    Decoded by :func:`open_rgb` (pixel limit from the header, EXIF orientation, any mode to
+    RGB), then the shorter side resized to ``size`` and centre-cropped. Raises
+    :class:`UserError` naming the file for a missing, unreadable, truncated, non-image or
+    oversized file.
+    """
+    path = Path(path)
+    if int(size) < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    img = open_rgb(path, name=str(path), max_pixels=max_pixels, draft=size)
+    out = np.array(center_crop_resize(img, size), dtype=np.uint8)  # writable (torch wants one)
     if out.shape != (size, size, 3):  # pragma: no cover - guards the conversion above
         raise RuntimeError(f"{path}: expected ({size}, {size}, 3) pixels, got {out.shape}")
     return out
@@ -163,25 +194,31 @@ def load_images(paths: Iterable[str | Path], size: int = 224) -> np.ndarray:
 
 BUNDLED_PREFIX = "skimage:"
 #: Photos bundled with scikit-image (CC0 or public domain), named as ``skimage:NAME``.
-BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+BUNDLED_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 
 
-def read_image(spec: str, size: int = 224) -> np.ndarray:
-    """An image file, or ``skimage:NAME`` for a bundled photo -> a writable uint8
-    (size, size, 3) array (shorter side resized, centre crop)."""
-    if not spec.startswith(BUNDLED_PREFIX):
-        return np.array(load_image(spec, size=size))  # a writable copy, for torch
-    name = spec[len(BUNDLED_PREFIX) :]
+def bundled_photo(name: str) -> np.ndarray:
+    """A photo bundled with scikit-image (one of :data:`BUNDLED_PHOTOS`) -> uint8 (H, W, 3)
+    at its own size."""
     if name not in BUNDLED_PHOTOS:
         raise UserError(
-            f"{spec}: unknown bundled photo; expected one of {', '.join(BUNDLED_PHOTOS)}"
+            f"{BUNDLED_PREFIX}{name}: unknown bundled photo; expected one of "
+            f"{', '.join(BUNDLED_PHOTOS)}"
         )
     import skimage.data
 
     pixels = np.asarray(getattr(skimage.data, name)())
     if pixels.ndim == 2:
         pixels = np.stack([pixels] * 3, axis=-1)
-    img = Image.fromarray(pixels[..., :3].astype(np.uint8))
+    return np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
+
+
+def read_image(spec: str, size: int = 224) -> np.ndarray:
+    """An image file, or ``skimage:NAME`` for a bundled photo -> a writable uint8
+    (size, size, 3) array (shorter side resized, centre crop)."""
+    if not spec.startswith(BUNDLED_PREFIX):
+        return load_image(spec, size=size)
+    img = Image.fromarray(bundled_photo(spec[len(BUNDLED_PREFIX) :]))
     return np.array(center_crop_resize(img, size), dtype=np.uint8)
 
 

@@ -18,6 +18,7 @@ import torch
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, deprocess, preprocess
 from captionlab.vision.imagenet import CLASS_NAMES, top_classes
+from captionlab.vision.settings import DREAM, FOOL, SALIENCY, check_settings
 
 __all__ = ["classify", "dream", "fool", "predict", "saliency_maps"]
 
@@ -60,6 +61,10 @@ def saliency_maps(
         ``{"target": {"index", "name", "prob"}, "predicted": {...}, "maps": {method: (S, S)
         float32}, "seconds": {method: s}}``.
     """
+    settings = check_settings(
+        SALIENCY, {"samples": samples, "noise": noise, "steps": steps, "seed": seed}
+    )
+    samples, noise, steps, seed = (settings[k] for k in ("samples", "noise", "steps", "seed"))
     x = preprocess(pixels).to(_device(model))  # (1, 3, S, S)
     probs = predict(model, pixels[None])[0]
     if target is None:
@@ -105,10 +110,21 @@ def fool(
     Returns:
         ``{"image": uint8 (S, S, 3) the fooling image rounded to pixels, "attack", "epsilon",
         "success", "iterations", "target_prob", "l2", "linf", "predicted_before",
-        "predicted_after_saving", "success_after_saving", "seconds"}``.
+        "predicted_after_saving", "success_after_saving", "target_prob_after_saving",
+        "seconds"}``.
     """
     from captionlab.vision import fooling
 
+    settings = check_settings(
+        FOOL,
+        {
+            "epsilon": epsilon, "step_size": step_size, "learning_rate": learning_rate,
+            "max_iter": max_iter, "confidence": confidence,
+        },
+    )  # fmt: skip
+    epsilon, step_size = settings["epsilon"], settings["step_size"]
+    learning_rate, max_iter = settings["learning_rate"], settings["max_iter"]
+    confidence = settings["confidence"]
     x = preprocess(pixels).to(_device(model))  # (1, 3, S, S)
     stop_prob = confidence or None
     start = time.perf_counter()
@@ -138,6 +154,7 @@ def fool(
         "predicted_before": top_classes(before, 1)[0],
         "predicted_after_saving": top_after,
         "success_after_saving": top_after["index"] == target,
+        "target_prob_after_saving": float(after[target]),
         "seconds": seconds,
     }
 
@@ -155,6 +172,7 @@ def dream(model: torch.nn.Module, targets: Sequence[int], **options) -> dict:
     """
     from captionlab.vision.class_viz import visualize_class
 
+    options = check_settings(DREAM, options)
     start = time.perf_counter()
     res = visualize_class(list(targets), model, input_range=INPUT_RANGE, **options)
     probs = [float(p) for p in res.target_prob.tolist()]

@@ -1,0 +1,321 @@
+"""Word explanations on shapes scenes no model trained on: grounding, faithfulness, cost.
+
+    python benchmarks/bench_explain.py --model lstm=RUN_A --model rnn=RUN_B \\
+        [--scenes DIR] [--n-scenes 300] [--seed 1515] [--methods vanilla,smoothgrad,ig] \\
+        [--samples 25] [--steps 32] [--deletion-scenes 50] [--threads 1] [--json FILE]
+
+For each trained captioner given, every scene is captioned greedily and each shape and
+colour word of the caption is explained by each method (and by the word's attention map for
+captioners with attention). Then:
+
+* **Pointing game** (Zhang et al. 2016): is the peak of the word's map, mapped back to the
+  scene's pixels, inside the box of the object the word belongs to. *Belongs to*: the
+  caption is parsed with :func:`captionlab.data.shapes.parse_caption` (the parser that
+  scores captions): a shape word is the word at which the parse gains an object (singular
+  nouns; a plural such as "two circles" names several objects and is skipped); that object
+  is matched to the scene object of the same shape, and when the scene has several, to the
+  one agreeing with most of the colour and size the caption gives it, among those no earlier
+  word named (a tie is ambiguous and skipped). A colour word belongs to the object whose
+  shape word follows it within two words (parse_caption's own rule) and counts only when
+  that scene object has this colour.
+  Shape words the scene does not have (hallucinations) and wrong colours are not scored,
+  and are counted. The random-map baseline is the exact expectation of a uniformly random
+  peak: the box's share of the image.
+* **Deletion** (Petsiuk et al. 2018) on the word's probability given the caption before it:
+  pixels set to mid-grey, most salient first, in 16 steps; the area under the probability
+  curve, lower is better; against a random pixel order (a seeded uniform map).
+* **Cost**: one word's map against one ImageNet-class saliency map of the same method, on
+  the same backbone, input and thread count, timed alternately; the minimum of the repeats.
+
+Scenes are generated with ``--seed`` into ``--scenes`` (cached): a seed other than the
+training data's gives scenes no model trained on. Timings on a shared machine are noisy;
+ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from captionlab.data.shapes import COLOURS, generate_shapes, load_scenes, parse_caption
+from captionlab.explain import CropGeometry, Explainer, map_peak
+from captionlab.vision import saliency as sal
+from captionlab.vision.backbone import INPUT_RANGE, preprocess
+from captionlab.vision.images import load_image
+
+SAL_OPTIONS = {"vanilla": {}, "smoothgrad": {"samples": 25}, "ig": {"steps": 32}}  # the CLI's
+
+
+# ----------------------------------------------------------------------- which object a word is
+def _match(parsed: dict, objects: list[dict], claimed: set[int]) -> tuple[int | None, str]:
+    """The scene object a parsed object ``{"size", "colour", "shape"}`` names (preferring
+    objects no earlier word named), or None and why not."""
+    same_shape = [i for i, o in enumerate(objects) if o["shape"] == parsed["shape"]]
+    if not same_shape:
+        return None, "hallucinated"
+    same_shape = [i for i in same_shape if i not in claimed] or same_shape
+    agree = [
+        sum(parsed[k] is not None and parsed[k] == objects[i][k] for k in ("colour", "size"))
+        for i in same_shape
+    ]
+    best = max(agree)
+    if agree.count(best) > 1:
+        return None, "ambiguous"
+    return same_shape[agree.index(best)], ""
+
+
+def word_objects(words: list[str], scene: dict) -> dict[int, dict]:
+    """``{position: {"kind": "shape"|"colour", "object": i or None, "why": reason}}`` for
+    each shape and colour word of a caption (see the module docstring for the rules)."""
+    objects = scene["objects"]
+    out: dict[int, dict] = {}
+    before = 0
+    claimed: set[int] = set()
+    shape_at: dict[int, tuple[dict, int | None, str]] = {}  # position -> parsed, match, why
+    for k in range(len(words)):
+        parsed = parse_caption(" ".join(words[: k + 1]))["objects"]
+        if len(parsed) == before + 1 and parsed[-1]["shape"] is not None:
+            # the last object's colour and size are final at its own shape word
+            shape_at[k] = (parsed[-1], *_match(parsed[-1], objects, claimed))
+            if shape_at[k][1] is not None:
+                claimed.add(shape_at[k][1])
+            out[k] = {"kind": "shape", "object": shape_at[k][1], "why": shape_at[k][2]}
+        elif len(parsed) > before + 1:
+            out[k] = {"kind": "shape", "object": None, "why": "plural"}
+        before = len(parsed)
+    for k, word in enumerate(words):
+        if word not in COLOURS:
+            continue
+        owner = next((shape_at[j] for j in (k + 1, k + 2) if j in shape_at), None)
+        if owner is None or owner[0]["colour"] != word:
+            out[k] = {"kind": "colour", "object": None, "why": "no object"}
+        elif owner[1] is None:
+            out[k] = {"kind": "colour", "object": None, "why": owner[2]}
+        elif objects[owner[1]]["colour"] != word:
+            out[k] = {"kind": "colour", "object": None, "why": "wrong colour"}
+        else:
+            out[k] = {"kind": "colour", "object": owner[1], "why": ""}
+    return dict(sorted(out.items()))
+
+
+def inside(point: tuple[int, int], bbox) -> bool:
+    """Whether pixel ``(x, y)``'s centre lies in ``bbox`` ``[x0, y0, x1, y1]``."""
+    x, y = point[0] + 0.5, point[1] + 0.5
+    return bbox[0] <= x <= bbox[2] and bbox[1] <= y <= bbox[3]
+
+
+# ----------------------------------------------------------------------- one model
+def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
+    explainer = Explainer.from_checkpoint(run, max_length=20)
+    S = explainer.image_size
+    scenes = load_scenes(scenes_dir / "scenes.json")
+    ids = [i for i, sc in scenes.items() if sc["split"] == "test"][: args.n_scenes]
+    methods = list(args.methods)
+    rng = np.random.default_rng(0)
+    # per map: the hits of shape and colour words, in scenes of one object and of two or three
+    keys = ("shape", "colour", "shape_1", "shape_2+", "colour_1", "colour_2+")
+    hits = {m: {k: [] for k in keys} for m in [*methods, "attention", "random"]}
+    deletion = {m: [] for m in [*methods, "attention", "random"]}
+    skipped: dict[str, int] = {}
+    words_seen = 0
+    seconds = {m: 0.0 for m in methods}
+    started = time.perf_counter()
+    for n, image_id in enumerate(ids):
+        scene = scenes[image_id]
+        path = scenes_dir / scene["filename"]
+        pixels = load_image(path, S)
+        geo = CropGeometry.of_image(path, S)
+        caption = explainer.decode(pixels)
+        words = explainer.text(caption)
+        words_seen += len(words)
+        targets = word_objects(words, scene)
+        scored = [t for t, w in targets.items() if w["object"] is not None]
+        for w in targets.values():
+            if w["object"] is None:
+                key = f"{w['kind']}: {w['why']}"
+                skipped[key] = skipped.get(key, 0) + 1
+        if not scored:
+            continue
+        maps = {}
+        for m in methods:
+            t0 = time.perf_counter()
+            maps[m] = explainer.word_maps(pixels, caption, scored, m, **SAL_OPTIONS[m])
+            seconds[m] += time.perf_counter() - t0
+        attention = explainer.attention_maps(pixels, caption)
+        if attention is not None:
+            maps["attention"] = attention[scored]
+        maps["random"] = rng.random((len(scored), S, S)).astype(np.float32)
+        for m, stack in maps.items():
+            for t, word_map in zip(scored, stack, strict=True):
+                target = targets[t]
+                bbox = scene["objects"][target["object"]]["bbox"]
+                if m == "random":  # the expectation of a uniformly random peak
+                    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) / (geo.width * geo.height)
+                    hit = area
+                else:
+                    peak = geo.to_original(*map_peak(word_map))
+                    hit = float(inside(peak, bbox))
+                crowd = "1" if len(scene["objects"]) == 1 else "2+"
+                hits[m][target["kind"]].append(hit)
+                hits[m][f"{target['kind']}_{crowd}"].append(hit)
+                if n < args.deletion_scenes:
+                    _, auc = explainer.deletion(pixels, caption, t, word_map, n_steps=16)
+                    deletion[m].append(auc)
+        if args.verbose:
+            print(f"  {name} {n + 1}/{len(ids)} '{' '.join(words)}' "
+                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+    table = {}
+    for m in hits:
+        if not hits[m]["shape"] and not hits[m]["colour"]:
+            continue
+        table[m] = {
+            "pointing_shape": _mean(hits[m]["shape"]),
+            "pointing_colour": _mean(hits[m]["colour"]),
+            "n_shape": len(hits[m]["shape"]),
+            "n_colour": len(hits[m]["colour"]),
+            **{f"pointing_{k}": _mean(hits[m][k]) for k in keys[2:]},
+            **{f"n_{k}": len(hits[m][k]) for k in keys[2:]},
+            "deletion_auc": _mean(deletion[m]),
+            "n_deletion": len(deletion[m]),
+        }
+    return {
+        "model": name,
+        "run": run,
+        "scenes": len(ids),
+        "words": words_seen,
+        "not_scored": dict(sorted(skipped.items())),
+        "methods": table,
+        "map_seconds": {m: round(s, 1) for m, s in seconds.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+# ----------------------------------------------------------------------- cost
+def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dict:
+    """One word's map against one ImageNet-class map of the same method: same backbone
+    (the checkpoint's), same input, alternating repeats, the minimum of each."""
+    explainer = Explainer.from_checkpoint(run)
+    S = explainer.image_size
+    scene = next(iter(load_scenes(scenes_dir / "scenes.json").values()))
+    pixels = load_image(scenes_dir / scene["filename"], S)
+    caption = explainer.decode(pixels)
+    position = [0]
+    backbone = explainer.pipeline.backbone
+    x = preprocess(pixels).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        cls = int(backbone(x).argmax())
+    imagenet = {
+        "vanilla": {},
+        "smoothgrad": {"n_samples": SAL_OPTIONS["smoothgrad"]["samples"]},
+        "ig": {"steps": SAL_OPTIONS["ig"]["steps"], "baseline": float(INPUT_RANGE[0])},
+    }
+    out = {}
+    for m in methods:
+
+        def word(m=m):
+            return explainer.word_maps(pixels, caption, position, m, **SAL_OPTIONS[m])
+
+        def imagenet_class(m=m):
+            return sal.saliency(x, cls, backbone, m, **imagenet[m])
+
+        fns = {"word": word, "imagenet": imagenet_class}
+        for fn in fns.values():  # warm-up
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(reps):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        word, ref = min(times["word"]), min(times["imagenet"])
+        out[m] = {"word_s": round(word, 4), "imagenet_s": round(ref, 4),
+                  "ratio": round(word / ref, 3)}  # fmt: skip
+    return {"image_size": S, "caption_words": len(explainer.text(caption)), "methods": out}
+
+
+# ----------------------------------------------------------------------- report
+def print_tables(results: list[dict], cost: dict | None) -> None:
+    print("\npointing game (peak inside the word's object) and deletion AUC (lower is better)")
+    head = (f"{'model':8} {'map':11} {'shape words':>14} {'1 object':>9} {'2-3':>6} "
+            f"{'colour words':>14} {'1 object':>9} {'2-3':>6} {'deletion AUC':>14}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        for m, row in r["methods"].items():
+            cells = [f"{_fmt(row['pointing_shape'])} ({row['n_shape']})",
+                     _fmt(row["pointing_shape_1"]), _fmt(row["pointing_shape_2+"]),
+                     f"{_fmt(row['pointing_colour'])} ({row['n_colour']})",
+                     _fmt(row["pointing_colour_1"]), _fmt(row["pointing_colour_2+"]),
+                     f"{_fmt(row['deletion_auc'])} ({row['n_deletion']})"]  # fmt: skip
+            widths = (14, 9, 6, 14, 9, 6, 14)
+            line = " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+            print(f"{r['model']:8} {m:11} {line}")
+        print(f"{'':8} {r['scenes']} scenes, {r['words']} words; not scored: {r['not_scored']}")
+    if cost:
+        print(f"\ncost of one word's map / one ImageNet-class map ({cost['image_size']} px)")
+        for m, row in cost["methods"].items():
+            word, ref, ratio = row["word_s"], row["imagenet_s"], row["ratio"]
+            print(f"  {m:11} {word:.4f} s / {ref:.4f} s = {ratio:.2f}")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=RUN",
+                        help="a trained run to evaluate, named (repeatable)")  # fmt: skip
+    parser.add_argument("--scenes", default="bench_explain_scenes",
+                        help="folder of the unseen scenes (generated there if absent)")  # fmt: skip
+    parser.add_argument("--generate", type=int, default=300, help="unseen scenes generated")
+    parser.add_argument("--n-scenes", type=int, default=300, help="scenes evaluated (first)")
+    parser.add_argument("--seed", type=int, default=1515, help="seed of the unseen scenes")
+    parser.add_argument("--methods", default="vanilla,smoothgrad,ig", help="comma-separated")
+    parser.add_argument("--samples", type=int, default=25, help="SmoothGrad's noisy copies")
+    parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients' steps")
+    parser.add_argument("--deletion-scenes", type=int, default=50,
+                        help="the deletion metric on the first this many scenes")  # fmt: skip
+    parser.add_argument("--cost-reps", type=int, default=5, help="timing repeats (0: no timing)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--verbose", action="store_true", help="a line per scene on stderr")
+    args = parser.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    SAL_OPTIONS["smoothgrad"]["samples"] = args.samples
+    SAL_OPTIONS["ig"]["steps"] = args.steps
+    torch.set_num_threads(args.threads)
+    scenes_dir = Path(args.scenes)
+    generate_shapes(scenes_dir, n_train=0, n_val=0, n_test=args.generate, seed=args.seed,
+                    progress=False)  # fmt: skip
+    models = [spec.split("=", 1) for spec in args.model]
+    results, cost = [], None
+
+    def save() -> None:  # after every model, so a long run keeps what it finished
+        if args.json:
+            done = {"results": results, "cost": cost, "options": SAL_OPTIONS,
+                    "threads": args.threads}  # fmt: skip
+            Path(args.json).write_text(json.dumps(done, indent=2))
+
+    for name, run in models:
+        results.append(evaluate_model(name, run, scenes_dir, args))
+        save()
+    if args.cost_reps:
+        cost = bench_cost(models[0][1], scenes_dir, args.methods, args.cost_reps)
+        save()
+    print_tables(results, cost)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

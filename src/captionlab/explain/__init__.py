@@ -1,0 +1,51 @@
+"""Word-level explanations of captions: why did the captioner say "red"?
+
+The gradient of one generated word's log-probability, through the captioner's own
+hand-written backward pass to its input features, then through the feature extraction the
+checkpoint stores (image size, pooling, PCA) and the pretrained CNN to the pixels, as a
+vanilla-gradient, SmoothGrad or Integrated-Gradients map per word.
+
+* :mod:`~captionlab.explain.pipeline` -- the torch side: :class:`FeaturePipeline` (pixels ->
+  features, equal to :class:`captionlab.extract.FeatureExtractor`'s), the
+  ``torch.autograd.Function`` around the NumPy captioner, :class:`CaptionScores`.
+* :mod:`~captionlab.explain.words` -- :class:`Explainer` (decode, then a map per word, the
+  word's attention for captioners that have it, the deletion metric), crop geometry.
+* :mod:`~captionlab.explain.figure` -- the figure: the image, one panel per word.
+
+This package sits beside :mod:`captionlab.extract`, above :mod:`captionlab.captioning` and
+:mod:`captionlab.vision`, which know nothing of each other.
+"""
+
+from captionlab.explain.pipeline import (
+    CaptionerLogProbs,
+    CaptionScores,
+    FeaturePipeline,
+    StepScores,
+    feature_layout,
+    word_feature_grads,
+    word_logprobs,
+)
+from captionlab.explain.words import (
+    CropGeometry,
+    Explainer,
+    Explanation,
+    WordMap,
+    attention_to_pixels,
+    map_peak,
+)
+
+__all__ = [
+    "CaptionScores",
+    "CaptionerLogProbs",
+    "CropGeometry",
+    "Explainer",
+    "Explanation",
+    "FeaturePipeline",
+    "StepScores",
+    "WordMap",
+    "attention_to_pixels",
+    "feature_layout",
+    "map_peak",
+    "word_feature_grads",
+    "word_logprobs",
+]

@@ -1,0 +1,360 @@
+"""Explaining a caption word by word: decode, then one pixel map per generated word.
+
+:class:`Explainer` holds a trained captioner and its :class:`FeaturePipeline`. For an image
+it decodes a caption (greedy or beam), then computes, for every word, a saliency map of that
+word's log-probability (teacher-forced on the decoded caption) by vanilla gradient,
+SmoothGrad or Integrated Gradients, with :mod:`captionlab.vision.saliency` doing the batching
+and leaving the caller's backbone as found. A captioner with attention also gives each
+word's attention over the grid, shown beside its gradient map.
+
+Shapes: ``S`` the side of the image the checkpoint's pipeline takes, ``K`` words explained,
+``L = h * w`` grid cells of side ``h = ceil(S / 32)``, ``T`` caption ids with ``<START>``.
+Pixel coordinates are ``(x, y)`` = (column, row).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from captionlab.captioning.generate import beam_search, greedy_decode, special_ids
+from captionlab.errors import UserError
+from captionlab.explain.pipeline import (
+    CaptionScores,
+    FeaturePipeline,
+    StepScores,
+    feature_layout,
+    word_logprobs,
+)
+from captionlab.vision import saliency as sal
+from captionlab.vision.backbone import INPUT_RANGE, preprocess
+
+__all__ = [
+    "CropGeometry",
+    "Explainer",
+    "Explanation",
+    "WordMap",
+    "attention_to_pixels",
+    "map_peak",
+]
+
+METHODS = sal.METHODS
+
+
+@dataclass
+class WordMap:
+    """One word's explanation.
+
+    Attributes:
+        word: the word.
+        position: ``t``, its index in the caption (0 = first word).
+        prob: its probability given the image and the words before it.
+        saliency: (S, S) float32 the saliency map of its log-probability.
+        attention: (S, S) float32 the captioner's attention when it chose the word
+            (upsampled from the grid), or ``None`` for a captioner without attention.
+        peak: ``(x, y)`` the saliency map's maximum, in the S x S input's pixels.
+    """
+
+    word: str
+    position: int
+    prob: float
+    saliency: np.ndarray
+    attention: np.ndarray | None
+    peak: tuple[int, int]
+
+
+@dataclass
+class Explanation:
+    """The caption of one image and a :class:`WordMap` per word (``<END>`` excluded)."""
+
+    caption: str
+    caption_ids: np.ndarray  # (T,) <START> first, <END> last when the caption ended
+    method: str
+    words: list[WordMap] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def has_attention(self) -> bool:
+        return any(w.attention is not None for w in self.words)
+
+
+def map_peak(m: np.ndarray) -> tuple[int, int]:
+    """``(x, y)`` of the maximum of a map (H, W); the first one in row-major order on ties."""
+    y, x = np.unravel_index(int(np.argmax(m)), m.shape)
+    return int(x), int(y)
+
+
+def attention_to_pixels(alpha: np.ndarray, side: int, size: int) -> np.ndarray:
+    """Attention over ``L = side * side`` cells (K, L), row-major cells -> (K, size, size).
+
+    Each cell's weight is spread over the pixels it covers (bilinear upsampling of the
+    ``side x side`` map, corners aligned to the cell centres as the image's are).
+    """
+    alpha = np.asarray(alpha, dtype=np.float32)
+    if alpha.ndim != 2 or alpha.shape[1] != side * side:
+        raise ValueError(f"attention must be (K, {side * side}) for a {side}x{side} grid, "
+                         f"got {alpha.shape}")  # fmt: skip
+    cells = torch.from_numpy(alpha).reshape(-1, 1, side, side)
+    up = F.interpolate(cells, size=(size, size), mode="bilinear", align_corners=False)
+    return up[:, 0].numpy()
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How a ``width x height`` image became the ``size x size`` input: its centred square of
+    side ``min(width, height)`` resampled to ``size`` (:func:`captionlab.vision.images.
+    center_crop_resize`). Undoes it for points."""
+
+    width: int
+    height: int
+    size: int
+
+    @property
+    def side(self) -> int:
+        return min(self.width, self.height)
+
+    def to_original(self, x: float, y: float) -> tuple[int, int]:
+        """Pixel ``(x, y)`` of the input -> the original image's pixel under its centre."""
+        scale = self.side / self.size
+        ox = (self.width - self.side) / 2 + (x + 0.5) * scale
+        oy = (self.height - self.side) / 2 + (y + 0.5) * scale
+        return min(math.floor(ox), self.width - 1), min(math.floor(oy), self.height - 1)
+
+    @classmethod
+    def of_image(cls, spec: str | Path, size: int) -> CropGeometry:
+        """The geometry of an image file (after its EXIF orientation) or ``skimage:NAME``."""
+        from captionlab.vision.images import BUNDLED_PHOTOS, BUNDLED_PREFIX
+
+        spec = str(spec)
+        if spec.startswith(BUNDLED_PREFIX) and spec[len(BUNDLED_PREFIX) :] in BUNDLED_PHOTOS:
+            import skimage.data
+
+            h, w = np.asarray(getattr(skimage.data, spec[len(BUNDLED_PREFIX) :])()).shape[:2]
+            return cls(int(w), int(h), size)
+        from PIL import Image
+
+        try:
+            with Image.open(spec) as img:
+                w, h = img.size
+                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: rotated a quarter turn
+                    w, h = h, w
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{spec}: cannot read the image size ({exc})") from exc
+        return cls(int(w), int(h), size)
+
+
+class Explainer:
+    """A trained captioner and the differentiable path to it from pixels.
+
+    Args:
+        captioner: the NumPy captioner (read, never modified).
+        pipeline: its :class:`FeaturePipeline` (the checkpoint's image size, pooling, PCA).
+        max_length: the most words a decoded caption has.
+    """
+
+    def __init__(self, captioner, pipeline: FeaturePipeline, max_length: int = 20) -> None:
+        layout = feature_layout(captioner)
+        if layout != pipeline.layout:
+            raise ValueError(f"the captioner takes {layout} features, the pipeline gives "
+                             f"{pipeline.layout}")  # fmt: skip
+        self.captioner = captioner
+        self.pipeline = pipeline
+        self.max_length = int(max_length)
+        special_ids(captioner)  # fails early without <START>
+
+    @classmethod
+    def from_checkpoint(
+        cls, model_path: str | Path, device: str = "cpu", max_length: int = 20
+    ) -> Explainer:
+        """The explainer of a trained run (``RUN/``, ``RUN/best`` or a ``.npz``)."""
+        from captionlab.captioning import load_checkpoint
+        from captionlab.runs.inference import extractor_for_checkpoint, resolve_model_path
+
+        ckpt = resolve_model_path(model_path)
+        captioner, state = load_checkpoint(ckpt)
+        extractor = extractor_for_checkpoint(state, device=device, path=ckpt)
+        pipeline = FeaturePipeline(
+            extractor.model,
+            extractor.config,
+            extractor.pca,
+            layout=feature_layout(captioner),
+            grid_pca=extractor.grid_pca,
+        )
+        return cls(captioner, pipeline, max_length=max_length)
+
+    # ---------------------------------------------------------------------- basics
+    @property
+    def image_size(self) -> int:
+        """S: the side of the images (uint8 (S, S, 3)) this explainer takes."""
+        return self.pipeline.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.pipeline.backbone.parameters()).device
+
+    def _input(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 (S, S, 3) -> preprocessed (1, 3, S, S) on the backbone's device."""
+        S = self.image_size
+        pixels = np.asarray(pixels)
+        if pixels.shape != (S, S, 3) or pixels.dtype != np.uint8:
+            raise ValueError(f"pixels must be uint8 ({S}, {S}, 3), got {pixels.dtype} "
+                             f"{pixels.shape}")  # fmt: skip
+        return preprocess(pixels).to(self.device)
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """The captioner's features of one image (S, S, 3): (1, D) or (1, L, D)."""
+        dtype = np.dtype(getattr(self.captioner, "dtype", np.float32))
+        with sal.frozen(self.pipeline), torch.no_grad():  # eval mode, restored after
+            f = self.pipeline(self._input(pixels))
+        return f.cpu().numpy().astype(dtype, copy=False)
+
+    def decode(self, pixels: np.ndarray, beam: int = 1) -> np.ndarray:
+        """The caption of one image as ids (T,): ``<START>``, the words, ``<END>`` when it
+        ended within ``max_length``."""
+        if beam < 1:
+            raise UserError(f"beam must be >= 1, got {beam}")
+        start, end, null = special_ids(self.captioner)
+        f = self.features(pixels)
+        if beam == 1:
+            words = greedy_decode(self.captioner, f, max_length=self.max_length)[0]
+        else:
+            words = beam_search(self.captioner, f, beam_size=beam,
+                                max_length=self.max_length).captions[0, 0]  # fmt: skip
+        ids = [start]
+        for w in words:
+            if w == null:
+                break
+            ids.append(int(w))
+            if w == end:
+                break
+        return np.array(ids, dtype=np.int64)
+
+    def encode(self, text: str) -> np.ndarray:
+        """A caption given as words (``"a red circle"``) -> ids (T,): ``<START>``, the
+        words, ``<END>``. A word outside the vocabulary is a UserError naming it."""
+        start, end, _ = special_ids(self.captioner)
+        w2i = self.captioner.word_to_idx
+        unknown = [w for w in text.split() if w not in w2i]
+        if unknown:
+            raise UserError(f"caption {text!r}: words not in the model's vocabulary: {unknown}")
+        return np.array([start, *(w2i[w] for w in text.split()), end], dtype=np.int64)
+
+    def text(self, caption_ids: np.ndarray) -> list[str]:
+        """The words of a caption (ids (T,)), without ``<START>`` and ``<END>``."""
+        start, end, null = special_ids(self.captioner)
+        return [self.captioner.idx_to_word[int(i)] for i in caption_ids
+                if int(i) not in (start, end, null)]  # fmt: skip
+
+    # ---------------------------------------------------------------------- maps
+    def scores(self, caption_ids: np.ndarray) -> CaptionScores:
+        """The saliency "model" of a caption: images -> (N, T-1) word log-probabilities."""
+        return CaptionScores(self.pipeline, self.captioner, caption_ids)
+
+    def word_maps(
+        self,
+        pixels: np.ndarray,
+        caption_ids: np.ndarray,
+        positions: np.ndarray | list[int],
+        method: str = "vanilla",
+        *,
+        samples: int = 25,
+        noise: float = 0.15,
+        steps: int = 32,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Saliency maps (K, S, S) float32 of the words at ``positions`` (K,) of a caption.
+
+        One :func:`captionlab.vision.saliency.saliency` call: the image repeated K times,
+        target ``t`` for the copy of position ``t``. Options as ``captionlab saliency``'s:
+        SmoothGrad ``samples`` noisy copies with noise std ``noise`` of the value range
+        (seeded); IG ``steps`` path points from a black image.
+        """
+        if method not in METHODS:
+            raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        K = positions.shape[0]
+        if K == 0:
+            return np.zeros((0, self.image_size, self.image_size), np.float32)
+        x = self._input(pixels).expand(K, -1, -1, -1)  # (K, 3, S, S)
+        options: dict = {
+            "vanilla": {},
+            "smoothgrad": {"n_samples": samples, "noise_level": noise, "seed": seed,
+                           "batch_size": batch_size},
+            "ig": {"steps": steps, "baseline": float(INPUT_RANGE[0]), "batch_size": batch_size},
+        }[method]  # fmt: skip
+        maps = sal.saliency(x, positions.to(x.device), self.scores(caption_ids), method, **options)
+        return maps.detach().float().cpu().numpy()
+
+    def attention_maps(self, pixels: np.ndarray, caption_ids: np.ndarray) -> np.ndarray | None:
+        """The captioner's attention at every position, (T-1, S, S), or ``None`` without it."""
+        _, alpha = word_logprobs(self.captioner, self.features(pixels), caption_ids)
+        if alpha is None:
+            return None
+        side = self.pipeline.config.grid_side
+        return attention_to_pixels(alpha[0], side, self.image_size)
+
+    def explain(
+        self,
+        pixels: np.ndarray,
+        method: str = "vanilla",
+        *,
+        beam: int = 1,
+        caption_ids: np.ndarray | None = None,
+        **options,
+    ) -> Explanation:
+        """Decode a caption of ``pixels`` (S, S, 3) (or take ``caption_ids`` (T,)) and explain
+        every word by ``method``; ``options`` go to :meth:`word_maps`."""
+        if caption_ids is None:
+            caption_ids = self.decode(pixels, beam=beam)
+        caption_ids = np.asarray(caption_ids, dtype=np.int64)
+        words = self.text(caption_ids)
+        K = len(words)  # the words are positions 0 .. K-1 (<END>, if there, is K)
+        started = time.perf_counter()
+        maps = self.word_maps(pixels, caption_ids, np.arange(K), method, **options)
+        seconds = time.perf_counter() - started
+        logp, alpha = word_logprobs(self.captioner, self.features(pixels), caption_ids)
+        attention = None
+        if alpha is not None:  # (1, T-1, L) -> (T-1, S, S)
+            side = self.pipeline.config.grid_side
+            attention = attention_to_pixels(alpha[0], side, self.image_size)
+        out = Explanation(" ".join(words), caption_ids, method, seconds=seconds)
+        for t, word in enumerate(words):
+            out.words.append(
+                WordMap(
+                    word=word, position=t, prob=float(np.exp(logp[0, t])), saliency=maps[t],
+                    attention=None if attention is None else attention[t], peak=map_peak(maps[t]),
+                )
+            )  # fmt: skip
+        return out
+
+    # ---------------------------------------------------------------------- faithfulness
+    def deletion(
+        self,
+        pixels: np.ndarray,
+        caption_ids: np.ndarray,
+        position: int,
+        saliency_map: np.ndarray,
+        *,
+        n_steps: int = 16,
+        fill: float = 0.0,
+    ) -> tuple[np.ndarray, float]:
+        """The deletion metric of one word's map (Petsiuk et al. 2018), on its probability.
+
+        Pixels are set to ``fill`` (0: mid-grey) most salient first, the word's probability
+        given the caption before it followed at ``n_steps + 1`` fractions. Returns
+        ``(probs (n_steps + 1,), area under the curve)``; lower means a more faithful map.
+        """
+        x = self._input(pixels)
+        model = StepScores(self.pipeline, self.captioner, caption_ids, position)
+        word = int(np.asarray(caption_ids)[position + 1])
+        maps = torch.as_tensor(np.asarray(saliency_map, dtype=np.float32))[None].to(x.device)
+        with sal.frozen(model):  # deletion_curve sets eval mode and back: keep the caller's
+            probs, auc = sal.deletion_curve(x, word, model, maps, n_steps=n_steps, fill=fill)
+        return probs[0].cpu().numpy().astype(np.float64), float(auc[0])

@@ -1,0 +1,213 @@
+"""Every endpoint of `captionlab serve`, answered through FastAPI's test client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from serve_helpers import IMAGE_SIZE, WORDS, photo_png, png
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def upload(data: bytes, name: str = "photo.png", kind: str = "image/png") -> dict:
+    return {"image": (name, data, kind)}
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    head, b64 = url.split(",", 1)
+    assert head == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def test_health_lists_models_and_the_checkpoint_that_did_not_load(client):
+    r = client.get("/api/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["device"] == "cpu"
+    assert body["models"] == ["lstm", "rnn"]
+    assert len(body["skipped"]) == 1 and body["skipped"][0].startswith("broken: ")
+    assert body["queue"]["max"] == 256 and body["queue"]["pending"] == 0
+    assert body["max_upload_bytes"] == 20 * 1024 * 1024
+
+
+def test_models_are_described_by_name_without_paths(client, runs_dir):
+    body = client.get("/api/models").json()
+    assert body["beam_max"] == 10
+    assert [m["name"] for m in body["models"]] == ["lstm", "rnn"]
+    lstm = body["models"][0]
+    assert lstm == {
+        "name": "lstm",
+        "cell": "lstm",
+        "vocab_size": 4 + len(WORDS),
+        "hidden_dim": 16,
+        "image_size": IMAGE_SIZE,
+        "attention": False,
+    }
+    assert str(runs_dir) not in client.get("/api/models").text
+
+
+def test_classify_chelsea_is_an_egyptian_cat(client):
+    r = client.post("/api/classify", files=upload(photo_png("chelsea")))
+    assert r.status_code == 200, r.text
+    classes = r.json()["classes"]
+    assert len(classes) == 5
+    assert classes[0]["index"] == 285 and classes[0]["name"] == "Egyptian cat"
+    assert 0.3 < classes[0]["probability"] < 0.5  # 0.398 measured
+    probs = [c["probability"] for c in classes]
+    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+
+
+def test_classify_top_k_and_jpeg_input(client):
+    jpeg = png(np.asarray(Image.open(io.BytesIO(photo_png("coffee")))), fmt="JPEG")
+    r = client.post(
+        "/api/classify", files=upload(jpeg, "coffee.jpg", "image/jpeg"), data={"top": 3}
+    )
+    assert r.status_code == 200
+    classes = r.json()["classes"]
+    assert len(classes) == 3 and classes[0]["name"] == "espresso"
+
+
+def test_caption_every_model_greedy_and_beam(client, registry):
+    r = client.post("/api/caption", files=upload(photo_png("astronaut")), data={"beam": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["model"] for x in results] == ["lstm", "rnn"]
+    vocab = set(WORDS) | {"<UNK>"}
+    for x in results:
+        assert x["image_size"] == IMAGE_SIZE
+        greedy, beam = x["captions"]
+        assert (greedy["decoding"], greedy["beam_size"]) == ("greedy", 1)
+        assert (beam["decoding"], beam["beam_size"]) == ("beam", 2)
+        for c in (greedy, beam):
+            assert c["words"] == c["text"].split() and set(c["words"]) <= vocab
+            assert c["attention"] is None  # no model here has attention
+    # the same caption the library gives for the same centre crop
+    from captionlab.serve.imaging import decode_upload, square
+
+    pixels = square(decode_upload(photo_png("astronaut"), 10**8), IMAGE_SIZE)
+    direct = registry.caption("lstm", pixels, beam=2)
+    assert [c.text for c in direct] == [c["text"] for c in results[0]["captions"]]
+
+
+def test_caption_one_model_greedy_only(client):
+    r = client.post("/api/caption", files=upload(png()), data={"model": "rnn", "beam": 1})
+    assert r.status_code == 200
+    (result,) = r.json()["results"]
+    assert result["model"] == "rnn" and len(result["captions"]) == 1
+
+
+@pytest.mark.parametrize("method", ["vanilla", "smoothgrad", "ig"])
+def test_saliency_methods_return_overlay_and_map(client, method):
+    data = {"method": method, "samples": 2, "steps": 2}
+    r = client.post("/api/saliency", files=upload(photo_png("chelsea")), data=data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["method"] == method and body["target"]["index"] == 285
+    overlay, heat = decode_data_url(body["overlay"]), decode_data_url(body["map"])
+    assert overlay.shape == heat.shape == (224, 224, 3)
+    assert heat.max() == 255 and heat.min() == 0  # normalised for display
+
+
+def test_saliency_for_a_chosen_class(client):
+    r = client.post(
+        "/api/saliency", files=upload(photo_png("chelsea")), data={"target": "tiger cat"}
+    )
+    assert r.status_code == 200
+    assert r.json()["target"]["index"] == 282
+
+
+def test_fool_turns_the_cat_into_a_goldfish_within_the_budget(client):
+    r = client.post(
+        "/api/fool",
+        files=upload(photo_png("chelsea")),
+        data={"target": "goldfish", "epsilon": "4/255", "max_iter": 40},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["attack"] == "pgd" and body["epsilon"] == pytest.approx(4 / 255)
+    assert body["original_class"]["name"] == "Egyptian cat"
+    assert body["success"] and body["fooled_class"]["index"] == 1 == body["target"]["index"]
+    original = decode_data_url(body["images"]["original"]).astype(int)
+    fooled = decode_data_url(body["images"]["fooled"]).astype(int)
+    assert np.abs(fooled - original).max() == body["max_change"] <= 4
+    assert decode_data_url(body["images"]["difference"]).shape == (224, 224, 3)
+
+
+def test_fool_unbounded(client):
+    r = client.post(
+        "/api/fool",
+        files=upload(photo_png("coffee")),
+        data={"target": "1", "epsilon": "none", "max_iter": 30},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["attack"] == "cs231n" and r.json()["epsilon"] is None
+
+
+def test_dream_job_reports_progress_then_its_picture(client):
+    r = client.post("/api/dream", data={"target": "tarantula", "iterations": 20})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] in ("queued", "running") and job["total"] == 20
+    seen_steps = []
+    deadline = time.monotonic() + 120
+    while job["state"] not in ("done", "error") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+        seen_steps.append(job["step"])
+    assert job["state"] == "done", job["error"]
+    assert any(0 < s < 20 for s in seen_steps)  # progress was visible on the way
+    assert job["result"]["target"]["index"] == 76 and job["result"]["iterations"] == 20
+    assert decode_data_url(job["result"]["image"]).shape == (224, 224, 3)
+    assert decode_data_url(job["preview"]).shape == (224, 224, 3)
+
+
+def test_examples_photos_and_shapes(client):
+    body = client.get("/api/examples").json()
+    names = [p["name"] for p in body["photos"]]
+    assert names == ["chelsea", "astronaut", "coffee", "rocket"]
+    r = client.get(body["photos"][0]["url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (451, 300)
+    a = client.get(body["shapes_url"], params={"seed": 7}).json()
+    b = client.get(body["shapes_url"], params={"seed": 7}).json()
+    assert a == b and a["seed"] == 7 and len(a["references"]) == 5
+    assert decode_data_url(a["image"]).shape == (224, 224, 3)
+    assert 1 <= len(a["objects"]) <= 3
+    assert client.get(body["shapes_url"]).json()["seed"] >= 0  # a random scene
+
+
+def test_classes_catalogue(client):
+    classes = client.get("/api/classes").json()["classes"]
+    assert len(classes) == 1000 and classes[285]["name"] == "Egyptian cat"
+    assert classes[281] == {"index": 281, "name": "tabby", "synonyms": ["tabby cat"]}
+
+
+def test_page_is_served_offline_with_a_strict_policy(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    policy = r.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    page = r.text
+    for asset in ("/static/app.js", "/static/style.css", "/static/favicon.svg"):
+        assert asset in page
+        assert client.get(asset).status_code == 200
+    for text in (page, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert "http://" not in text and "https://" not in text  # nothing from elsewhere
+
+
+def test_openapi_documents_the_api_and_docs_page_is_local(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/health", "/api/models", "/api/caption", "/api/classify", "/api/saliency",
+                 "/api/fool", "/api/dream", "/api/jobs/{job_id}"):  # fmt: skip
+        assert path in spec["paths"], path
+    body = spec["paths"]["/api/classify"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200

@@ -1,0 +1,389 @@
+"""Word explanations: the captioner's feature gradient, the pixel path against autograd through
+a PyTorch copy of the whole pipeline, the caller's backbone, geometry and attention maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captionlab.captioning import CaptioningRNN
+from captionlab.data.feature_config import FeatureExtractorConfig
+from captionlab.data.pca import PCA, fit_pca
+from captionlab.errors import UserError
+from captionlab.explain import (
+    CaptionScores,
+    CropGeometry,
+    Explainer,
+    FeaturePipeline,
+    attention_to_pixels,
+    map_peak,
+    word_feature_grads,
+    word_logprobs,
+)
+from captionlab.extract import FeatureExtractor
+from captionlab.nn.gradcheck import eval_numerical_gradient, rel_error
+from captionlab.vision import saliency as sal
+from captionlab.vision.backbone import load_backbone, preprocess
+from captionlab.vision.images import load_image
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+V = 12
+VOCAB = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>"]
+                                     + [f"w{i}" for i in range(4, V)])}  # fmt: skip
+CAPTION = np.array([1, 5, 9, 4, 7, 2])  # <START> w5 w9 w4 w7 <END>: positions 0..4
+
+
+def rnn_captioner(cell: str, D: int = 6, seed: int = 3) -> CaptioningRNN:
+    model = CaptioningRNN(VOCAB, input_dim=D, wordvec_dim=5, hidden_dim=7, cell_type=cell,
+                          dtype=np.float64, seed=seed)  # fmt: skip
+    rng = np.random.RandomState(seed)
+    for k, v in model.params.items():  # non-zero biases, gates away from saturation
+        model.params[k] = 0.5 * rng.randn(*v.shape)
+    return model
+
+
+# Every captioner explanations must work for, with the features it takes (N first). A grid
+# captioner (AttentionCaptioner, CaptioningTransformer) joins with features (N, L, D).
+CAPTIONERS = {
+    "rnn": (lambda: rnn_captioner("rnn"), (3, 6)),
+    "lstm": (lambda: rnn_captioner("lstm"), (3, 6)),
+    "gru": (lambda: rnn_captioner("gru"), (3, 6)),
+}
+
+
+# ------------------------------------------------------------------ the captioner's backward
+@pytest.mark.parametrize("name", list(CAPTIONERS))
+def test_word_feature_gradient_passes_numerical_check(name):
+    """d log p_t / d features by the captioner's loss backward equals finite differences of
+    the teacher-forced log-probability (from the decoding interface), for one word per row
+    (what saliency asks) and for several weighted words per row."""
+    make, shape = CAPTIONERS[name]
+    model = make()
+    rng = np.random.RandomState(0)
+    features = rng.randn(*shape)
+    one = np.zeros((shape[0], CAPTION.size - 1))
+    one[0, 2], one[1, 0], one[2, 4] = 1.0, 1.0, 1.0  # a different word for each image
+    several = rng.randn(shape[0], CAPTION.size - 1)  # every position, weighted
+    for weights in (one, several):
+        grad = word_feature_grads(model, features, CAPTION, weights)
+        num = eval_numerical_gradient(
+            lambda f, w=weights: float((word_logprobs(model, f, CAPTION)[0] * w).sum()),
+            features.copy(), verbose=False, h=1e-5,
+        )  # fmt: skip
+        assert grad.shape == features.shape and grad.dtype == np.float64
+        assert rel_error(num, grad) < 1e-7
+        assert rel_error(num, grad * 1.01) > 1e-3  # negative control: the check can fail
+
+
+class PenalizedRNN(CaptioningRNN):
+    """A captioner whose loss adds a term no word mask removes (as the AttentionCaptioner's
+    attention penalty): ``penalty * |features|^2 / N``, declared by ``attention_penalty``."""
+
+    penalty = attention_penalty = 0.7
+
+    def loss(self, features, captions, *, mask=None, feature_grad=False):
+        loss, grads = super().loss(features, captions, mask=mask, feature_grad=feature_grad)
+        N = features.shape[0]
+        loss += self.penalty * float((features**2).sum()) / N
+        if feature_grad:
+            grads["features"] = grads["features"] + 2 * self.penalty * features / N
+        return loss, grads
+
+
+def test_a_loss_term_free_of_words_cancels_out():
+    model = PenalizedRNN(VOCAB, input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type="lstm",
+                         dtype=np.float64, seed=4)  # fmt: skip
+    features = np.random.RandomState(3).randn(2, 6)
+    weights = np.zeros((2, 5))
+    weights[0, 1], weights[1, 3] = 1.0, -2.0
+    num = eval_numerical_gradient(
+        lambda f: float((word_logprobs(model, f, CAPTION)[0] * weights).sum()),
+        features.copy(), verbose=False, h=1e-5,
+    )  # fmt: skip
+    assert rel_error(num, word_feature_grads(model, features, CAPTION, weights)) < 1e-7
+    model.attention_penalty = 0.0  # not declared, yet in the loss: the check must fail
+    assert rel_error(num, word_feature_grads(model, features, CAPTION, weights)) > 1e-3
+
+
+@pytest.mark.parametrize("name", list(CAPTIONERS))
+def test_autograd_function_matches_torch_gradcheck(name):
+    make, shape = CAPTIONERS[name]
+    model = make()
+    features = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    features.requires_grad_(True)
+    module_free = lambda f: CaptionScores(_Identity(), model, CAPTION)(f)  # noqa: E731
+    assert torch.autograd.gradcheck(module_free, (features,), eps=1e-6, atol=1e-7)
+
+
+class _Identity(torch.nn.Module):
+    """Stands in for the pipeline when the input is already the features."""
+
+    def forward(self, x):
+        return x
+
+
+def test_logprobs_equal_the_loss_of_one_word():
+    """Teacher-forced log p_t from decode_step equals -N * the loss with a one-word mask."""
+    model = rnn_captioner("lstm")
+    features = np.random.RandomState(2).randn(2, 6)
+    logp, attention = word_logprobs(model, features, CAPTION)
+    assert logp.shape == (2, 5) and attention is None
+    for t in range(5):
+        mask = np.zeros((2, 5), dtype=bool)
+        mask[:, t] = True
+        loss, _ = model.loss(features, np.tile(CAPTION, (2, 1)), mask=mask)
+        assert -loss * 2 == pytest.approx(logp[:, t].sum(), rel=1e-10)
+
+
+# ------------------------------------------------------------------ the pixel path
+def small_pca(config: FeatureExtractorConfig, seed: int = 0) -> PCA:
+    """A PCA basis fitted on random non-negative "raw features" (any orthonormal basis does)."""
+    rng = np.random.default_rng(seed)
+    return fit_pca(rng.random((40, config.raw_dim), dtype=np.float32), config.pca_dim)
+
+
+def shapes_image(S: int, seed: int = 0) -> np.ndarray:
+    """A light image with two coloured squares, uint8 (S, S, 3)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((S, S, 3), 225, np.uint8) + rng.integers(0, 8, (S, S, 3), dtype=np.uint8)
+    img[S // 8 : S // 2, S // 8 : S // 2] = (215, 35, 35)
+    img[S // 2 : 7 * S // 8, S // 2 : 7 * S // 8] = (35, 75, 215)
+    return img
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_pipeline_features_equal_the_feature_extractor(fast):
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=8, fold_bn=fast,
+                                    channels_last=fast)  # fmt: skip
+    pca = small_pca(config)
+    extractor = FeatureExtractor(config, pca=pca, workers=0)
+    images = np.stack([shapes_image(64, s) for s in range(3)])
+    expected = extractor.transform_images(images)  # (3, 8)
+    pipeline = FeaturePipeline(extractor.model, config, pca)
+    with torch.no_grad():
+        got = pipeline(preprocess(images)).numpy()
+    assert got.shape == expected.shape == (3, 8)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    no_pca = FeatureExtractorConfig(image_size=64, pool="avg", fold_bn=fast, channels_last=fast)
+    raw = FeatureExtractor(no_pca, model=extractor.model, workers=0).transform_images(images)
+    with torch.no_grad():
+        got = FeaturePipeline(extractor.model, no_pca)(preprocess(images)).numpy()
+    np.testing.assert_allclose(got, raw, rtol=1e-4, atol=1e-5)
+
+
+def torch_logprobs(model: CaptioningRNN, features: torch.Tensor, caption) -> torch.Tensor:
+    """A PyTorch copy of CaptioningRNN's teacher-forced forward: (N, D) -> (N, T-1)."""
+    p = {k: torch.from_numpy(v) for k, v in model.params.items()}
+    H = p["Wh"].shape[0]
+    h = features @ p["W_proj"] + p["b_proj"]  # (N, H)
+    c = torch.zeros_like(h)
+    out = []
+    for t in range(len(caption) - 1):
+        xa = p["W_embed"][caption[t]] @ p["Wx"] + p["b"]  # (G*H,)
+        if model.cell_type == "rnn":
+            h = torch.tanh(xa + h @ p["Wh"])
+        elif model.cell_type == "lstm":
+            a = xa + h @ p["Wh"]
+            i, f, o = (torch.sigmoid(a[:, k * H : (k + 1) * H]) for k in range(3))
+            c = f * c + i * torch.tanh(a[:, 3 * H :])
+            h = o * torch.tanh(c)
+        else:
+            ha = h @ p["Wh"] + p["bh"]
+            r = torch.sigmoid(xa[:H] + ha[:, :H])
+            z = torch.sigmoid(xa[H : 2 * H] + ha[:, H : 2 * H])
+            n = torch.tanh(xa[2 * H :] + r * ha[:, 2 * H :])
+            h = (1 - z) * n + z * h
+        scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
+        out.append(torch.log_softmax(scores, dim=1)[:, caption[t + 1]])
+    return torch.stack(out, dim=1)
+
+
+class TorchCopy(torch.nn.Module):
+    """The whole explanation path in PyTorch: backbone, pooling, PCA, captioner."""
+
+    def __init__(self, backbone, config, pca, model):
+        super().__init__()
+        self.backbone, self.config, self.model = backbone, config, model
+        self.mean = torch.from_numpy(pca.mean).double()
+        self.components = torch.from_numpy(pca.components).double()
+
+    def forward(self, x):
+        grid = self.backbone.features(x, "grid")  # (N, C, 2, 2)
+        pooled = torch.cat([grid.mean(dim=(2, 3)), grid.permute(0, 2, 3, 1).flatten(1)], dim=1)
+        return torch_logprobs(self.model, (pooled - self.mean) @ self.components, CAPTION)
+
+
+@pytest.fixture(scope="module")
+def backbone64():
+    """The pretrained backbone in float64 (unfolded), shared by the tests of this module."""
+    return load_backbone().double()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_word_maps_equal_autograd_through_a_torch_copy(cell, backbone64):
+    """Every word's signed pixel gradient, and its vanilla / SmoothGrad / IG map, equal what
+    autograd gives through a PyTorch copy of backbone + avg+2x2 pooling + PCA + captioner."""
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6, fold_bn=False,
+                                    channels_last=False)  # fmt: skip
+    pca = small_pca(config, seed=1)
+    model = rnn_captioner(cell, D=6)
+    explainer = Explainer(model, FeaturePipeline(backbone64, config, pca))
+    reference = TorchCopy(backbone64, config, pca, model)
+    pixels = shapes_image(64)
+    x = preprocess(pixels).double().expand(5, -1, -1, -1)  # one copy per word
+    words = torch.arange(5)
+    ours = sal.compute_saliency_maps(x, words, explainer.scores(CAPTION), reduce="none")
+    theirs = sal.compute_saliency_maps(x, words, reference, reduce="none")
+    assert theirs.abs().amax() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9 * theirs.abs().amax())
+    for method, options in (("vanilla", {}), ("smoothgrad", {"n_samples": 3}),
+                            ("ig", {"steps": 4, "baseline": -1.0})):  # fmt: skip
+        a = sal.saliency(x, words, explainer.scores(CAPTION), method, **options)
+        b = sal.saliency(x, words, reference, method, **options)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
+
+
+def test_explain_leaves_the_callers_backbone_as_found():
+    backbone = load_backbone()
+    backbone.train()  # a caller in the middle of something: training mode, weights trainable
+    backbone._blocks[3].eval()
+    for p in backbone._blocks[0].parameters():
+        p.requires_grad_(True)
+    before = {
+        "training": [m.training for m in backbone.modules()],
+        "flags": [p.requires_grad for p in backbone.parameters()],
+        "params": [p.detach().clone() for p in backbone.parameters()],
+        "buffers": [b.clone() for b in backbone.buffers()],
+    }
+    config = FeatureExtractorConfig(image_size=64, fold_bn=False, channels_last=False)
+    explainer = Explainer(rnn_captioner("lstm", D=1280), FeaturePipeline(backbone, config))
+    pixels = shapes_image(64)
+    kept = pixels.copy()
+    for method in ("vanilla", "smoothgrad"):
+        explainer.explain(pixels, method, caption_ids=CAPTION, samples=2)
+    explainer.deletion(pixels, CAPTION, 1, np.random.default_rng(0).random((64, 64)), n_steps=2)
+    assert [m.training for m in backbone.modules()] == before["training"]
+    assert [p.requires_grad for p in backbone.parameters()] == before["flags"]
+    assert all(p.grad is None for p in backbone.parameters())
+    for a, b in zip(backbone.parameters(), before["params"], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(backbone.buffers(), before["buffers"], strict=True):  # BN statistics
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(pixels, kept)
+    # and the maps are eval-mode maps (batch statistics would make them differ)
+    eval_explainer = Explainer(explainer.captioner,
+                               FeaturePipeline(load_backbone(), config))  # fmt: skip
+    a = explainer.explain(pixels, caption_ids=CAPTION).words[1].saliency
+    b = eval_explainer.explain(pixels, caption_ids=CAPTION).words[1].saliency
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max())
+
+
+def test_explanation_words_positions_and_deletion():
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6)
+    pca = small_pca(config, seed=2)
+    explainer = Explainer(rnn_captioner("gru"), FeaturePipeline(load_backbone(fold_bn=True),
+                          config, pca))  # fmt: skip
+    pixels = shapes_image(64, seed=3)
+    result = explainer.explain(pixels, "vanilla", caption_ids=CAPTION)
+    assert result.caption == "w5 w9 w4 w7"
+    assert [w.position for w in result.words] == [0, 1, 2, 3]
+    logp, _ = word_logprobs(explainer.captioner, explainer.features(pixels), CAPTION)
+    for w in result.words:
+        assert w.saliency.shape == (64, 64) and w.saliency.dtype == np.float32
+        assert w.attention is None and w.peak == map_peak(w.saliency)
+        assert w.prob == pytest.approx(np.exp(logp[0, w.position]))
+    probs, auc = explainer.deletion(pixels, CAPTION, 2, result.words[2].saliency, n_steps=4)
+    assert probs.shape == (5,) and probs[0] == pytest.approx(result.words[2].prob, rel=1e-4)
+    assert 0 <= auc <= 1
+    np.testing.assert_array_equal(explainer.encode("w5 w9 w4 w7"), CAPTION)
+    with pytest.raises(UserError, match=r"not in the model's vocabulary: \['dog'\]"):
+        explainer.encode("w5 dog")
+    decoded = explainer.decode(pixels, beam=2)
+    assert decoded[0] == 1 and decoded.ndim == 1
+    assert explainer.explain(pixels, caption_ids=np.array([1, 2])).words == []
+
+
+# ------------------------------------------------------------------ geometry and attention
+def test_crop_geometry_maps_input_pixels_back_to_the_original(tmp_path):
+    """A marker drawn in a 150x90 photo comes back where it was after load_image's resize and
+    centre crop and CropGeometry's inverse (to within one input pixel's footprint)."""
+    w, h, S = 150, 90, 45
+    marker = (95, 30)  # inside the centred 90x90 square (columns 30..119)
+    pixels = np.full((h, w, 3), 20, np.uint8)
+    pixels[marker[1] - 1 : marker[1] + 2, marker[0] - 1 : marker[0] + 2] = 255
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    small = load_image(tmp_path / "p.png", S).astype(int).sum(axis=2)
+    geo = CropGeometry.of_image(tmp_path / "p.png", S)
+    assert (geo.width, geo.height, geo.side) == (150, 90, 90)
+    ox, oy = geo.to_original(*map_peak(small))
+    assert abs(ox - marker[0]) <= 2 and abs(oy - marker[1]) <= 2
+    assert geo.to_original(0, 0) == (31, 1)  # input pixel 0's centre: 30 + 0.5 * 2
+    assert geo.to_original(S - 1, S - 1) == (119, 89)
+
+
+def test_attention_to_pixels_puts_each_cell_where_it_is():
+    alpha = np.zeros((2, 4))
+    alpha[0, 2] = 1.0  # row 1, column 0: bottom left
+    alpha[1, 1] = 1.0  # top right
+    up = attention_to_pixels(alpha, side=2, size=8)
+    assert up.shape == (2, 8, 8)
+    assert up[0].max() == 1.0 and map_peak(up[0]) == (0, 6)  # the cell centre's row
+    assert up[0, 4:, :4].sum() > 0.75 * up[0].sum()  # bilinear: a little spills over
+    assert up[1, :4, 4:].sum() > 0.75 * up[1].sum() and map_peak(up[1]) == (6, 0)
+    with pytest.raises(ValueError, match=r"attention must be \(K, 4\)"):
+        attention_to_pixels(np.zeros((2, 5)), side=2, size=8)
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_grid_pipeline_features_equal_the_feature_extractor(scaled):
+    """The grid layout makes the extractor's grid (block10 + the last map per cell, the
+    per-cell PCA and its scale), equal up to the store's float16 rounding."""
+    config = FeatureExtractorConfig(image_size=64, pool="avg", grid=True, grid_pca_dim=6)
+    rng = np.random.default_rng(1)
+    cells = rng.random((60, config.grid_raw_dim), dtype=np.float32)
+    grid_pca = fit_pca(cells, 6)
+    if scaled:
+        grid_pca = grid_pca.with_unit_rms(cells)
+        assert grid_pca.scale != 1.0
+    extractor = FeatureExtractor(config, grid_pca=grid_pca, workers=0)
+    images = np.stack([shapes_image(64, s) for s in range(2)])
+    _, expected = extractor.transform_images_with_grid(images)  # (2, L, 6)
+    pipeline = FeaturePipeline(extractor.model, config, layout="grid", grid_pca=grid_pca)
+    with torch.no_grad():
+        got = pipeline(preprocess(images)).numpy()
+    assert got.shape == expected.shape == (2, config.grid_len, 6)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+
+
+def test_grid_layout_needs_a_grid_config_and_its_pca():
+    backbone = load_backbone(fold_bn=True)
+    with pytest.raises(UserError, match="makes none"):
+        FeaturePipeline(backbone, FeatureExtractorConfig(image_size=64), layout="grid")
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=6)
+    with pytest.raises(UserError, match=r"extra\.grid_pca is missing"):
+        FeaturePipeline(backbone, config, layout="grid")
+
+
+def test_figure_has_a_panel_per_word_and_an_attention_row_when_given():
+    from captionlab.explain import Explanation, WordMap
+    from captionlab.explain.figure import explanation_figure
+
+    rng = np.random.default_rng(0)
+    pixels = shapes_image(32)
+
+    def result(attention: bool) -> Explanation:
+        words = [
+            WordMap(w, t, 0.5, rng.random((32, 32), dtype=np.float32),
+                    rng.random((32, 32), dtype=np.float32) if attention else None, (1, 2))
+            for t, w in enumerate(["red", "square"])
+        ]  # fmt: skip
+        return Explanation("red square", CAPTION[:4], "smoothgrad", words)
+
+    fig = explanation_figure(pixels, result(False))
+    assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == ["image", "red", "square"]
+    fig = explanation_figure(pixels, result(True))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 6 and titles[3:] == ["attention", "red", "square"]
