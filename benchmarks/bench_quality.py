@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -243,7 +244,8 @@ def main(argv=None) -> dict:
             print(f"   {line}", flush=True)
     summary = summarise(runs)
     result = {
-        "command": "python benchmarks/bench_quality.py " + " ".join(argv or []),
+        "command": "python benchmarks/bench_quality.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "demo_config": dataclasses.asdict(config),
         "split": args.split,
         "fresh": {"n": args.fresh, "seed": args.fresh_seed} if args.fresh else None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,8 +38,11 @@ from captionlab.runs.config import TrainConfig
 
 __all__ = ["DemoConfig", "prepare_data", "run_demo", "train_cached", "vision_figures"]
 
-#: The captioners the demo can train: CaptioningRNN's cells and the attention captioner.
-DEMO_MODELS = (*CELL_TYPES, "attention")
+#: The captioners the demo can train: CaptioningRNN's cells, the attention captioner and the
+#: Transformer over the grid (not in the default list: ``--models lstm,rnn,transformer``).
+DEMO_MODELS = (*CELL_TYPES, "attention", "transformer")
+#: The captioners that read the store's grid.
+GRID_MODELS = ("attention", "transformer")
 
 
 @dataclass
@@ -70,7 +74,7 @@ class DemoConfig:
         default="lstm,rnn,attention",
         metadata={
             "help": "captioners to train, comma-separated: lstm, rnn, gru (on pooled features) "
-            "and attention (on the grid)"
+            "and attention, transformer (on the grid)"
         },
     )
     hidden_dim: int = field(
@@ -80,13 +84,14 @@ class DemoConfig:
         default=128, metadata={"help": "W of every captioner", "bound": integer(1, 16384)}
     )
     epochs: int = field(
-        default=6, metadata={"help": "training epochs per captioner", "bound": integer(1, 10**5)}
+        default=4,
+        metadata={"help": "training epochs of lstm, rnn, gru", "bound": integer(1, 10**5)},
     )
     learning_rate: float = field(
         default=5e-3, metadata={"help": "Adam learning rate", "bound": real(0, lo_open=True)}
     )
     attention_epochs: int = field(
-        default=4,
+        default=3,
         metadata={"help": "training epochs of attention", "bound": integer(1, 10**5)},
     )
     attention_hidden_dim: int = field(
@@ -106,6 +111,28 @@ class DemoConfig:
     )
     attention_monitor: str = field(
         default="auto", metadata={"help": "what picks the attention captioner's best epoch"}
+    )
+    transformer_epochs: int = field(
+        default=6,
+        metadata={"help": "training epochs of the transformer", "bound": integer(1, 10**5)},
+    )
+    transformer_layers: int = field(
+        default=2, metadata={"help": "decoder layers of the transformer", "bound": integer(1, 64)}
+    )
+    transformer_heads: int = field(
+        default=4, metadata={"help": "attention heads of the transformer", "bound": integer(1, 64)}
+    )
+    transformer_feedforward: int = field(
+        default=512,
+        metadata={"help": "feed-forward size of the transformer", "bound": integer(1, 16384)},
+    )
+    transformer_dropout: float = field(
+        default=0.1,
+        metadata={"help": "dropout of the transformer", "bound": real(0, 1, hi_open=True)},
+    )
+    transformer_learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "Adam learning rate of the transformer", "bound": real(0, lo_open=True)},
     )
     grid_pca_dim: int = field(
         default=256,
@@ -159,21 +186,37 @@ class DemoConfig:
                                attention_penalty=self.attention_penalty,
                                position=self.attention_position,
                                monitor=self.attention_monitor, **common)  # fmt: skip
+        if kind == "transformer":
+            common.update(hidden_dim=self.transformer_feedforward,
+                          learning_rate=self.transformer_learning_rate)  # fmt: skip
+            return TrainConfig(model="transformer", grid=True, epochs=self.transformer_epochs,
+                               num_layers=self.transformer_layers,
+                               num_heads=self.transformer_heads,
+                               dropout=self.transformer_dropout, **common)  # fmt: skip
         return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 
 class _Stages:
-    """Prints each stage's heading and records its seconds."""
+    """Prints each stage's heading and records its seconds: wall time, and the CPU time of
+    this process and the children it waited for (on a machine shared with other work the
+    CPU time is the steadier measure of the stage's own cost)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str, text: str) -> Iterator[None]:
         print(f"\n== {text}", flush=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         yield
         self.seconds[name] = round(time.perf_counter() - started, 1)
+        self.cpu_seconds[name] = round(_cpu_seconds() - cpu, 1)
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> dict:
@@ -244,6 +287,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
         "loss_curve": str(out / "loss.png"),
         "vision_figures": vision_files,
         "seconds": stage.seconds,
+        "cpu_seconds": stage.cpu_seconds,
     }
     write_json(out / "metrics.json", summary)
     print()
@@ -274,11 +318,11 @@ def _shapes_data(cache: Path, config: DemoConfig, progress: bool) -> Path:
 
 
 def _features(cache: Path, shapes_dir: Path, config: DemoConfig, progress: bool) -> Path:
-    """One store: the pooled features and, when the attention captioner is trained, the grid
+    """One store: the pooled features and, when a grid model is trained, the grid
     (the per-cell probe's recipe, docs/feature_probe.md), from one forward pass per image."""
     from captionlab.extract import extract_features
 
-    grid = "attention" in config.model_list
+    grid = any(kind in GRID_MODELS for kind in config.model_list)
     fconfig = FeatureExtractorConfig(
         image_size=config.feature_size, pool=config.pool, pca_dim=config.pca_dim or None,
         grid=grid, grid_pca_dim=config.grid_pca_dim,

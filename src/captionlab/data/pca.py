@@ -98,11 +98,7 @@ def fit_pca(x: np.ndarray, k: int, seed: int = 0, method: str = "auto") -> PCA:
         _, s, vt = np.linalg.svd(b.astype(np.float64), full_matrices=False)
         components = vt[:k].T  # (R, k)
         s = s[:k]
-    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
-    signs[signs == 0] = 1
-    components = components * signs
-    var = (s**2) / max(N - 1, 1)
-    return PCA(mean, components.astype(np.float32), var.astype(np.float32))
+    return _pca_from_svd(mean, components, s, N)
 
 
 #: Training rows up to this many bytes are fitted in memory (:func:`fit_pca`); more are read
@@ -180,11 +176,18 @@ def fit_pca_rows(
         _, s, vt = np.linalg.svd(b.astype(np.float64), full_matrices=False)
         components = vt[:k].T  # (R, k)
         s = s[:k]
+    return _pca_from_svd(mean, components, s, N)
+
+
+def _pca_from_svd(mean: np.ndarray, components: np.ndarray, s: np.ndarray, N: int) -> PCA:
+    """The PCA of N rows from their mean, the top right singular vectors (R, k) of the
+    centred rows and the singular values (k,): each component's sign fixed (its largest
+    entry positive) so that fits agree across runs, the variances ``s**2 / (N - 1)``."""
+    k = components.shape[1]
     signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(k)])
     signs[signs == 0] = 1
-    components = components * signs
     var = (s**2) / max(N - 1, 1)
-    return PCA(mean, components.astype(np.float32), var.astype(np.float32))
+    return PCA(mean, (components * signs).astype(np.float32), var.astype(np.float32))
 
 
 def _tall_qr(q: np.ndarray, block_rows: int = 8192) -> np.ndarray:
