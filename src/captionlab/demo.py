@@ -91,7 +91,7 @@ class DemoConfig:
         default=5e-3, metadata={"help": "Adam learning rate", "bound": real(0, lo_open=True)}
     )
     attention_epochs: int = field(
-        default=3,
+        default=4,
         metadata={"help": "training epochs of attention", "bound": integer(1, 10**5)},
     )
     attention_hidden_dim: int = field(
@@ -221,6 +221,7 @@ def _cpu_seconds() -> float:
 
 def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> dict:
     """Run every step; return the summary also written to ``OUT/metrics.json``."""
+    from captionlab.captioning.metrics import meteor_session
     from captionlab.captioning.plots import plot_loss_curves
     from captionlab.gallery import write_gallery
     from captionlab.runs.evaluate import evaluate_run
@@ -242,12 +243,18 @@ def run_demo(out_dir: str | Path, config: DemoConfig, progress: bool = True) -> 
     heading = f"4. caption the {config.n_test} test images (greedy and beam {config.beam})"
     with stage("evaluate", heading):
         beams = sorted({1, config.beam})
-        evals = {
-            kind: evaluate_run(
-                out / "runs" / kind, dataset, store, split="test", beams=beams, meteor=config.meteor
-            )
-            for kind in runs
-        }
+        with meteor_session():  # one METEOR process (~15 s to start) for every model
+            evals = {
+                kind: evaluate_run(
+                    out / "runs" / kind,
+                    dataset,
+                    store,
+                    split="test",
+                    beams=beams,
+                    meteor=config.meteor,
+                )
+                for kind in runs
+            }
     with stage("figures", "5. gallery, attention strips, loss curves, metrics"):
         rows = {
             f"{kind} {name}": r["metrics"]

@@ -210,6 +210,30 @@ def test_meteor_driver_equals_pycocoevalcap_meteor():
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
+@JAVA
+def test_meteor_session_scores_each_set_as_its_own_process_would(monkeypatch):
+    """Two caption sets in one session: one Java process, each set's own corpus score."""
+    gts = {k: [" ".join(metrics.simple_tokenize(r)) for r in v] for k, v in REFS.items()}
+    res = {k: [" ".join(metrics.simple_tokenize(v))] for k, v in HYPS.items()}
+    worse = {k: ["a " + v[0]] for k, v in list(res.items())[:2]}
+    java = metrics.shutil.which("java")
+    alone = [
+        metrics._meteor(java, gts, res),
+        metrics._meteor(java, dict(list(gts.items())[:2]), worse),
+    ]
+    started = []
+    real = metrics._MeteorProcess
+    monkeypatch.setattr(metrics, "_MeteorProcess", lambda j: started.append(j) or real(j))
+    with metrics.meteor_session():
+        with metrics.meteor_session():  # nested: the outer session's process
+            first = metrics._meteor(java, gts, res)
+        second = metrics._meteor(java, dict(list(gts.items())[:2]), worse)
+    assert len(started) == 1
+    assert [first, second] == pytest.approx(alone, rel=1e-12) and alone[1] != alone[0]
+    assert metrics._SESSION[0] is None  # closed
+
+
 @pytest.mark.parametrize("java", [True, False])
 def test_empty_and_punctuation_only_hypotheses_score_low_not_fail(java, monkeypatch, tmp_path):
     if not java:

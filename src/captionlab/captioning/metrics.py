@@ -26,7 +26,8 @@ import subprocess
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 __all__ = [
     "METRIC_NAMES",
@@ -34,6 +35,7 @@ __all__ = [
     "coco_metrics",
     "corpus_bleu",
     "format_metrics_table",
+    "meteor_session",
     "scene_accuracy",
     "simple_tokenize",
 ]
@@ -257,78 +259,129 @@ def _ptb_tokenize(java: str, sentences: list[str]) -> list[str]:
     return out
 
 
-def _meteor(java: str, gts: dict, res: dict) -> float:
-    """Corpus METEOR 1.5 through the jar in the pycocoevalcap wheel.
+class _MeteorProcess:
+    """One METEOR 1.5 process through the jar in the pycocoevalcap wheel, scoring any number
+    of caption sets in turn (its start-up, loading the paraphrase table, is most of its cost).
 
     Speaks the same stdio protocol with the same arguments as
     ``pycocoevalcap.meteor.meteor.Meteor`` (``-l en -norm``, 2 GB heap): one ``SCORE`` line
-    per image, then one ``EVAL`` line whose last answer is the corpus score. Unlike that
-    class, the process is always stopped here, a watchdog kills it after
-    :data:`JAVA_TIMEOUT_S`, and its stderr goes to a temp file (no pipe to fill up).
+    per image, then one ``EVAL`` line whose last answer is the corpus score of exactly those
+    images (each set is scored on its own). Unlike that class, the process is always stopped
+    (:meth:`close`), a watchdog kills it when one set takes over :data:`JAVA_TIMEOUT_S`,
+    and its stderr goes to a temp file (no pipe to fill up).
     """
-    meteor_dir = _pycocoevalcap_dir("meteor")
-    jar = os.path.join(meteor_dir, "meteor-1.5.jar")
-    if not os.path.isfile(jar):
-        raise _JavaToolError(f"the METEOR jar is missing: {jar}")
-    # The serial collector changes no score; it halves start-up memory and time on few cores
-    # (loading the paraphrase table takes ~13 s on 2 busy cores, ~18 s with the default G1).
-    cmd = [java, "-Xmx2G", "-XX:+UseSerialGC", "-jar", jar, "-", "-", "-stdio", "-l", "en", "-norm"]
-    with tempfile.TemporaryFile() as err:
+
+    def __init__(self, java: str) -> None:
+        meteor_dir = _pycocoevalcap_dir("meteor")
+        jar = os.path.join(meteor_dir, "meteor-1.5.jar")
+        if not os.path.isfile(jar):
+            raise _JavaToolError(f"the METEOR jar is missing: {jar}")
+        # The serial collector changes no score; it halves start-up memory and time on few
+        # cores (the paraphrase table loads in ~13 s on 2 busy cores, ~18 s with G1).
+        cmd = [java, "-Xmx2G", "-XX:+UseSerialGC", "-jar", jar, "-", "-", "-stdio", "-l", "en",
+               "-norm"]  # fmt: skip
+        self._err = tempfile.TemporaryFile()
         try:
-            proc = subprocess.Popen(
-                cmd, cwd=meteor_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
-            )
+            self._proc = subprocess.Popen(
+                cmd, cwd=meteor_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self._err,
+            )  # fmt: skip
         except OSError as exc:
+            self._err.close()
             raise _JavaToolError(f"METEOR did not start: {exc}") from exc
-        timed_out = threading.Event()
+        self._timed_out = threading.Event()
 
-        def stop() -> None:
-            timed_out.set()
-            proc.kill()
+    def _kill_slow(self) -> None:
+        self._timed_out.set()
+        self._proc.kill()
 
-        watchdog = threading.Timer(JAVA_TIMEOUT_S, stop)
+    def _ask(self, line: str) -> None:
+        self._proc.stdin.write((line + "\n").encode("utf-8"))
+        self._proc.stdin.flush()
+
+    def _answer(self) -> str:
+        line = self._proc.stdout.readline().decode("utf-8", "replace").strip()
+        if not line:
+            if self._timed_out.is_set():
+                raise _JavaToolError(f"METEOR took over {JAVA_TIMEOUT_S:.0f} s")
+            raise _JavaToolError("METEOR stopped answering")
+        return line
+
+    def score(self, gts: dict, res: dict) -> float:
+        """Corpus METEOR of ``res`` ({key: [caption]}) against ``gts`` ({key: [refs]});
+        the process is killed when one call takes over :data:`JAVA_TIMEOUT_S`."""
+        watchdog = threading.Timer(JAVA_TIMEOUT_S, self._kill_slow)
         watchdog.start()
         try:
-
-            def ask(line: str) -> None:
-                proc.stdin.write((line + "\n").encode("utf-8"))
-                proc.stdin.flush()
-
-            def answer() -> str:
-                line = proc.stdout.readline().decode("utf-8", "replace").strip()
-                if not line:
-                    if timed_out.is_set():
-                        raise _JavaToolError(f"METEOR took over {JAVA_TIMEOUT_S:.0f} s")
-                    raise _JavaToolError("METEOR stopped answering")
-                return line
-
             stats = []
             for key in gts:
                 hyp = res[key][0].replace("|||", "").replace("  ", " ")
                 refs = [r.replace("|||", "") for r in gts[key]]
-                ask(" ||| ".join(["SCORE", *refs, hyp]))
-                stats.append(answer())
-            ask(" ||| ".join(["EVAL", *stats]))
+                self._ask(" ||| ".join(["SCORE", *refs, hyp]))
+                stats.append(self._answer())
+            self._ask(" ||| ".join(["EVAL", *stats]))
             for _ in stats:  # per-image scores, not needed
-                answer()
-            return float(answer())
+                self._answer()
+            return float(self._answer())
         except (OSError, ValueError, _JavaToolError) as exc:
-            proc.kill()
-            proc.wait()
-            err.seek(0)
-            tail = _stderr_tail(err.read())
+            self._proc.kill()
+            self._proc.wait()
+            self._err.seek(0)
+            tail = _stderr_tail(self._err.read())
             raise _JavaToolError(f"METEOR failed ({exc}); its stderr: {tail}") from exc
         finally:
             watchdog.cancel()
-            if proc.stdin is not None:
+
+    def close(self) -> None:
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
                 try:
-                    proc.stdin.close()
+                    stream.close()
                 except OSError:
                     pass
-            proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        self._proc.kill()
+        self._proc.wait()
+        self._err.close()
+
+
+# The process of the innermost open :func:`meteor_session` (None: one process per call).
+_SESSION: list = [None]
+
+
+@contextmanager
+def meteor_session() -> Iterator[None]:
+    """Inside the block, every :func:`coco_metrics` call shares one METEOR process, started
+    at the first call and stopped at the end (scores are those of separate processes; the
+    ~15 s start-up is paid once). Nested sessions share the outer one's process."""
+    if _SESSION[0] is not None:
+        yield
+        return
+    _SESSION[0] = False  # open, nothing started yet
+    try:
+        yield
+    finally:
+        proc, _SESSION[0] = _SESSION[0], None
+        if proc:
+            proc.close()
+
+
+def _meteor(java: str, gts: dict, res: dict) -> float:
+    """Corpus METEOR 1.5 (see :class:`_MeteorProcess`): in the open
+    :func:`meteor_session`'s process, else in a process of its own."""
+    if _SESSION[0] is None:
+        proc = _MeteorProcess(java)
+        try:
+            return proc.score(gts, res)
+        finally:
+            proc.close()
+    if _SESSION[0] is False:
+        _SESSION[0] = _MeteorProcess(java)
+    try:
+        return _SESSION[0].score(gts, res)
+    except _JavaToolError:
+        _SESSION[0].close()
+        _SESSION[0] = False  # a failed process is not reused
+        raise
 
 
 def _check_caption_dicts(
@@ -377,7 +430,8 @@ def coco_metrics(
       evaluation server does. With False the captions are taken as already tokenized
       (whitespace-separated words, used as given).
     - meteor: with False METEOR is skipped (reported unavailable); it costs ~15 s of Java
-      start-up however few captions there are. The tokenizer takes under a second.
+      start-up however few captions there are, paid once for all calls inside a
+      :func:`meteor_session`. The tokenizer takes under a second.
 
     Returns ``{"BLEU-1": .., "BLEU-2": .., "BLEU-3": .., "BLEU-4": .., "METEOR": ..,
     "ROUGE-L": .., "CIDEr": .., "SPICE": None, "unavailable": {name: reason}}``, scores

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from captionlab.captioning import load_checkpoint
+from captionlab.captioning.metrics import meteor_session
 from captionlab.data import CaptionDataset, load_dataset
 from captionlab.data._io import file_sha256
 from captionlab.data.features import FeatureStore
@@ -82,21 +83,11 @@ def evaluate_run(
             texts_by_beam[beam] += caption_features(model, features, beam=beam)
     scenes = load_scenes_for(dataset, scenes_path)
     results = {}
-    for beam in beams:
-        name = "greedy" if beam == 1 else f"beam{beam}"
-        texts = texts_by_beam[beam]
-        results[name] = {
-            "metrics": _score(texts, records, scenes, coco=coco, meteor=meteor),
-            "captions": [
-                {
-                    "image_id": r.image_id,
-                    "path": str(r.path),
-                    "caption": text,
-                    "references": list(r.captions),
-                }
-                for r, text in zip(records, texts, strict=True)
-            ],
-        }
+    with meteor_session():  # one METEOR process for every decoding's captions
+        for beam in beams:
+            results["greedy" if beam == 1 else f"beam{beam}"] = _scored_captions(
+                texts_by_beam[beam], records, scenes, coco=coco, meteor=meteor
+            )
     return {
         "model": str(ckpt),
         "cell": model_kind(model),
@@ -217,6 +208,22 @@ def _extractor_key(config, pcas) -> str:
             h.update(np.ascontiguousarray(pca.mean, np.float32).tobytes())
             h.update(np.ascontiguousarray(pca.components, np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+def _scored_captions(texts: list[str], records, scenes, *, coco: bool, meteor: bool) -> dict:
+    """``{"metrics", "captions"}`` of one decoding's captions of ``records``."""
+    return {
+        "metrics": _score(texts, records, scenes, coco=coco, meteor=meteor),
+        "captions": [
+            {
+                "image_id": r.image_id,
+                "path": str(r.path),
+                "caption": text,
+                "references": list(r.captions),
+            }
+            for r, text in zip(records, texts, strict=True)
+        ],
+    }
 
 
 def _score(texts: list[str], records, scenes: dict | None, *, coco: bool, meteor: bool) -> dict:
