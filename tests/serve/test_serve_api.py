@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import IMAGE_SIZE, WORDS, photo_png, png
+from serve_helpers import GRID_SIDE, IMAGE_SIZE, MODELS, WORDS, photo_png, png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,7 +29,7 @@ def test_health_lists_models_and_the_checkpoint_that_did_not_load(client):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["device"] == "cpu"
-    assert body["models"] == ["lstm", "rnn"]
+    assert body["models"] == MODELS
     assert len(body["skipped"]) == 1 and body["skipped"][0].startswith("broken: ")
     assert body["queue"]["max"] == 256 and body["queue"]["pending"] == 0
     assert body["max_upload_bytes"] == 20 * 1024 * 1024
@@ -38,8 +38,8 @@ def test_health_lists_models_and_the_checkpoint_that_did_not_load(client):
 def test_models_are_described_by_name_without_paths(client, runs_dir):
     body = client.get("/api/models").json()
     assert body["beam_max"] == 10
-    assert [m["name"] for m in body["models"]] == ["lstm", "rnn"]
-    lstm = body["models"][0]
+    assert [m["name"] for m in body["models"]] == MODELS
+    attention, lstm = body["models"][:2]
     assert lstm == {
         "name": "lstm",
         "cell": "lstm",
@@ -47,7 +47,11 @@ def test_models_are_described_by_name_without_paths(client, runs_dir):
         "hidden_dim": 16,
         "image_size": IMAGE_SIZE,
         "attention": False,
+        "grid": None,
+        "explain": True,
     }
+    assert attention == {**lstm, "name": "attention", "cell": "attention", "attention": True,
+                         "grid": [GRID_SIDE, GRID_SIDE]}  # fmt: skip
     assert str(runs_dir) not in client.get("/api/models").text
 
 
@@ -76,7 +80,7 @@ def test_caption_every_model_greedy_and_beam(client, registry):
     r = client.post("/api/caption", files=upload(photo_png("astronaut")), data={"beam": 2})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x["model"] for x in results] == ["lstm", "rnn"]
+    assert [x["model"] for x in results] == MODELS
     vocab = set(WORDS) | {"<UNK>"}
     for x in results:
         assert x["image_size"] == IMAGE_SIZE
@@ -85,13 +89,95 @@ def test_caption_every_model_greedy_and_beam(client, registry):
         assert (beam["decoding"], beam["beam_size"]) == ("beam", 2)
         for c in (greedy, beam):
             assert c["words"] == c["text"].split() and set(c["words"]) <= vocab
-            assert c["attention"] is None  # no model here has attention
+            if x["model"] == "attention":
+                assert len(c["attention"]["maps"]) == len(c["words"])
+            else:
+                assert c["attention"] is None  # no attention in an RNN
     # the same caption the library gives for the same centre crop
     from captionlab.serve.imaging import decode_upload, square
 
     pixels = square(decode_upload(photo_png("astronaut"), 10**8), IMAGE_SIZE)
     direct = registry.caption("lstm", pixels, beam=2)
-    assert [c.text for c in direct] == [c["text"] for c in results[0]["captions"]]
+    assert [c.text for c in direct] == [c["text"] for c in results[1]["captions"]]
+
+
+def test_caption_attention_is_the_models_own_per_word(client, runs_dir):
+    """Each word's cell weights are those of the step that chose it, as decoding the
+    checkpoint directly gives them, and its picture is the crop seen through them."""
+    from captionlab.captioning import load_checkpoint
+    from captionlab.captioning.plots import attention_map, attention_spotlight
+    from captionlab.runs.inference import best_captions, extractor_for_checkpoint
+    from captionlab.serve.imaging import decode_upload, square
+
+    image = png(size=(160, 120))
+    r = client.post("/api/caption", files=upload(image), data={"model": "attention", "beam": 3})
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    pixels = square(decode_upload(image, 10**8), IMAGE_SIZE)
+    model, state = load_checkpoint(runs_dir / "attention" / "best.npz")
+    grid = extractor_for_checkpoint(state).transform_images_with_grid(pixels[None])[1]
+    for c, beam in zip(result["captions"], (1, 3), strict=True):
+        ids, alphas = best_captions(model, grid, beam=beam, max_length=20, attention=True)
+        words = [model.idx_to_word[int(i)] for i in ids[0]]
+        K = words.index("<END>") if "<END>" in words else len(words)
+        assert c["words"] == words[:K] and K >= 3  # the tiny model writes sentences
+        att = c["attention"]
+        assert att["grid"] == [GRID_SIDE, GRID_SIDE]
+        maps = np.array(att["maps"])  # (K, L)
+        assert maps.shape == (K, GRID_SIDE**2)
+        np.testing.assert_allclose(maps, alphas[0, :K], atol=1e-5)
+        np.testing.assert_allclose(maps.sum(axis=1), 1.0, atol=1e-4)
+        assert len(att["images"]) == K
+        for k in (0, K - 1):
+            shown = decode_data_url(att["images"][k]).astype(int)
+            want = attention_spotlight(pixels, attention_map(alphas[0, k], IMAGE_SIZE))
+            assert np.abs(shown - np.round(want * 255)).max() <= 1
+
+
+def test_explain_attention_model_word_by_word(client, runs_dir):
+    """Per word: its saliency map, its peak and its attention; the same caption, peaks and
+    probabilities as the library's Explainer built from the checkpoint."""
+    from captionlab.explain import Explainer, map_peak
+    from captionlab.serve.imaging import decode_upload, square
+
+    image = png(size=(150, 100))
+    r = client.post("/api/explain", files=upload(image), data={"method": "vanilla"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["method"], body["beam"]) == ("attention", "vanilla", 1)
+    assert body["samples"] is None and body["steps"] is None
+    assert body["image_size"] == IMAGE_SIZE and body["grid"] == [GRID_SIDE, GRID_SIDE]
+    pixels = square(decode_upload(image, 10**8), IMAGE_SIZE)
+    assert np.array_equal(decode_data_url(body["image"]), pixels)
+    words = body["words"]
+    assert [w["word"] for w in words] == body["caption"].split() and len(words) >= 3
+    direct = Explainer.from_checkpoint(runs_dir / "attention").explain(pixels, "vanilla")
+    assert direct.caption == body["caption"]
+    for w, d in zip(words, direct.words, strict=True):
+        assert w["position"] == d.position and w["peak"] == list(d.peak)
+        assert w["prob"] == pytest.approx(d.prob, rel=1e-4)
+        assert w["attention_peak"] == list(map_peak(d.attention))
+        for key in ("saliency", "attention"):
+            assert decode_data_url(w[key]).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_explain_rnn_by_smoothgrad_and_ig(client):
+    image = png(size=(90, 90))
+    data = {"model": "rnn", "method": "smoothgrad", "samples": 3, "beam": 2}
+    first = client.post("/api/explain", files=upload(image), data=data)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["samples"] == 3 and body["steps"] is None and body["beam"] == 2
+    assert body["grid"] is None
+    for w in body["words"]:
+        assert w["attention"] is None and w["attention_peak"] is None
+        assert all(0 <= v < IMAGE_SIZE for v in w["peak"]) and 0 < w["prob"] <= 1
+    # seeded noise: the same request gives the same maps
+    again = client.post("/api/explain", files=upload(image), data=data).json()
+    assert [w["saliency"] for w in again["words"]] == [w["saliency"] for w in body["words"]]
+    r = client.post("/api/explain", files=upload(image),
+                    data={"model": "rnn", "method": "ig", "steps": 2})  # fmt: skip
+    assert r.status_code == 200 and r.json()["steps"] == 2
 
 
 def test_caption_one_model_greedy_only(client):
@@ -202,8 +288,8 @@ def test_page_is_served_offline_with_a_strict_policy(client):
 
 def test_openapi_documents_the_api_and_docs_page_is_local(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/api/health", "/api/models", "/api/caption", "/api/classify", "/api/saliency",
-                 "/api/fool", "/api/dream", "/api/jobs/{job_id}"):  # fmt: skip
+    for path in ("/api/health", "/api/models", "/api/caption", "/api/explain", "/api/classify",
+                 "/api/saliency", "/api/fool", "/api/dream", "/api/jobs/{job_id}"):  # fmt: skip
         assert path in spec["paths"], path
     body = spec["paths"]["/api/classify"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from serve_helpers import png
+from serve_helpers import MODELS, png
 
 from captionlab.serve import ServeConfig, create_app
 from captionlab.serve.work import JobStore, QueueFull, WorkQueue
@@ -78,9 +78,10 @@ async def _many(app, n: int) -> list[httpx.Response]:
         image = png(size=(120, 90))
 
         def request(i):
-            kind = ("classify", "caption", "saliency")[i % 3]
+            kind = ("classify", "caption", "saliency", "explain")[i % 4]
             files = {"image": (f"{i}.png", image, "image/png")}
-            return client.post(f"/api/{kind}", files=files)
+            data = {"method": "vanilla"} if kind == "explain" else None
+            return client.post(f"/api/{kind}", files=files, data=data)
 
         return await asyncio.gather(*(request(i) for i in range(n)))
 
@@ -89,9 +90,10 @@ def test_many_simultaneous_requests_are_all_answered(registry, tiny_engine):
     app = create_app(ServeConfig(), registry=registry, engine=tiny_engine)
     responses = asyncio.run(_many(app, 48))
     assert [r.status_code for r in responses] == [200] * 48
-    assert all(len(r.json()["classes"]) == 5 for r in responses[0::3])
-    assert all(len(r.json()["results"]) == 2 for r in responses[1::3])
-    assert all(r.json()["overlay"].startswith("data:image/png") for r in responses[2::3])
+    assert all(len(r.json()["classes"]) == 5 for r in responses[0::4])
+    assert all(len(r.json()["results"]) == len(MODELS) for r in responses[1::4])
+    assert all(r.json()["overlay"].startswith("data:image/png") for r in responses[2::4])
+    assert all(r.json()["model"] == "attention" for r in responses[3::4])
     assert app.state.work.completed == 48 and app.state.work.pending == 0
     app.state.work.close()
 

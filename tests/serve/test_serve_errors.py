@@ -42,7 +42,7 @@ def expect_error(response, status: int, *words: str) -> str:
     return body["error"]
 
 
-IMAGE_ENDPOINTS = ["/api/classify", "/api/caption", "/api/saliency"]
+IMAGE_ENDPOINTS = ["/api/classify", "/api/caption", "/api/saliency", "/api/explain"]
 
 
 @pytest.mark.parametrize("path", IMAGE_ENDPOINTS)
@@ -130,7 +130,7 @@ def test_bad_content_length(tiny_client):
     assert r.status_code == 400
 
 
-@pytest.mark.parametrize("path", ["/api/classify", "/api/caption", "/api/saliency", "/api/fool"])
+@pytest.mark.parametrize("path", [*IMAGE_ENDPOINTS, "/api/fool"])
 def test_missing_image_field(tiny_client, path):
     r = tiny_client.post(path, data={"target": "goldfish"})
     expect_error(r, 422, "image: required field is missing")
@@ -150,15 +150,31 @@ def test_body_not_multipart(tiny_client):
     assert 400 <= r.status_code < 500 and "error" in r.json()
 
 
-def test_unknown_model(tiny_client, runs_dir):
-    r = tiny_client.post("/api/caption", files=upload(png()), data={"model": "gpt"})
-    expect_error(r, 422, "unknown model 'gpt'", "lstm, rnn")
+@pytest.mark.parametrize("path", ["/api/caption", "/api/explain"])
+def test_unknown_model(tiny_client, runs_dir, path):
+    r = tiny_client.post(path, files=upload(png()), data={"model": "gpt"})
+    expect_error(r, 422, "unknown model 'gpt'", "attention, lstm, rnn")
     # a real checkpoint named by path is still only an unknown name: no path is ever opened
-    path = str(runs_dir / "lstm" / "best.npz")
-    r = tiny_client.post("/api/caption", files=upload(png()), data={"model": path})
-    expect_error(r, 422, "unknown model")
-    r = tiny_client.post("/api/caption", files=upload(png()), data={"model": "../rnn"})
-    expect_error(r, 422, "unknown model")
+    for name in (str(runs_dir / "lstm" / "best.npz"), "../rnn", str(runs_dir / "attention")):
+        r = tiny_client.post(path, files=upload(png()), data={"model": name})
+        expect_error(r, 422, "unknown model")
+
+
+def test_a_model_that_cannot_be_explained(registry, tiny_engine):
+    """A captioner whose loss gives no feature gradient is named in a 422, and a server
+    with no other model says so; captions still work."""
+    import dataclasses
+
+    from captionlab.serve.models import ModelRegistry
+
+    old = dataclasses.replace(registry.get("lstm"), name="old", explainable=False)
+    with make_client(ModelRegistry([old]), tiny_engine) as c:
+        assert c.get("/api/models").json()["models"][0]["explain"] is False
+        r = c.post("/api/explain", files=upload(png()), data={"model": "old"})
+        expect_error(r, 422, "model 'old' (lstm) cannot be explained")
+        expect_error(c.post("/api/explain", files=upload(png())), 422,
+                     "no model that can be explained", "old (lstm)")  # fmt: skip
+        assert c.post("/api/caption", files=upload(png())).status_code == 200
 
 
 def test_no_models_at_all(tiny_engine):
@@ -168,6 +184,8 @@ def test_no_models_at_all(tiny_engine):
         assert c.get("/api/models").json()["models"] == []
         r = c.post("/api/caption", files=upload(png()))
         expect_error(r, 422, "no captioning models", "--models")
+        r = c.post("/api/explain", files=upload(png()))
+        expect_error(r, 422, "no model that can be explained", "--models")
         assert c.post("/api/classify", files=upload(png())).status_code == 200
 
 
@@ -196,6 +214,12 @@ def test_no_models_at_all(tiny_engine):
         ("/api/classify", {"top": 1001}, ("top", "20")),
         ("/api/caption", {"beam": 0}, ("beam",)),
         ("/api/caption", {"beam": 11}, ("beam", "10")),
+        ("/api/explain", {"method": "gradcam"}, ("method", "'vanilla', 'smoothgrad' or 'ig'")),
+        ("/api/explain", {"samples": 26}, ("samples", "25")),
+        ("/api/explain", {"samples": 0}, ("samples", "1")),
+        ("/api/explain", {"steps": 33}, ("steps", "32")),
+        ("/api/explain", {"beam": 11}, ("beam", "10")),
+        ("/api/explain", {"beam": "wide"}, ("beam", "integer")),
     ],
 )
 def test_bad_fields(tiny_client, path, data, words):

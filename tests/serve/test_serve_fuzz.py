@@ -24,8 +24,9 @@ from test_serve_errors import png_header_only
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-NAMES = ["lstm", "rnn", "goldfish", "Egyptian cat", "crane", "285", "0", "999", "1000", "-1",
-         "2/255", "none", "0.5", "1/0", "nan", "vanilla", "ig", "smoothgrad", "chelsea",
+NAMES = ["lstm", "rnn", "attention", "goldfish", "Egyptian cat", "crane", "285", "0", "999",
+         "1000", "-1", "2/255", "none", "0.5", "1/0", "nan", "vanilla", "ig", "smoothgrad",
+         "chelsea",
          "../../etc/passwd", "/etc/passwd", "%2e%2e%2f", "C:\\Windows", "\x00", "", " ",
          "ñandú 🐈", "a" * 5000]  # fmt: skip
 
@@ -64,8 +65,11 @@ def _image_bytes(draw) -> bytes:
 PLAUSIBLE = {
     "target": ["goldfish", "285", "tabby cat", "n01443537", "volcano"],
     "epsilon": ["2/255", "none", "8/255", "0.01"],
-    "model": ["lstm", "rnn"],
+    "model": ["lstm", "rnn", "attention"],
 }
+# SmoothGrad samples and IG points cost a CNN pass each (per word, for explain): in range,
+# they are drawn small; out of range as any other integer
+COSTLY = {"samples": [1, 2, 3], "steps": [1, 2, 3]}
 
 
 def _value(draw, schema: dict, name: str = ""):
@@ -79,6 +83,8 @@ def _value(draw, schema: dict, name: str = ""):
         return draw(st.sampled_from(NAMES))
     if name in PLAUSIBLE:
         return draw(st.sampled_from(PLAUSIBLE[name]))
+    if name in COSTLY and choice < 7:
+        return draw(st.sampled_from(COSTLY[name]))
     if "enum" in schema:
         return draw(st.sampled_from(schema["enum"]))
     if "integer" in kinds:
@@ -99,6 +105,7 @@ OPERATIONS = [
     ("get", "/api/examples/{name}.png"),
     ("get", "/api/shapes"),
     ("post", "/api/caption"),
+    ("post", "/api/explain"),
     ("post", "/api/classify"),
     ("post", "/api/saliency"),
     ("post", "/api/fool"),

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from serve_helpers import photo_png, png
+from serve_helpers import MODELS, photo_png, png
 
 CHROMIUM = os.environ.get("CAPTIONLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -94,7 +94,7 @@ def server(runs_dir):
 def test_serve_binds_localhost_and_answers(server):
     assert server.startswith("http://127.0.0.1:") and server.endswith("/")
     health = get_json(server + "api/health")
-    assert health["status"] == "ok" and health["models"] == ["lstm", "rnn"]
+    assert health["status"] == "ok" and health["models"] == MODELS
     with urllib.request.urlopen(server, timeout=30) as r:
         assert r.status == 200 and b"captionlab" in r.read()
     status, body = post_image(server + "api/classify", photo_png("chelsea"))
@@ -182,8 +182,9 @@ Array.from(document.querySelectorAll('body *'))
 
 
 def test_page_in_headless_chromium(request, tmp_path):
-    """Upload a photo, see captions and class bars, saliency, a fooling image chosen with
-    completion and a class visualization; nothing but the server is ever asked for."""
+    """Upload a photo, see captions (with the attention model's strip of per-word maps),
+    each word explained, class bars, saliency, a fooling image chosen with completion and a
+    class visualization; nothing but the server is ever asked for."""
     _browser_or_skip()
     server = request.getfixturevalue("server")
     from playwright.sync_api import sync_playwright
@@ -210,15 +211,37 @@ def test_page_in_headless_chromium(request, tmp_path):
         )  # fmt: skip
         page.goto(server)
         page.wait_for_selector("#status.ok")
-        assert "2 models" in page.inner_text("#status")
+        assert "3 models" in page.inner_text("#status")
+        assert page.input_value("#explain-model") == "attention"  # the model with attention
 
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#classes li.bar:nth-child(5)")
-        page.wait_for_selector("#captions .model:nth-child(2) .caption")
+        page.wait_for_selector("#captions .model:nth-child(3) .caption")
         bars = page.locator("#classes li.bar")
         assert bars.count() == 5
         assert "Egyptian cat" in bars.nth(0).inner_text()
-        assert page.locator("#captions .caption").count() == 4  # two models x (greedy, beam 3)
+        assert page.locator("#captions .caption").count() == 6  # 3 models x (greedy, beam 3)
+        # the attention model's captions: a strip of maps, one per word, under its caption
+        attention = page.locator("#captions .model").nth(0)
+        assert attention.locator(".chip").inner_text().lower() == "attention"
+        strips = attention.locator(".strip")
+        assert 1 <= strips.count() <= 2  # one per different caption
+        # the strip's caption is the line just above it
+        last = strips.nth(0).locator("xpath=preceding-sibling::div[contains(@class, 'caption')][1]")
+        words = strips.nth(0).locator("li")
+        assert words.count() >= 3 and words.count() == last.locator(".word").count()
+        assert words.nth(1).inner_text() == last.locator(".word").nth(1).inner_text()
+        assert words.nth(0).locator("img").evaluate("i => i.complete && i.naturalWidth") == 64
+        assert page.locator("#captions .model").nth(1).locator(".strip").count() == 0  # lstm
+        words.nth(1).hover()  # pointing at a picture lights up its word
+        assert "hot" in (last.locator(".word").nth(1).get_attribute("class") or "")
+        # each word explained: its saliency map with the peak marked, and its attention
+        page.wait_for_selector("#explain .explain-word .att img")
+        explained = page.locator("#explain .explain-word:not(.legend)")
+        caption = page.inner_text("#explain .explain-caption").strip("“”")
+        assert explained.count() == len(caption.split()) >= 3
+        assert explained.locator(".peak").count() == explained.count()
+        assert explained.locator(".att img").count() == explained.count()
         page.wait_for_selector("#saliency figure[data-method=vanilla] img")
 
         page.fill("#fool-target", "goldf")
@@ -242,6 +265,17 @@ def test_page_in_headless_chromium(request, tmp_path):
         shot = tmp_path / "serve_page.png"
         page.screenshot(path=str(shot), full_page=True)
         _save(shot, "serve_page.png")
+        for card in ("captions", "explain"):
+            part = tmp_path / f"serve_{card}.png"
+            page.locator(f"#{card}-card").screenshot(path=str(part))
+            _save(part, part.name)
+
+        # another model and method: the RNN has no attention row
+        page.select_option("#explain-method", "vanilla")
+        page.select_option("#explain-model", "rnn")
+        page.wait_for_selector("#explain .meta:has-text('vanilla gradient')")
+        assert page.locator("#explain .explain-word .peak").count() >= 1
+        assert page.locator("#explain .explain-word .att").count() == 0
 
         # an image dropped on the page, then one pasted, replace the photo and are analysed
         b64 = base64.b64encode(png(size=(200, 140))).decode()
@@ -260,7 +294,7 @@ def test_page_in_headless_chromium(request, tmp_path):
 
         page.goto(server + "docs")  # the API's OpenAPI page renders, from local files only
         page.wait_for_selector(".opblock")
-        assert page.locator(".opblock").count() == 12
+        assert page.locator(".opblock").count() == 13
         context.close()
     assert shot.stat().st_size > 50_000 and phone.stat().st_size > 20_000
     assert not problems, problems

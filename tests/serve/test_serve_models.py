@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from serve_helpers import IMAGE_SIZE, write_runs
+from serve_helpers import GRID_SIDE, IMAGE_SIZE, MODELS, write_runs, write_transformer_run
 
 from captionlab.errors import UserError
 from captionlab.serve.models import ModelRegistry, UnknownModelError, find_checkpoints
@@ -18,8 +19,8 @@ def test_run_folders_loose_checkpoints_and_repeated_names(tmp_path):
     (b / ".hidden" / "best.npz").write_bytes(b"")
     found = find_checkpoints([a, b, a / "rnn"])
     assert [name for name, _ in found] == [
-        "broken", "lstm", "rnn",  # a/
-        "b/broken", "mine", "b/rnn",  # b/: repeated names get the folder's name
+        "attention", "broken", "lstm", "rnn",  # a/
+        "b/attention", "b/broken", "mine", "b/rnn",  # b/: repeated names get the folder's name
         "rnn/rnn",  # a/rnn itself is a run folder
     ]  # fmt: skip
     assert dict(found)["mine"] == b / "mine.npz"
@@ -32,19 +33,19 @@ def test_missing_folder_is_a_user_error(tmp_path):
 
 
 def test_registry_loads_good_and_lists_bad(registry):
-    assert registry.names == ["lstm", "rnn"] and len(registry) == 2
+    assert registry.names == MODELS and len(registry) == 3
     assert len(registry.skipped) == 1 and "not a .npz checkpoint" in registry.skipped[0]
     assert registry.get("lstm").image_size == IMAGE_SIZE
-    with pytest.raises(UnknownModelError, match="unknown model 'gru'; this server has: lstm"):
+    with pytest.raises(
+        UnknownModelError, match="unknown model 'gru'; this server has: attention, lstm"
+    ):
         registry.get("gru")
     empty = ModelRegistry([])
     with pytest.raises(UnknownModelError, match="--models DIR"):
         empty.get("lstm")
 
 
-def test_caption_checks_its_input(registry):
-    import numpy as np
-
+def test_caption_and_explain_check_their_input(registry):
     good = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     with pytest.raises(UserError, match=r"beam must be in 1\.\.10"):
         registry.caption("lstm", good, beam=11)
@@ -52,3 +53,54 @@ def test_caption_checks_its_input(registry):
         registry.caption("lstm", good.astype(np.float32))
     captions = registry.caption("rnn", good, beam=1)
     assert [c.decoding for c in captions] == ["greedy"] and captions[0].attention is None
+    captions = registry.caption("attention", good, beam=2)
+    assert [c.decoding for c in captions] == ["greedy", "beam"]
+    for c in captions:
+        assert c.attention["grid"] == [GRID_SIDE, GRID_SIDE]
+        assert len(c.attention["maps"]) == len(c.attention["images"]) == len(c.words)
+    with pytest.raises(UserError, match="method must be one of vanilla, smoothgrad, ig"):
+        registry.explain("attention", good, "gradcam")
+    with pytest.raises(UserError, match=r"samples must be in 1\.\.25, got 26"):
+        registry.explain("attention", good, "smoothgrad", samples=26)
+    with pytest.raises(ValueError, match="uint8"):
+        registry.explain("attention", good[:32])
+
+
+def test_a_transformer_over_a_grid_has_attention_and_is_explained(tmp_path):
+    registry = ModelRegistry.discover([write_transformer_run(tmp_path)])
+    (info,) = registry.describe()
+    assert info["cell"] == "transformer" and info["hidden_dim"] == 8  # its width
+    assert info["attention"] and info["grid"] == [GRID_SIDE, GRID_SIDE] and info["explain"]
+    assert registry.explained() == "transformer"
+    pixels = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 90, np.uint8)
+    (greedy,) = registry.caption("transformer", pixels, beam=1)
+    assert len(greedy.attention["maps"]) == len(greedy.words)
+    out = registry.explain("transformer", pixels, "vanilla")
+    assert out["caption"] == greedy.text and out["grid"] == [GRID_SIDE, GRID_SIDE]
+    assert all(w["attention"].startswith("data:image/png;base64,") for w in out["words"])
+
+
+def test_feature_gradient_support_is_read_from_the_loss():
+    from captionlab.serve.models import _loads_feature_grad
+
+    class Old:
+        def loss(self, features, captions):
+            return 0.0, {}
+
+    assert not _loads_feature_grad(Old()) and not _loads_feature_grad(object())
+
+
+def test_a_grid_model_whose_features_have_no_grid_is_skipped(tmp_path):
+    import dataclasses
+
+    from serve_helpers import tiny_attention_model
+
+    from captionlab.captioning import save_checkpoint
+    from captionlab.data.features import FeatureExtractorConfig
+
+    pooled = FeatureExtractorConfig(image_size=IMAGE_SIZE)
+    (tmp_path / "att").mkdir()
+    save_checkpoint(tmp_path / "att" / "best.npz", tiny_attention_model(),
+                    extra={"features": dataclasses.asdict(pooled)})  # fmt: skip
+    registry = ModelRegistry.discover([tmp_path])
+    assert registry.names == [] and "reads a grid" in registry.skipped[0]

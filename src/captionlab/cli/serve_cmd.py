@@ -18,7 +18,8 @@ def register(subparsers) -> None:
         help="a local web page (and JSON API) for captions, classes, saliency and fooling",
         description=(
             "Start a local web server: a page to drop a photo on and see each trained model's "
-            "caption, the CNN's top classes, saliency maps, a fooling image and class "
+            "caption (with per-word attention maps for models that attend), why it said each "
+            "word, the CNN's top classes, saliency maps, a fooling image and class "
             "visualization; and the JSON API the page uses (documented at /docs). Binds to "
             "127.0.0.1 unless --host says otherwise. Ctrl-C stops it."
         ),

@@ -4,8 +4,9 @@
 or test client. Modules:
 
 * :mod:`~captionlab.serve.app`     -- the app: routes, limits, JSON errors, the docs page
-* :mod:`~captionlab.serve.models`  -- the captioners found at start-up (the only user of the
-  captioning library here)
+* :mod:`~captionlab.serve.models`  -- the captioners found at start-up: captions, per-word
+  attention and word-by-word explanations (the only user of the captioning and explain
+  libraries here)
 * :mod:`~captionlab.serve.cnn`     -- classes, saliency, fooling and class visualization
 * :mod:`~captionlab.serve.imaging` -- uploads decoded safely, PNG answers, example pictures
 * :mod:`~captionlab.serve.work`    -- the one work queue, and jobs with progress

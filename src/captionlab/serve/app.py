@@ -12,7 +12,8 @@ Every error answer is JSON ``{"error": "..."}`` naming what was wrong:
 * 404 unknown path, example or job;  405 wrong method
 * 413 body or image over ``--max-upload-mb``, image over ``--max-pixels``
 * 415 a file that is not an image
-* 422 a missing or malformed field, an unknown model, class or saliency method
+* 422 a missing or malformed field, an unknown model, class or saliency method, a model
+  that cannot be explained
 * 503 the work queue is full (``--max-queue``), with ``Retry-After``
 """
 
@@ -48,7 +49,12 @@ from captionlab.serve.imaging import (
     shapes_scene,
     square,
 )
-from captionlab.serve.models import MAX_BEAM, ModelRegistry, UnknownModelError
+from captionlab.serve.models import (
+    EXPLAIN_LIMITS,
+    MAX_BEAM,
+    ModelRegistry,
+    UnknownModelError,
+)
 from captionlab.serve.work import JobStore, QueueFull, WorkQueue
 from captionlab.vision.images import MAX_PIXELS
 
@@ -255,10 +261,11 @@ def create_app(
         title="captionlab",
         version=__version__,
         description=(
-            "Captions from trained captionlab models, and what a pretrained CNN "
-            "(EfficientNet-Lite0) sees: top classes, saliency maps, fooling images and class "
-            "visualization. Images go up as the multipart field `image`. Errors are JSON "
-            '`{"error": "..."}`.'
+            "Captions from trained captionlab models (with per-word attention maps for "
+            "models that attend), word-by-word explanations of those captions, and what a "
+            "pretrained CNN (EfficientNet-Lite0) sees: top classes, saliency maps, fooling "
+            "images and class visualization. Images go up as the multipart field `image`. "
+            'Errors are JSON `{"error": "..."}`.'
         ),
         docs_url=None,
         redoc_url=None,
@@ -371,7 +378,9 @@ def create_app(
             int, Form(ge=1, le=MAX_BEAM, description="beam size; 1 gives the greedy caption only")
         ] = 3,
     ):
-        """Captions of the picture by each model: greedy, and beam search of size ``beam``."""
+        """Captions of the picture by each model: greedy, and beam search of size ``beam``.
+        A model with attention gives, per word, the weights of its grid cells and the
+        picture seen through them (``attention``; null for other models)."""
         names = [registry.get(model).name] if model else registry.names
         if not names:
             raise UnknownModelError(
@@ -390,6 +399,49 @@ def create_app(
                     {"model": name, "image_size": size, "captions": [vars(c) for c in captions]}
                 )
             return {"results": results, "seconds": time.perf_counter() - start}
+
+        return await work.run(run)
+
+    @app.post(
+        "/api/explain", response_model=schemas.ExplainOut, responses=ERRORS, tags=["captions"]
+    )
+    async def explain(
+        image: ImageField,
+        model: Annotated[
+            str | None,
+            Form(
+                description="a name from GET /api/models (default: the first model with "
+                "attention that can be explained, else the first that can)"
+            ),
+        ] = None,
+        method: Annotated[
+            Literal["vanilla", "smoothgrad", "ig"],
+            Form(description="vanilla gradient, SmoothGrad or Integrated Gradients"),
+        ] = "smoothgrad",
+        beam: Annotated[
+            int, Form(ge=1, le=MAX_BEAM, description="beam size of the caption; 1 = greedy")
+        ] = 1,
+        samples: Annotated[
+            int,
+            Form(ge=1, le=EXPLAIN_LIMITS.samples_max, description="SmoothGrad: noisy copies"),
+        ] = EXPLAIN_LIMITS.samples_default,
+        steps: Annotated[
+            int,
+            Form(ge=1, le=EXPLAIN_LIMITS.steps_max, description="Integrated Gradients: points"),
+        ] = EXPLAIN_LIMITS.steps_default,
+    ):
+        """Why the model says each word of its caption: per word, a saliency map of the
+        word's log-probability, through the captioner's own backward pass and the CNN to
+        the pixels, with its peak; and the word's attention for a model that attends. Each
+        word costs a CNN backward pass per SmoothGrad sample or IG step."""
+        name = registry.explained(model)
+        data = await read_image(image)
+
+        def run():
+            start = time.perf_counter()
+            pixels = pixels_of(data, registry.get(name).image_size)
+            out = registry.explain(name, pixels, method, beam=beam, samples=samples, steps=steps)
+            return {**out, "seconds": time.perf_counter() - start}
 
         return await work.run(run)
 

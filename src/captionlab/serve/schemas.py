@@ -25,8 +25,17 @@ class ClassifyOut(BaseModel):
 
 
 class AttentionMaps(BaseModel):
-    grid: list[int] = Field(description="[h, w] of the attended feature grid")
-    maps: list[list[float]] = Field(description="per word, h*w attention weights (row-major)")
+    """Where the model looked for each word: word ``k`` of ``words`` has ``maps[k]`` and
+    ``images[k]``."""
+
+    grid: list[int] = Field(description="[s, s]: the attended grid of cells", examples=[[5, 5]])
+    maps: list[list[float]] = Field(
+        description="per word, the s*s cell weights (row-major, top-left first; they sum to 1)"
+    )
+    images: list[str] = Field(
+        description="per word, the model's S x S crop seen through that word's attention "
+        "(bright where it looked, dimmed elsewhere); " + _PNG
+    )
 
 
 class CaptionOut(BaseModel):
@@ -52,11 +61,45 @@ class CaptionResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    cell: str = Field(description="rnn, lstm or gru")
+    cell: str = Field(description="rnn, lstm, gru, attention or transformer")
     vocab_size: int
-    hidden_dim: int
+    hidden_dim: int = Field(description="the recurrent state's size (the transformer's width)")
     image_size: int
     attention: bool = Field(description="whether captions come with per-word attention maps")
+    grid: list[int] | None = Field(description="[s, s] of the attended grid; null without one")
+    explain: bool = Field(description="whether POST /api/explain can explain its captions")
+
+
+class ExplainedWord(BaseModel):
+    word: str
+    position: int = Field(description="the word's index in the caption, 0 = the first word")
+    prob: float = Field(description="its probability given the image and the words before it")
+    peak: list[int] = Field(
+        description="[x, y]: the saliency map's maximum, in pixels of the S x S crop"
+    )
+    saliency: str = Field(
+        description="the saliency map of the word's log-probability over the greyed crop; " + _PNG
+    )
+    attention: str | None = Field(
+        description="the crop seen through the word's attention (null without attention); " + _PNG
+    )
+    attention_peak: list[int] | None = Field(
+        description="[x, y]: the attention map's maximum in the crop's pixels, or null"
+    )
+
+
+class ExplainOut(BaseModel):
+    model: str
+    method: str = Field(description="vanilla, smoothgrad or ig")
+    beam: int = Field(description="the caption's beam size (1: greedy)")
+    samples: int | None = Field(description="SmoothGrad's noisy copies (null for other methods)")
+    steps: int | None = Field(description="Integrated Gradients' path points (null otherwise)")
+    image_size: int = Field(description="S: the side of the centre crop the maps are on")
+    image: str = Field(description="the S x S crop the model saw; " + _PNG)
+    caption: str = Field(examples=["a large yellow circle on a plain background"])
+    grid: list[int] | None = Field(description="[s, s] of the attended grid; null without one")
+    words: list[ExplainedWord] = Field(description="one per word of the caption, in order")
+    seconds: float
 
 
 class ModelsOut(BaseModel):

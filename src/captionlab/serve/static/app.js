@@ -12,6 +12,7 @@ const state = {
   top: null,          // the top class of the current image
   salTarget: null,    // the class the saliency maps explain (null: the top class)
   dreamTimer: null,
+  explainSeq: 0,      // the latest explain request: answers to earlier ones are dropped
 };
 
 // ----------------------------------------------------------------------------- helpers
@@ -191,7 +192,7 @@ function setupPicking() {
 // ----------------------------------------------------------------------------- analysis
 function analyse() {
   const run = state.run;
-  captions(run);
+  captions(run).then(() => explain(run));
   classify(run).then(() => saliencyAll(run));
 }
 
@@ -210,17 +211,42 @@ async function captions(run) {
     if (run !== state.run) return;
     box.replaceChildren(...out.results.map((r) => {
       const info = state.models.find((m) => m.name === r.model) || { cell: "" };
-      const lines = r.captions.map((c, i) => {
-        const text = el("span", { class: "text" }, ...c.words.flatMap((w, k) =>
-          [k ? " " : null, el("span", { class: "word", text: w })]));
-        return el("div", { class: "caption" + (i === r.captions.length - 1 ? " best" : "") },
+      // a caption's attention strip goes under the last line with its words (greedy and beam
+      // search often agree: then one strip, under the beam line)
+      const last = new Map(r.captions.map((c, i) => [c.text, i]));
+      const lines = r.captions.flatMap((c, i) => {
+        const words = c.words.map((w) => el("span", { class: "word", text: w }));
+        const text = el("span", { class: "text" }, ...words.flatMap((w, k) => [k ? " " : null, w]));
+        const line = el("div", { class: "caption" + (i === r.captions.length - 1 ? " best" : "") },
           el("span", { class: "how", text: c.decoding === "greedy" ? "greedy" : `beam ${c.beam_size}` }), text);
+        if (!c.attention || !c.words.length || last.get(c.text) !== i) return [line];
+        return [line, attentionStrip(c, words)];
       });
       return modelBlock(r.model, info.cell, lines);
     }));
   } catch (err) {
     if (run === state.run) box.replaceChildren(errorNode(err.message));
   }
+}
+
+// One small picture per word: the crop seen through that word's attention. Pointing at a
+// word or at its picture lights up both.
+function attentionStrip(caption, wordNodes) {
+  const [gh, gw] = caption.attention.grid;
+  const strip = el("ol", { class: "strip", "aria-label": `where the model looked for each word (${gh}×${gw} cells)` });
+  caption.words.forEach((w, k) => {
+    const peak = Math.max(...caption.attention.maps[k]);
+    const tile = el("li", { title: `“${w}”: ${pct(peak)} of its attention on the strongest of ${gh * gw} cells` },
+      el("img", { src: caption.attention.images[k], alt: `attention for “${w}”`, decoding: "async" }),
+      el("span", { text: w }));
+    const on = (hot) => { tile.classList.toggle("hot", hot); wordNodes[k].classList.toggle("hot", hot); };
+    for (const node of [tile, wordNodes[k]]) {
+      node.addEventListener("mouseenter", () => on(true));
+      node.addEventListener("mouseleave", () => on(false));
+    }
+    strip.append(tile);
+  });
+  return strip;
 }
 
 function modelBlock(name, cell, lines) {
@@ -283,6 +309,92 @@ function showSaliency(fig) {
   const raw = $("#saliency-raw").checked;
   const src = raw ? fig.dataset.map : fig.dataset.overlay;
   if (src) setFrame($(".frame", fig), src, `${fig.dataset.method} saliency map`);
+}
+
+// ----------------------------------------------------------------------------- explaining
+const METHOD_NAMES = { vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", ig: "Integrated Gradients" };
+
+async function explain(run) {
+  const box = $("#explain");
+  const select = $("#explain-model");
+  if (!state.image) return;
+  if (!select.value) {
+    box.replaceChildren(el("p", { class: "empty", text: state.models.length
+      ? "None of this server's models can be explained." : "No trained captioning models on this server." }));
+    return;
+  }
+  const method = $("#explain-method").value;
+  const seq = ++state.explainSeq;
+  const current = () => run === state.run && seq === state.explainSeq;
+  const button = $("#explain-go");
+  button.disabled = true;
+  box.classList.add("busy");
+  box.replaceChildren(el("div", { class: "working" }, el("span", { class: "spinner" }),
+    `explaining each word of ${select.value}'s caption by ${METHOD_NAMES[method]}…`));
+  try {
+    const out = await api("/api/explain", form({ image: state.image, model: select.value, method, beam: $("#explain-beam").value }));
+    if (current()) box.replaceChildren(explanation(out));
+  } catch (err) {
+    if (current()) box.replaceChildren(errorNode(err.message));
+  } finally {
+    if (current()) { button.disabled = false; box.classList.remove("busy"); }
+  }
+}
+
+function explanation(out) {
+  const S = out.image_size;
+  const how = [METHOD_NAMES[out.method]];
+  if (out.samples) how.push(`${out.samples} samples`);
+  if (out.steps) how.push(`${out.steps} steps`);
+  how.push(out.beam > 1 ? `beam ${out.beam}` : "greedy", `${out.seconds.toFixed(1)} s`);
+  const head = el("div", { class: "explain-head" },
+    el("p", { class: "explain-caption", text: out.words.length ? `“${out.caption}”` : "(an empty caption: nothing to explain)" }),
+    el("span", { class: "meta", text: how.join(" · ") }));
+  const rows = out.grid ? ["saliency", "attention"] : ["saliency"];
+  const legend = el("figure", { class: "explain-word legend" },
+    el("div", { class: "frame" }, el("img", { src: out.image, alt: `the ${S}×${S} crop ${out.model} saw` })),
+    out.grid ? el("div", { class: "frame label" }, el("span", { text: `attention over ${out.grid[0]}×${out.grid[1]} cells` })) : null,
+    el("figcaption", { title: `the ${S}×${S} centre crop the model saw` }, el("b", { text: "image" })));
+  const figures = out.words.map((w) => {
+    const mark = el("span", { class: "peak", title: `peak at (${w.peak[0]}, ${w.peak[1]})` });
+    mark.style.left = `${(100 * (w.peak[0] + 0.5)) / S}%`;
+    mark.style.top = `${(100 * (w.peak[1] + 0.5)) / S}%`;
+    const frames = [el("div", { class: "frame" },
+      el("img", { src: w.saliency, alt: `${METHOD_NAMES[out.method]} map of “${w.word}”`, decoding: "async" }), mark)];
+    if (rows.length === 2 && w.attention) {
+      frames.push(el("div", { class: "frame att" },
+        el("img", { src: w.attention, alt: `attention for “${w.word}”`, decoding: "async" })));
+    }
+    return el("figure", { class: "explain-word", "data-position": w.position },
+      ...frames,
+      el("figcaption", { title: `the probability of “${w.word}” given the image and the words before it` },
+        el("b", { text: w.word }), el("span", { text: `p ${w.prob.toFixed(2)}` })));
+  });
+  const note = el("p", { class: "meta" }, rows.length === 2
+    ? "Top: which pixels raise the word's probability (the dot marks the peak). Bottom: where the model's attention was when it chose the word."
+    : "Which pixels raise each word's probability (the dot marks the peak). This model has no attention to show.");
+  return el("div", {}, head, el("div", { class: "explain-grid" }, legend, ...figures), note);
+}
+
+function setupExplaining() {
+  $("#explain-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    if (!state.image) { $("#explain").replaceChildren(errorNode("Choose an image first.")); return; }
+    explain(state.run);
+  });
+  for (const id of ["#explain-model", "#explain-method", "#explain-beam"]) {
+    $(id).addEventListener("change", () => { if (state.image) explain(state.run); });
+  }
+}
+
+function fillExplainModels() {
+  const select = $("#explain-model");
+  const able = state.models.filter((m) => m.explain);
+  select.replaceChildren(...able.map((m) => el("option", { value: m.name, text: m.name })));
+  const first = able.find((m) => m.attention) || able[0];
+  if (first) select.value = first.name;
+  select.disabled = !able.length;
+  $("#explain-go").disabled = !able.length;
 }
 
 // ----------------------------------------------------------------------------- completion
@@ -433,6 +545,7 @@ async function start() {
   setupPicking();
   setupFooling();
   setupDreaming();
+  setupExplaining();
   $("#saliency-raw").addEventListener("change", () => $$("#saliency figure").forEach(showSaliency));
   const beam = $("#beam");
   refreshStatus();
@@ -442,6 +555,7 @@ async function start() {
     state.models = m.models;
     for (let b = 1; b <= m.beam_max; b += 1) beam.append(el("option", { value: b, text: b === 1 ? "1 (greedy)" : String(b) }));
     beam.value = "3";
+    fillExplainModels();
   } catch (err) {
     $("#captions").replaceChildren(errorNode(err.message));
   }
