@@ -110,7 +110,12 @@ class DemoConfig:
         default=False, metadata={"help": "the attention captioner learns a position embedding"}
     )
     attention_monitor: str = field(
-        default="auto", metadata={"help": "what picks the attention captioner's best epoch"}
+        default="val_loss",
+        metadata={
+            "help": "what picks the attention captioner's best epoch (validation BLEU-4 of "
+            "greedy captions picked epoch 2 of 4 for one seed whose validation loss kept "
+            "falling, and that epoch named relations right half as often)"
+        },
     )
     transformer_epochs: int = field(
         default=6,
