@@ -13,7 +13,13 @@ import numpy as np
 from captionlab._atomic import atomic_write
 from captionlab.tokens import END, NULL, START
 
-__all__ = ["attention_figure", "attention_map", "caption_words", "plot_loss_curves"]
+__all__ = [
+    "attention_figure",
+    "attention_map",
+    "attention_shade",
+    "caption_words",
+    "plot_loss_curves",
+]
 
 
 def _smooth(values: np.ndarray, points: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +115,16 @@ def attention_map(alpha: np.ndarray, size: int) -> np.ndarray:
     return heat / top if top > 0 else heat
 
 
+def attention_shade(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The image uint8 (S, S, 3) shown through an attention map (S, S) in [0, 1] -> float RGB
+    (S, S, 3): where the step looked the image keeps its colours; elsewhere it fades to a
+    dark grey, so the map never hides the colour a word names."""
+    base = np.asarray(image, dtype=np.float32) / 255.0
+    grey = base.mean(axis=2, keepdims=True)
+    heat = np.asarray(heat, dtype=np.float32)[:, :, None]  # (S, S, 1)
+    return np.clip(heat * base + (1 - heat) * (0.25 * grey + 0.05), 0, 1)
+
+
 def attention_figure(image: np.ndarray, words, alphas: np.ndarray, *, columns: int = 6):
     """Show, Attend and Tell's figure: the image with its caption, then one panel per word,
     the image dimmed where the word's step did not look.
@@ -138,8 +154,6 @@ def attention_figure(image: np.ndarray, words, alphas: np.ndarray, *, columns: i
     rows = -(-panels // cols)
     fig = Figure(figsize=(1.9 * cols, 2.15 * rows))
     FigureCanvasAgg(fig)
-    base = image.astype(np.float32) / 255.0
-    grey = base.mean(axis=2, keepdims=True)
     for k in range(rows * cols):
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.set_axis_off()
@@ -147,12 +161,9 @@ def attention_figure(image: np.ndarray, words, alphas: np.ndarray, *, columns: i
             ax.imshow(image)
             ax.set_title("image", fontsize=9)
         elif k < panels:
-            heat = attention_map(alphas[k - 1], S)[:, :, None]  # (S, S, 1) in [0, 1]
-            # Where the step looked, the image keeps its colours; elsewhere it fades to a
-            # dark grey, so the map never hides the colour a word names.
-            shown = heat * base + (1 - heat) * (0.25 * grey + 0.05)
-            ax.imshow(np.clip(shown, 0, 1))
-            ax.contour(heat[:, :, 0], levels=[0.5], colors=["#ffd400"], linewidths=0.8)
+            heat = attention_map(alphas[k - 1], S)  # (S, S) in [0, 1]
+            ax.imshow(attention_shade(image, heat))
+            ax.contour(heat, levels=[0.5], colors=["#ffd400"], linewidths=0.8)
             peak = float(alphas[k - 1].max())
             ax.set_title(f"{words[k - 1]}  ({peak:.2f})", fontsize=9)
     fig.suptitle(" ".join(words), fontsize=10, y=0.995)

@@ -32,7 +32,9 @@ def register(subparsers) -> None:
         "--samples times vanilla's cost",
     )
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
-    p.add_argument("--max-length", type=int, default=20, help="most words in a caption")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="most words in a caption (default: 20, fewer for a Transformer that "
+                   "encodes fewer positions)")  # fmt: skip
     p.add_argument("--samples", type=int, default=25, help="SmoothGrad: noisy copies")
     p.add_argument(
         "--noise", type=float, default=0.15, help="SmoothGrad: noise std / image value range"
@@ -52,7 +54,7 @@ def register(subparsers) -> None:
 def _check(args) -> None:
     for flag, value in (("--beam", args.beam), ("--max-length", args.max_length),
                         ("--samples", args.samples), ("--steps", args.steps)):  # fmt: skip
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.noise < 0:
         raise UserError(f"--noise must be >= 0, got {args.noise}")

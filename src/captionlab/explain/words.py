@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 METHODS = sal.METHODS
+MAX_LENGTH = 20  # the most words of a decoded caption, by default
 
 
 @dataclass
@@ -59,6 +60,8 @@ class WordMap:
         attention: (S, S) float32 the captioner's attention when it chose the word
             (upsampled from the grid), or ``None`` for a captioner without attention.
         peak: ``(x, y)`` the saliency map's maximum, in the S x S input's pixels.
+        attention_cells: (L,) the attention's weight on each of the ``L = s * s`` grid cells
+            (row-major, summing to 1), or ``None`` without attention.
     """
 
     word: str
@@ -67,6 +70,7 @@ class WordMap:
     saliency: np.ndarray
     attention: np.ndarray | None
     peak: tuple[int, int]
+    attention_cells: np.ndarray | None = None
 
 
 @dataclass
@@ -155,14 +159,24 @@ class Explainer:
     Args:
         captioner: the NumPy captioner (read, never modified).
         pipeline: its :class:`FeaturePipeline` (the checkpoint's image size, pooling, PCA).
-        max_length: the most words a decoded caption has.
+        max_length: the most words a decoded caption has (default: 20, or the positions
+            a Transformer encodes when fewer).
     """
 
-    def __init__(self, captioner, pipeline: FeaturePipeline, max_length: int = 20) -> None:
+    def __init__(self, captioner, pipeline: FeaturePipeline, max_length: int | None = None) -> None:
         layout = feature_layout(captioner)
         if layout != pipeline.layout:
             raise ValueError(f"the captioner takes {layout} features, the pipeline gives "
                              f"{pipeline.layout}")  # fmt: skip
+        positions = getattr(captioner, "max_length", None)  # a Transformer's encoded positions
+        positions = positions if isinstance(positions, int) else None
+        if max_length is None:
+            max_length = min(MAX_LENGTH, positions or MAX_LENGTH)
+        if max_length < 1:
+            raise UserError(f"max_length (--max-length) must be >= 1, got {max_length}")
+        if positions is not None and max_length > positions:
+            raise UserError(f"max_length (--max-length) must be <= {positions}, the positions "
+                            f"the captioner encodes, got {max_length}")  # fmt: skip
         self.captioner = captioner
         self.pipeline = pipeline
         self.max_length = int(max_length)
@@ -170,7 +184,7 @@ class Explainer:
 
     @classmethod
     def from_checkpoint(
-        cls, model_path: str | Path, device: str = "cpu", max_length: int = 20
+        cls, model_path: str | Path, device: str = "cpu", max_length: int | None = None
     ) -> Explainer:
         """The explainer of a trained run (``RUN/``, ``RUN/best`` or a ``.npz``)."""
         from captionlab.captioning import load_checkpoint
@@ -330,6 +344,7 @@ class Explainer:
                 WordMap(
                     word=word, position=t, prob=float(np.exp(logp[0, t])), saliency=maps[t],
                     attention=None if attention is None else attention[t], peak=map_peak(maps[t]),
+                    attention_cells=None if alpha is None else alpha[0, t].astype(np.float32),
                 )
             )  # fmt: skip
         return out
