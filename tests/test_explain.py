@@ -18,6 +18,7 @@ from captionlab.explain import (
     Explainer,
     FeaturePipeline,
     attention_to_pixels,
+    cell_peak,
     map_peak,
     word_feature_grads,
     word_logprobs,
@@ -493,6 +494,7 @@ def test_explanation_of_an_attention_captioner_has_each_words_attention():
         row, col = divmod(int(np.argmax(w.attention_cells)), 2)
         x, y = map_peak(w.attention)
         assert 32 * col <= x < 32 * (col + 1) and 32 * row <= y < 32 * (row + 1)
+        assert w.attention_peak == (32 * col + 16, 32 * row + 16)  # the top cell's centre
     fig = explanation_figure(pixels, result)
     axes = fig.axes
     assert len(axes) == 10 and [ax.get_title() for ax in axes[5:]] == ["attention", "w5", "w9",
@@ -531,6 +533,19 @@ def test_attention_to_pixels_puts_each_cell_where_it_is():
     assert up[1, :4, 4:].sum() > 0.75 * up[1].sum() and map_peak(up[1]) == (6, 0)
     with pytest.raises(ValueError, match=r"attention must be \(K, 4\)"):
         attention_to_pixels(np.zeros((2, 5)), side=2, size=8)
+
+
+def test_the_attention_peak_is_its_top_cells_centre():
+    """Beyond the outer cells' centres the pixel map is flat: its first maximum would sit on
+    the image's edge, the cell's centre is where the attention points."""
+    alpha = np.full(25, 0.5 / 24)
+    alpha[2 * 5 + 0] = 0.5  # row 2, column 0 of a 5x5 grid over 160 px: centre (16, 80)
+    assert cell_peak(alpha, 160) == (16, 80)
+    assert map_peak(attention_to_pixels(alpha[None], 5, 160)[0])[0] == 0  # on the edge
+    alpha = np.roll(alpha, 9)  # row 3, column 4
+    assert cell_peak(alpha, 160) == (144, 112) and cell_peak(alpha, 45) == (40, 31)
+    with pytest.raises(ValueError, match="s\\*s cell weights, got 24"):
+        cell_peak(np.ones(24), 160)
 
 
 @pytest.mark.parametrize("scaled", [True, False])

@@ -75,7 +75,7 @@ def _figure_names(images: list[str], method: str) -> list[str]:
 
 
 def run(args) -> dict:
-    from captionlab.explain import CropGeometry, Explainer, map_peak
+    from captionlab.explain import CropGeometry, Explainer
     from captionlab.explain.figure import explanation_figure
     from captionlab.vision.images import read_image
 
@@ -104,8 +104,8 @@ def run(args) -> dict:
         for w in result.words:
             entry = {"word": w.word, "position": w.position,
                      "peak": list(geo.to_original(*w.peak)), "prob": round(w.prob, 4)}  # fmt: skip
-            if w.attention is not None:
-                entry["attention_peak"] = list(geo.to_original(*map_peak(w.attention)))
+            if w.attention_peak is not None:  # the centre of the cell it weighs most
+                entry["attention_peak"] = list(geo.to_original(*w.attention_peak))
             words.append(entry)
         results.append(
             {"image": spec, "caption": result.caption, "words": words, "figure": figure,

@@ -41,6 +41,7 @@ __all__ = [
     "Explanation",
     "WordMap",
     "attention_to_pixels",
+    "cell_peak",
     "map_peak",
 ]
 
@@ -62,6 +63,8 @@ class WordMap:
         peak: ``(x, y)`` the saliency map's maximum, in the S x S input's pixels.
         attention_cells: (L,) the attention's weight on each of the ``L = s * s`` grid cells
             (row-major, summing to 1), or ``None`` without attention.
+        attention_peak: ``(x, y)`` the centre of the cell the attention weighs most, in the
+            S x S input's pixels (:func:`cell_peak`), or ``None`` without attention.
     """
 
     word: str
@@ -71,6 +74,7 @@ class WordMap:
     attention: np.ndarray | None
     peak: tuple[int, int]
     attention_cells: np.ndarray | None = None
+    attention_peak: tuple[int, int] | None = None
 
 
 @dataclass
@@ -92,6 +96,20 @@ def map_peak(m: np.ndarray) -> tuple[int, int]:
     """``(x, y)`` of the maximum of a map (H, W); the first one in row-major order on ties."""
     y, x = np.unravel_index(int(np.argmax(m)), m.shape)
     return int(x), int(y)
+
+
+def cell_peak(alpha: np.ndarray, size: int) -> tuple[int, int]:
+    """``(x, y)``: the centre pixel of the cell an attention (L,) weighs most, ``L = s * s``
+    row-major cells over a ``size x size`` input (the first cell on ties).
+
+    The attention's own peak: its pixel map (:func:`attention_to_pixels`) is flat beyond the
+    outer cells' centres, so that map's first maximum would sit on the image's edge."""
+    alpha = np.asarray(alpha).reshape(-1)
+    side = math.isqrt(alpha.size)
+    if side * side != alpha.size or side == 0:
+        raise ValueError(f"attention must hold s*s cell weights, got {alpha.size}")
+    row, col = divmod(int(np.argmax(alpha)), side)
+    return int((col + 0.5) * size / side), int((row + 0.5) * size / side)
 
 
 def attention_to_pixels(alpha: np.ndarray, side: int, size: int) -> np.ndarray:
@@ -306,13 +324,18 @@ class Explainer:
         maps = sal.saliency(x, positions.to(x.device), self.scores(caption_ids), method, **options)
         return maps.detach().float().cpu().numpy()
 
+    def attention_cells(self, pixels: np.ndarray, caption_ids: np.ndarray) -> np.ndarray | None:
+        """The captioner's attention over the grid's L cells at every position, (T-1, L)
+        float64, or ``None`` for a captioner without attention."""
+        _, alpha = word_logprobs(self.captioner, self.features(pixels), caption_ids)
+        return None if alpha is None else alpha[0]
+
     def attention_maps(self, pixels: np.ndarray, caption_ids: np.ndarray) -> np.ndarray | None:
         """The captioner's attention at every position, (T-1, S, S), or ``None`` without it."""
-        _, alpha = word_logprobs(self.captioner, self.features(pixels), caption_ids)
+        alpha = self.attention_cells(pixels, caption_ids)
         if alpha is None:
             return None
-        side = self.pipeline.config.grid_side
-        return attention_to_pixels(alpha[0], side, self.image_size)
+        return attention_to_pixels(alpha, self.pipeline.config.grid_side, self.image_size)
 
     def explain(
         self,
@@ -340,13 +363,13 @@ class Explainer:
             attention = attention_to_pixels(alpha[0], side, self.image_size)
         out = Explanation(" ".join(words), caption_ids, method, seconds=seconds)
         for t, word in enumerate(words):
-            out.words.append(
-                WordMap(
-                    word=word, position=t, prob=float(np.exp(logp[0, t])), saliency=maps[t],
-                    attention=None if attention is None else attention[t], peak=map_peak(maps[t]),
-                    attention_cells=None if alpha is None else alpha[0, t].astype(np.float32),
-                )
-            )  # fmt: skip
+            w = WordMap(word=word, position=t, prob=float(np.exp(logp[0, t])),
+                        saliency=maps[t], attention=None, peak=map_peak(maps[t]))  # fmt: skip
+            if alpha is not None:
+                w.attention = attention[t]
+                w.attention_cells = alpha[0, t].astype(np.float32)
+                w.attention_peak = cell_peak(alpha[0, t], self.image_size)
+            out.words.append(w)
         return out
 
     # ---------------------------------------------------------------------- faithfulness
