@@ -2,8 +2,8 @@
 
     python benchmarks/bench_explain.py --model attention=RUN_A --model lstm=RUN_B \\
         --model rnn=RUN_C [--scenes DIR] [--n-scenes 300] [--seed 1515] \\
-        [--methods vanilla,smoothgrad,ig] [--samples 25] [--steps 32] [--deletion-scenes 50] \\
-        [--threads 1] [--json FILE]
+        [--methods vanilla,smoothgrad,ig] [--samples 25] [--noise 0.3] [--steps 32] \\
+        [--deletion-scenes 50] [--threads 1] [--json FILE]
 
 For each trained captioner given (CaptioningRNN on pooled features, AttentionCaptioner or a
 grid CaptioningTransformer), every scene is captioned greedily and each shape and colour
@@ -52,11 +52,16 @@ import torch
 
 from captionlab.data.shapes import COLOURS, generate_shapes, load_scenes, parse_caption
 from captionlab.explain import CropGeometry, Explainer, attention_to_pixels, cell_peak, map_peak
+from captionlab.explain.words import SMOOTHGRAD_NOISE
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, preprocess
 from captionlab.vision.images import load_image
 
-SAL_OPTIONS = {"vanilla": {}, "smoothgrad": {"samples": 25}, "ig": {"steps": 32}}  # the CLI's
+SAL_OPTIONS = {
+    "vanilla": {},
+    "smoothgrad": {"samples": 25, "noise": SMOOTHGRAD_NOISE},
+    "ig": {"steps": 32},
+}  # the command's defaults
 
 
 # ----------------------------------------------------------------------- which object a word is
@@ -235,7 +240,10 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
         cls = int(backbone(x).argmax())
     imagenet = {
         "vanilla": {},
-        "smoothgrad": {"n_samples": SAL_OPTIONS["smoothgrad"]["samples"]},
+        "smoothgrad": {
+            "n_samples": SAL_OPTIONS["smoothgrad"]["samples"],
+            "noise_level": SAL_OPTIONS["smoothgrad"]["noise"],
+        },
         "ig": {"steps": SAL_OPTIONS["ig"]["steps"], "baseline": float(INPUT_RANGE[0])},
     }
     out = {}
@@ -307,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1515, help="seed of the unseen scenes")
     parser.add_argument("--methods", default="vanilla,smoothgrad,ig", help="comma-separated")
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad's noisy copies")
+    parser.add_argument("--noise", type=float, default=SMOOTHGRAD_NOISE,
+                        help="SmoothGrad's noise std / value range")  # fmt: skip
     parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients' steps")
     parser.add_argument("--deletion-scenes", type=int, default=50,
                         help="the deletion metric on the first this many scenes")  # fmt: skip
@@ -317,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     SAL_OPTIONS["smoothgrad"]["samples"] = args.samples
+    SAL_OPTIONS["smoothgrad"]["noise"] = args.noise
     SAL_OPTIONS["ig"]["steps"] = args.steps
     torch.set_num_threads(args.threads)
     scenes_dir = Path(args.scenes)

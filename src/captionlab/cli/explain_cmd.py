@@ -37,7 +37,11 @@ def register(subparsers) -> None:
                    "encodes fewer positions)")  # fmt: skip
     p.add_argument("--samples", type=int, default=25, help="SmoothGrad: noisy copies")
     p.add_argument(
-        "--noise", type=float, default=0.15, help="SmoothGrad: noise std / image value range"
+        "--noise",
+        type=float,
+        default=None,
+        help="SmoothGrad: noise std / image value range (default 0.3: on held-out shapes "
+        "scenes it points at a word's object more often than saliency's 0.15)",
     )
     p.add_argument(
         "--steps", type=int, default=32, help="Integrated Gradients: path points (black baseline)"
@@ -56,7 +60,7 @@ def _check(args) -> None:
                         ("--samples", args.samples), ("--steps", args.steps)):  # fmt: skip
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    if args.noise < 0:
+    if args.noise is not None and args.noise < 0:
         raise UserError(f"--noise must be >= 0, got {args.noise}")
 
 
@@ -97,7 +101,8 @@ def run(args) -> dict:
     ):
         result = explainer.explain(
             image, args.method, beam=args.beam,
-            samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed,
+            samples=args.samples, steps=args.steps, seed=args.seed,
+            **({} if args.noise is None else {"noise": args.noise}),
         )  # fmt: skip
         figure = write_figure(explanation_figure(image, result), out / name)
         words = []

@@ -47,6 +47,11 @@ __all__ = [
 
 METHODS = sal.METHODS
 MAX_LENGTH = 20  # the most words of a decoded caption, by default
+# SmoothGrad's noise std / the value range for word maps: on 60 shapes scenes kept apart from
+# the benchmark's, 0.3 put the peak of a shape word's map on its object most often, for the
+# attention captioner (0.66 of 111 words; 0.15: 0.56, 0.5: 0.58, 0.8: 0.60) and the LSTM
+# (0.48 of 110; 0.15: 0.46, 0.5: 0.46, 0.8: 0.38). ImageNet maps keep saliency's 0.15.
+SMOOTHGRAD_NOISE = 0.3
 
 
 @dataclass
@@ -296,7 +301,7 @@ class Explainer:
         method: str = "vanilla",
         *,
         samples: int = 25,
-        noise: float = 0.15,
+        noise: float = SMOOTHGRAD_NOISE,
         steps: int = 32,
         seed: int = 0,
         batch_size: int | None = None,
