@@ -1,12 +1,15 @@
 """Word explanations on shapes scenes no model trained on: grounding, faithfulness, cost.
 
-    python benchmarks/bench_explain.py --model lstm=RUN_A --model rnn=RUN_B \\
-        [--scenes DIR] [--n-scenes 300] [--seed 1515] [--methods vanilla,smoothgrad,ig] \\
-        [--samples 25] [--steps 32] [--deletion-scenes 50] [--threads 1] [--json FILE]
+    python benchmarks/bench_explain.py --model attention=RUN_A --model lstm=RUN_B \\
+        --model rnn=RUN_C [--scenes DIR] [--n-scenes 300] [--seed 1515] \\
+        [--methods vanilla,smoothgrad,ig] [--samples 25] [--noise 0.3] [--steps 32] \\
+        [--deletion-scenes 50] [--threads 1] [--json FILE]
 
-For each trained captioner given, every scene is captioned greedily and each shape and
-colour word of the caption is explained by each method (and by the word's attention map for
-captioners with attention). Then:
+For each trained captioner given (CaptioningRNN on pooled features, AttentionCaptioner or a
+grid CaptioningTransformer), every scene is captioned greedily and each shape and colour
+word of the caption is explained by each method, and, for captioners with attention, by the
+word's attention itself (its step's weights over the grid's cells; its peak is the centre of
+the cell it weighs most, its deletion order the cells' weights upsampled to the pixels). Then:
 
 * **Pointing game** (Zhang et al. 2016): is the peak of the word's map, mapped back to the
   scene's pixels, inside the box of the object the word belongs to. *Belongs to*: the
@@ -20,12 +23,15 @@ captioners with attention). Then:
   that scene object has this colour.
   Shape words the scene does not have (hallucinations) and wrong colours are not scored,
   and are counted. The random-map baseline is the exact expectation of a uniformly random
-  peak: the box's share of the image.
+  peak: the box's share of the image. Beside it, *on an object*: is the peak inside the box
+  of any object of the scene, the right one or another (does the map find objects at all,
+  or the wrong one).
 * **Deletion** (Petsiuk et al. 2018) on the word's probability given the caption before it:
   pixels set to mid-grey, most salient first, in 16 steps; the area under the probability
   curve, lower is better; against a random pixel order (a seeded uniform map).
-* **Cost**: one word's map against one ImageNet-class saliency map of the same method, on
-  the same backbone, input and thread count, timed alternately; the minimum of the repeats.
+* **Cost**, per model: one word's map against one ImageNet-class saliency map of the same
+  method, on the same backbone, input and thread count, timed alternately; the minimum of
+  the repeats. The load average at the start and the end is printed with the tables.
 
 Scenes are generated with ``--seed`` into ``--scenes`` (cached): a seed other than the
 training data's gives scenes no model trained on. Timings on a shared machine are noisy;
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,12 +51,17 @@ import numpy as np
 import torch
 
 from captionlab.data.shapes import COLOURS, generate_shapes, load_scenes, parse_caption
-from captionlab.explain import CropGeometry, Explainer, map_peak
+from captionlab.explain import CropGeometry, Explainer, attention_to_pixels, cell_peak, map_peak
+from captionlab.explain.words import SMOOTHGRAD_NOISE
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, preprocess
 from captionlab.vision.images import load_image
 
-SAL_OPTIONS = {"vanilla": {}, "smoothgrad": {"samples": 25}, "ig": {"steps": 32}}  # the CLI's
+SAL_OPTIONS = {
+    "vanilla": {},
+    "smoothgrad": {"samples": 25, "noise": SMOOTHGRAD_NOISE},
+    "ig": {"steps": 32},
+}  # the command's defaults
 
 
 # ----------------------------------------------------------------------- which object a word is
@@ -118,8 +130,10 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
     ids = [i for i, sc in scenes.items() if sc["split"] == "test"][: args.n_scenes]
     methods = list(args.methods)
     rng = np.random.default_rng(0)
-    # per map: the hits of shape and colour words, in scenes of one object and of two or three
-    keys = ("shape", "colour", "shape_1", "shape_2+", "colour_1", "colour_2+")
+    # per map: the hits of shape and colour words, in scenes of one object and of two or three;
+    # and whether the peak is on any object of the scene (the right one or another)
+    keys = ("shape", "colour", "shape_1", "shape_2+", "colour_1", "colour_2+",
+            "shape_any", "colour_any")  # fmt: skip
     hits = {m: {k: [] for k in keys} for m in [*methods, "attention", "random"]}
     deletion = {m: [] for m in [*methods, "attention", "random"]}
     skipped: dict[str, int] = {}
@@ -147,23 +161,29 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
             t0 = time.perf_counter()
             maps[m] = explainer.word_maps(pixels, caption, scored, m, **SAL_OPTIONS[m])
             seconds[m] += time.perf_counter() - t0
-        attention = explainer.attention_maps(pixels, caption)
-        if attention is not None:
-            maps["attention"] = attention[scored]
+        peaks = {m: [map_peak(word_map) for word_map in maps[m]] for m in methods}
+        cells = explainer.attention_cells(pixels, caption)
+        if cells is not None:  # the attention's peak: the centre of the cell it weighs most
+            side = explainer.pipeline.config.grid_side
+            maps["attention"] = attention_to_pixels(cells[scored], side, S)
+            peaks["attention"] = [cell_peak(cells[t], S) for t in scored]
         maps["random"] = rng.random((len(scored), S, S)).astype(np.float32)
+        boxes = [o["bbox"] for o in scene["objects"]]
         for m, stack in maps.items():
-            for t, word_map in zip(scored, stack, strict=True):
+            for k, (t, word_map) in enumerate(zip(scored, stack, strict=True)):
                 target = targets[t]
-                bbox = scene["objects"][target["object"]]["bbox"]
+                bbox = boxes[target["object"]]
                 if m == "random":  # the expectation of a uniformly random peak
-                    area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) / (geo.width * geo.height)
-                    hit = area
+                    hit = _area(bbox) / (geo.width * geo.height)
+                    on_any = sum(_area(b) for b in boxes) / (geo.width * geo.height)
                 else:
-                    peak = geo.to_original(*map_peak(word_map))
+                    peak = geo.to_original(*peaks[m][k])
                     hit = float(inside(peak, bbox))
+                    on_any = float(any(inside(peak, b) for b in boxes))
                 crowd = "1" if len(scene["objects"]) == 1 else "2+"
                 hits[m][target["kind"]].append(hit)
                 hits[m][f"{target['kind']}_{crowd}"].append(hit)
+                hits[m][f"{target['kind']}_any"].append(min(on_any, 1.0))
                 if n < args.deletion_scenes:
                     _, auc = explainer.deletion(pixels, caption, t, word_map, n_steps=16)
                     deletion[m].append(auc)
@@ -180,7 +200,7 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
             "n_shape": len(hits[m]["shape"]),
             "n_colour": len(hits[m]["colour"]),
             **{f"pointing_{k}": _mean(hits[m][k]) for k in keys[2:]},
-            **{f"n_{k}": len(hits[m][k]) for k in keys[2:]},
+            **{f"n_{k}": len(hits[m][k]) for k in keys[2:6]},
             "deletion_auc": _mean(deletion[m]),
             "n_deletion": len(deletion[m]),
         }
@@ -194,6 +214,10 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
         "map_seconds": {m: round(s, 1) for m, s in seconds.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _area(bbox) -> float:
+    return (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
 
 
 def _mean(values: list[float]) -> float | None:
@@ -216,7 +240,10 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
         cls = int(backbone(x).argmax())
     imagenet = {
         "vanilla": {},
-        "smoothgrad": {"n_samples": SAL_OPTIONS["smoothgrad"]["samples"]},
+        "smoothgrad": {
+            "n_samples": SAL_OPTIONS["smoothgrad"]["samples"],
+            "noise_level": SAL_OPTIONS["smoothgrad"]["noise"],
+        },
         "ig": {"steps": SAL_OPTIONS["ig"]["steps"], "baseline": float(INPUT_RANGE[0])},
     }
     out = {}
@@ -244,26 +271,31 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
 
 
 # ----------------------------------------------------------------------- report
-def print_tables(results: list[dict], cost: dict | None) -> None:
-    print("\npointing game (peak inside the word's object) and deletion AUC (lower is better)")
-    head = (f"{'model':8} {'map':11} {'shape words':>14} {'1 object':>9} {'2-3':>6} "
-            f"{'colour words':>14} {'1 object':>9} {'2-3':>6} {'deletion AUC':>14}")  # fmt: skip
+def print_tables(results: list[dict], cost: dict[str, dict]) -> None:
+    print("\npointing game (peak inside the word's object; 'on an object': inside any object of "
+          "the scene) and deletion AUC (lower is better)")  # fmt: skip
+    head = (f"{'model':9} {'map':10} {'shape words':>13} {'1 object':>8} {'2-3':>6} "
+            f"{'on an object':>12} {'colour words':>13} {'1 object':>8} {'2-3':>6} "
+            f"{'on an object':>12} {'deletion AUC':>13}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in results:
         for m, row in r["methods"].items():
             cells = [f"{_fmt(row['pointing_shape'])} ({row['n_shape']})",
                      _fmt(row["pointing_shape_1"]), _fmt(row["pointing_shape_2+"]),
+                     _fmt(row["pointing_shape_any"]),
                      f"{_fmt(row['pointing_colour'])} ({row['n_colour']})",
                      _fmt(row["pointing_colour_1"]), _fmt(row["pointing_colour_2+"]),
+                     _fmt(row["pointing_colour_any"]),
                      f"{_fmt(row['deletion_auc'])} ({row['n_deletion']})"]  # fmt: skip
-            widths = (14, 9, 6, 14, 9, 6, 14)
+            widths = (13, 8, 6, 12, 13, 8, 6, 12, 13)
             line = " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
-            print(f"{r['model']:8} {m:11} {line}")
-        print(f"{'':8} {r['scenes']} scenes, {r['words']} words; not scored: {r['not_scored']}")
-    if cost:
-        print(f"\ncost of one word's map / one ImageNet-class map ({cost['image_size']} px)")
-        for m, row in cost["methods"].items():
+            print(f"{r['model']:9} {m:10} {line}")
+        print(f"{'':9} {r['scenes']} scenes, {r['words']} words; not scored: {r['not_scored']}")
+    for name, c in cost.items():
+        print(f"\ncost of one word's map / one ImageNet-class map, {name} ({c['image_size']} px, "
+              f"{c['caption_words']}-word caption)")  # fmt: skip
+        for m, row in c["methods"].items():
             word, ref, ratio = row["word_s"], row["imagenet_s"], row["ratio"]
             print(f"  {m:11} {word:.4f} s / {ref:.4f} s = {ratio:.2f}")
 
@@ -283,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1515, help="seed of the unseen scenes")
     parser.add_argument("--methods", default="vanilla,smoothgrad,ig", help="comma-separated")
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad's noisy copies")
+    parser.add_argument("--noise", type=float, default=SMOOTHGRAD_NOISE,
+                        help="SmoothGrad's noise std / value range")  # fmt: skip
     parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients' steps")
     parser.add_argument("--deletion-scenes", type=int, default=50,
                         help="the deletion metric on the first this many scenes")  # fmt: skip
@@ -293,27 +327,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     SAL_OPTIONS["smoothgrad"]["samples"] = args.samples
+    SAL_OPTIONS["smoothgrad"]["noise"] = args.noise
     SAL_OPTIONS["ig"]["steps"] = args.steps
     torch.set_num_threads(args.threads)
     scenes_dir = Path(args.scenes)
     generate_shapes(scenes_dir, n_train=0, n_val=0, n_test=args.generate, seed=args.seed,
                     progress=False)  # fmt: skip
     models = [spec.split("=", 1) for spec in args.model]
-    results, cost = [], None
+    results: list[dict] = []
+    cost: dict[str, dict] = {}
+    load = {"start": [round(v, 2) for v in os.getloadavg()]}
 
     def save() -> None:  # after every model, so a long run keeps what it finished
         if args.json:
             done = {"results": results, "cost": cost, "options": SAL_OPTIONS,
-                    "threads": args.threads}  # fmt: skip
+                    "threads": args.threads, "load_average": load}  # fmt: skip
             Path(args.json).write_text(json.dumps(done, indent=2))
 
     for name, run in models:
         results.append(evaluate_model(name, run, scenes_dir, args))
         save()
     if args.cost_reps:
-        cost = bench_cost(models[0][1], scenes_dir, args.methods, args.cost_reps)
-        save()
+        for name, run in models:  # each model's own pipeline (pooled or grid) and captioner
+            cost[name] = bench_cost(run, scenes_dir, args.methods, args.cost_reps)
+            save()
+    load["end"] = [round(v, 2) for v in os.getloadavg()]
+    save()
     print_tables(results, cost)
+    print(f"\nload average (1, 5, 15 min) at the start {load['start']}, at the end {load['end']}")
     return 0
 
 

@@ -50,6 +50,10 @@ def test_demo_writes_gallery_metrics_and_is_cached(tmp_path, capsys):
     assert all(
         f.endswith(".png") and (out / "gallery" / f.split("/")[-1]).is_file() for f in explained
     )
+    for f in explained:  # the attention captioner explained: a second row, its attention
+        with Image.open(f) as im:
+            assert im.height > 330  # one row of panels is about 215 px high at the strip's dpi
+    assert ("captioner's attention was" in html) is bool(explained)
 
     # A second run reuses data, features and both trained models.
     assert cli.main(["demo", "--out", str(out), *TINY]) == 0

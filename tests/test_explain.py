@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captionlab.captioning import CaptioningRNN
+from captionlab.captioning import AttentionCaptioner, CaptioningRNN, CaptioningTransformer
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.data.pca import PCA, fit_pca
 from captionlab.errors import UserError
@@ -18,6 +18,7 @@ from captionlab.explain import (
     Explainer,
     FeaturePipeline,
     attention_to_pixels,
+    cell_peak,
     map_peak,
     word_feature_grads,
     word_logprobs,
@@ -45,12 +46,40 @@ def rnn_captioner(cell: str, D: int = 6, seed: int = 3) -> CaptioningRNN:
     return model
 
 
-# Every captioner explanations must work for, with the features it takes (N first). A grid
-# captioner (AttentionCaptioner, CaptioningTransformer) joins with features (N, L, D).
+def attention_captioner(position: bool = False, D: int = 6, seed: int = 3) -> AttentionCaptioner:
+    """Show-Attend-Tell over 4 cells, with the attention penalty on (a loss term no word mask
+    removes) and, with ``position``, a position embedding per cell."""
+    model = AttentionCaptioner(VOCAB, input_dim=D, wordvec_dim=5, hidden_dim=7, attention_dim=4,
+                               dtype=np.float64, seed=seed, attention_penalty=0.5,
+                               num_cells=4 if position else None)  # fmt: skip
+    rng = np.random.RandomState(seed)
+    for k, v in model.params.items():
+        model.params[k] = 0.5 * rng.randn(*v.shape)
+    return model
+
+
+def transformer(grid: bool = False, cells: bool = False, seed: int = 3) -> CaptioningTransformer:
+    """A 2-layer CaptioningTransformer with dropout, left in training mode (as built): its
+    explanations must be the decoding model's, without dropout."""
+    model = CaptioningTransformer(VOCAB, 6, 8, num_heads=2, num_layers=2, max_length=10,
+                                  dropout=0.2, dtype=np.float64, seed=seed, dim_feedforward=12,
+                                  grid=grid, num_cells=4 if cells else None)  # fmt: skip
+    rng = np.random.RandomState(seed)
+    for k, v in model.params.items():  # non-trivial weights (the init's are 0.02-small)
+        model.params[k] = v + rng.randn(*v.shape) / np.sqrt(v.shape[0] if v.ndim == 2 else 4)
+    return model
+
+
+# Every captioner explanations must work for, with the features it takes (N first).
 CAPTIONERS = {
     "rnn": (lambda: rnn_captioner("rnn"), (3, 6)),
     "lstm": (lambda: rnn_captioner("lstm"), (3, 6)),
     "gru": (lambda: rnn_captioner("gru"), (3, 6)),
+    "attention": (lambda: attention_captioner(), (3, 4, 6)),
+    "attention_cells": (lambda: attention_captioner(position=True), (3, 4, 6)),
+    "transformer": (lambda: transformer(), (3, 6)),
+    "transformer_grid": (lambda: transformer(grid=True), (3, 4, 6)),
+    "transformer_cells": (lambda: transformer(grid=True, cells=True), (3, 4, 6)),
 }
 
 
@@ -123,6 +152,69 @@ class _Identity(torch.nn.Module):
 
     def forward(self, x):
         return x
+
+
+def test_a_captioner_in_training_mode_is_explained_in_evaluation_mode():
+    """A Transformer built (or left) in training mode drops units in its loss, never while
+    decoding: its word gradient is the decoding model's, and it is given back training."""
+    model = transformer(grid=True)
+    model.dropout = 0.5
+    features = np.random.RandomState(5).randn(2, 4, 6)
+    weights = np.zeros((2, 5))
+    weights[0, 1], weights[1, 3] = 1.0, 1.0
+    grad = word_feature_grads(model, features, CAPTION, weights)
+    assert model.training
+    model.eval()
+    assert np.array_equal(grad, word_feature_grads(model, features, CAPTION, weights))
+    # negative control: the training-mode loss is another function of the features
+    model.train()
+    mask = weights != 0
+    _, g = model.loss(features, np.tile(CAPTION, (2, 1)), mask=mask, feature_grad=True)
+    assert rel_error(-2 * g["features"], grad) > 1e-2
+
+
+@pytest.mark.parametrize("name", ["attention", "attention_cells", "transformer_grid"])
+def test_logprobs_give_the_attention_the_captioner_decodes_with(name):
+    """word_logprobs' attention is the decoding interface's: for the greedy caption of an
+    image, the alphas greedy decoding gives (rows sum to 1), and the log-probabilities are
+    those of the teacher-forced loss."""
+    from captionlab.captioning.generate import greedy_decode
+
+    make, shape = CAPTIONERS[name]
+    model = make()
+    if isinstance(model, CaptioningTransformer):
+        model.eval()  # the loss below is the decoding model's
+    features = np.random.RandomState(6).randn(1, *shape[1:])
+    words, alphas = greedy_decode(model, features, max_length=5, return_attention=True)
+    caption = np.concatenate([[1], words[0]])
+    logp, attention = word_logprobs(model, features, caption)
+    assert attention.shape == (1, 5, 4)
+    np.testing.assert_allclose(attention.sum(axis=2), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(attention, alphas, rtol=1e-10, atol=1e-12)
+    for t in range(5):
+        mask = np.zeros((1, 5), dtype=bool)
+        mask[0, t] = True
+        loss, _ = model.loss(features, caption[None], mask=mask)
+        if isinstance(model, AttentionCaptioner):  # the penalty is in the loss: take it off
+            loss -= model.loss(features, caption[None], mask=np.zeros_like(mask))[0]
+        assert -loss == pytest.approx(logp[0, t], rel=1e-10)
+
+
+def test_explainer_decodes_no_longer_than_the_transformer_encodes():
+    backbone = load_backbone(fold_bn=True)
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="grid", grid_pca_dim=None)
+    pipeline = FeaturePipeline(backbone, config, layout="grid")
+    model = CaptioningTransformer(VOCAB, 1280, 8, num_heads=2, num_layers=1, max_length=10,
+                                  dim_feedforward=12, grid=True, seed=0)  # fmt: skip
+    assert Explainer(model, pipeline).max_length == 10  # the default 20 is more than it has
+    assert Explainer(model, pipeline, max_length=7).max_length == 7
+    assert (
+        Explainer(rnn_captioner("rnn", D=1280), FeaturePipeline(backbone, config)).max_length == 20
+    )
+    with pytest.raises(UserError, match=r"must be <= 10, the positions the captioner encodes"):
+        Explainer(model, pipeline, max_length=11)
+    with pytest.raises(UserError, match=r"must be >= 1, got 0"):
+        Explainer(model, pipeline, max_length=0)
 
 
 def test_logprobs_equal_the_loss_of_one_word():
@@ -246,6 +338,78 @@ def test_word_maps_equal_autograd_through_a_torch_copy(cell, backbone64):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
 
 
+def torch_attention_logprobs(model: AttentionCaptioner, A: torch.Tensor, caption):
+    """A PyTorch copy of AttentionCaptioner's teacher-forced forward: (N, L, D) -> (N, T-1)."""
+    p = {k: torch.from_numpy(v) for k, v in model.params.items()}
+    if "W_pos" in p:
+        A = A + p["W_pos"]
+    H = p["Wh"].shape[0]
+    a_mean = A.mean(dim=1)  # (N, D)
+    h, c = a_mean @ p["W_h0"] + p["b_h0"], a_mean @ p["W_c0"] + p["b_c0"]  # (N, H)
+    A_proj = A @ p["W_att_a"]  # (N, L, K)
+    out = []
+    for t in range(len(caption) - 1):
+        e = torch.tanh(A_proj + (h @ p["W_att_h"] + p["b_att"])[:, None]) @ p["w_att"]  # (N, L)
+        alpha = torch.softmax(e, dim=1)
+        beta = torch.sigmoid(h @ p["W_beta"] + p["b_beta"])  # (N, 1)
+        z = beta * (alpha[:, :, None] * A).sum(dim=1)  # (N, D)
+        a = p["W_embed"][caption[t]] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]  # (N, 4H)
+        i, f, o = (torch.sigmoid(a[:, k * H : (k + 1) * H]) for k in range(3))
+        c = f * c + i * torch.tanh(a[:, 3 * H :])
+        h = o * torch.tanh(c)
+        scores = h @ p["W_vocab"] + p["b_vocab"]  # (N, V)
+        out.append(torch.log_softmax(scores, dim=1)[:, caption[t + 1]])
+    return torch.stack(out, dim=1)
+
+
+class TorchGridCopy(torch.nn.Module):
+    """The grid explanation path in PyTorch: backbone block10 (4x4 at 64 px) average-pooled to
+    the last map's 2x2 cells beside it, the per-cell PCA and scale, the attention captioner."""
+
+    def __init__(self, backbone, grid_pca, model):
+        super().__init__()
+        self.backbone, self.model = backbone, model
+        self.mean = torch.from_numpy(grid_pca.mean).double()
+        self.components = torch.from_numpy(grid_pca.components).double()
+        self.scale = float(grid_pca.scale)
+
+    def forward(self, x):
+        taps = self.backbone.taps(x, ("block10", "grid"))
+        b10 = torch.nn.functional.avg_pool2d(taps["block10"], 2)  # (N, 112, 2, 2)
+        cells = torch.cat([b10, taps["grid"]], dim=1).flatten(2).transpose(1, 2)  # (N, 4, Rg)
+        A = (cells - self.mean) @ self.components / self.scale  # (N, 4, 6)
+        return torch_attention_logprobs(self.model, A, CAPTION)
+
+
+def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
+    """For the attention captioner (position embedding, penalty on), each word's signed pixel
+    gradient and its maps equal autograd through a PyTorch copy of backbone taps + cells +
+    per-cell PCA + captioner."""
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10+grid",
+                                    grid_pca_dim=6, fold_bn=False,
+                                    channels_last=False)  # fmt: skip
+    rng = np.random.default_rng(4)
+    cells = rng.random((40, config.grid_raw_dim), dtype=np.float32)
+    grid_pca = fit_pca(cells, 6).with_unit_rms(cells)
+    model = attention_captioner(position=True)
+    pipeline = FeaturePipeline(backbone64, config, layout="grid", grid_pca=grid_pca)
+    explainer = Explainer(model, pipeline)
+    reference = TorchGridCopy(backbone64, grid_pca, model)
+    x = preprocess(shapes_image(64)).double().expand(5, -1, -1, -1)
+    words = torch.arange(5)
+    with torch.no_grad():
+        np.testing.assert_allclose(explainer.scores(CAPTION)(x[:1]).numpy(),
+                                   reference(x[:1]).numpy(), rtol=1e-10)  # fmt: skip
+    ours = sal.compute_saliency_maps(x, words, explainer.scores(CAPTION), reduce="none")
+    theirs = sal.compute_saliency_maps(x, words, reference, reduce="none")
+    assert theirs.abs().amax() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9 * theirs.abs().amax())
+    for method, options in (("smoothgrad", {"n_samples": 2}), ("ig", {"steps": 3})):
+        a = sal.saliency(x, words, explainer.scores(CAPTION), method, **options)
+        b = sal.saliency(x, words, reference, method, **options)
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
+
+
 def test_explain_leaves_the_callers_backbone_as_found():
     backbone = load_backbone()
     backbone.train()  # a caller in the middle of something: training mode, weights trainable
@@ -306,6 +470,40 @@ def test_explanation_words_positions_and_deletion():
     assert explainer.explain(pixels, caption_ids=np.array([1, 2])).words == []
 
 
+def test_explanation_of_an_attention_captioner_has_each_words_attention():
+    """Each word of an attention captioner's explanation carries its step's attention: the
+    cell weights the decoding interface gives, and their pixel map, peaking in the top cell;
+    the figure draws them in a second row, beneath the image's grid of cells."""
+    from captionlab.explain.figure import explanation_figure
+
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=6)
+    cells = np.random.default_rng(5).random((40, config.grid_raw_dim), dtype=np.float32)
+    grid_pca = fit_pca(cells, 6).with_unit_rms(cells)
+    pipeline = FeaturePipeline(load_backbone(fold_bn=True), config, layout="grid",
+                               grid_pca=grid_pca)  # fmt: skip
+    explainer = Explainer(attention_captioner(), pipeline)
+    pixels = shapes_image(64, seed=1)
+    result = explainer.explain(pixels, "vanilla", caption_ids=CAPTION)
+    assert result.has_attention and len(result.words) == 4
+    _, alpha = word_logprobs(explainer.captioner, explainer.features(pixels), CAPTION)
+    np.testing.assert_array_equal(explainer.attention_maps(pixels, CAPTION),
+                                  attention_to_pixels(alpha[0], 2, 64))  # fmt: skip
+    for w in result.words:
+        np.testing.assert_allclose(w.attention_cells, alpha[0, w.position], rtol=1e-6)
+        assert w.attention.shape == (64, 64) and w.attention_cells.shape == (4,)
+        row, col = divmod(int(np.argmax(w.attention_cells)), 2)
+        x, y = map_peak(w.attention)
+        assert 32 * col <= x < 32 * (col + 1) and 32 * row <= y < 32 * (row + 1)
+        assert w.attention_peak == (32 * col + 16, 32 * row + 16)  # the top cell's centre
+    fig = explanation_figure(pixels, result)
+    axes = fig.axes
+    assert len(axes) == 10 and [ax.get_title() for ax in axes[5:]] == ["attention", "w5", "w9",
+                                                                      "w4", "w7"]  # fmt: skip
+    assert axes[5].get_xlabel() == "over 2x2 cells" and len(axes[5].lines) == 2  # the grid
+    top = float(result.words[0].attention_cells.max())
+    assert axes[6].get_xlabel() == f"top cell {top:.2f}"
+
+
 # ------------------------------------------------------------------ geometry and attention
 def test_crop_geometry_maps_input_pixels_back_to_the_original(tmp_path):
     """A marker drawn in a 150x90 photo comes back where it was after load_image's resize and
@@ -335,6 +533,19 @@ def test_attention_to_pixels_puts_each_cell_where_it_is():
     assert up[1, :4, 4:].sum() > 0.75 * up[1].sum() and map_peak(up[1]) == (6, 0)
     with pytest.raises(ValueError, match=r"attention must be \(K, 4\)"):
         attention_to_pixels(np.zeros((2, 5)), side=2, size=8)
+
+
+def test_the_attention_peak_is_its_top_cells_centre():
+    """Beyond the outer cells' centres the pixel map is flat: its first maximum would sit on
+    the image's edge, the cell's centre is where the attention points."""
+    alpha = np.full(25, 0.5 / 24)
+    alpha[2 * 5 + 0] = 0.5  # row 2, column 0 of a 5x5 grid over 160 px: centre (16, 80)
+    assert cell_peak(alpha, 160) == (16, 80)
+    assert map_peak(attention_to_pixels(alpha[None], 5, 160)[0])[0] == 0  # on the edge
+    alpha = np.roll(alpha, 9)  # row 3, column 4
+    assert cell_peak(alpha, 160) == (144, 112) and cell_peak(alpha, 45) == (40, 31)
+    with pytest.raises(ValueError, match="s\\*s cell weights, got 24"):
+        cell_peak(np.ones(24), 160)
 
 
 @pytest.mark.parametrize("scaled", [True, False])

@@ -10,9 +10,16 @@ import pytest
 from PIL import Image
 
 from captionlab import cli
-from captionlab.captioning import CaptioningRNN, save_checkpoint
+from captionlab.captioning import (
+    AttentionCaptioner,
+    CaptioningRNN,
+    CaptioningTransformer,
+    save_checkpoint,
+)
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.data.pca import fit_pca
+from captionlab.explain import word_logprobs
+from captionlab.vision.images import read_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,6 +38,35 @@ def run_dir(tmp_path_factory):
         "features": dataclasses.asdict(config),
         "pca": {"mean": pca.mean, "components": pca.components,
                 "explained_variance": pca.explained_variance},
+    }  # fmt: skip
+    save_checkpoint(root / "run" / "best.npz", model, extra=extra)
+    return root / "run"
+
+
+@pytest.fixture(scope="module", params=["attention", "transformer"])
+def grid_run(request, tmp_path_factory):
+    """A run folder of a grid captioner over 64-px 2x2 cells (block10 + the last map, the
+    per-cell PCA to 8 with its scale): Show-Attend-Tell, or a grid Transformer in training
+    mode as built (the command must explain it as it decodes, without dropout)."""
+    root = tmp_path_factory.mktemp(f"explain_{request.param}")
+    config = FeatureExtractorConfig(image_size=64, pool="avg", grid=True, grid_pca_dim=8)
+    cells = np.random.default_rng(1).random((40, config.grid_raw_dim), np.float32)
+    grid_pca = fit_pca(cells, 8).with_unit_rms(cells)
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    if request.param == "attention":
+        model = AttentionCaptioner(vocab, input_dim=8, wordvec_dim=6, hidden_dim=10,
+                                   attention_dim=5, seed=0, attention_penalty=0.0)  # fmt: skip
+    else:
+        model = CaptioningTransformer(vocab, 8, 8, num_heads=2, num_layers=1, max_length=12,
+                                      dropout=0.3, seed=0, dim_feedforward=16, grid=True,
+                                      num_cells=4)  # fmt: skip
+    for k, v in model.params.items():  # far from the near-uniform initial attention
+        model.params[k] = (v + np.random.default_rng(2).normal(0, 0.5, v.shape)).astype(v.dtype)
+    extra = {
+        "features": dataclasses.asdict(config),
+        "grid_pca": {"mean": grid_pca.mean, "components": grid_pca.components,
+                     "explained_variance": grid_pca.explained_variance,
+                     "scale": float(grid_pca.scale)},
     }  # fmt: skip
     save_checkpoint(root / "run" / "best.npz", model, extra=extra)
     return root / "run"
@@ -84,6 +120,34 @@ def test_explain_each_method_and_repeated_names(run_dir, photo, tmp_path, capsys
         assert len(printed) == 2 and printed[0].startswith(f"{photo}: ")
         assert (tmp_path / f"photo_explain_{method}.png").is_file()
         assert (tmp_path / f"photo-2_explain_{method}.png").is_file()
+
+
+def test_explain_a_grid_captioner_gives_its_attention(grid_run, photo, tmp_path, capsys):
+    """An attention run or a grid Transformer: per word the peak of its map and of its
+    attention (the centre of its top cell, in the photo's pixels); the figure has the
+    attention row."""
+    from captionlab.explain import Explainer
+
+    out = tmp_path / "figs"
+    argv = ["explain", "--model", str(grid_run), str(photo), "--out", str(out), "--method",
+            "vanilla", "--max-length", "5", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (item,) = json.loads(capsys.readouterr().out)["images"]
+    words = item["caption"].split()
+    assert 1 <= len(words) <= 5 and [w["word"] for w in item["words"]] == words
+    explainer = Explainer.from_checkpoint(grid_run)
+    pixels = read_image(str(photo), size=64)
+    ids = explainer.decode(pixels)
+    _, alpha = word_logprobs(explainer.captioner, explainer.features(pixels), ids)
+    for w in item["words"]:
+        top = int(np.argmax(alpha[0, w["position"]]))  # the top cell (row, column) of 2x2
+        row, col = divmod(top, 2)
+        x, y = w["attention_peak"]  # the photo is 96x60: its centred 60x60 square, 30 px a cell
+        assert 18 + 30 * col <= x < 18 + 30 * (col + 1) and 30 * row <= y < 30 * (row + 1)
+        assert 18 <= w["peak"][0] < 78 and 0 <= w["peak"][1] < 60
+    with Image.open(item["figure"]) as img:  # two rows of panels: about half as tall as wide
+        columns = len(words) + 1
+        assert 0.5 * columns < img.width / img.height * 2 < 1.5 * columns
 
 
 @pytest.mark.parametrize(

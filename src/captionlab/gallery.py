@@ -125,12 +125,13 @@ def write_gallery(
     img_dir.mkdir(parents=True, exist_ok=True)
     for item in right + wrong:
         shutil.copyfile(item["path"], img_dir / Path(item["path"]).name)
-    strip = []
+    strip, attended = [], False
     if explainer is not None:
-        strip = _explanation_strip(img_dir, explainer, right[:1] + wrong[:1], explain_method)
+        strip, attended = _explanation_strip(img_dir, explainer, right[:1] + wrong[:1],
+                                             explain_method)  # fmt: skip
     _gallery_png(out / "gallery.png", right, wrong)
     _gallery_html(out / "gallery.html", right, wrong, len(captions), strips or [], strip,
-                  explain_method)  # fmt: skip
+                  explain_method, attended)  # fmt: skip
     summary = {
         "png": str(out / "gallery.png"),
         "html": str(out / "gallery.html"),
@@ -145,13 +146,14 @@ def write_gallery(
 
 def _explanation_strip(
     img_dir: Path, explainer, items: list[dict], method: str
-) -> list[tuple[str, str]]:
-    """Explain each item's caption word by word; ``[(png name, alt text)]`` in img_dir."""
+) -> tuple[list[tuple[str, str]], bool]:
+    """Explain each item's caption word by word into img_dir: ``([(png name, alt text)],
+    whether the figures have an attention row)``."""
     from captionlab.explain.figure import explanation_figure
     from captionlab.vision.figures import save_figure
     from captionlab.vision.images import load_image
 
-    made = []
+    made, attended = [], False
     for item in items:
         pixels = load_image(item["path"], explainer.image_size)
         # 10 noisy copies (the command's default is 25): the strip costs the demo seconds
@@ -162,7 +164,8 @@ def _explanation_strip(
         name = f"explain_{Path(item['path']).stem}.png"
         save_figure(fig, img_dir / name, dpi=80)
         made.append((name, f"{verdict}: {result.caption}"))
-    return made
+        attended = attended or result.has_attention
+    return made, attended
 
 
 def _gallery_png(path: Path, right: list[dict], wrong: list[dict]) -> None:
@@ -222,7 +225,7 @@ def _attention_html(strips: list[dict]) -> str:
     )
 
 
-def _explain_html(strip: list[tuple[str, str]], method: str) -> str:
+def _explain_html(strip: list[tuple[str, str]], method: str, attended: bool = False) -> str:
     from captionlab.vision.figures import METHOD_TITLES
 
     if not strip:
@@ -233,10 +236,17 @@ def _explain_html(strip: list[tuple[str, str]], method: str) -> str:
     how = METHOD_TITLES.get(method, method)
     if method == "smoothgrad":
         how += f" over {STRIP_SAMPLES} noisy copies"
+    beneath = ""
+    if attended:
+        beneath = (
+            " Beneath, where the captioner's attention was when it chose the word (its weights "
+            "over the grid's cells, the image faded where it did not look): attention shows "
+            "where the model read from, the gradient what moved the word."
+        )
     return (
         "<h2>Why each word</h2><p>For each word, the pixels that move its probability most: "
         f"{how}, of the word's log-probability through the captioner and the CNN "
-        "(<code>captionlab explain</code>).</p>"
+        f"(<code>captionlab explain</code>).{beneath}</p>"
         f'<div class="explain">{images}</div>'
     )
 
@@ -249,6 +259,7 @@ def _gallery_html(
     strips: list[dict],
     strip: list[tuple[str, str]],
     method: str,
+    attended: bool = False,
 ) -> None:
     template = resources.files("captionlab").joinpath("templates/gallery.html").read_text("utf-8")
     page = Template(template).substitute(
@@ -258,6 +269,6 @@ def _gallery_html(
         right="".join(_card(i) for i in right),
         wrong="".join(_card(i) for i in wrong),
         attention=_attention_html(strips),
-        explain=_explain_html(strip, method),
+        explain=_explain_html(strip, method, attended),
     )
     atomic_write_bytes(path, page.encode("utf-8"))

@@ -32,10 +32,16 @@ def register(subparsers) -> None:
         "--samples times vanilla's cost",
     )
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
-    p.add_argument("--max-length", type=int, default=20, help="most words in a caption")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="most words in a caption (default: 20, fewer for a Transformer that "
+                   "encodes fewer positions)")  # fmt: skip
     p.add_argument("--samples", type=int, default=25, help="SmoothGrad: noisy copies")
     p.add_argument(
-        "--noise", type=float, default=0.15, help="SmoothGrad: noise std / image value range"
+        "--noise",
+        type=float,
+        default=None,
+        help="SmoothGrad: noise std / image value range (default 0.3: on held-out shapes "
+        "scenes it points at a word's object more often than saliency's 0.15)",
     )
     p.add_argument(
         "--steps", type=int, default=32, help="Integrated Gradients: path points (black baseline)"
@@ -52,9 +58,9 @@ def register(subparsers) -> None:
 def _check(args) -> None:
     for flag, value in (("--beam", args.beam), ("--max-length", args.max_length),
                         ("--samples", args.samples), ("--steps", args.steps)):  # fmt: skip
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    if args.noise < 0:
+    if args.noise is not None and args.noise < 0:
         raise UserError(f"--noise must be >= 0, got {args.noise}")
 
 
@@ -73,7 +79,7 @@ def _figure_names(images: list[str], method: str) -> list[str]:
 
 
 def run(args) -> dict:
-    from captionlab.explain import CropGeometry, Explainer, map_peak
+    from captionlab.explain import CropGeometry, Explainer
     from captionlab.explain.figure import explanation_figure
     from captionlab.vision.images import read_image
 
@@ -95,15 +101,16 @@ def run(args) -> dict:
     ):
         result = explainer.explain(
             image, args.method, beam=args.beam,
-            samples=args.samples, noise=args.noise, steps=args.steps, seed=args.seed,
+            samples=args.samples, steps=args.steps, seed=args.seed,
+            **({} if args.noise is None else {"noise": args.noise}),
         )  # fmt: skip
         figure = write_figure(explanation_figure(image, result), out / name)
         words = []
         for w in result.words:
             entry = {"word": w.word, "position": w.position,
                      "peak": list(geo.to_original(*w.peak)), "prob": round(w.prob, 4)}  # fmt: skip
-            if w.attention is not None:
-                entry["attention_peak"] = list(geo.to_original(*map_peak(w.attention)))
+            if w.attention_peak is not None:  # the centre of the cell it weighs most
+                entry["attention_peak"] = list(geo.to_original(*w.attention_peak))
             words.append(entry)
         results.append(
             {"image": spec, "caption": result.caption, "words": words, "figure": figure,

@@ -31,6 +31,7 @@ from captionlab.explain.words import (
     Explanation,
     WordMap,
     attention_to_pixels,
+    cell_peak,
     map_peak,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "StepScores",
     "WordMap",
     "attention_to_pixels",
+    "cell_peak",
     "feature_layout",
     "map_peak",
     "word_feature_grads",

@@ -3,16 +3,29 @@ panel's title); a second row with each word's attention when the captioner has i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from captionlab.explain.words import Explanation
+from captionlab.captioning.plots import attention_map, attention_spotlight
+from captionlab.explain.words import Explanation, WordMap
 from captionlab.vision.figures import METHOD_TITLES, overlay
 
 __all__ = ["explanation_figure"]
 
 PANEL = 2.0  # inches per panel
+CONTOUR = "#ffd400"  # the attention's half-maximum line, as in the gallery's attention strips
+
+
+def _attention_heat(w: WordMap, size: int) -> np.ndarray:
+    """A word's attention as a (size, size) map in [0, 1], largest value 1: from its cell
+    weights as the gallery's attention strips draw them, else from its pixel map."""
+    if w.attention_cells is not None:
+        return attention_map(w.attention_cells, size)
+    m = np.clip(np.asarray(w.attention, dtype=np.float64), 0, None)
+    return m / m.max() if m.max() > 0 else m
 
 
 def explanation_figure(
@@ -21,11 +34,14 @@ def explanation_figure(
     """``pixels`` uint8 (S, S, 3) (the input the maps are on) and its :class:`Explanation`.
 
     Row 1: the image, then each word's saliency overlay titled with the word (its
-    probability beneath). Row 2, for a captioner with attention: each word's attention.
+    probability beneath). Row 2, for a captioner with attention: the image with the grid of
+    cells attended over, then each word's attention (the image fades where the word's step
+    did not look; the yellow line encloses half the step's largest weight, given beneath).
     """
     words = explanation.words
     rows = 2 if explanation.has_attention else 1
     cols = 1 + len(words)
+    S = pixels.shape[0]
     fig = Figure(figsize=(PANEL * cols, (PANEL + 0.55) * rows + 0.35))
     FigureCanvasAgg(fig)
     axes = np.array(
@@ -44,11 +60,26 @@ def explanation_figure(
         axes[0, c].set_title(w.word, fontsize=12, fontweight="bold")
         axes[0, c].set_xlabel(f"p = {w.prob:.2f}", fontsize=8)
     if rows == 2:
-        axes[1, 0].set_title("attention", fontsize=10)
+        ax = axes[1, 0]
+        ax.imshow(pixels)
+        ax.set_title("attention", fontsize=10)
+        cells = next((w.attention_cells for w in words if w.attention_cells is not None), None)
+        if cells is not None:  # the cells the captioner attends over
+            side = math.isqrt(len(cells))
+            for k in range(1, side):
+                ax.axhline(k * S / side - 0.5, color="white", lw=0.7, alpha=0.8)
+                ax.axvline(k * S / side - 0.5, color="white", lw=0.7, alpha=0.8)
+            ax.set_xlabel(f"over {side}x{side} cells", fontsize=8)
         for c, w in enumerate(words, start=1):
-            if w.attention is not None:
-                axes[1, c].imshow(overlay(pixels, w.attention, cmap="viridis"))
-                axes[1, c].set_title(w.word, fontsize=10)
+            if w.attention is None and w.attention_cells is None:
+                continue
+            heat = _attention_heat(w, S)
+            axes[1, c].imshow(attention_spotlight(pixels, heat))
+            axes[1, c].contour(heat, levels=[0.5], colors=[CONTOUR], linewidths=0.8)
+            axes[1, c].set_title(w.word, fontsize=10)
+            if w.attention_cells is not None:
+                axes[1, c].set_xlabel(f"top cell {float(np.max(w.attention_cells)):.2f}",
+                                      fontsize=8)  # fmt: skip
     fig.suptitle(title if title is not None else f"“{explanation.caption}”", fontsize=12)
     fig.tight_layout()
     return fig

@@ -25,6 +25,9 @@ The word's log-probability at position ``t`` of caption ``c`` (``c_0 = <START>``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -39,6 +42,7 @@ __all__ = [
     "CaptionerLogProbs",
     "FeaturePipeline",
     "StepScores",
+    "evaluation_mode",
     "feature_layout",
     "has_word_free_loss_term",
     "word_feature_grads",
@@ -230,7 +234,8 @@ def word_feature_grads(
     target per image). Rows weighting several positions take one call per extra position.
     A captioner whose loss adds a term that does not depend on the words counted (the
     AttentionCaptioner's ``attention_penalty``, see :func:`has_word_free_loss_term`) has the
-    gradient at an empty mask subtracted, so that the term cancels.
+    gradient at an empty mask subtracted, so that the term cancels. A captioner with a
+    training mode runs in evaluation mode (:func:`evaluation_mode`), as it decodes.
 
     Args:
         captioner: a captioner with ``loss(..., mask=, feature_grad=)``.
@@ -249,21 +254,43 @@ def word_feature_grads(
     dtype = np.dtype(getattr(captioner, "dtype", features.dtype))
     out = np.zeros(features.shape, dtype=dtype)
     base = 0.0
-    if has_word_free_loss_term(captioner):
-        empty = np.zeros(weights.shape, dtype=bool)
-        base = captioner.loss(features, captions, mask=empty, feature_grad=True)[1]["features"]
-    remaining = weights != 0  # (N, T-1)
-    while remaining.any():
-        rows = np.flatnonzero(remaining.any(axis=1))  # (n,)
-        cols = remaining[rows].argmax(axis=1)  # (n,) each row's first open position
-        mask = np.zeros_like(remaining)
-        mask[rows, cols] = True
-        _, g = captioner.loss(features, captions, mask=mask, feature_grad=True)
-        w = weights[rows, cols].astype(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
-        word = g["features"] - base  # d(-log p / N) / d features, rows independent
-        out[rows] -= N * w * word[rows]
-        remaining[rows, cols] = False
+    with evaluation_mode(captioner):  # the decoding interface's model: no dropout
+        if has_word_free_loss_term(captioner):
+            empty = np.zeros(weights.shape, dtype=bool)
+            base = captioner.loss(features, captions, mask=empty, feature_grad=True)[1]
+            base = base["features"]
+        remaining = weights != 0  # (N, T-1)
+        while remaining.any():
+            rows = np.flatnonzero(remaining.any(axis=1))  # (n,)
+            cols = remaining[rows].argmax(axis=1)  # (n,) each row's first open position
+            mask = np.zeros_like(remaining)
+            mask[rows, cols] = True
+            _, g = captioner.loss(features, captions, mask=mask, feature_grad=True)
+            w = weights[rows, cols].astype(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+            word = g["features"] - base  # d(-log p / N) / d features, rows independent
+            out[rows] -= N * w * word[rows]
+            remaining[rows, cols] = False
     return out
+
+
+@contextmanager
+def evaluation_mode(captioner) -> Iterator[None]:
+    """Run ``captioner`` in evaluation mode (dropout off) and give it back as found.
+
+    A captioner with a training mode (:class:`~captionlab.captioning.CaptioningTransformer`:
+    ``training``, ``train()``, ``eval()``) drops units in its ``loss`` while training, but
+    never while decoding: the gradient must be the decoded model's, the one whose
+    log-probabilities :func:`word_logprobs` gives. Captioners without one are left alone.
+    """
+    training = getattr(captioner, "training", None)
+    if training is not True or not hasattr(captioner, "eval"):
+        yield
+        return
+    captioner.eval()
+    try:
+        yield
+    finally:
+        captioner.train()
 
 
 class CaptionerLogProbs(torch.autograd.Function):
