@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
+from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
 from captionlab.nn.attention import additive_scores, additive_scores_backward
 from captionlab.nn.functional import masked_softmax, masked_softmax_backward, sigmoid
@@ -319,16 +320,6 @@ class AttentionCaptioner:
         W_pos = self.params.get("W_pos")
         return A if W_pos is None else A + W_pos
 
-    def _check_captions(self, captions: np.ndarray, N: int) -> np.ndarray:
-        captions = np.asarray(captions)
-        if captions.ndim != 2 or captions.shape[0] != N:
-            raise ValueError(f"captions must be (N, T) with N={N}, got {captions.shape}")
-        if captions.dtype.kind not in "iu":
-            raise ValueError(f"captions must hold integer word indices, got {captions.dtype}")
-        if captions.shape[1] < 2:
-            raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
-        return captions
-
     # ------------------------------------------------------------------ training loss
     def loss(
         self,
@@ -357,7 +348,7 @@ class AttentionCaptioner:
         """
         A = self._grid(features)
         N = A.shape[0]
-        captions = self._check_captions(captions, N)
+        captions = check_captions(captions, N)
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]  # (N, T-1) each
         null_mask = captions_out != self._null  # (N, T-1)
         if mask is None:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
+from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
 
 CELL_TYPES = ("rnn", "lstm", "gru")
@@ -199,13 +200,7 @@ class CaptioningRNN:
             (N, D) when ``feature_grad`` is set.
         """
         features = self._check_features(features)
-        captions = np.asarray(captions)
-        if captions.ndim != 2 or captions.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"captions must be (N, T) with N={features.shape[0]}, got {captions.shape}"
-            )
-        if captions.shape[1] < 2:
-            raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
+        captions = check_captions(captions, features.shape[0])
         captions_in = captions[:, :-1]  # (N, T-1)
         captions_out = captions[:, 1:]  # (N, T-1)
         if mask is None:

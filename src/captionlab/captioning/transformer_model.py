@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
+from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
 
 
@@ -298,11 +299,7 @@ class CaptioningTransformer:
         return features.astype(self.dtype, copy=False)
 
     def _check_captions(self, captions: np.ndarray, N: int) -> np.ndarray:
-        captions = np.asarray(captions)
-        if captions.ndim != 2 or captions.shape[0] != N:
-            raise ValueError(f"captions must be (N, T) with N={N}, got {captions.shape}")
-        if captions.shape[1] < 2:
-            raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
+        captions = check_captions(captions, N)
         if captions.shape[1] - 1 > self.max_length:
             raise ValueError(
                 f"captions must have T - 1 <= max_length = {self.max_length} input words, "
