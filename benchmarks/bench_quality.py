@@ -35,7 +35,7 @@ from captionlab.data import load_dataset
 from captionlab.data.features import FeatureStore
 from captionlab.data.shapes import generate_shapes, load_scenes
 from captionlab.demo import DemoConfig, prepare_data, train_cached
-from captionlab.runs.evaluate import scene_scores
+from captionlab.runs.evaluate import relation_choice, scene_scores
 from captionlab.runs.inference import caption_features, features_for_model, needs_grid
 
 #: Scenes of the fresh set are drawn with this seed; nothing else in captionlab uses it.
@@ -46,6 +46,9 @@ TARGETS = (
     ("colour_accuracy", "colour", 0.97),
     ("attribute_accuracy", "attributes", 0.95),
     ("relation_accuracy", "relations", 0.85),
+    ("n_relations_named", "relations named", None),
+    ("relation_choice_2", "relation choice (2 objects)", None),
+    ("relation_choice_3", "relation choice (3 objects)", None),
     ("count_accuracy", "count", 0.97),
     ("bleu4", "BLEU-4", None),
 )
@@ -135,9 +138,11 @@ def _fresh(records, folder: Path, feats: dict):
     return ids, [scenes[i] for i in ids], [list(r.captions) for r in records], feats
 
 
-def score(texts: list[str], scenes: list[dict], references: list[list[str]]) -> dict:
+def score(model, features, texts: list[str], scenes: list[dict], references) -> dict:
+    """Scene accuracy and BLEU-4 of the captions, and the relation-choice questions."""
     out = scene_scores(texts, scenes)
     out["bleu4"] = bleu4(texts, references)
+    out.update(relation_choice(model, features, scenes))
     return out
 
 
@@ -151,6 +156,8 @@ def evaluate(run: Path, dataset, store: Path, split: str, fresh, beam: int) -> d
     scenes = load_scenes(Path(dataset.source).parent / "scenes.json")
     result = {
         split: score(
+            model,
+            feats,
             caption_features(model, feats, beam=beam),
             [scenes[i] for i in ids],
             [list(r.captions) for r in records],
@@ -159,7 +166,7 @@ def evaluate(run: Path, dataset, store: Path, split: str, fresh, beam: int) -> d
     if fresh is not None:
         _, f_scenes, f_refs, f_feats = fresh
         x = f_feats["grid" if needs_grid(model) else "pooled"].astype(model.dtype)
-        result["fresh"] = score(caption_features(model, x, beam=beam), f_scenes, f_refs)
+        result["fresh"] = score(model, x, caption_features(model, x, beam=beam), f_scenes, f_refs)
     return result
 
 
@@ -193,7 +200,8 @@ def table(summary: dict, seeds: int) -> str:
                     continue
                 mean, std, _ = metrics[key]
                 mark = "" if target is None or mean >= target else " *"
-                cells.append(f"{mean:.3f} ± {std:.3f}{mark}")
+                digits = 1 if key.startswith("n_") else 3  # counts
+                cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}{mark}")
             lines.append(f"| {model} | {name} | " + " | ".join(cells) + " |")
     targets = ", ".join(f"{c} >= {t}" for _, c, t in TARGETS if t is not None)
     lines.append(

@@ -27,7 +27,13 @@ from captionlab.runs.inference import (
 #: Images read from the store and captioned at a time (grids are never read whole).
 BATCH_IMAGES = 500
 
-__all__ = ["evaluate_run", "evaluation_store", "load_scenes_for", "scene_scores"]
+__all__ = [
+    "evaluate_run",
+    "evaluation_store",
+    "load_scenes_for",
+    "relation_choice",
+    "scene_scores",
+]
 
 
 def evaluate_run(
@@ -258,3 +264,84 @@ def scene_scores(texts: list[str], scenes: list[dict]) -> dict:
     from captionlab.data.shapes import parse_caption
 
     return scene_accuracy([parse_caption(t) for t in texts], scenes)
+
+
+def relation_choice(model, features: np.ndarray, scenes: list[dict], batch: int = 2048) -> dict:
+    """How often the model prefers a true relation when the rest of the caption is fixed.
+
+    The scene-accuracy ``relation_accuracy`` only sees the relations a model chooses to
+    name, and beam search mostly picks "a A and a B" (a handful of the 500 test captions
+    name one), so it rests on a few words. This asks every model the same questions: for
+    each ordered pair (i, j) of objects that stand in a relation, in every scene of two or
+    three objects, the captions ``a A REL a B [and a C]`` (``A`` the phrase of object i,
+    ``B`` of j, ``C`` the third object, phrases "size colour shape") are scored by teacher
+    forcing with every surface form of each of the four relations; a relation's score is
+    the summed probability of its forms, and the answer is right when the best relation
+    holds between i and j (chance: 1/4 for two objects, often 1/4-1/2 for three).
+
+    Args:
+        model: a captioner with the decoding interface.
+        features: the images' features as the model takes them, (N, D) or (N, L, D).
+        scenes: N shapes scenes (``scenes.json`` entries), one per image.
+        batch: captions scored at a time.
+
+    Returns:
+        ``{"relation_choice", "relation_choice_2", "relation_choice_3"}`` (accuracy over
+        all questions, over two- and three-object scenes; None without questions) and
+        ``n_relation_choices``.
+    """
+    from captionlab.captioning.generate import caption_logprob, special_ids
+    from captionlab.data.shapes import REL_WORDS
+
+    forms = [(rel, f) for rel, fs in REL_WORDS.items() for f in dict.fromkeys(fs)]
+    w2i = model.word_to_idx
+    texts, rows, questions = [], [], []  # questions: (number of objects, relations that hold)
+    for k, scene in enumerate(scenes):
+        objects = scene["objects"]
+        if len(objects) not in (2, 3):
+            continue
+        holds: dict[tuple[int, int], set] = {}
+        for r in scene["relations"]:
+            holds.setdefault((r["subject"], r["object"]), set()).add(r["relation"])
+        for (i, j), rels in sorted(holds.items()):
+            a, b = (
+                f"{objects[m]['size']} {objects[m]['colour']} {objects[m]['shape']}" for m in (i, j)
+            )
+            rest = [o for m, o in enumerate(objects) if m not in (i, j)]
+            tail = (
+                f" and a {rest[0]['size']} {rest[0]['colour']} {rest[0]['shape']}" if rest else ""
+            )
+            texts += [f"a {a} {form} a {b}{tail}" for _, form in forms]
+            rows += [k] * len(forms)
+            questions.append((len(objects), rels))
+    out = {"relation_choice": None, "relation_choice_2": None, "relation_choice_3": None,
+           "n_relation_choices": len(questions)}  # fmt: skip
+    if not questions:
+        return out
+    missing = sorted({w for t in texts for w in t.split()} - set(w2i))
+    if missing:
+        raise UserError(f"relation choice: the model's vocabulary lacks {missing[:5]} "
+                        "(it takes a model trained on shapes captions)")  # fmt: skip
+    _, end, _ = special_ids(model)
+    width = max(len(t.split()) for t in texts) + 1
+    ids = np.zeros((len(texts), width), dtype=np.int64)
+    for n, t in enumerate(texts):
+        words = [w2i[w] for w in t.split()] + [end]
+        ids[n, : len(words)] = words
+    rows_arr = np.asarray(rows)
+    logp = np.concatenate([
+        caption_logprob(model, features[rows_arr[s : s + batch]], ids[s : s + batch])
+        for s in range(0, len(texts), batch)
+    ]).reshape(len(questions), len(forms))  # fmt: skip
+    names = list(REL_WORDS)
+    right = {2: [], 3: []}
+    for (n_obj, rels), lp in zip(questions, logp, strict=True):
+        score = {rel: -np.inf for rel in names}
+        for (rel, _), v in zip(forms, lp, strict=True):
+            score[rel] = np.logaddexp(score[rel], v)
+        right[n_obj].append(max(names, key=score.__getitem__) in rels)
+    every = right[2] + right[3]
+    out["relation_choice"] = float(np.mean(every))
+    for n_obj in (2, 3):
+        out[f"relation_choice_{n_obj}"] = float(np.mean(right[n_obj])) if right[n_obj] else None
+    return out
