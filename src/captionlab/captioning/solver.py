@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ class SolverOptions:
         resume_from: a checkpoint written by this solver: continue that run.
         on_epoch_end: ``callback(solver, record: dict)`` after every epoch.
         on_checkpoint: ``callback(solver, path: Path, kind: 'last' | 'best')``.
+        blas_threads: threads of NumPy's BLAS during training: ``'auto'`` (race one thread
+            against all at the start of every epoch, on real steps, and keep the faster;
+            see :class:`BlasThreads`), a number, or ``None`` (leave BLAS as it is).
     """
 
     seed: int | None = None
@@ -112,6 +116,72 @@ class SolverOptions:
     resume_from: str | os.PathLike | None = None
     on_epoch_end: Callable[[Any, dict], None] | None = None
     on_checkpoint: Callable[[Any, Path, str], None] | None = None
+    blas_threads: int | str | None = "auto"
+
+
+class BlasThreads:
+    """The BLAS thread count for each epoch, chosen by timing the epoch's first steps.
+
+    A training step's matrix products are short and wide (the batch's hidden state times
+    ``Wh``, once per time step). On a quiet machine all cores run them fastest; while other
+    programs keep the cores busy, every product waits for a core for each of its worker
+    threads, and one thread is many times faster (an attention training step took 3.6 s with
+    two OpenBLAS threads and 0.5 s with one on the 2-core machine at load 5;
+    ``benchmarks/bench_gemm.py``). So, in ``'auto'`` mode, after the epoch's first step
+    (untimed: it may compile kernels) the next four steps run with 1, all, all, 1 threads
+    (an ABBA order, so a drift in load cancels), and the rest of the epoch uses the count
+    whose faster step was faster. The steps are real training steps: nothing is spent but
+    the slower arm's two steps. The thread count changes how OpenBLAS splits a product,
+    so large products may round differently, and two runs of one seed that chose differently
+    can drift apart in the last digits (as torch's runs do across thread counts); a fixed
+    ``blas_threads`` makes a run repeat exactly whatever the load.
+    """
+
+    TRIAL = (1, 0, 0, 1)  # 0: all cores
+
+    def __init__(self, setting: int | str | None) -> None:
+        if setting not in (None, "auto") and (not isinstance(setting, int) or setting < 1):
+            raise ValueError(
+                f"blas_threads must be 'auto', a positive int or None, got {setting!r}"
+            )
+        self.setting = setting
+        self.cores = os.cpu_count() or 1
+        self.chosen: int | None = None
+        self._times: dict[int, list[float]] = {}
+        self._controller = None
+        if setting is not None:
+            from threadpoolctl import ThreadpoolController
+
+            self._controller = ThreadpoolController()
+
+    def start_epoch(self) -> None:
+        self._times = {1: [], self.cores: []}
+        self.chosen = self.setting if isinstance(self.setting, int) else None
+
+    def _racing(self, j: int) -> bool:
+        return self.setting == "auto" and self.cores > 1 and 1 <= j <= len(self.TRIAL)
+
+    def limit(self, j: int):
+        """A context for step ``j`` of the epoch with the thread count it runs under."""
+        if self._controller is None:
+            return nullcontext()
+        if self._racing(j):
+            n = self.TRIAL[j - 1] or self.cores
+        elif self.chosen is not None:
+            n = self.chosen
+        else:
+            return nullcontext()  # step 0 of an auto epoch, or a single core: as BLAS is
+        return self._controller.limit(limits=n, user_api="blas")
+
+    def record(self, j: int, seconds: float) -> None:
+        """Step ``j`` took ``seconds``; after the trial, choose."""
+        if not self._racing(j):
+            return
+        n = self.TRIAL[j - 1] or self.cores
+        self._times[n].append(seconds)
+        if j == len(self.TRIAL):
+            one, every = min(self._times[1]), min(self._times[self.cores])
+            self.chosen = 1 if one < every else self.cores
 
 
 _MONITORS = ("auto", "val_metric", "val_loss", "train_loss")
@@ -187,6 +257,7 @@ class CaptioningSolver:
             setattr(self.options, key, value)
         if self.options.monitor not in _MONITORS:
             raise ValueError(f"monitor must be one of {_MONITORS}, got {self.options.monitor!r}")
+        self.blas = BlasThreads(self.options.blas_threads)
 
         self.model = model
         self.data = data
@@ -546,9 +617,13 @@ class CaptioningSolver:
                 while self.epoch < self.num_epochs:
                     order = self.rng.permutation(N)
                     epoch_losses = []
+                    self.blas.start_epoch()
                     for j in range(iterations_per_epoch):
                         batch = order[j * self.batch_size : (j + 1) * self.batch_size]
-                        loss = self._step(batch)
+                        with self.blas.limit(j):
+                            started = time.perf_counter()
+                            loss = self._step(batch)
+                            self.blas.record(j, time.perf_counter() - started)
                         epoch_losses.append(loss)
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -599,6 +674,7 @@ class CaptioningSolver:
             self.options.metric_name: val_metric,
             "improved": improved,
             "learning_rate": next(iter(self.optim_configs.values()), {}).get("learning_rate"),
+            "blas_threads": self.blas.chosen,  # this epoch's (None: BLAS left as it was)
         }
         if self.verbose:
             parts = [f"(Epoch {self.epoch} / {self.num_epochs}) train loss: {train_loss:.4f}"]
