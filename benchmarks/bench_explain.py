@@ -298,7 +298,7 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
 def print_tables(results: list[dict], cost: dict[str, dict]) -> None:
     print("\npointing game (peak inside the word's object; 'on an object': inside any object of "
           "the scene) and deletion AUC (lower is better)")  # fmt: skip
-    head = (f"{'model':9} {'map':10} {'shape words':>13} {'1 object':>8} {'2-3':>6} "
+    head = (f"{'model':9} {'map':14} {'shape words':>13} {'1 object':>8} {'2-3':>6} "
             f"{'on an object':>12} {'colour words':>13} {'1 object':>8} {'2-3':>6} "
             f"{'on an object':>12} {'deletion AUC':>13}")  # fmt: skip
     print(head)
@@ -314,7 +314,7 @@ def print_tables(results: list[dict], cost: dict[str, dict]) -> None:
                      f"{_fmt(row['deletion_auc'])} ({row['n_deletion']})"]  # fmt: skip
             widths = (13, 8, 6, 12, 13, 8, 6, 12, 13)
             line = " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
-            print(f"{r['model']:9} {m:10} {line}")
+            print(f"{r['model']:9} {m:14} {line}")
         print(f"{'':9} {r['scenes']} scenes, {r['words']} words; not scored: {r['not_scored']}")
     for name, c in cost.items():
         print(f"\ncost of one word's map / one ImageNet-class map, {name} ({c['image_size']} px, "
