@@ -2,14 +2,18 @@
 
     python benchmarks/bench_explain.py --model attention=RUN_A --model lstm=RUN_B \\
         --model rnn=RUN_C [--scenes DIR] [--n-scenes 300] [--seed 1515] \\
-        [--methods vanilla,smoothgrad,ig] [--samples 25] [--noise 0.3] [--steps 32] \\
+        [--methods vanilla,smoothgrad,ig,gradcam,guided-gradcam] \\
+        [--samples 25] [--noise 0.3] [--steps 32] \\
         [--deletion-scenes 50] [--threads 1] [--json FILE]
 
 For each trained captioner given (CaptioningRNN on pooled features, AttentionCaptioner or a
 grid CaptioningTransformer), every scene is captioned greedily and each shape and colour
 word of the caption is explained by each method, and, for captioners with attention, by the
 word's attention itself (its step's weights over the grid's cells; its peak is the centre of
-the cell it weighs most, its deletion order the cells' weights upsampled to the pixels). Then:
+the cell it weighs most, its deletion order the cells' weights upsampled to the pixels). The
+grid methods (``gradcam``: Grad-CAM at the captioner's input grid, peak at its top cell's
+centre as the attention's; ``guided-gradcam``: SmoothGrad times it) run for grid captioners
+only. Then:
 
 * **Pointing game** (Zhang et al. 2016): is the peak of the word's map, mapped back to the
   scene's pixels, inside the box of the object the word belongs to. *Belongs to*: the
@@ -51,8 +55,15 @@ import numpy as np
 import torch
 
 from captionlab.data.shapes import COLOURS, generate_shapes, load_scenes, parse_caption
-from captionlab.explain import CropGeometry, Explainer, attention_to_pixels, cell_peak, map_peak
-from captionlab.explain.words import SMOOTHGRAD_NOISE
+from captionlab.explain import (
+    CropGeometry,
+    Explainer,
+    attention_to_pixels,
+    cell_peak,
+    guided_gradcam,
+    map_peak,
+)
+from captionlab.explain.words import GRID_METHODS, SMOOTHGRAD_NOISE
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, preprocess
 from captionlab.vision.images import load_image
@@ -61,6 +72,8 @@ SAL_OPTIONS = {
     "vanilla": {},
     "smoothgrad": {"samples": 25, "noise": SMOOTHGRAD_NOISE},
     "ig": {"steps": 32},
+    "gradcam": {},
+    "guided-gradcam": {"samples": 25, "noise": SMOOTHGRAD_NOISE},  # SmoothGrad's
 }  # the command's defaults
 
 
@@ -129,6 +142,8 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
     scenes = load_scenes(scenes_dir / "scenes.json")
     ids = [i for i, sc in scenes.items() if sc["split"] == "test"][: args.n_scenes]
     methods = list(args.methods)
+    if explainer.pipeline.layout != "grid":  # Grad-CAM needs the captioner's grid of cells
+        methods = [m for m in methods if m not in GRID_METHODS]
     rng = np.random.default_rng(0)
     # per map: the hits of shape and colour words, in scenes of one object and of two or three;
     # and whether the peak is on any object of the scene (the right one or another)
@@ -157,16 +172,25 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
         if not scored:
             continue
         maps = {}
+        cells = {}  # Grad-CAM's cell relevance (K, L), for the grid methods
         for m in methods:
             t0 = time.perf_counter()
-            maps[m] = explainer.word_maps(pixels, caption, scored, m, **SAL_OPTIONS[m])
+            if m in GRID_METHODS:
+                cells[m] = explainer.cell_relevance(pixels, caption, scored, method=m)
+            if m == "guided-gradcam" and "smoothgrad" in maps:  # = word_maps(..., m): reuse
+                side = explainer.pipeline.config.grid_side
+                maps[m] = guided_gradcam(maps["smoothgrad"], cells[m], side)
+            else:
+                maps[m] = explainer.word_maps(pixels, caption, scored, m, **SAL_OPTIONS[m])
             seconds[m] += time.perf_counter() - t0
         peaks = {m: [map_peak(word_map) for word_map in maps[m]] for m in methods}
-        cells = explainer.attention_cells(pixels, caption)
-        if cells is not None:  # the attention's peak: the centre of the cell it weighs most
+        if "gradcam" in cells:  # its map is cells: the top cell's centre, as the attention's
+            peaks["gradcam"] = [cell_peak(c, S) for c in cells["gradcam"]]
+        alpha = explainer.attention_cells(pixels, caption)
+        if alpha is not None:  # the attention's peak: the centre of the cell it weighs most
             side = explainer.pipeline.config.grid_side
-            maps["attention"] = attention_to_pixels(cells[scored], side, S)
-            peaks["attention"] = [cell_peak(cells[t], S) for t in scored]
+            maps["attention"] = attention_to_pixels(alpha[scored], side, S)
+            peaks["attention"] = [cell_peak(alpha[t], S) for t in scored]
         maps["random"] = rng.random((len(scored), S, S)).astype(np.float32)
         boxes = [o["bbox"] for o in scene["objects"]]
         for m, stack in maps.items():
@@ -247,7 +271,7 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
         "ig": {"steps": SAL_OPTIONS["ig"]["steps"], "baseline": float(INPUT_RANGE[0])},
     }
     out = {}
-    for m in methods:
+    for m in [m for m in methods if m in imagenet]:  # Grad-CAM has no ImageNet peer here
 
         def word(m=m):
             return explainer.word_maps(pixels, caption, position, m, **SAL_OPTIONS[m])
@@ -274,7 +298,7 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
 def print_tables(results: list[dict], cost: dict[str, dict]) -> None:
     print("\npointing game (peak inside the word's object; 'on an object': inside any object of "
           "the scene) and deletion AUC (lower is better)")  # fmt: skip
-    head = (f"{'model':9} {'map':10} {'shape words':>13} {'1 object':>8} {'2-3':>6} "
+    head = (f"{'model':9} {'map':14} {'shape words':>13} {'1 object':>8} {'2-3':>6} "
             f"{'on an object':>12} {'colour words':>13} {'1 object':>8} {'2-3':>6} "
             f"{'on an object':>12} {'deletion AUC':>13}")  # fmt: skip
     print(head)
@@ -290,7 +314,7 @@ def print_tables(results: list[dict], cost: dict[str, dict]) -> None:
                      f"{_fmt(row['deletion_auc'])} ({row['n_deletion']})"]  # fmt: skip
             widths = (13, 8, 6, 12, 13, 8, 6, 12, 13)
             line = " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
-            print(f"{r['model']:9} {m:10} {line}")
+            print(f"{r['model']:9} {m:14} {line}")
         print(f"{'':9} {r['scenes']} scenes, {r['words']} words; not scored: {r['not_scored']}")
     for name, c in cost.items():
         print(f"\ncost of one word's map / one ImageNet-class map, {name} ({c['image_size']} px, "
@@ -313,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", type=int, default=300, help="unseen scenes generated")
     parser.add_argument("--n-scenes", type=int, default=300, help="scenes evaluated (first)")
     parser.add_argument("--seed", type=int, default=1515, help="seed of the unseen scenes")
-    parser.add_argument("--methods", default="vanilla,smoothgrad,ig", help="comma-separated")
+    parser.add_argument("--methods", default="vanilla,smoothgrad,ig,gradcam,guided-gradcam",
+                        help="comma-separated; the grid methods (gradcam, guided-gradcam) are "
+                        "skipped for pooled-feature models")  # fmt: skip
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad's noisy copies")
     parser.add_argument("--noise", type=float, default=SMOOTHGRAD_NOISE,
                         help="SmoothGrad's noise std / value range")  # fmt: skip
@@ -326,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="a line per scene on stderr")
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
-    SAL_OPTIONS["smoothgrad"]["samples"] = args.samples
-    SAL_OPTIONS["smoothgrad"]["noise"] = args.noise
+    for m in ("smoothgrad", "guided-gradcam"):
+        SAL_OPTIONS[m]["samples"] = args.samples
+        SAL_OPTIONS[m]["noise"] = args.noise
     SAL_OPTIONS["ig"]["steps"] = args.steps
     torch.set_num_threads(args.threads)
     scenes_dir = Path(args.scenes)

@@ -19,7 +19,9 @@ from captionlab.explain import (
     FeaturePipeline,
     attention_to_pixels,
     cell_peak,
+    guided_gradcam,
     map_peak,
+    word_cell_relevance,
     word_feature_grads,
     word_logprobs,
 )
@@ -408,6 +410,79 @@ def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
         a = sal.saliency(x, words, explainer.scores(CAPTION), method, **options)
         b = sal.saliency(x, words, reference, method, **options)
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
+
+
+@pytest.mark.parametrize("position", [False, True])
+def test_cell_relevance_equals_a_torch_autograd_reference(position):
+    """Grad-CAM at the input grid, ReLU(sum_d d log p_t / d A[l, d] * A[l, d]) per cell, by the
+    captioner's own backward pass (penalty on: it must cancel) equals the same definition by
+    autograd through a PyTorch copy of the attention captioner, float64."""
+    model = attention_captioner(position=position)
+    A = np.random.RandomState(7).randn(1, 4, 6)
+    positions = [3, 0, 2, 0]
+    ours = word_cell_relevance(model, A, CAPTION, positions)
+    At = torch.from_numpy(A).requires_grad_(True)
+    logp = torch_attention_logprobs(model, At, CAPTION)[0]  # (T-1,)
+    reference = []
+    for t in positions:
+        (g,) = torch.autograd.grad(logp[t], At, retain_graph=True)
+        reference.append(torch.relu((g * At.detach()).sum(dim=2))[0])
+    reference = torch.stack(reference).numpy()  # (K, L)
+    assert ours.shape == (4, 4) and ours.dtype == np.float64
+    assert (reference > 0).any() and (reference == 0).any()  # the ReLU bites somewhere
+    np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(ours[1], ours[3])  # the same word twice
+    assert not np.allclose(ours[0], ours[1])  # negative control: words differ
+    assert word_cell_relevance(model, A, CAPTION, []).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"positions must be in \[0, 5\), got \[5\]"):
+        word_cell_relevance(model, A, CAPTION, [5])
+
+
+def test_gradcam_maps_put_each_cell_on_its_pixels():
+    """Upsampling: a cell's relevance lands on the pixels of that cell (row-major cells over
+    the S x S input); Guided Grad-CAM keeps the pixel map there and removes it elsewhere; the
+    explainer's gradcam map is its cell relevance upsampled, its peak the top cell's centre."""
+    cells = np.zeros((2, 4))
+    cells[0, 1] = 2.0  # top right of 2x2 cells over 8 px
+    cells[1, 2] = 1.0  # bottom left
+    pixel = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32) + 0.1
+    guided = guided_gradcam(pixel, cells, side=2)
+    assert guided.shape == (2, 8, 8) and guided.dtype == np.float32
+    np.testing.assert_allclose(guided[0, :2, 6:], 2.0 * pixel[0, :2, 6:])  # the cell's corner
+    assert (guided[0, 6:, :2] == 0).all() and (guided[1, :2, 6:] == 0).all()  # the far corner
+    assert guided[1, 4:, :4].sum() > 0.75 * guided[1].sum()
+    with pytest.raises(ValueError, match="same K words"):
+        guided_gradcam(pixel, cells[:1], side=2)
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=6)
+    raw = np.random.default_rng(5).random((40, config.grid_raw_dim), dtype=np.float32)
+    pipeline = FeaturePipeline(load_backbone(fold_bn=True), config, layout="grid",
+                               grid_pca=fit_pca(raw, 6).with_unit_rms(raw))  # fmt: skip
+    explainer = Explainer(attention_captioner(), pipeline)
+    pixels = shapes_image(64, seed=1)
+    relevance = word_cell_relevance(explainer.captioner, explainer.features(pixels), CAPTION,
+                                    [0, 1, 2, 3])  # fmt: skip
+    np.testing.assert_array_equal(explainer.cell_relevance(pixels, CAPTION, [0, 1, 2, 3]),
+                                  relevance)  # fmt: skip
+    result = explainer.explain(pixels, "gradcam", caption_ids=CAPTION)
+    for w in result.words:
+        np.testing.assert_allclose(w.saliency, attention_to_pixels(relevance[w.position:
+                                   w.position + 1], 2, 64)[0], rtol=1e-6)  # fmt: skip
+        assert w.peak == cell_peak(relevance[w.position], 64)
+    smooth = explainer.word_maps(pixels, CAPTION, [1, 3], "smoothgrad", samples=2)
+    np.testing.assert_allclose(
+        explainer.word_maps(pixels, CAPTION, [1, 3], "guided-gradcam", samples=2),
+        guided_gradcam(smooth, relevance[[1, 3]], 2), rtol=1e-6,
+    )  # fmt: skip
+
+
+def test_grid_methods_on_a_pooled_captioner_fail_naming_method_and_model():
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6)
+    explainer = Explainer(rnn_captioner("lstm"), FeaturePipeline(load_backbone(fold_bn=True),
+                          config, small_pca(config)))  # fmt: skip
+    for method in ("gradcam", "guided-gradcam"):
+        message = rf"^method {method} needs a captioner over a grid of cells; this CaptioningRNN"
+        with pytest.raises(UserError, match=message + " reads one pooled feature vector"):
+            explainer.explain(shapes_image(64), method, caption_ids=CAPTION)
 
 
 def test_explain_leaves_the_callers_backbone_as_found():

@@ -150,6 +150,39 @@ def test_explain_a_grid_captioner_gives_its_attention(grid_run, photo, tmp_path,
         assert 0.5 * columns < img.width / img.height * 2 < 1.5 * columns
 
 
+def test_explain_a_grid_captioner_by_gradcam_and_guided_gradcam(grid_run, photo, tmp_path,
+                                                                 capsys):  # fmt: skip
+    """The grid methods run from the command: gradcam's peak is the centre of the word's top
+    cell by Grad-CAM relevance, in the photo's pixels; guided-gradcam writes its figure."""
+    from captionlab.explain import Explainer
+
+    argv = ["explain", "--model", str(grid_run), str(photo), "--out", str(tmp_path),
+            "--method", "gradcam", "--max-length", "4", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (item,) = json.loads(capsys.readouterr().out)["images"]
+    explainer = Explainer.from_checkpoint(grid_run)
+    pixels = read_image(str(photo), size=64)
+    ids = explainer.decode(pixels)
+    relevance = explainer.cell_relevance(pixels, ids, [w["position"] for w in item["words"]])
+    for w, cells in zip(item["words"], relevance, strict=True):
+        row, col = divmod(int(np.argmax(cells)), 2)
+        x, y = w["peak"]  # the centred 60x60 square of the 96x60 photo, 30 px a cell
+        assert (x, y) == (18 + 30 * col + 15, 30 * row + 15)
+    assert (tmp_path / "photo_explain_gradcam.png").is_file()
+    argv[argv.index("gradcam")] = "guided-gradcam"
+    assert cli.main([*argv[:-1], "--samples", "2"]) == 0
+    assert (tmp_path / "photo_explain_guided-gradcam.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])
+def test_explain_grid_methods_on_a_pooled_model_fail_in_one_line(run_dir, photo, capsys,
+                                                                 method):  # fmt: skip
+    assert cli.main(["explain", "--model", str(run_dir), str(photo), "--method", method]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"method {method} needs a captioner over a grid of cells; this CaptioningRNN" in err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -222,3 +222,27 @@ def test_mixed_train_eval_modes_survive():
     model[1].eval()
     sal.smoothgrad(images(), 0, model, n_samples=2)
     assert model.training and model[0].training and not model[1].training
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("vanilla", {}), ("ig", {"steps": 6, "batch_size": 4, "baseline": -0.5}),
+     ("ig", {"steps": 5}), ("smoothgrad", {"n_samples": 3, "batch_size": 2, "seed": 4})],
+)  # fmt: skip
+def test_maps_of_several_targets_equal_the_image_repeated_per_target(method, options):
+    """saliency_of_targets shares one forward pass among the targets of one image (vanilla,
+    IG): the maps equal saliency() on the image repeated once per target, in float64."""
+    model, X = tiny_cnn().double(), images(N=1).double()
+    y = torch.tensor([3, 1, 3, 0])
+    before = snapshot(model, X)
+    for reduce in ("max", "none"):
+        ours = sal.saliency_of_targets(X, y, model, method, reduce=reduce, **options)
+        theirs = sal.saliency(X.expand(4, -1, -1, -1), y, model, method, reduce=reduce, **options)
+        assert ours.shape == theirs.shape and theirs.abs().amax() > 0
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12 * theirs.abs().amax())
+    assert not torch.allclose(ours[0], ours[1])  # the targets' maps differ
+    assert_unchanged(before, model, X)
+    with pytest.raises(
+        ValueError, match=r"X must be one image \(1, C, H, W\), got \(2, 3, 12, 12\)"
+    ):
+        sal.saliency_of_targets(images(N=2), y, model, method, **options)

@@ -8,7 +8,7 @@ from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, write_figure
 from captionlab.errors import UserError
 
-METHODS = ("vanilla", "smoothgrad", "ig")
+METHODS = ("vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam")  # explain.words.METHODS
 
 
 def register(subparsers) -> None:
@@ -27,9 +27,11 @@ def register(subparsers) -> None:
         "--method",
         choices=METHODS,
         default="smoothgrad",
-        help="vanilla gradient, SmoothGrad or Integrated Gradients; SmoothGrad points at the "
-        "right object most often and is the most faithful (benchmarks/bench_explain.py), at "
-        "--samples times vanilla's cost",
+        help="vanilla gradient, SmoothGrad or Integrated Gradients; for captioners over a grid "
+        "of cells (attention, grid Transformer) also gradcam (the word's gradient times the "
+        "features per cell, upsampled) and guided-gradcam (SmoothGrad times gradcam's map). "
+        "benchmarks/bench_explain.py measures which points at the word's object; SmoothGrad "
+        "costs --samples times vanilla",
     )
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
     p.add_argument("--max-length", type=int, default=None,

@@ -3,7 +3,8 @@
 The gradient of one generated word's log-probability, through the captioner's own
 hand-written backward pass to its input features, then through the feature extraction the
 checkpoint stores (image size, pooling, PCA) and the pretrained CNN to the pixels, as a
-vanilla-gradient, SmoothGrad or Integrated-Gradients map per word.
+vanilla-gradient, SmoothGrad or Integrated-Gradients map per word; for captioners over a
+grid of cells also Grad-CAM at the captioner's input grid and Guided Grad-CAM.
 
 * :mod:`~captionlab.explain.pipeline` -- the torch side: :class:`FeaturePipeline` (pixels ->
   features, equal to :class:`captionlab.extract.FeatureExtractor`'s), the
@@ -22,6 +23,7 @@ from captionlab.explain.pipeline import (
     FeaturePipeline,
     StepScores,
     feature_layout,
+    word_cell_relevance,
     word_feature_grads,
     word_logprobs,
 )
@@ -32,6 +34,7 @@ from captionlab.explain.words import (
     WordMap,
     attention_to_pixels,
     cell_peak,
+    guided_gradcam,
     map_peak,
 )
 
@@ -47,7 +50,9 @@ __all__ = [
     "attention_to_pixels",
     "cell_peak",
     "feature_layout",
+    "guided_gradcam",
     "map_peak",
+    "word_cell_relevance",
     "word_feature_grads",
     "word_logprobs",
 ]

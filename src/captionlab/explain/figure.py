@@ -15,6 +15,9 @@ from captionlab.vision.figures import METHOD_TITLES, overlay
 
 __all__ = ["explanation_figure"]
 
+# the grid methods beside saliency's (vanilla, SmoothGrad, IG)
+TITLES = {**METHOD_TITLES, "gradcam": "Grad-CAM (input grid)", "guided-gradcam": "Guided Grad-CAM"}
+
 PANEL = 2.0  # inches per panel
 CONTOUR = "#ffd400"  # the attention's half-maximum line, as in the gallery's attention strips
 
@@ -54,7 +57,7 @@ def explanation_figure(
             spine.set_visible(False)
     axes[0, 0].imshow(pixels)
     axes[0, 0].set_title("image", fontsize=10)
-    axes[0, 0].set_xlabel(METHOD_TITLES.get(explanation.method, explanation.method), fontsize=8)
+    axes[0, 0].set_xlabel(TITLES.get(explanation.method, explanation.method), fontsize=8)
     for c, w in enumerate(words, start=1):
         axes[0, c].imshow(overlay(pixels, w.saliency))
         axes[0, c].set_title(w.word, fontsize=12, fontweight="bold")

@@ -45,6 +45,7 @@ __all__ = [
     "evaluation_mode",
     "feature_layout",
     "has_word_free_loss_term",
+    "word_cell_relevance",
     "word_feature_grads",
     "word_logprobs",
 ]
@@ -271,6 +272,46 @@ def word_feature_grads(
             out[rows] -= N * w * word[rows]
             remaining[rows, cols] = False
     return out
+
+
+def word_cell_relevance(
+    captioner, grid: np.ndarray, caption: np.ndarray, positions: np.ndarray | list[int]
+) -> np.ndarray:
+    """Grad-CAM at the captioner's input grid: how much each cell's features raise a word.
+
+    For the word at position ``t`` and cell ``l`` of one image's grid ``A`` (L, D)::
+
+        relevance[t, l] = ReLU( sum_d  d log p_t / d A[l, d] * A[l, d] )
+
+    the gradient from the captioner's own backward pass (:func:`word_feature_grads`, one
+    call for all the words: the grid repeated once per word). Grad-CAM (Selvaraju et al.
+    2017) weighs a layer's channels by their gradient averaged over the cells; here each
+    cell keeps its own gradient (gradient times input per cell, summed over the features).
+
+    Args:
+        captioner: a captioner of grids, ``loss(..., mask=, feature_grad=)``.
+        grid: (1, L, D) one image's grid, as the captioner takes it.
+        caption: (T,) word ids, ``<START>`` first.
+        positions: (K,) the positions ``t`` to explain.
+
+    Returns:
+        (K, L) float64, non-negative.
+    """
+    grid = np.asarray(grid)
+    if grid.ndim != 3 or grid.shape[0] != 1:
+        raise ValueError(f"grid must be one image's (1, L, D) cells, got {grid.shape}")
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+    K = positions.shape[0]
+    T = _captions(caption, 1).shape[1]
+    if K and (positions.min() < 0 or positions.max() >= T - 1):
+        raise ValueError(f"positions must be in [0, {T - 1}), got {positions.tolist()}")
+    if K == 0:
+        return np.zeros((0, grid.shape[1]), dtype=np.float64)
+    A = np.repeat(grid, K, axis=0)  # (K, L, D) one copy per word
+    weights = np.zeros((K, T - 1))
+    weights[np.arange(K), positions] = 1.0
+    dA = word_feature_grads(captioner, A, caption, weights)  # (K, L, D)
+    return np.maximum((dA.astype(np.float64) * A).sum(axis=2), 0.0)  # (K, L)
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from captionlab.explain.pipeline import (
     FeaturePipeline,
     StepScores,
     feature_layout,
+    word_cell_relevance,
     word_logprobs,
 )
 from captionlab.vision import saliency as sal
@@ -42,10 +43,15 @@ __all__ = [
     "WordMap",
     "attention_to_pixels",
     "cell_peak",
+    "guided_gradcam",
     "map_peak",
 ]
 
-METHODS = sal.METHODS
+# Methods that need the captioner's grid of cells (AttentionCaptioner, grid Transformer):
+# Grad-CAM at the captioner's input grid, and Guided Grad-CAM (SmoothGrad's pixel map times
+# the Grad-CAM map upsampled to the pixels, Selvaraju et al. 2017).
+GRID_METHODS = ("gradcam", "guided-gradcam")
+METHODS = (*sal.METHODS, *GRID_METHODS)
 MAX_LENGTH = 20  # the most words of a decoded caption, by default
 # SmoothGrad's noise std / the value range for word maps: on 60 shapes scenes kept apart from
 # the benchmark's, 0.3 put the peak of a shape word's map on its object most often, for the
@@ -65,7 +71,8 @@ class WordMap:
         saliency: (S, S) float32 the saliency map of its log-probability.
         attention: (S, S) float32 the captioner's attention when it chose the word
             (upsampled from the grid), or ``None`` for a captioner without attention.
-        peak: ``(x, y)`` the saliency map's maximum, in the S x S input's pixels.
+        peak: ``(x, y)`` the saliency map's maximum, in the S x S input's pixels (for
+            ``gradcam``, whose map is cells, the centre of its top cell, :func:`cell_peak`).
         attention_cells: (L,) the attention's weight on each of the ``L = s * s`` grid cells
             (row-major, summing to 1), or ``None`` without attention.
         attention_peak: ``(x, y)`` the centre of the cell the attention weighs most, in the
@@ -118,7 +125,8 @@ def cell_peak(alpha: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def attention_to_pixels(alpha: np.ndarray, side: int, size: int) -> np.ndarray:
-    """Attention over ``L = side * side`` cells (K, L), row-major cells -> (K, size, size).
+    """Weights over ``L = side * side`` cells (K, L), row-major cells -> (K, size, size): the
+    attention, or the Grad-CAM relevance (:func:`captionlab.explain.pipeline.word_cell_relevance`).
 
     Each cell's weight is spread over the pixels it covers (bilinear upsampling of the
     ``side x side`` map, corners aligned to the cell centres as the image's are).
@@ -130,6 +138,19 @@ def attention_to_pixels(alpha: np.ndarray, side: int, size: int) -> np.ndarray:
     cells = torch.from_numpy(alpha).reshape(-1, 1, side, side)
     up = F.interpolate(cells, size=(size, size), mode="bilinear", align_corners=False)
     return up[:, 0].numpy()
+
+
+def guided_gradcam(pixel_maps: np.ndarray, cells: np.ndarray, side: int) -> np.ndarray:
+    """Guided Grad-CAM (Selvaraju et al. 2017): pixel maps (K, S, S) times the Grad-CAM cell
+    relevance (K, L) upsampled to them (:func:`attention_to_pixels`), (K, S, S) float32.
+
+    The pixel map keeps its precision, the cells choose the object."""
+    pixel_maps = np.asarray(pixel_maps, dtype=np.float32)
+    K, S = pixel_maps.shape[0], pixel_maps.shape[-1]
+    if pixel_maps.shape != (K, S, S) or np.shape(cells)[0] != K:
+        raise ValueError(f"pixel maps (K, S, S) and cells (K, L) must hold the same K words, "
+                         f"got {pixel_maps.shape} and {np.shape(cells)}")  # fmt: skip
+    return pixel_maps * attention_to_pixels(cells, side, S)
 
 
 @dataclass(frozen=True)
@@ -308,26 +329,57 @@ class Explainer:
     ) -> np.ndarray:
         """Saliency maps (K, S, S) float32 of the words at ``positions`` (K,) of a caption.
 
-        One :func:`captionlab.vision.saliency.saliency` call: the image repeated K times,
+        One :func:`captionlab.vision.saliency.saliency_of_targets` call, equal to
+        :func:`~captionlab.vision.saliency.saliency` on the image repeated K times with
         target ``t`` for the copy of position ``t``. Options as ``captionlab saliency``'s:
         SmoothGrad ``samples`` noisy copies with noise std ``noise`` of the value range
-        (seeded); IG ``steps`` path points from a black image.
+        (seeded); IG ``steps`` path points from a black image. ``gradcam``: the words' cell
+        relevance (:meth:`cell_relevance`) upsampled to the pixels; ``guided-gradcam``:
+        SmoothGrad's maps (same options) times it (:func:`guided_gradcam`).
         """
         if method not in METHODS:
             raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method in GRID_METHODS:
+            cells = self.cell_relevance(pixels, caption_ids, positions, method=method)  # (K, L)
+            side = self.pipeline.config.grid_side
+            if method == "gradcam":
+                return attention_to_pixels(cells, side, self.image_size)
+            guide = self.word_maps(pixels, caption_ids, positions, "smoothgrad", samples=samples,
+                                   noise=noise, seed=seed, batch_size=batch_size)  # fmt: skip
+            return guided_gradcam(guide, cells, side)
         positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
         K = positions.shape[0]
         if K == 0:
             return np.zeros((0, self.image_size, self.image_size), np.float32)
-        x = self._input(pixels).expand(K, -1, -1, -1)  # (K, 3, S, S)
+        x = self._input(pixels)  # (1, 3, S, S)
         options: dict = {
             "vanilla": {},
             "smoothgrad": {"n_samples": samples, "noise_level": noise, "seed": seed,
                            "batch_size": batch_size},
             "ig": {"steps": steps, "baseline": float(INPUT_RANGE[0]), "batch_size": batch_size},
         }[method]  # fmt: skip
-        maps = sal.saliency(x, positions.to(x.device), self.scores(caption_ids), method, **options)
+        # the image once per word (vanilla and IG run its forward pass once for all words)
+        scores = self.scores(caption_ids)
+        maps = sal.saliency_of_targets(x, positions.to(x.device), scores, method, **options)
         return maps.detach().float().cpu().numpy()
+
+    def cell_relevance(
+        self,
+        pixels: np.ndarray,
+        caption_ids: np.ndarray,
+        positions: np.ndarray | list[int],
+        method: str = "gradcam",
+    ) -> np.ndarray:
+        """Grad-CAM relevance of the grid's L cells for the words at ``positions`` (K,), (K, L)
+        float64 (:func:`~captionlab.explain.pipeline.word_cell_relevance`). Only captioners of
+        grids have cells: for one of pooled features it is a UserError naming ``method``."""
+        if self.pipeline.layout != "grid":
+            raise UserError(
+                f"method {method} needs a captioner over a grid of cells; this "
+                f"{type(self.captioner).__name__} reads one pooled feature vector (use "
+                f"{', '.join(sal.METHODS)})"
+            )
+        return word_cell_relevance(self.captioner, self.features(pixels), caption_ids, positions)
 
     def attention_cells(self, pixels: np.ndarray, caption_ids: np.ndarray) -> np.ndarray | None:
         """The captioner's attention over the grid's L cells at every position, (T-1, L)
@@ -361,6 +413,10 @@ class Explainer:
         started = time.perf_counter()
         maps = self.word_maps(pixels, caption_ids, np.arange(K), method, **options)
         seconds = time.perf_counter() - started
+        peaks = [map_peak(m) for m in maps]
+        if method == "gradcam":  # flat beyond the outer cells' centres: the top cell's centre
+            cells = self.cell_relevance(pixels, caption_ids, np.arange(K), method=method)
+            peaks = [cell_peak(c, self.image_size) for c in cells]
         logp, alpha = word_logprobs(self.captioner, self.features(pixels), caption_ids)
         attention = None
         if alpha is not None:  # (1, T-1, L) -> (T-1, S, S)
@@ -369,7 +425,7 @@ class Explainer:
         out = Explanation(" ".join(words), caption_ids, method, seconds=seconds)
         for t, word in enumerate(words):
             w = WordMap(word=word, position=t, prob=float(np.exp(logp[0, t])),
-                        saliency=maps[t], attention=None, peak=map_peak(maps[t]))  # fmt: skip
+                        saliency=maps[t], attention=None, peak=peaks[t])  # fmt: skip
             if alpha is not None:
                 w.attention = attention[t]
                 w.attention_cells = alpha[0, t].astype(np.float32)

@@ -18,6 +18,11 @@ cloned, the model is put in eval mode with its parameters' ``requires_grad`` swi
 the call, and both are restored afterwards; no ``.grad`` is written anywhere (gradients come
 from :func:`torch.autograd.grad`). The deletion metric (Petsiuk et al. 2018) measures how
 faithful a map is.
+
+:func:`saliency_of_targets` maps several targets (``K``) of one image: vanilla gradients and
+IG feed every target the same inputs, so they run the forward pass once for all targets and
+backward once per target; the result equals :func:`saliency` on the image repeated ``K``
+times (SmoothGrad draws other noise for every copy, so it runs exactly that).
 """
 
 from __future__ import annotations
@@ -118,6 +123,69 @@ def score_gradients(
     return out
 
 
+def target_gradients(
+    X: torch.Tensor, targets: torch.Tensor, model: torch.nn.Module, batch_size: int | None = None
+) -> torch.Tensor:
+    """``d s_{t_k} / d X_n`` for every target ``k`` and image ``n``, ``(K, N, C, H, W)``.
+
+    The same as :func:`score_gradients` on ``X`` repeated once per target, but each chunk of
+    ``batch_size`` images runs forward once and backward ``K`` times (``retain_graph``).
+    ``targets`` (K,) long. Assumes the model is already :func:`frozen`.
+    """
+    N = X.shape[0]
+    K = targets.shape[0]
+    step = N if not batch_size else batch_size
+    out = torch.empty((K, *X.shape), dtype=X.dtype, device=X.device)
+    for lo in range(0, N, step):
+        x = X[lo : lo + step].detach().clone().requires_grad_(True)
+        scores = model(x)  # (n, classes): one forward for every target
+        for k in range(K):
+            picked = scores[:, targets[k]].sum()
+            (out[k, lo : lo + step],) = torch.autograd.grad(picked, x, retain_graph=k < K - 1)
+    return out
+
+
+def saliency_of_targets(
+    X: torch.Tensor,
+    y: Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    method: str = "vanilla",
+    **options,
+) -> torch.Tensor:
+    """Maps of ``K`` targets ``y`` (K,) of one image ``X`` (1, C, H, W), ``(K, H, W)``.
+
+    Equals ``saliency(X.expand(K, -1, -1, -1), y, model, method, **options)`` (the tests
+    hold it to that): vanilla and IG share one forward pass per input among the targets
+    (:func:`target_gradients`); SmoothGrad, whose copies each draw their own noise, runs
+    :func:`saliency` itself.
+    """
+    _check_images(X)
+    if X.shape[0] != 1:
+        raise ValueError(f"X must be one image (1, C, H, W), got {tuple(X.shape)}")
+    targets = torch.as_tensor(y, dtype=torch.long, device=X.device).reshape(-1)
+    K = targets.shape[0]
+    if method not in ("vanilla", "ig") or K <= 1:
+        return saliency(X.expand(K, -1, -1, -1), targets, model, method, **options)
+    reduce = options.pop("reduce", "max")
+    if method == "vanilla":
+        if options:
+            raise TypeError(f"vanilla saliency takes no options {sorted(options)}")
+        with frozen(model):
+            grads = target_gradients(X, targets, model)[:, 0]  # (K, C, H, W)
+        return _reduce(grads, reduce)
+    steps, baseline = options.pop("steps", 32), options.pop("baseline", 0.0)
+    batch_size = options.pop("batch_size", None)
+    if options:
+        raise TypeError(f"integrated_gradients got unexpected options {sorted(options)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    path, delta = _ig_path(X, baseline, steps)  # (1, M, C, H, W), (1, C, H, W)
+    step = batch_size or default_batch_size(X)
+    with frozen(model):
+        grads = target_gradients(path[0], targets, model, step)  # (K, M, C, H, W)
+    return _reduce(delta * grads.mean(dim=1), reduce)  # (K, C, H, W) before the reduction
+
+
 def compute_saliency_maps(
     X: torch.Tensor,
     y: int | Sequence[int] | torch.Tensor,
@@ -196,10 +264,7 @@ def integrated_gradients(
     N, C, H, W = X.shape
     M = steps
     targets = as_targets(y, N, X.device)
-    x0 = torch.as_tensor(baseline, dtype=X.dtype, device=X.device).expand_as(X).detach()
-    delta = X.detach() - x0  # (N, C, H, W)
-    alphas = (torch.arange(M, dtype=X.dtype, device=X.device) + 0.5) / M  # (M,)
-    path = x0[:, None] + alphas.reshape(1, M, 1, 1, 1) * delta[:, None]  # (N, M, C, H, W)
+    path, delta = _ig_path(X, baseline, M)
     step = batch_size or default_batch_size(X)
     with frozen(model):
         grads = score_gradients(
@@ -207,6 +272,17 @@ def integrated_gradients(
         )
     attributions = delta * grads.reshape(N, M, C, H, W).mean(dim=1)  # (N, C, H, W)
     return _reduce(attributions, reduce)
+
+
+def _ig_path(
+    X: torch.Tensor, baseline: float | torch.Tensor, M: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IG's path points ``X0 + a_k (X - X0)`` (N, M, C, H, W) and ``X - X0`` (N, C, H, W)."""
+    x0 = torch.as_tensor(baseline, dtype=X.dtype, device=X.device).expand_as(X).detach()
+    delta = X.detach() - x0  # (N, C, H, W)
+    alphas = (torch.arange(M, dtype=X.dtype, device=X.device) + 0.5) / M  # (M,)
+    path = x0[:, None] + alphas.reshape(1, M, 1, 1, 1) * delta[:, None]  # (N, M, C, H, W)
+    return path, delta
 
 
 def saliency(
