@@ -172,20 +172,27 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
         if not scored:
             continue
         maps = {}
-        cells = {}  # Grad-CAM's cell relevance (K, L), for the grid methods
+        relevance = None  # Grad-CAM's cell relevance (K, L), shared by the grid methods
         for m in methods:
             t0 = time.perf_counter()
-            if m in GRID_METHODS:
-                cells[m] = explainer.cell_relevance(pixels, caption, scored, method=m)
-            if m == "guided-gradcam" and "smoothgrad" in maps:  # = word_maps(..., m): reuse
-                side = explainer.pipeline.config.grid_side
-                maps[m] = guided_gradcam(maps["smoothgrad"], cells[m], side)
-            else:
+            if m not in GRID_METHODS:
                 maps[m] = explainer.word_maps(pixels, caption, scored, m, **SAL_OPTIONS[m])
+            else:  # as word_maps(..., m) computes them, the relevance and SmoothGrad reused
+                if relevance is None:
+                    relevance = explainer.cell_relevance(pixels, caption, scored, method=m)
+                side = explainer.pipeline.config.grid_side
+                if m == "gradcam":
+                    maps[m] = attention_to_pixels(relevance, side, S)
+                else:
+                    guide = maps.get("smoothgrad")
+                    if guide is None:
+                        guide = explainer.word_maps(pixels, caption, scored, "smoothgrad",
+                                                    **SAL_OPTIONS[m])  # fmt: skip
+                    maps[m] = guided_gradcam(guide, relevance, side)
             seconds[m] += time.perf_counter() - t0
         peaks = {m: [map_peak(word_map) for word_map in maps[m]] for m in methods}
-        if "gradcam" in cells:  # its map is cells: the top cell's centre, as the attention's
-            peaks["gradcam"] = [cell_peak(c, S) for c in cells["gradcam"]]
+        if "gradcam" in maps:  # its map is cells: the top cell's centre, as the attention's
+            peaks["gradcam"] = [cell_peak(c, S) for c in relevance]
         alpha = explainer.attention_cells(pixels, caption)
         if alpha is not None:  # the attention's peak: the centre of the cell it weighs most
             side = explainer.pipeline.config.grid_side

@@ -303,15 +303,10 @@ def relation_choice(model, features: np.ndarray, scenes: list[dict], batch: int 
         holds: dict[tuple[int, int], set] = {}
         for r in scene["relations"]:
             holds.setdefault((r["subject"], r["object"]), set()).add(r["relation"])
+        phrases = [f"{o['size']} {o['colour']} {o['shape']}" for o in objects]
         for (i, j), rels in sorted(holds.items()):
-            a, b = (
-                f"{objects[m]['size']} {objects[m]['colour']} {objects[m]['shape']}" for m in (i, j)
-            )
-            rest = [o for m, o in enumerate(objects) if m not in (i, j)]
-            tail = (
-                f" and a {rest[0]['size']} {rest[0]['colour']} {rest[0]['shape']}" if rest else ""
-            )
-            texts += [f"a {a} {form} a {b}{tail}" for _, form in forms]
+            tail = "".join(f" and a {p}" for m, p in enumerate(phrases) if m not in (i, j))
+            texts += [f"a {phrases[i]} {form} a {phrases[j]}{tail}" for _, form in forms]
             rows += [k] * len(forms)
             questions.append((len(objects), rels))
     out = {"relation_choice": None, "relation_choice_2": None, "relation_choice_3": None,
