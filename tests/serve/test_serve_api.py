@@ -49,9 +49,12 @@ def test_models_are_described_by_name_without_paths(client, runs_dir):
         "attention": False,
         "grid": None,
         "explain": True,
+        "explain_methods": ["vanilla", "smoothgrad", "ig"],  # pooled features
     }
     assert attention == {**lstm, "name": "attention", "cell": "attention", "attention": True,
-                         "grid": [GRID_SIDE, GRID_SIDE]}  # fmt: skip
+                         "grid": [GRID_SIDE, GRID_SIDE],  # a grid of cells: the grid methods too
+                         "explain_methods": [*lstm["explain_methods"], "gradcam",
+                                             "guided-gradcam"]}  # fmt: skip
     assert str(runs_dir) not in client.get("/api/models").text
 
 
@@ -180,6 +183,37 @@ def test_explain_rnn_by_smoothgrad_and_ig(client):
     assert r.status_code == 200 and r.json()["steps"] == 2
 
 
+@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])
+def test_explain_grid_methods_equal_the_explainer(client, runs_dir, method):
+    """A grid method on the attention model: a map per word, each the overlay of what the
+    library's Explainer computes for the same image and caption (same peaks, probabilities)."""
+    from captionlab.explain import Explainer
+    from captionlab.serve.imaging import decode_upload, square
+    from captionlab.vision.figures import overlay
+
+    image = png(size=(120, 100))
+    data = {"model": "attention", "method": method, "samples": 2}
+    r = client.post("/api/explain", files=upload(image), data=data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["method"]) == ("attention", method)
+    assert body["samples"] == (2 if method == "guided-gradcam" else None)
+    pixels = square(decode_upload(image, 10**8), IMAGE_SIZE)
+    direct = Explainer.from_checkpoint(runs_dir / "attention").explain(
+        pixels, method, samples=2, seed=0
+    )
+    assert body["caption"] == direct.caption and len(body["words"]) == len(direct.words) >= 3
+    for w, d in zip(body["words"], direct.words, strict=True):
+        assert (w["word"], w["position"], w["peak"]) == (d.word, d.position, list(d.peak))
+        assert w["prob"] == pytest.approx(d.prob, rel=1e-4)
+        shown = decode_data_url(w["saliency"]).astype(int)
+        assert np.abs(shown - np.round(overlay(pixels, d.saliency) * 255)).max() <= 1
+        assert w["attention"] is not None  # the attention row stays beside the map
+    if method == "gradcam":  # the peak is the centre of a cell
+        centres = {int((i + 0.5) * IMAGE_SIZE / GRID_SIDE) for i in range(GRID_SIDE)}
+        assert all(set(w["peak"]) <= centres for w in body["words"])
+
+
 def test_caption_one_model_greedy_only(client):
     r = client.post("/api/caption", files=upload(png()), data={"model": "rnn", "beam": 1})
     assert r.status_code == 200
@@ -284,6 +318,29 @@ def test_page_is_served_offline_with_a_strict_policy(client):
         assert client.get(asset).status_code == 200
     for text in (page, client.get("/static/app.js").text, client.get("/static/style.css").text):
         assert "http://" not in text and "https://" not in text  # nothing from elsewhere
+
+
+def test_the_page_offers_every_explain_method_by_model(client):
+    """The explain panel's method selector holds every method the API takes, in the API's
+    order, each with a name in the script; the script offers a model only the methods its
+    listing gives (``explain_methods``: the grid methods for a grid model only)."""
+    import re
+
+    from captionlab.serve.models import EXPLAIN_METHODS
+
+    page = client.get("/").text
+    select = re.search(r'<select id="explain-method"[^>]*>(.*?)</select>', page, re.S)
+    assert re.findall(r'<option value="([^"]+)"', select.group(1)) == list(EXPLAIN_METHODS)
+    assert list(EXPLAIN_METHODS)[-2:] == ["gradcam", "guided-gradcam"]
+    script = client.get("/static/app.js").text
+    names = re.search(r"const METHOD_NAMES = \{(.*?)\};", script, re.S).group(1)
+    for method in EXPLAIN_METHODS:
+        assert re.search(rf'(^|[\s,{{]){method}:|"{method}":', names), method
+    assert "model.explain_methods" in script
+    spec = client.get("/openapi.json").json()
+    ref = spec["paths"]["/api/explain"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    form = spec["components"]["schemas"][ref["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert form["properties"]["method"]["enum"] == list(EXPLAIN_METHODS)
 
 
 def test_openapi_documents_the_api_and_docs_page_is_local(client):

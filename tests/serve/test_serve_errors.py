@@ -177,6 +177,18 @@ def test_a_model_that_cannot_be_explained(registry, tiny_engine):
         assert c.post("/api/caption", files=upload(png())).status_code == 200
 
 
+@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])
+@pytest.mark.parametrize("model", ["lstm", "rnn"])
+def test_a_grid_method_for_a_pooled_model(tiny_client, model, method):
+    """Grad-CAM needs the captioner's grid of cells: for a model of pooled features the
+    method and the model are named in one line, as ``captionlab explain`` names them."""
+    data = {"model": model, "method": method}
+    r = tiny_client.post("/api/explain", files=upload(png()), data=data)
+    expect_error(r, 422, f"method {method} needs a captioner over a grid of cells",
+                 f"model '{model}' ({model}) reads one pooled feature vector",
+                 "use vanilla, smoothgrad, ig")  # fmt: skip
+
+
 def test_no_models_at_all(tiny_engine):
     from captionlab.serve.models import ModelRegistry
 
@@ -214,7 +226,7 @@ def test_no_models_at_all(tiny_engine):
         ("/api/classify", {"top": 1001}, ("top", "20")),
         ("/api/caption", {"beam": 0}, ("beam",)),
         ("/api/caption", {"beam": 11}, ("beam", "10")),
-        ("/api/explain", {"method": "gradcam"}, ("method", "'vanilla', 'smoothgrad' or 'ig'")),
+        ("/api/explain", {"method": "occlusion"}, ("method", "'gradcam' or 'guided-gradcam'")),
         ("/api/explain", {"samples": 26}, ("samples", "25")),
         ("/api/explain", {"samples": 0}, ("samples", "1")),
         ("/api/explain", {"steps": 33}, ("steps", "32")),

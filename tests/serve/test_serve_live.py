@@ -270,6 +270,24 @@ def test_page_in_headless_chromium(request, tmp_path):
             page.locator(f"#{card}-card").screenshot(path=str(part))
             _save(part, part.name)
 
+        # a model over a grid of cells is offered the grid methods: Grad-CAM at its input grid
+        shown = "os => os.filter(o => !o.hidden && !o.disabled).map(o => o.value)"
+        grid_methods = ["vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam"]
+        assert page.eval_on_selector_all("#explain-method option", shown) == grid_methods
+        page.select_option("#explain-method", "gradcam")
+        page.wait_for_selector("#explain .explain-head .meta:has-text('Grad-CAM')")
+        assert explained.count() == len(caption.split())  # the same caption, a map per word
+        assert explained.locator(".peak").count() == explained.locator(".att img").count() >= 3
+        assert "grid cell" in page.inner_text("#explain > div > p.meta")
+        gradcam = tmp_path / "serve_explain_gradcam.png"
+        page.locator("#explain-card").screenshot(path=str(gradcam))
+        _save(gradcam, gradcam.name)
+        # the RNN reads one pooled vector: no grid methods, and the method falls back
+        page.select_option("#explain-model", "rnn")
+        assert page.input_value("#explain-method") == "smoothgrad"
+        assert page.eval_on_selector_all("#explain-method option", shown) == grid_methods[:3]
+        page.wait_for_selector("#explain img[alt*='crop rnn saw']")
+
         # another model and method: the RNN has no attention row
         page.select_option("#explain-method", "vanilla")
         page.select_option("#explain-model", "rnn")

@@ -7,6 +7,7 @@ import pytest
 from serve_helpers import GRID_SIDE, IMAGE_SIZE, MODELS, write_runs, write_transformer_run
 
 from captionlab.errors import UserError
+from captionlab.explain.methods import METHODS
 from captionlab.serve.models import ModelRegistry, UnknownModelError, find_checkpoints
 
 
@@ -58,8 +59,13 @@ def test_caption_and_explain_check_their_input(registry):
     for c in captions:
         assert c.attention["grid"] == [GRID_SIDE, GRID_SIDE]
         assert len(c.attention["maps"]) == len(c.attention["images"]) == len(c.words)
-    with pytest.raises(UserError, match="method must be one of vanilla, smoothgrad, ig"):
-        registry.explain("attention", good, "gradcam")
+    with pytest.raises(UserError, match="method must be one of vanilla, smoothgrad, ig, gradcam, "
+                       "guided-gradcam, got 'occlusion'"):  # fmt: skip
+        registry.explain("attention", good, "occlusion")
+    for method in ("gradcam", "guided-gradcam"):  # the grid methods: only for a grid model
+        refusal = rf"^method {method} needs a captioner over a grid of cells; model 'lstm' \(lstm\)"
+        with pytest.raises(UserError, match=refusal + " reads one pooled feature vector"):
+            registry.explain("lstm", good, method)
     with pytest.raises(UserError, match=r"samples must be in 1\.\.25, got 26"):
         registry.explain("attention", good, "smoothgrad", samples=26)
     with pytest.raises(ValueError, match="uint8"):
@@ -78,6 +84,11 @@ def test_a_transformer_over_a_grid_has_attention_and_is_explained(tmp_path):
     out = registry.explain("transformer", pixels, "vanilla")
     assert out["caption"] == greedy.text and out["grid"] == [GRID_SIDE, GRID_SIDE]
     assert all(w["attention"].startswith("data:image/png;base64,") for w in out["words"])
+    assert info["explain_methods"] == list(METHODS)  # a grid model: the grid methods too
+    cam = registry.explain("transformer", pixels, "gradcam")
+    assert cam["caption"] == greedy.text and len(cam["words"]) == len(greedy.words)
+    centres = {int((i + 0.5) * IMAGE_SIZE / GRID_SIDE) for i in range(GRID_SIDE)}
+    assert all(set(w["peak"]) <= centres for w in cam["words"])  # the centre of a cell
 
 
 def test_feature_gradient_support_is_read_from_the_loss():

@@ -7,8 +7,7 @@ from pathlib import Path
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, write_figure
 from captionlab.errors import UserError
-
-METHODS = ("vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam")  # explain.words.METHODS
+from captionlab.explain.methods import METHODS  # torch-free
 
 
 def register(subparsers) -> None:

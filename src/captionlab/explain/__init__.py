@@ -12,47 +12,50 @@ grid of cells also Grad-CAM at the captioner's input grid and Guided Grad-CAM.
 * :mod:`~captionlab.explain.words` -- :class:`Explainer` (decode, then a map per word, the
   word's attention for captioners that have it, the deletion metric), crop geometry.
 * :mod:`~captionlab.explain.figure` -- the figure: the image, one panel per word.
+* :mod:`~captionlab.explain.methods` -- the methods by name and which captioners each
+  explains (torch-free, for the command line and the server).
+
+The names above are importable from this package too; they are loaded on first use, so
+``import captionlab.explain.methods`` stays cheap (torch is imported only when a map is).
 
 This package sits beside :mod:`captionlab.extract`, above :mod:`captionlab.captioning` and
 :mod:`captionlab.vision`, which know nothing of each other.
 """
 
-from captionlab.explain.pipeline import (
-    CaptionerLogProbs,
-    CaptionScores,
-    FeaturePipeline,
-    StepScores,
-    feature_layout,
-    word_cell_relevance,
-    word_feature_grads,
-    word_logprobs,
-)
-from captionlab.explain.words import (
-    CropGeometry,
-    Explainer,
-    Explanation,
-    WordMap,
-    attention_to_pixels,
-    cell_peak,
-    guided_gradcam,
-    map_peak,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CaptionScores",
-    "CaptionerLogProbs",
-    "CropGeometry",
-    "Explainer",
-    "Explanation",
-    "FeaturePipeline",
-    "StepScores",
-    "WordMap",
-    "attention_to_pixels",
-    "cell_peak",
-    "feature_layout",
-    "guided_gradcam",
-    "map_peak",
-    "word_cell_relevance",
-    "word_feature_grads",
-    "word_logprobs",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CaptionScores": "pipeline",
+    "CaptionerLogProbs": "pipeline",
+    "FeaturePipeline": "pipeline",
+    "StepScores": "pipeline",
+    "feature_layout": "pipeline",
+    "word_cell_relevance": "pipeline",
+    "word_feature_grads": "pipeline",
+    "word_logprobs": "pipeline",
+    "CropGeometry": "words",
+    "Explainer": "words",
+    "Explanation": "words",
+    "WordMap": "words",
+    "attention_to_pixels": "words",
+    "cell_peak": "words",
+    "guided_gradcam": "words",
+    "map_peak": "words",
+    "GRID_METHODS": "methods",
+    "METHODS": "methods",
+    "PIXEL_METHODS": "methods",
+    "check_method": "methods",
+    "methods_for": "methods",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'captionlab.explain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"captionlab.explain.{module}"), name)

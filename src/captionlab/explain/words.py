@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from captionlab.captioning.generate import beam_search, greedy_decode, special_ids
 from captionlab.errors import UserError
+from captionlab.explain.methods import GRID_METHODS, check_method, needs_grid_error
 from captionlab.explain.pipeline import (
     CaptionScores,
     FeaturePipeline,
@@ -47,11 +48,6 @@ __all__ = [
     "map_peak",
 ]
 
-# Methods that need the captioner's grid of cells (AttentionCaptioner, grid Transformer):
-# Grad-CAM at the captioner's input grid, and Guided Grad-CAM (SmoothGrad's pixel map times
-# the Grad-CAM map upsampled to the pixels, Selvaraju et al. 2017).
-GRID_METHODS = ("gradcam", "guided-gradcam")
-METHODS = (*sal.METHODS, *GRID_METHODS)
 MAX_LENGTH = 20  # the most words of a decoded caption, by default
 # SmoothGrad's noise std / the value range for word maps: on 60 shapes scenes kept apart from
 # the benchmark's, 0.3 put the peak of a shape word's map on its object most often, for the
@@ -337,8 +333,7 @@ class Explainer:
         relevance (:meth:`cell_relevance`) upsampled to the pixels; ``guided-gradcam``:
         SmoothGrad's maps (same options) times it (:func:`guided_gradcam`).
         """
-        if method not in METHODS:
-            raise UserError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        check_method(method, self.pipeline.layout, f"this {type(self.captioner).__name__}")
         if method in GRID_METHODS:
             cells = self.cell_relevance(pixels, caption_ids, positions, method=method)  # (K, L)
             side = self.pipeline.config.grid_side
@@ -374,11 +369,7 @@ class Explainer:
         float64 (:func:`~captionlab.explain.pipeline.word_cell_relevance`). Only captioners of
         grids have cells: for one of pooled features it is a UserError naming ``method``."""
         if self.pipeline.layout != "grid":
-            raise UserError(
-                f"method {method} needs a captioner over a grid of cells; this "
-                f"{type(self.captioner).__name__} reads one pooled feature vector (use "
-                f"{', '.join(sal.METHODS)})"
-            )
+            raise needs_grid_error(method, f"this {type(self.captioner).__name__}")
         return word_cell_relevance(self.captioner, self.features(pixels), caption_ids, positions)
 
     def attention_cells(self, pixels: np.ndarray, caption_ids: np.ndarray) -> np.ndarray | None:

@@ -13,7 +13,7 @@ Every error answer is JSON ``{"error": "..."}`` naming what was wrong:
 * 413 body or image over ``--max-upload-mb``, image over ``--max-pixels``
 * 415 a file that is not an image
 * 422 a missing or malformed field, an unknown model, class or saliency method, a model
-  that cannot be explained
+  that cannot be explained, a grid explain method (gradcam) for a model of pooled features
 * 503 the work queue is full (``--max-queue``), with ``Retry-After``
 """
 
@@ -38,7 +38,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from captionlab import __version__
 from captionlab.errors import UserError
 from captionlab.serve import schemas
-from captionlab.serve.cnn import CNN_SIZE, LIMITS, VisionEngine, find_class, parse_budget
+from captionlab.serve.cnn import (
+    CNN_SIZE,
+    LIMITS,
+    SALIENCY_METHODS,
+    VisionEngine,
+    find_class,
+    parse_budget,
+)
 from captionlab.serve.imaging import (
     EXAMPLE_PHOTOS,
     BadImage,
@@ -51,6 +58,7 @@ from captionlab.serve.imaging import (
 )
 from captionlab.serve.models import (
     EXPLAIN_LIMITS,
+    EXPLAIN_METHODS,
     MAX_BEAM,
     ModelRegistry,
     UnknownModelError,
@@ -415,8 +423,13 @@ def create_app(
             ),
         ] = None,
         method: Annotated[
-            Literal["vanilla", "smoothgrad", "ig"],
-            Form(description="vanilla gradient, SmoothGrad or Integrated Gradients"),
+            Literal[EXPLAIN_METHODS],
+            Form(
+                description="vanilla gradient, SmoothGrad or Integrated Gradients; for a model "
+                "over a grid of cells (GET /api/models: its explain_methods) also gradcam "
+                "(Grad-CAM at the captioner's input grid) and guided-gradcam (SmoothGrad times "
+                "gradcam's map)"
+            ),
         ] = "smoothgrad",
         beam: Annotated[
             int, Form(ge=1, le=MAX_BEAM, description="beam size of the caption; 1 = greedy")
@@ -433,8 +446,10 @@ def create_app(
         """Why the model says each word of its caption: per word, a saliency map of the
         word's log-probability, through the captioner's own backward pass and the CNN to
         the pixels, with its peak; and the word's attention for a model that attends. Each
-        word costs a CNN backward pass per SmoothGrad sample or IG step."""
-        name = registry.explained(model)
+        word costs a CNN backward pass per SmoothGrad sample or IG step (gradcam: none, the
+        captioner's backward pass only). A grid method for a model of pooled features is a
+        422 naming the method and the model."""
+        name = registry.explained(model, method)
         data = await read_image(image)
 
         def run():
@@ -465,7 +480,7 @@ def create_app(
     async def saliency(
         image: ImageField,
         method: Annotated[
-            Literal["vanilla", "smoothgrad", "ig"],
+            Literal[SALIENCY_METHODS],
             Form(description="vanilla gradient, SmoothGrad or Integrated Gradients"),
         ] = "vanilla",
         target: TargetField = None,

@@ -23,11 +23,11 @@ from captionlab.serve.imaging import png_data_url
 from captionlab.vision import tasks
 from captionlab.vision.backbone import deprocess, load_backbone
 from captionlab.vision.imagenet import CLASS_NAMES, NUM_CLASSES, SYNONYMS, resolve_class
+from captionlab.vision.settings import SALIENCY_METHODS
 
 __all__ = ["LIMITS", "SALIENCY_METHODS", "UnknownClassError", "VisionEngine", "parse_budget"]
 
 CNN_SIZE = 224  # what the backbone was trained on
-SALIENCY_METHODS = ("vanilla", "smoothgrad", "ig")
 
 
 @dataclass(frozen=True)

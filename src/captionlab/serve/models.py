@@ -27,11 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from captionlab.errors import CheckpointError, UserError
+from captionlab.explain.methods import METHODS as EXPLAIN_METHODS  # torch-free
+from captionlab.explain.methods import check_method, methods_for
 from captionlab.serve.imaging import png_data_url
 
 __all__ = [
     "EXPLAIN_LIMITS",
     "EXPLAIN_METHODS",
+    "SAMPLED_METHODS",
     "Caption",
     "ExplainLimits",
     "ModelRegistry",
@@ -42,20 +45,20 @@ __all__ = [
 
 MAX_BEAM = 10
 MAX_WORDS = 20  # words per caption at most (the training captions have at most 15)
-EXPLAIN_METHODS = ("vanilla", "smoothgrad", "ig")
+SAMPLED_METHODS = ("smoothgrad", "guided-gradcam")  # the explain methods that take ``samples``
 
 
 @dataclass(frozen=True)
 class ExplainLimits:
     """The most work one explain request may ask for, and the page's defaults. Every word
     costs a backward pass of the CNN per SmoothGrad sample or IG step: 8 words at 160 px
-    with 8 samples is 64 passes (seconds on a laptop's CPU)."""
+    with 8 samples is 64 passes (seconds on a laptop's CPU). SmoothGrad's noise is
+    ``captionlab explain``'s (the Explainer's default), so the page's maps are the CLI's."""
 
     samples_max: int = 25  # SmoothGrad noisy copies (``captionlab explain``'s default)
     samples_default: int = 8
     steps_max: int = 32  # Integrated Gradients path points
     steps_default: int = 16
-    noise: float = 0.15  # SmoothGrad noise std / value range (as ``captionlab explain``)
 
 
 EXPLAIN_LIMITS = ExplainLimits()
@@ -97,6 +100,7 @@ class ServedModel:
     extractor: object = field(repr=False)
     grid_side: int | None = None  # s of the attended s x s grid; None without attention
     explainable: bool = False  # its loss gives the gradient of its input features
+    layout: str = "pooled"  # its features: "pooled" (D,) or a "grid" of cells (L, D)
     _explainer: object = field(default=None, repr=False)
 
     def describe(self) -> dict:
@@ -110,7 +114,14 @@ class ServedModel:
             "attention": self.has_attention,
             "grid": None if self.grid_side is None else [self.grid_side, self.grid_side],
             "explain": self.explainable,
+            "explain_methods": list(self.explain_methods),
         }
+
+    @property
+    def explain_methods(self) -> tuple[str, ...]:
+        """The methods ``POST /api/explain`` explains this model by (none when it cannot be
+        explained; the grid methods only for a captioner over a grid of cells)."""
+        return methods_for(self.layout) if self.explainable else ()
 
     @property
     def explainer(self):
@@ -208,27 +219,32 @@ class ModelRegistry:
             raise UnknownModelError(f"unknown model {name!r}; this server has: {have}")
         return self._models[name]
 
-    def explained(self, name: str | None = None) -> str:
+    def explained(self, name: str | None = None, method: str | None = None) -> str:
         """The name of the model ``POST /api/explain`` explains: ``name``, checked (unknown,
         or a model that cannot be explained: UserError), or by default the first model with
-        attention that can be explained, else the first that can."""
+        attention that can be explained, else the first that can. With ``method``, also a
+        UserError unless that method explains the model (:func:`captionlab.explain.
+        check_method`: the grid methods need a captioner over a grid of cells)."""
         if name:
             served = self.get(name)
             if not served.explainable:
                 raise UserError(
                     f"model {name!r} ({served.cell}) cannot be explained: its loss gives no "
-                    "gradient of its input features; explain works for rnn, lstm, gru and "
-                    "attention models"
+                    "gradient of its input features; explain works for rnn, lstm, gru, "
+                    "attention and transformer models"
                 )
-            return served.name
-        able = [m for m in self._models.values() if m.explainable]
-        if not able:
-            have = ", ".join(f"{m.name} ({m.cell})" for m in self._models.values())
-            raise UnknownModelError(
-                "this server has no model that can be explained "
-                + (f"(it has {have})" if have else "(start it with --models DIR)")
-            )
-        return next((m for m in able if m.has_attention), able[0]).name
+        else:
+            able = [m for m in self._models.values() if m.explainable]
+            if not able:
+                have = ", ".join(f"{m.name} ({m.cell})" for m in self._models.values())
+                raise UnknownModelError(
+                    "this server has no model that can be explained "
+                    + (f"(it has {have})" if have else "(start it with --models DIR)")
+                )
+            served = next((m for m in able if m.has_attention), able[0])
+        if method is not None:
+            check_method(method, served.layout, f"model {served.name!r} ({served.cell})")
+        return served.name
 
     # -- captioning -------------------------------------------------------------------------
     def _check_pixels(self, served: ServedModel, pixels: np.ndarray) -> None:
@@ -293,13 +309,13 @@ class ModelRegistry:
         map by ``method`` (a PNG over the crop), the map's peak ``[x, y]`` in the crop's
         pixels, the word's probability and, for a model with attention, its attention
         (:meth:`captionlab.explain.Explainer.explain`; SmoothGrad seeded, so answers repeat).
+        The grid methods (``gradcam``, ``guided-gradcam``) explain only a model over a grid
+        of cells; for another the UserError names the method and the model.
         """
         from captionlab.explain import map_peak, word_logprobs
         from captionlab.vision.figures import overlay
 
         served = self.get(name)
-        if method not in EXPLAIN_METHODS:
-            raise UserError(f"method must be one of {', '.join(EXPLAIN_METHODS)}, got {method!r}")
         limits = EXPLAIN_LIMITS
         bounds = (
             ("beam", beam, MAX_BEAM),
@@ -309,12 +325,10 @@ class ModelRegistry:
         for what, value, top in bounds:
             if not 1 <= value <= top:
                 raise UserError(f"{what} must be in 1..{top}, got {value}")
-        self.explained(name)
+        self.explained(name, method)
         self._check_pixels(served, pixels)
         explainer = served.explainer
-        result = explainer.explain(
-            pixels, method, beam=beam, samples=samples, noise=limits.noise, steps=steps, seed=0
-        )
+        result = explainer.explain(pixels, method, beam=beam, samples=samples, steps=steps, seed=0)
         alphas = None
         if served.has_attention:  # the cells' weights, as the caption answer gives them
             _, alpha = word_logprobs(served.model, explainer.features(pixels), result.caption_ids)
@@ -339,7 +353,7 @@ class ModelRegistry:
             "model": name,
             "method": method,
             "beam": beam,
-            "samples": samples if method == "smoothgrad" else None,
+            "samples": samples if method in SAMPLED_METHODS else None,
             "steps": steps if method == "ig" else None,
             "image_size": served.image_size,
             "image": png_data_url(pixels),
@@ -426,4 +440,5 @@ def _load(name: str, path: Path, device: str) -> ServedModel:
         extractor=extractor,
         grid_side=config.grid_side if grid else None,
         explainable=_loads_feature_grad(model),
+        layout="grid" if grid else "pooled",
     )

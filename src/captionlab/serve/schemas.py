@@ -68,6 +68,12 @@ class ModelInfo(BaseModel):
     attention: bool = Field(description="whether captions come with per-word attention maps")
     grid: list[int] | None = Field(description="[s, s] of the attended grid; null without one")
     explain: bool = Field(description="whether POST /api/explain can explain its captions")
+    explain_methods: list[str] = Field(
+        description="the methods POST /api/explain explains it by: vanilla, smoothgrad and ig "
+        "for every model it can explain, and gradcam and guided-gradcam for a model over a "
+        "grid of cells (attention, grid transformer); empty when it cannot be explained",
+        examples=[["vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam"]],
+    )
 
 
 class ExplainedWord(BaseModel):
@@ -75,10 +81,12 @@ class ExplainedWord(BaseModel):
     position: int = Field(description="the word's index in the caption, 0 = the first word")
     prob: float = Field(description="its probability given the image and the words before it")
     peak: list[int] = Field(
-        description="[x, y]: the saliency map's maximum, in pixels of the S x S crop"
+        description="[x, y]: the saliency map's maximum, in pixels of the S x S crop (gradcam: "
+        "the centre of the cell most relevant to the word)"
     )
     saliency: str = Field(
-        description="the saliency map of the word's log-probability over the greyed crop; " + _PNG
+        description="the map of the word's log-probability by the method, over the greyed crop "
+        "(gradcam: the cells' relevance, upsampled); " + _PNG
     )
     attention: str | None = Field(
         description="the crop seen through the word's attention (null without attention); " + _PNG
@@ -90,9 +98,11 @@ class ExplainedWord(BaseModel):
 
 class ExplainOut(BaseModel):
     model: str
-    method: str = Field(description="vanilla, smoothgrad or ig")
+    method: str = Field(description="vanilla, smoothgrad, ig, gradcam or guided-gradcam")
     beam: int = Field(description="the caption's beam size (1: greedy)")
-    samples: int | None = Field(description="SmoothGrad's noisy copies (null for other methods)")
+    samples: int | None = Field(
+        description="SmoothGrad's noisy copies (smoothgrad, guided-gradcam; null otherwise)"
+    )
     steps: int | None = Field(description="Integrated Gradients' path points (null otherwise)")
     image_size: int = Field(description="S: the side of the centre crop the maps are on")
     image: str = Field(description="the S x S crop the model saw; " + _PNG)

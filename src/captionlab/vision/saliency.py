@@ -32,7 +32,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-METHODS = ("vanilla", "smoothgrad", "ig")
+from captionlab.vision.settings import SALIENCY_METHODS as METHODS
+
 REDUCTIONS = ("max", "sum", "none")
 
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 from captionlab.bounds import SEED, Bound, integer, real
 from captionlab.errors import UserError
 
-__all__ = ["DREAM", "FOOL", "SALIENCY", "check_settings"]
+__all__ = ["DREAM", "FOOL", "SALIENCY", "SALIENCY_METHODS", "check_settings"]
+
+# The saliency methods (captionlab.vision.saliency.METHODS), named here without torch so that
+# the command line and the server can list them without loading it.
+SALIENCY_METHODS = ("vanilla", "smoothgrad", "ig")
 
 SALIENCY: dict[str, Bound] = {
     "samples": integer(1, 10_000),  # SmoothGrad: noisy copies

@@ -312,7 +312,15 @@ function showSaliency(fig) {
 }
 
 // ----------------------------------------------------------------------------- explaining
-const METHOD_NAMES = { vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", ig: "Integrated Gradients" };
+const METHOD_NAMES = {
+  vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", ig: "Integrated Gradients",
+  gradcam: "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
+};
+// what the top row of an explanation shows, by method
+const METHOD_NOTES = {
+  gradcam: "how much each grid cell's features raise the word's probability (Grad-CAM at the captioner's input grid; the dot marks the most relevant cell)",
+  "guided-gradcam": "SmoothGrad's pixels, weighted by the Grad-CAM relevance of their grid cell (the dot marks the peak)",
+};
 
 async function explain(run) {
   const box = $("#explain");
@@ -370,9 +378,10 @@ function explanation(out) {
       el("figcaption", { title: `the probability of “${w.word}” given the image and the words before it` },
         el("b", { text: w.word }), el("span", { text: `p ${w.prob.toFixed(2)}` })));
   });
+  const top = METHOD_NOTES[out.method] || "which pixels raise the word's probability (the dot marks the peak)";
   const note = el("p", { class: "meta" }, rows.length === 2
-    ? "Top: which pixels raise the word's probability (the dot marks the peak). Bottom: where the model's attention was when it chose the word."
-    : "Which pixels raise each word's probability (the dot marks the peak). This model has no attention to show.");
+    ? `Top: ${top}. Bottom: where the model's attention was when it chose the word.`
+    : `${top[0].toUpperCase()}${top.slice(1)}. This model has no attention to show.`);
   return el("div", {}, head, el("div", { class: "explain-grid" }, legend, ...figures), note);
 }
 
@@ -382,9 +391,29 @@ function setupExplaining() {
     if (!state.image) { $("#explain").replaceChildren(errorNode("Choose an image first.")); return; }
     explain(state.run);
   });
+  $("#explain-model").addEventListener("change", offerMethods);
   for (const id of ["#explain-model", "#explain-method", "#explain-beam"]) {
     $(id).addEventListener("change", () => { if (state.image) explain(state.run); });
   }
+}
+
+// Offer the methods the chosen model can be explained by (the server lists them per model:
+// Grad-CAM and Guided Grad-CAM only for a model over a grid of cells).
+function offerMethods() {
+  const select = $("#explain-method");
+  const model = state.models.find((m) => m.name === $("#explain-model").value);
+  const offered = model ? model.explain_methods : [];
+  const missing = [];
+  for (const option of select.options) {
+    const ok = offered.includes(option.value);
+    option.hidden = !ok;
+    option.disabled = !ok;
+    if (!ok) missing.push(METHOD_NAMES[option.value]);
+  }
+  if (!offered.includes(select.value)) select.value = offered.includes("smoothgrad") ? "smoothgrad" : (offered[0] || "");
+  select.title = model && missing.length
+    ? `${missing.join(" and ")}: only for a model over a grid of cells; ${model.name} (${model.cell}) reads one pooled feature vector`
+    : "";
 }
 
 function fillExplainModels() {
@@ -395,6 +424,7 @@ function fillExplainModels() {
   if (first) select.value = first.name;
   select.disabled = !able.length;
   $("#explain-go").disabled = !able.length;
+  offerMethods();
 }
 
 // ----------------------------------------------------------------------------- completion
