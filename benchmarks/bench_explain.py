@@ -207,6 +207,8 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
                 if m == "random":  # the expectation of a uniformly random peak
                     hit = _area(bbox) / (geo.width * geo.height)
                     on_any = sum(_area(b) for b in boxes) / (geo.width * geo.height)
+                elif peaks[m][k] is None:  # a flat map (no cell raises the word) points nowhere
+                    hit = on_any = 0.0
                 else:
                     peak = geo.to_original(*peaks[m][k])
                     hit = float(inside(peak, bbox))

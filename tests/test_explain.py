@@ -468,6 +468,15 @@ def test_gradcam_maps_put_each_cell_on_its_pixels():
         np.testing.assert_allclose(w.saliency, attention_to_pixels(relevance[w.position:
                                    w.position + 1], 2, 64)[0], rtol=1e-6)  # fmt: skip
         assert w.peak == cell_peak(relevance[w.position], 64)
+    # a word whose relevance is zero in every cell (ReLU of a negative or zero gradient
+    # times input) gets no peak rather than the first cell's centre
+    flat = relevance.copy()
+    flat[2] = 0.0
+    explainer.cell_relevance = lambda *args, **kwargs: flat[np.asarray(args[2])]
+    result = explainer.explain(pixels, "gradcam", caption_ids=CAPTION)
+    assert result.words[2].peak is None and not result.words[2].saliency.any()
+    assert all(w.peak is not None for k, w in enumerate(result.words) if flat[k].max() > 0)
+    del explainer.cell_relevance
     smooth = explainer.word_maps(pixels, CAPTION, [1, 3], "smoothgrad", samples=2)
     np.testing.assert_allclose(
         explainer.word_maps(pixels, CAPTION, [1, 3], "guided-gradcam", samples=2),
@@ -621,6 +630,16 @@ def test_the_attention_peak_is_its_top_cells_centre():
     assert cell_peak(alpha, 160) == (144, 112) and cell_peak(alpha, 45) == (40, 31)
     with pytest.raises(ValueError, match="s\\*s cell weights, got 24"):
         cell_peak(np.ones(24), 160)
+
+
+def test_a_flat_map_has_no_peak():
+    """A word no cell raises has an all-zero Grad-CAM map: it points nowhere, not at the
+    first cell (the top-left corner) as argmax would."""
+    assert cell_peak(np.zeros(25), 160) is None and map_peak(np.zeros((8, 8))) is None
+    assert map_peak(np.full((4, 4), 0.3)) is None
+    m = np.zeros((8, 8))
+    m[5, 2] = 1e-12  # any variation at all is a peak
+    assert map_peak(m) == (2, 5) and cell_peak(m.reshape(-1), 8) == (2, 5)  # 1-px cells
 
 
 @pytest.mark.parametrize("scaled", [True, False])

@@ -88,7 +88,8 @@ def test_a_transformer_over_a_grid_has_attention_and_is_explained(tmp_path):
     cam = registry.explain("transformer", pixels, "gradcam")
     assert cam["caption"] == greedy.text and len(cam["words"]) == len(greedy.words)
     centres = {int((i + 0.5) * IMAGE_SIZE / GRID_SIDE) for i in range(GRID_SIDE)}
-    assert all(set(w["peak"]) <= centres for w in cam["words"])  # the centre of a cell
+    for w in cam["words"]:  # the centre of a cell, or None: no cell raises the word (on this
+        assert w["peak"] is None or set(w["peak"]) <= centres  # flat grey image, maybe none)
 
 
 def test_feature_gradient_support_is_read_from_the_loss():

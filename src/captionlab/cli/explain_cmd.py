@@ -108,8 +108,9 @@ def run(args) -> dict:
         figure = write_figure(explanation_figure(image, result), out / name)
         words = []
         for w in result.words:
-            entry = {"word": w.word, "position": w.position,
-                     "peak": list(geo.to_original(*w.peak)), "prob": round(w.prob, 4)}  # fmt: skip
+            peak = None if w.peak is None else list(geo.to_original(*w.peak))  # None: flat map
+            entry = {"word": w.word, "position": w.position, "peak": peak,
+                     "prob": round(w.prob, 4)}  # fmt: skip
             if w.attention_peak is not None:  # the centre of the cell it weighs most
                 entry["attention_peak"] = list(geo.to_original(*w.attention_peak))
             words.append(entry)

@@ -68,7 +68,9 @@ class WordMap:
         attention: (S, S) float32 the captioner's attention when it chose the word
             (upsampled from the grid), or ``None`` for a captioner without attention.
         peak: ``(x, y)`` the saliency map's maximum, in the S x S input's pixels (for
-            ``gradcam``, whose map is cells, the centre of its top cell, :func:`cell_peak`).
+            ``gradcam``, whose map is cells, the centre of its top cell, :func:`cell_peak`),
+            or ``None`` when the map is the same everywhere (a word no cell raises has an
+            all-zero Grad-CAM map: it points nowhere).
         attention_cells: (L,) the attention's weight on each of the ``L = s * s`` grid cells
             (row-major, summing to 1), or ``None`` without attention.
         attention_peak: ``(x, y)`` the centre of the cell the attention weighs most, in the
@@ -80,7 +82,7 @@ class WordMap:
     prob: float
     saliency: np.ndarray
     attention: np.ndarray | None
-    peak: tuple[int, int]
+    peak: tuple[int, int] | None
     attention_cells: np.ndarray | None = None
     attention_peak: tuple[int, int] | None = None
 
@@ -100,15 +102,20 @@ class Explanation:
         return any(w.attention is not None for w in self.words)
 
 
-def map_peak(m: np.ndarray) -> tuple[int, int]:
-    """``(x, y)`` of the maximum of a map (H, W); the first one in row-major order on ties."""
+def map_peak(m: np.ndarray) -> tuple[int, int] | None:
+    """``(x, y)`` of the maximum of a map (H, W); the first one in row-major order on ties;
+    ``None`` for a map that is the same everywhere (it has no peak)."""
+    m = np.asarray(m)
+    if m.size == 0 or m.max() == m.min():
+        return None
     y, x = np.unravel_index(int(np.argmax(m)), m.shape)
     return int(x), int(y)
 
 
-def cell_peak(alpha: np.ndarray, size: int) -> tuple[int, int]:
+def cell_peak(alpha: np.ndarray, size: int) -> tuple[int, int] | None:
     """``(x, y)``: the centre pixel of the cell an attention (L,) weighs most, ``L = s * s``
-    row-major cells over a ``size x size`` input (the first cell on ties).
+    row-major cells over a ``size x size`` input (the first cell on ties); ``None`` when
+    every cell weighs the same (a Grad-CAM relevance that is zero everywhere).
 
     The attention's own peak: its pixel map (:func:`attention_to_pixels`) is flat beyond the
     outer cells' centres, so that map's first maximum would sit on the image's edge."""
@@ -116,6 +123,8 @@ def cell_peak(alpha: np.ndarray, size: int) -> tuple[int, int]:
     side = math.isqrt(alpha.size)
     if side * side != alpha.size or side == 0:
         raise ValueError(f"attention must hold s*s cell weights, got {alpha.size}")
+    if alpha.max() == alpha.min():
+        return None
     row, col = divmod(int(np.argmax(alpha)), side)
     return int((col + 0.5) * size / side), int((row + 0.5) * size / side)
 

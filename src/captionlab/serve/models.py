@@ -312,7 +312,6 @@ class ModelRegistry:
         The grid methods (``gradcam``, ``guided-gradcam``) explain only a model over a grid
         of cells; for another the UserError names the method and the model.
         """
-        from captionlab.explain import map_peak, word_logprobs
         from captionlab.vision.figures import overlay
 
         served = self.get(name)
@@ -329,10 +328,9 @@ class ModelRegistry:
         self._check_pixels(served, pixels)
         explainer = served.explainer
         result = explainer.explain(pixels, method, beam=beam, samples=samples, steps=steps, seed=0)
-        alphas = None
-        if served.has_attention:  # the cells' weights, as the caption answer gives them
-            _, alpha = word_logprobs(served.model, explainer.features(pixels), result.caption_ids)
-            alphas = None if alpha is None else alpha[0, : len(result.words)]  # (K, L)
+        alphas = None  # (K, L) the cells' weights, as the caption answer gives them
+        if served.has_attention and result.words and result.words[0].attention_cells is not None:
+            alphas = np.stack([w.attention_cells for w in result.words])
         attention = None if alphas is None else _attention(pixels, alphas, served)
         words = []
         for k, w in enumerate(result.words):
@@ -340,14 +338,14 @@ class ModelRegistry:
                 "word": w.word,
                 "position": w.position,
                 "prob": w.prob,
-                "peak": list(w.peak),
+                "peak": None if w.peak is None else list(w.peak),
                 "saliency": png_data_url(overlay(pixels, w.saliency)),
                 "attention": None,
                 "attention_peak": None,
             }
             if attention is not None:
                 entry["attention"] = attention["images"][k]
-                entry["attention_peak"] = list(map_peak(w.attention))
+                entry["attention_peak"] = list(w.attention_peak)  # its top cell's centre
             words.append(entry)
         return {
             "model": name,

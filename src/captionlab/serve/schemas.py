@@ -80,9 +80,10 @@ class ExplainedWord(BaseModel):
     word: str
     position: int = Field(description="the word's index in the caption, 0 = the first word")
     prob: float = Field(description="its probability given the image and the words before it")
-    peak: list[int] = Field(
+    peak: list[int] | None = Field(
         description="[x, y]: the saliency map's maximum, in pixels of the S x S crop (gradcam: "
-        "the centre of the cell most relevant to the word)"
+        "the centre of the cell most relevant to the word); null when the map is the same "
+        "everywhere (a word no cell raises)"
     )
     saliency: str = Field(
         description="the map of the word's log-probability by the method, over the greyed crop "
@@ -92,7 +93,8 @@ class ExplainedWord(BaseModel):
         description="the crop seen through the word's attention (null without attention); " + _PNG
     )
     attention_peak: list[int] | None = Field(
-        description="[x, y]: the attention map's maximum in the crop's pixels, or null"
+        description="[x, y]: the centre of the cell the word's attention weighs most, in the "
+        "crop's pixels, or null"
     )
 
 

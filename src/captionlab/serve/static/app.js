@@ -364,9 +364,12 @@ function explanation(out) {
     out.grid ? el("div", { class: "frame label" }, el("span", { text: `attention over ${out.grid[0]}×${out.grid[1]} cells` })) : null,
     el("figcaption", { title: `the ${S}×${S} centre crop the model saw` }, el("b", { text: "image" })));
   const figures = out.words.map((w) => {
-    const mark = el("span", { class: "peak", title: `peak at (${w.peak[0]}, ${w.peak[1]})` });
-    mark.style.left = `${(100 * (w.peak[0] + 0.5)) / S}%`;
-    mark.style.top = `${(100 * (w.peak[1] + 0.5)) / S}%`;
+    let mark = null;  // no dot on a flat map (a word no cell raises): it points nowhere
+    if (w.peak) {
+      mark = el("span", { class: "peak", title: `peak at (${w.peak[0]}, ${w.peak[1]})` });
+      mark.style.left = `${(100 * (w.peak[0] + 0.5)) / S}%`;
+      mark.style.top = `${(100 * (w.peak[1] + 0.5)) / S}%`;
+    }
     const frames = [el("div", { class: "frame" },
       el("img", { src: w.saliency, alt: `${METHOD_NAMES[out.method]} map of “${w.word}”`, decoding: "async" }), mark)];
     if (rows.length === 2 && w.attention) {
