@@ -376,7 +376,8 @@ function explanation(out) {
       frames.push(el("div", { class: "frame att" },
         el("img", { src: w.attention, alt: `attention for “${w.word}”`, decoding: "async" })));
     }
-    return el("figure", { class: "explain-word", "data-position": w.position },
+    const flat = w.peak ? {} : { title: `a flat map: nothing in the image raises “${w.word}” by this method` };
+    return el("figure", { class: w.peak ? "explain-word" : "explain-word flat", "data-position": w.position, ...flat },
       ...frames,
       el("figcaption", { title: `the probability of “${w.word}” given the image and the words before it` },
         el("b", { text: w.word }), el("span", { text: `p ${w.prob.toFixed(2)}` })));
