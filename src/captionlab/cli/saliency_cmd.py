@@ -5,9 +5,9 @@ from __future__ import annotations
 from captionlab.bounds import add_number
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, load_model, write_figure
-from captionlab.vision.settings import SALIENCY
+from captionlab.vision.settings import SALIENCY, SALIENCY_METHODS
 
-CHOICES = ("vanilla", "smoothgrad", "ig", "all")
+CHOICES = (*SALIENCY_METHODS, "all")
 
 
 def register(subparsers) -> None:
