@@ -24,8 +24,7 @@ This package sits beside :mod:`captionlab.extract`, above :mod:`captionlab.capti
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from captionlab._lazy import lazy_exports
 
 _EXPORTS = {
     "CaptionScores": "pipeline",
@@ -51,11 +50,4 @@ _EXPORTS = {
     "methods_for": "methods",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'captionlab.explain' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"captionlab.explain.{module}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -11,8 +11,7 @@ The names above are importable from this package too; they are loaded on first u
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from captionlab._lazy import lazy_exports
 
 _EXPORTS = {
     "EfficientNetLite0": "backbone",
@@ -30,11 +29,4 @@ _EXPORTS = {
     "decode_predictions": "imagenet",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'captionlab.vision' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"captionlab.vision.{module}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
