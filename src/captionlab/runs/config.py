@@ -105,7 +105,8 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "encoder layers (self-attention among the grid cells, then feed-forward) "
-            "before the decoder (--model transformer --grid); unset: 0",
+            "before the decoder (--model transformer --grid); unset: 0 (1 did not teach it "
+            "relation direction on the shapes data)",
             "bound": integer(0, 64, none=True),
         },
     )
@@ -113,7 +114,8 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "layer-normalise the projected grid cells before the position embedding "
-            "(--model transformer); unset: off",
+            "(--model transformer); unset: off (no gain in relations measured on the shapes "
+            "data)",
         },
     )
     epochs: int = field(
