@@ -65,6 +65,25 @@ def vocab(V: int) -> dict[str, int]:
     return {w: i for i, w in enumerate(words)}
 
 
+def _copy_attention(attn: torch.nn.MultiheadAttention, p: dict, a: str) -> None:
+    """Copy captionlab's ``{a}Wq .. {a}bo`` into a torch attention (under no_grad)."""
+    attn.in_proj_weight.copy_(torch.cat([p[a + "Wq"].T, p[a + "Wk"].T, p[a + "Wv"].T]))
+    attn.in_proj_bias.copy_(torch.cat([p[a + "bq"], p[a + "bk"], p[a + "bv"]]))
+    attn.out_proj.weight.copy_(p[a + "Wo"].T)
+    attn.out_proj.bias.copy_(p[a + "bo"])
+
+
+def _copy_feedforward(mod: torch.nn.Module, p: dict, q: str, norms: tuple[int, ...]) -> None:
+    """Copy ``{q}ffn.*`` and ``{q}normK.*`` into a torch encoder or decoder layer."""
+    mod.linear1.weight.copy_(p[q + "ffn.W1"].T)
+    mod.linear1.bias.copy_(p[q + "ffn.b1"])
+    mod.linear2.weight.copy_(p[q + "ffn.W2"].T)
+    mod.linear2.bias.copy_(p[q + "ffn.b2"])
+    for k in norms:
+        getattr(mod, f"norm{k}").weight.copy_(p[f"{q}norm{k}.gamma"])
+        getattr(mod, f"norm{k}").bias.copy_(p[f"{q}norm{k}.beta"])
+
+
 class TorchCaptioningTransformer(torch.nn.Module):
     """The same math in PyTorch, with a :class:`CaptioningTransformer`'s weights.
 
@@ -95,6 +114,16 @@ class TorchCaptioningTransformer(torch.nn.Module):
         self.cells = None  # the memory's position embedding (L, W), if the model has one
         if "W_pos" in p:
             self.cells = torch.nn.Parameter(p["W_pos"].clone())
+        self.memory_norm = torch.nn.LayerNorm(W) if c.memory_norm else None
+        self.encoder = None  # encoder layers over the memory, if the model has them
+        if c.encoder_layers:
+            enc = torch.nn.TransformerEncoderLayer(
+                W, c.num_heads, dim_feedforward=c.dim_feedforward, dropout=c.dropout,
+                activation="relu", batch_first=True, norm_first=False,
+            )  # fmt: skip
+            self.encoder = torch.nn.TransformerEncoder(
+                enc, c.encoder_layers, enable_nested_tensor=False
+            )
         pe = nn.sinusoidal_positional_encoding(c.max_length, W, model.dtype)
         self.register_buffer("pe", torch.from_numpy(pe))
         self.to(p["W_embed"].dtype)  # before copying: a float32 copy would round float64
@@ -102,37 +131,38 @@ class TorchCaptioningTransformer(torch.nn.Module):
             self.proj.weight.copy_(p["W_proj"].T)
             self.proj.bias.copy_(p["b_proj"])
             self.embed.weight.copy_(p["W_embed"])
+            if self.memory_norm is not None:
+                self.memory_norm.weight.copy_(p["memory_norm.gamma"])
+                self.memory_norm.bias.copy_(p["memory_norm.beta"])
+            for i, mod in enumerate(self.encoder.layers if self.encoder is not None else ()):
+                q = f"encoder.{i}."
+                _copy_attention(mod.self_attn, p, q + "self_attn.")
+                _copy_feedforward(mod, p, q, norms=(1, 2))
             for i, mod in enumerate(self.decoder.layers):
                 q = f"layers.{i}."
-                for ours, attn in (
-                    ("self_attn", mod.self_attn),
-                    ("cross_attn", mod.multihead_attn),
-                ):
-                    a = q + ours + "."
-                    attn.in_proj_weight.copy_(
-                        torch.cat([p[a + "Wq"].T, p[a + "Wk"].T, p[a + "Wv"].T])
-                    )
-                    attn.in_proj_bias.copy_(torch.cat([p[a + "bq"], p[a + "bk"], p[a + "bv"]]))
-                    attn.out_proj.weight.copy_(p[a + "Wo"].T)
-                    attn.out_proj.bias.copy_(p[a + "bo"])
-                mod.linear1.weight.copy_(p[q + "ffn.W1"].T)
-                mod.linear1.bias.copy_(p[q + "ffn.b1"])
-                mod.linear2.weight.copy_(p[q + "ffn.W2"].T)
-                mod.linear2.bias.copy_(p[q + "ffn.b2"])
-                for k in (1, 2, 3):
-                    getattr(mod, f"norm{k}").weight.copy_(p[f"{q}norm{k}.gamma"])
-                    getattr(mod, f"norm{k}").bias.copy_(p[f"{q}norm{k}.beta"])
+                _copy_attention(mod.self_attn, p, q + "self_attn.")
+                _copy_attention(mod.multihead_attn, p, q + "cross_attn.")
+                _copy_feedforward(mod, p, q, norms=(1, 2, 3))
             self.vocab.weight.copy_(p["W_vocab"].T)
             self.vocab.bias.copy_(p["b_vocab"])
+
+    def memory(self, features: torch.Tensor) -> torch.Tensor:
+        """features (N, D) or (N, L, D) -> the memory the decoder attends to, (N, L, W)."""
+        memory = self.proj(features)
+        if memory.dim() == 2:
+            memory = memory[:, None]  # (N, 1, W)
+        if self.memory_norm is not None:
+            memory = self.memory_norm(memory)
+        if self.cells is not None:
+            memory = memory + self.cells
+        if self.encoder is not None:
+            memory = self.encoder(memory)
+        return memory
 
     def loss(self, features: torch.Tensor, captions: torch.Tensor, null: int = 0) -> torch.Tensor:
         """features (N, D) or (N, L, D), captions (N, T+1) -> the captionlab loss."""
         N = features.shape[0]
-        memory = self.proj(features)
-        if memory.dim() == 2:
-            memory = memory[:, None]  # (N, 1, W)
-        if self.cells is not None:
-            memory = memory + self.cells
+        memory = self.memory(features)
         words, target = captions[:, :-1], captions[:, 1:]
         T = words.shape[1]
         x = self.pos_drop(self.embed(words) + self.pe[:T])  # (N, T, W)
@@ -146,11 +176,7 @@ class TorchCaptioningTransformer(torch.nn.Module):
     def sample(self, features: torch.Tensor, max_length: int, start: int = 1) -> np.ndarray:
         """Greedy decoding by rerunning the whole prefix at every step (the assignment's
         ``sample``): features (N, D) or (N, L, D) -> (N, max_length) words."""
-        memory = self.proj(features)
-        if memory.dim() == 2:
-            memory = memory[:, None]  # (N, 1, W)
-        if self.cells is not None:
-            memory = memory + self.cells
+        memory = self.memory(features)
         words = torch.full((features.shape[0], 1), start, dtype=torch.long)
         for t in range(max_length):
             T = t + 1

@@ -42,6 +42,14 @@ def _model(seed=3, dtype=np.float64, end_bias=2.0, **kw):
     return model
 
 
+#: The cases the decoding tests run: a grid model, a pooled one, and a grid model with a
+#: position per cell, a layer-normalised memory and two encoder layers (its seed chosen so
+#: that captions and beams end after different numbers of words, as the tests need).
+CASES = {"grid": {"grid": True}, "pooled": {}}
+CASES["encoder"] = {"grid": True, "num_cells": 5, "memory_norm": True, "encoder_layers": 2}
+CASES["encoder"].update(seed=10, end_bias=2.0)
+
+
 def _features(grid=True, N=3, seed=3, L=5):
     rng = np.random.default_rng(seed + 100)
     return rng.standard_normal((N, L, D) if grid else (N, D))
@@ -53,10 +61,11 @@ def _cross_weights(model, features, words):
     return nn.decoder_layer_attention(cache[-1][-1])[1]
 
 
-@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
-def test_each_step_equals_the_teacher_forced_position(grid):
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_step_equals_the_teacher_forced_position(case):
     """Scores of step t = scores at position t of one pass over the whole caption."""
-    model = _model()
+    model = _model(**CASES[case])
+    grid = case != "pooled"
     features = _features(grid)
     words = np.array([[1, 5, 7, 4, 9, 9], [1, 11, 2, 6, 4, 8], [1, 3, 3, 10, 5, 2]])
     expected = model.eval()._teacher_forced_scores(features, np.c_[words, words[:, :1]])
@@ -76,9 +85,10 @@ def test_each_step_equals_the_teacher_forced_position(grid):
             assert attention is None  # one pooled token: nothing to attend between
 
 
-@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
-def test_greedy_equals_recomputing_the_prefix(grid):
-    model = _model()
+@pytest.mark.parametrize("case", list(CASES))
+def test_greedy_equals_recomputing_the_prefix(case):
+    model = _model(**CASES[case])
+    grid = case != "pooled"
     features = _features(grid, N=4)
     fast, att = greedy_decode(model, features, max_length=10, return_attention=True)
     slow, att_slow = greedy_decode(
@@ -95,8 +105,9 @@ def test_greedy_equals_recomputing_the_prefix(grid):
     np.testing.assert_array_equal(model.sample(features, max_length=10), fast)
 
 
-def test_beam_search_with_different_end_times_equals_recomputing_the_prefix():
-    model = _model()
+@pytest.mark.parametrize("case", ["grid", "encoder"])
+def test_beam_search_with_different_end_times_equals_recomputing_the_prefix(case):
+    model = _model(**CASES[case])
     features = _features(True, N=3)
     fast = beam_search(model, features, beam_size=3, max_length=10, return_attention=True)
     slow = beam_search(
@@ -170,10 +181,11 @@ def test_sampling_and_errors():
 
 
 # ------------------------------------------------------------------ checkpoints
-@pytest.mark.parametrize("grid", [True, False], ids=["grid", "pooled"])
-def test_checkpoint_round_trip(tmp_path, grid):
-    model = _model(grid=grid)
-    assert model.feature_shape == ((None, D) if grid else (D,))
+@pytest.mark.parametrize("case", list(CASES))
+def test_checkpoint_round_trip(tmp_path, case):
+    model = _model(**CASES[case])
+    grid = case != "pooled"
+    assert model.feature_shape == (((5 if case == "encoder" else None), D) if grid else (D,))
     path = save_checkpoint(tmp_path / "t.npz", model, extra={"note": "x"})
     loaded, state = load_checkpoint(path)
     assert type(loaded) is CaptioningTransformer
@@ -204,4 +216,31 @@ def test_checkpoint_with_a_malformed_config_names_the_field(tmp_path):
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(CheckpointError, match=r"missing \['grid'\]"):
+        load_checkpoint(tmp_path / "bad.npz")
+
+
+def test_checkpoint_from_before_memory_norm_and_encoder_loads_as_before(tmp_path):
+    """A file whose model header lacks memory_norm and encoder_layers (written before they
+    existed) is the model it was: no norm, no encoder, the same captions."""
+    import json
+
+    model = _model(grid=True, num_cells=5)
+    path = save_checkpoint(tmp_path / "t.npz", model)
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    header = json.loads(arrays["__header__"].tobytes())
+    assert header["model"]["memory_norm"] is False and header["model"]["encoder_layers"] == 0
+    del header["model"]["memory_norm"], header["model"]["encoder_layers"]
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded, _ = load_checkpoint(tmp_path / "old.npz")
+    assert loaded.config == model.config and sorted(loaded.params) == sorted(model.params)
+    features = _features(True)
+    np.testing.assert_array_equal(
+        greedy_decode(loaded, features, max_length=8), greedy_decode(model, features, 8)
+    )
+    header["model"]["encoder_layers"] = 1.5
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CheckpointError, match="encoder_layers"):
         load_checkpoint(tmp_path / "bad.npz")

@@ -209,6 +209,16 @@ def test_dropout_train_and_eval_modes():
 
 
 # ------------------------------------------------------------------ gradients
+def _grid_kwargs(grid, L: int) -> dict:
+    """The model options of a test case: "cells" a position embedding per cell, "encoder"
+    also a layer-normalised memory and two encoder layers."""
+    if grid == "cells":
+        return {"grid": True, "num_cells": L}
+    if grid == "encoder":
+        return {"grid": True, "num_cells": L, "memory_norm": True, "encoder_layers": 2}
+    return {}
+
+
 def _extended_precision_copy(model):
     """The same model in np.longdouble (80-bit on x86 Linux): its finite differences
     resolve gradients far below float64's noise floor."""
@@ -216,7 +226,8 @@ def _extended_precision_copy(model):
     wide = CaptioningTransformer(
         model.word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers,
         c.max_length, 0.0, np.longdouble, seed=0, dim_feedforward=c.dim_feedforward,
-        grid=c.grid, num_cells=c.num_cells,
+        grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
+        encoder_layers=c.encoder_layers,
     )  # fmt: skip
     wide.params = {k: v.astype(np.longdouble) for k, v in model.params.items()}
     return wide
@@ -225,7 +236,9 @@ def _extended_precision_copy(model):
 @pytest.mark.skipif(
     np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision np.longdouble"
 )
-@pytest.mark.parametrize("grid", [True, False, "cells"], ids=["grid", "pooled", "grid_cells"])
+@pytest.mark.parametrize(
+    "grid", [True, False, "cells", "encoder"], ids=["grid", "pooled", "grid_cells", "encoder"]
+)
 def test_whole_model_gradient_check(grid):
     """Every parameter and the features: relative error < 1e-5 (dropout 0, float64 model).
 
@@ -236,8 +249,8 @@ def test_whole_model_gradient_check(grid):
     difference check of a whole Transformer fails on noise for most seeds.
     """
     rng = np.random.default_rng(7 if grid else 8)
-    model = _model(**({"grid": True, "num_cells": 3} if grid == "cells" else {}))
-    assert ("W_pos" in model.params) is (grid == "cells")
+    model = _model(**_grid_kwargs(grid, 3))
+    assert ("W_pos" in model.params) is (grid in ("cells", "encoder"))
     for k, v in model.params.items():  # non-trivial weights, none zero
         model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
             v.shape[0] if v.ndim == 2 else 4
@@ -296,13 +309,15 @@ def bench():
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-@pytest.mark.parametrize("grid", [True, False, "cells"], ids=["grid", "pooled", "grid_cells"])
+@pytest.mark.parametrize(
+    "grid", [True, False, "cells", "encoder"], ids=["grid", "pooled", "grid_cells", "encoder"]
+)
 def test_equals_the_torch_model_of_the_same_math(bench, grid):
     """The benchmark's torch peer computes the same loss and gradients (float64, 1e-9)."""
     import torch
 
     rng = np.random.default_rng(10)
-    model = _model(num_layers=2, **({"grid": True, "num_cells": 4} if grid == "cells" else {}))
+    model = _model(num_layers=2, **_grid_kwargs(grid, 4))
     for k, v in model.params.items():
         model.params[k] = v + 0.3 * rng.standard_normal(v.shape)
     features = rng.standard_normal((3, 4, 5) if grid else (3, 5))
@@ -317,8 +332,34 @@ def test_equals_the_torch_model_of_the_same_math(bench, grid):
     expect = {"features": tfeatures.grad.numpy()}
     expect["W_proj"], expect["b_proj"] = peer.proj.weight.grad.numpy().T, peer.proj.bias.grad
     expect["W_embed"] = peer.embed.weight.grad.numpy()
-    if grid == "cells":
+    if grid in ("cells", "encoder"):
         expect["W_pos"] = peer.cells.grad.numpy()
+    if grid == "encoder":
+        norm = peer.memory_norm
+        expect["memory_norm.gamma"], expect["memory_norm.beta"] = norm.weight.grad, norm.bias.grad
+        for i, mod in enumerate(peer.encoder.layers):
+            q = f"encoder.{i}."
+            attn = mod.self_attn
+            W, b = attn.in_proj_weight.grad.numpy(), attn.in_proj_bias.grad.numpy()
+            for j, n in enumerate("qkv"):
+                expect[f"{q}self_attn.W{n}"] = W[j * 8 : (j + 1) * 8].T
+                expect[f"{q}self_attn.b{n}"] = b[j * 8 : (j + 1) * 8]
+            expect[f"{q}self_attn.Wo"] = attn.out_proj.weight.grad.numpy().T
+            expect[f"{q}self_attn.bo"] = attn.out_proj.bias.grad.numpy()
+            expect[q + "ffn.W1"], expect[q + "ffn.b1"] = (
+                mod.linear1.weight.grad.T,
+                mod.linear1.bias.grad,
+            )
+            expect[q + "ffn.W2"], expect[q + "ffn.b2"] = (
+                mod.linear2.weight.grad.T,
+                mod.linear2.bias.grad,
+            )
+            for k in (1, 2):
+                norm = getattr(mod, f"norm{k}")
+                expect[f"{q}norm{k}.gamma"], expect[f"{q}norm{k}.beta"] = (
+                    norm.weight.grad,
+                    norm.bias.grad,
+                )
     expect["W_vocab"], expect["b_vocab"] = peer.vocab.weight.grad.numpy().T, peer.vocab.bias.grad
     for i, mod in enumerate(peer.decoder.layers):
         q = f"layers.{i}."

@@ -46,6 +46,7 @@ EXPECTED = {
         "memory",
         *(k for k in nn.DECODER_LAYER_KEYS if not k.endswith("attn.bk")),
     ],
+    "encoder_layer": ["x", *(k for k in nn.ENCODER_LAYER_KEYS if not k.endswith("attn.bk"))],
 }
 CASES = [(layer, p) for layer, params in EXPECTED.items() for p in params]
 
@@ -62,7 +63,7 @@ def test_every_layer_and_parameter_is_checked(results):
 @pytest.mark.parametrize(("layer", "parameter"), CASES)
 def test_backward_matches_finite_differences(results, layer, parameter):
     result = results[(layer, parameter)]
-    step_layer = layer not in {"rnn", "lstm", "gru", "decoder_layer"}
+    step_layer = layer not in {"rnn", "lstm", "gru", "decoder_layer", "encoder_layer"}
     assert result.tolerance == (1e-7 if step_layer else 1e-5)
     assert result.rel_error < result.tolerance, result
 

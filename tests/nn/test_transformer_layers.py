@@ -333,6 +333,43 @@ def test_decoder_layer_dropout_repeatable_by_rng():
         nn.decoder_layer_forward(x, memory, {"ffn.W1": params["ffn.W1"]}, 2)
 
 
+# ------------------------------------------------------------------ encoder layer
+def test_encoder_layer_values_float32_and_cache_reuse():
+    """The encoder layer is the decoder layer's self-attention and feed-forward blocks:
+    written out from the public layers, every cell attending to every cell; float32 kept,
+    the cache reusable, inputs left as found."""
+    rng = np.random.default_rng(13)
+    x, _, dparams = _decoder_inputs(rng, T=5)
+    params = {k: dparams[k] for k in nn.ENCODER_LAYER_KEYS}
+    assert {k: v.shape for k, v in params.items()} == nn.encoder_layer_param_shapes(6, 10)
+    p = params
+    sa, _, _ = nn.multihead_attention_forward(
+        x, x, x, *(p[f"self_attn.{k}"] for k in ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")), 2
+    )
+    h1, _ = nn.layernorm_forward(x + sa, p["norm1.gamma"], p["norm1.beta"])
+    ff, _ = nn.feedforward_forward(h1, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"])
+    expected, _ = nn.layernorm_forward(h1 + ff, p["norm2.gamma"], p["norm2.beta"])
+    out, _ = nn.encoder_layer_forward(x, params, 2)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+
+    x32 = x.astype(np.float32)
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    saved = [a.copy() for a in (x32, *p32.values())]
+    out, cache = nn.encoder_layer_forward(x32, p32, 2, 0.1, np.random.default_rng(0))
+    assert out.dtype == np.float32 and out.shape == x.shape
+    dx, grads = nn.encoder_layer_backward(np.ones_like(out), cache)
+    assert dx.dtype == np.float32 and list(grads) == list(nn.ENCODER_LAYER_KEYS)
+    assert all(g.dtype == np.float32 and g.shape == p32[k].shape for k, g in grads.items())
+    again = nn.encoder_layer_backward(np.ones_like(out), cache)  # the cache is not consumed
+    np.testing.assert_array_equal(again[0], dx)
+    for a, s in zip((x32, *p32.values()), saved, strict=True):
+        np.testing.assert_array_equal(a, s)
+    with pytest.raises(ValueError, match="lacks"):
+        nn.encoder_layer_forward(x, {"ffn.W1": params["ffn.W1"]}, 2)
+    with pytest.raises(ValueError, match="num_heads"):
+        nn.encoder_layer_forward(x, params, 4)
+
+
 # ------------------------------------------------------------------ negative controls
 def _results():
     return {(r.layer, r.parameter): r for r in check_layers(seed=0)}
@@ -347,6 +384,7 @@ def test_checker_fails_on_a_wrong_softmax_backward(monkeypatch):
     assert not results[("scaled_dot_product_attention", "q")].passed
     assert not results[("multihead_attention", "Wq")].passed
     assert not results[("decoder_layer", "self_attn.Wk")].passed
+    assert not results[("encoder_layer", "self_attn.Wk")].passed
     assert results[("scaled_dot_product_attention", "v")].passed
 
 
@@ -370,6 +408,8 @@ def test_checker_fails_on_a_wrong_layernorm_and_feedforward_backward(monkeypatch
     assert results[("feedforward", "W2")].passed
     assert not results[("decoder_layer", "x")].passed
     assert not results[("decoder_layer", "ffn.W1")].passed
+    assert not results[("encoder_layer", "x")].passed
+    assert not results[("encoder_layer", "ffn.W1")].passed
 
 
 def test_checker_fails_when_dropout_is_forgotten_in_backward(monkeypatch):
@@ -377,3 +417,4 @@ def test_checker_fails_when_dropout_is_forgotten_in_backward(monkeypatch):
     results = _results()
     assert not results[("dropout", "x")].passed
     assert not results[("decoder_layer", "ffn.W2")].passed
+    assert not results[("encoder_layer", "ffn.W2")].passed

@@ -217,3 +217,44 @@ def test_decoder_layer_equals_torch():
     assert list(dparams) == list(nn.DECODER_LAYER_KEYS)
     for name, g in dparams.items():
         _close(g, tgrads[name], name)
+
+
+def test_encoder_layer_equals_torch():
+    torch.manual_seed(6)
+    m = torch.nn.TransformerEncoderLayer(
+        E, HEADS, dim_feedforward=F, dropout=0.0, activation="relu", batch_first=True,
+        norm_first=False,
+    ).double()  # fmt: skip
+    with torch.no_grad():  # non-trivial biases and norm parameters
+        for name, param in m.named_parameters():
+            if "bias" in name or "norm" in name:
+                param.add_(0.5 * torch.randn_like(param))
+    p = {f"self_attn.{k}": v for k, v in _mha_params(m.self_attn).items()}
+    p["ffn.W1"], p["ffn.b1"] = m.linear1.weight.detach().numpy().T.copy(), m.linear1.bias
+    p["ffn.W2"], p["ffn.b2"] = m.linear2.weight.detach().numpy().T.copy(), m.linear2.bias
+    for k in (1, 2):
+        norm = getattr(m, f"norm{k}")
+        p[f"norm{k}.gamma"], p[f"norm{k}.beta"] = norm.weight, norm.bias
+    p = {k: np.array(v.detach().numpy() if torch.is_tensor(v) else v) for k, v in p.items()}
+    assert sorted(p) == sorted(nn.ENCODER_LAYER_KEYS)
+    rng = np.random.default_rng(6)
+    L = 5
+    x, dout = rng.standard_normal((N, L, E)), rng.standard_normal((N, L, E))
+    out, cache = nn.encoder_layer_forward(x, p, HEADS)
+    dx, dparams = nn.encoder_layer_backward(dout, cache)
+
+    m.train()  # torch's fused inference path is for no-grad evaluation only; dropout is 0
+    tx = torch.tensor(x, requires_grad=True)
+    tout = m(tx)
+    (tout * torch.tensor(dout)).sum().backward()
+    _close(out, tout.detach().numpy(), "out")
+    _close(dx, tx.grad.numpy(), "dx")
+    tgrads = {f"self_attn.{k}": v for k, v in _mha_grads(m.self_attn).items()}
+    tgrads["ffn.W1"], tgrads["ffn.b1"] = m.linear1.weight.grad.numpy().T, m.linear1.bias.grad
+    tgrads["ffn.W2"], tgrads["ffn.b2"] = m.linear2.weight.grad.numpy().T, m.linear2.bias.grad
+    for k in (1, 2):
+        norm = getattr(m, f"norm{k}")
+        tgrads[f"norm{k}.gamma"], tgrads[f"norm{k}.beta"] = norm.weight.grad, norm.bias.grad
+    assert list(dparams) == list(nn.ENCODER_LAYER_KEYS)
+    for name, g in dparams.items():
+        _close(g, np.asarray(tgrads[name]), name)

@@ -9,8 +9,13 @@ The forward pass of :meth:`CaptioningTransformer.loss`::
 
     memory = features @ W_proj + b_proj            # (N, L, W): one token per grid cell,
                                                    # or (N, 1, W) for pooled (N, D) features
+    memory = LN(memory)                            # only with memory_norm: the cells'
+                                                   # content at a fixed scale
     memory = memory + W_pos                        # (L, W), only with num_cells = L: a
                                                    # learned position embedding per cell
+    memory = EncoderLayer_e(memory)                # e = 0 .. encoder_layers-1, post-norm:
+             # m = LN1(m + Drop(SelfAttn(m)));  m = LN2(m + Drop(FFN(m)))
+             # (torch.nn.TransformerEncoderLayer): each cell sees the others
     x      = W_embed[captions[:, :-1]]             # (N, T-1, W)
     x      = Dropout(x + PE[:T-1])                 # sinusoidal positional encoding
     x      = DecoderLayer_l(x, memory, causal)     # l = 0 .. num_layers-1, post-norm:
@@ -63,7 +68,10 @@ class TransformerConfig:
     ``grid`` says which features the model is meant for (what :attr:`CaptioningTransformer.
     feature_shape` reports, so the solver, checkpoints and ``captionlab evaluate`` feed it
     the right kind): a grid of cells (N, L, D) or pooled vectors (N, D). ``num_cells``
-    (grids only) fixes L and adds a learned position embedding per cell.
+    (grids only) fixes L and adds a learned position embedding per cell. ``memory_norm``
+    layer-normalises the projected memory; ``encoder_layers`` encoder layers run over it
+    before the decoder. Both default to the architecture of files written before they
+    existed (off, 0).
     """
 
     input_dim: int = 512
@@ -76,6 +84,8 @@ class TransformerConfig:
     dtype: str = "float32"
     grid: bool = False
     num_cells: int | None = None
+    memory_norm: bool = False
+    encoder_layers: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,12 +94,19 @@ class TransformerConfig:
 def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict[str, tuple]:
     """The shape of every parameter of a model with ``config`` and ``V = vocab_size``:
     ``W_embed`` (V, W), ``W_proj`` (D, W), ``b_proj`` (W,), ``W_pos`` (L, W) (only with
-    ``num_cells = L``), ``layers.{l}.{key}`` for each key of
+    ``num_cells = L``), ``memory_norm.gamma`` and ``memory_norm.beta`` (W,) (only with
+    ``memory_norm``), ``encoder.{e}.{key}`` for each key of
+    :data:`captionlab.nn.ENCODER_LAYER_KEYS`, ``layers.{l}.{key}`` for each key of
     :data:`captionlab.nn.DECODER_LAYER_KEYS`, ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
     V, D, W = vocab_size, config.input_dim, config.wordvec_dim
     shapes: dict[str, tuple] = {"W_embed": (V, W), "W_proj": (D, W), "b_proj": (W,)}
     if config.num_cells is not None:
         shapes["W_pos"] = (config.num_cells, W)
+    if config.memory_norm:
+        shapes["memory_norm.gamma"], shapes["memory_norm.beta"] = (W,), (W,)
+    encoder = nn.encoder_layer_param_shapes(W, config.dim_feedforward)
+    for i in range(config.encoder_layers):
+        shapes.update({f"encoder.{i}.{key}": shape for key, shape in encoder.items()})
     layer = nn.decoder_layer_param_shapes(W, config.dim_feedforward)
     for i in range(config.num_layers):
         shapes.update({f"layers.{i}.{key}": shape for key, shape in layer.items()})
@@ -122,6 +139,12 @@ class CaptioningTransformer:
             tell the cells apart by place (attention alone treats the memory as a set:
             without it left and right are indistinguishable); features must then be grids
             of exactly L cells.
+        memory_norm: layer-normalise the projected memory ``features @ W_proj + b_proj``
+            (before the position embedding), so that every cell's token has the same scale
+            whatever its features' norm.
+        encoder_layers: post-norm encoder layers (self-attention among the memory's tokens,
+            then a feed-forward block, ``F`` wide) between the memory and the decoder, so
+            that each cell's token can carry where the other objects are.
 
     Attributes:
         params: dict of parameter arrays, shapes from :func:`transformer_param_shapes`;
@@ -145,6 +168,8 @@ class CaptioningTransformer:
         dim_feedforward: int = 2048,
         grid: bool = False,
         num_cells: int | None = None,
+        memory_norm: bool = False,
+        encoder_layers: int = 0,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -159,6 +184,8 @@ class CaptioningTransformer:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if num_cells is not None and (not grid or int(num_cells) != num_cells or num_cells < 1):
             raise ValueError(f"num_cells must be None or an int >= 1 with grid, got {num_cells!r}")
+        if int(encoder_layers) != encoder_layers or encoder_layers < 0:
+            raise ValueError(f"encoder_layers must be an int >= 0, got {encoder_layers!r}")
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError(f"dtype must be a floating type, got {self.dtype}")
@@ -169,6 +196,8 @@ class CaptioningTransformer:
         self.max_length = int(max_length)
         self.dropout = float(dropout)
         self.grid = bool(grid)
+        self.memory_norm = bool(memory_norm)
+        self.encoder_layers = int(encoder_layers)
         self.training = True
         self._null = word_to_idx["<NULL>"]
         self._start = word_to_idx.get("<START>", None)
@@ -186,6 +215,8 @@ class CaptioningTransformer:
             dtype=self.dtype.name,
             grid=self.grid,
             num_cells=None if num_cells is None else int(num_cells),
+            memory_norm=self.memory_norm,
+            encoder_layers=self.encoder_layers,
         )
         self.params: dict[str, np.ndarray] = {}
         for name, shape in transformer_param_shapes(config, len(word_to_idx)).items():
@@ -214,6 +245,8 @@ class CaptioningTransformer:
             dtype=self.dtype.name,
             grid=self.grid,
             num_cells=self.num_cells,
+            memory_norm=self.memory_norm,
+            encoder_layers=self.encoder_layers,
         )
 
     @property
@@ -232,7 +265,7 @@ class CaptioningTransformer:
             f"CaptioningTransformer(V={len(self.word_to_idx)}, D={c.input_dim}, "
             f"W={c.wordvec_dim}, heads={c.num_heads}, layers={c.num_layers}, "
             f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype}, grid={c.grid}, "
-            f"L={c.num_cells})"
+            f"L={c.num_cells}, memory_norm={c.memory_norm}, encoder_layers={c.encoder_layers})"
         )
 
     @property
@@ -265,7 +298,8 @@ class CaptioningTransformer:
         return cls(
             word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length,
             c.dropout, np.dtype(c.dtype), seed=seed, dim_feedforward=c.dim_feedforward,
-            grid=c.grid, num_cells=c.num_cells,
+            grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
+            encoder_layers=c.encoder_layers,
         )  # fmt: skip
 
     def train(self) -> CaptioningTransformer:
@@ -281,6 +315,10 @@ class CaptioningTransformer:
     def _layer_params(self, i: int) -> dict[str, np.ndarray]:
         prefix = f"layers.{i}."
         return {key: self.params[prefix + key] for key in nn.DECODER_LAYER_KEYS}
+
+    def _encoder_params(self, i: int) -> dict[str, np.ndarray]:
+        prefix = f"encoder.{i}."
+        return {key: self.params[prefix + key] for key in nn.ENCODER_LAYER_KEYS}
 
     # ------------------------------------------------------------------ forward / backward
     def _check_features(self, features: np.ndarray) -> np.ndarray:
@@ -307,16 +345,56 @@ class CaptioningTransformer:
             )
         return captions
 
-    def _memory(self, features: np.ndarray) -> np.ndarray:
-        """The image memory ``features @ W_proj + b_proj``: checked features (N, D) or
-        (N, L, D) -> (N, L, W) (L = 1 for pooled features)."""
+    def _encode(
+        self, features: np.ndarray, p_drop: float = 0.0, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, tuple]:
+        """The image memory the decoder attends to (the module docstring's first lines):
+        checked features (N, D) or (N, L, D) -> ``(memory (N, L, W), cache)`` (L = 1 for
+        pooled features); ``p_drop`` and ``rng`` are the encoder layers' dropout."""
+        p = self.params
         N, D = features.shape[0], features.shape[-1]
-        memory = features.reshape(-1, D) @ self.params["W_proj"]  # (N*L, W)
-        memory += self.params["b_proj"]
-        memory = memory.reshape(N, -1, memory.shape[1])
-        if "W_pos" in self.params:
-            memory += self.params["W_pos"]  # (L, W): each cell's place
-        return memory
+        features2 = features.reshape(-1, D)  # (N*L, D)
+        memory = features2 @ p["W_proj"]  # (N*L, W)
+        memory += p["b_proj"]
+        memory = memory.reshape(N, -1, memory.shape[1])  # (N, L, W)
+        c_norm = None
+        if self.memory_norm:
+            memory, c_norm = nn.layernorm_forward(
+                memory, p["memory_norm.gamma"], p["memory_norm.beta"]
+            )  # (N, L, W)
+        if "W_pos" in p:
+            memory += p["W_pos"]  # (L, W): each cell's place
+        c_encoder = []
+        for i in range(self.encoder_layers):
+            memory, c = nn.encoder_layer_forward(
+                memory, self._encoder_params(i), self.num_heads, p_drop, rng
+            )  # (N, L, W)
+            c_encoder.append(c)
+        return memory, (features.shape, features2, c_norm, c_encoder)
+
+    def _encode_backward(
+        self, dmemory: np.ndarray, cache: tuple, grads: dict, feature_grad: bool
+    ) -> np.ndarray | None:
+        """Backward of :meth:`_encode`: dmemory (N, L, W) -> the parameters' gradients,
+        written into ``grads``, and dfeatures (the features' shape) if ``feature_grad``."""
+        features_shape, features2, c_norm, c_encoder = cache
+        for i in reversed(range(self.encoder_layers)):
+            dmemory, dlayer = nn.encoder_layer_backward(dmemory, c_encoder[i])  # (N, L, W)
+            for key, g in dlayer.items():
+                grads[f"encoder.{i}.{key}"] = g
+        N, L, W = dmemory.shape
+        if self.num_cells is not None:
+            grads["W_pos"] = dmemory.sum(axis=0)  # (L, W): added to every image's memory
+        if self.memory_norm:
+            dmemory, grads["memory_norm.gamma"], grads["memory_norm.beta"] = nn.layernorm_backward(
+                dmemory, c_norm
+            )
+        dmemory = dmemory.reshape(N * L, W)
+        grads["W_proj"] = features2.T @ dmemory  # (D, W)
+        grads["b_proj"] = dmemory.sum(axis=0)  # (W,)
+        if not feature_grad:  # skip the (N*L, W) x (W, D) GEMM nobody asked for
+            return None
+        return (dmemory @ self.params["W_proj"].T).reshape(features_shape)
 
     def _forward(
         self, features: np.ndarray, words: np.ndarray, p_drop: float | None = None
@@ -335,8 +413,7 @@ class CaptioningTransformer:
         if p_drop is None:
             p_drop = self.dropout if self.training else 0.0
         rng = self._rng if p_drop else None
-        features2 = features.reshape(-1, features.shape[-1])  # (N*L, D)
-        memory = self._memory(features)  # (N, L, W)
+        memory, c_memory = self._encode(features, p_drop, rng)  # (N, L, W)
         x, c_embed = nn.word_embedding_forward(words, p["W_embed"])  # (N, T', W)
         x, c_pos = nn.positional_encoding_forward(x, p_drop, rng)  # (N, T', W)
         T = words.shape[1]
@@ -347,14 +424,14 @@ class CaptioningTransformer:
                 x, memory, self._layer_params(i), self.num_heads, causal, p_drop, rng
             )  # (N, T', W)
             c_layers.append(c)
-        return x, (features.shape, features2, p["W_proj"], c_embed, c_pos, c_layers)
+        return x, (c_memory, c_embed, c_pos, c_layers)
 
     def _backward(
         self, dx: np.ndarray, cache: tuple, feature_grad: bool
     ) -> tuple[dict, np.ndarray | None]:
         """Backward of :meth:`_forward`: dx (N, T', W) -> (grads without the output
         projection, dfeatures of the features' shape or ``None`` unless ``feature_grad``)."""
-        features_shape, features2, W_proj, c_embed, c_pos, c_layers = cache
+        c_memory, c_embed, c_pos, c_layers = cache
         grads: dict[str, np.ndarray] = {}
         dmemory = None
         for i in reversed(range(self.num_layers)):
@@ -364,15 +441,7 @@ class CaptioningTransformer:
                 grads[f"layers.{i}.{key}"] = g
         dx = nn.positional_encoding_backward(dx, c_pos)
         grads["W_embed"] = nn.word_embedding_backward(dx, c_embed)
-        N, L, W = dmemory.shape
-        if self.num_cells is not None:
-            grads["W_pos"] = dmemory.sum(axis=0)  # (L, W): added to every image's memory
-        dmemory = dmemory.reshape(N * L, W)
-        grads["W_proj"] = features2.T @ dmemory  # (D, W)
-        grads["b_proj"] = dmemory.sum(axis=0)  # (W,)
-        if not feature_grad:  # skip the (N*L, W) x (W, D) GEMM nobody asked for
-            return grads, None
-        return grads, (dmemory @ W_proj.T).reshape(features_shape)
+        return grads, self._encode_backward(dmemory, c_memory, grads, feature_grad)
 
     def _teacher_forced_scores(self, features: np.ndarray, captions: np.ndarray) -> np.ndarray:
         """Word scores (N, T-1, V) for every position of ``captions[:, :-1]`` (for tests
@@ -481,7 +550,7 @@ class CaptioningTransformer:
         if not cache:
             rows["prefix"] = np.empty((N, 0), dtype=np.int64)
             return DecodeState(rows, {"features": features})
-        memory = self._memory(features)  # (N, L, W)
+        memory, _ = self._encode(features)  # (N, L, W), dropout off
         L, W = memory.shape[1:]
         h = self.num_heads
         d = W // h
@@ -651,7 +720,8 @@ def _transformer_config(config: dict) -> TransformerConfig:
     """A :class:`TransformerConfig` from a dict of its fields (a checkpoint's ``model``);
     ValueError names what is wrong."""
     names = set(TransformerConfig.__dataclass_fields__)
-    required = names - {"num_cells"}  # absent in files written before position embeddings
+    # absent in files written before position embeddings, memory norms and encoders
+    required = names - {"num_cells", "memory_norm", "encoder_layers"}
     missing, unknown = required - set(config), set(config) - names
     if missing or unknown:
         raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
@@ -663,6 +733,8 @@ def _transformer_config(config: dict) -> TransformerConfig:
         dim_feedforward=int(config["dim_feedforward"]), dtype=str(config["dtype"]),
         grid=bool(config["grid"]),
         num_cells=None if config.get("num_cells") is None else int(config["num_cells"]),
+        memory_norm=bool(config.get("memory_norm", False)),
+        encoder_layers=int(config.get("encoder_layers", 0)),
     )  # fmt: skip
     if min(c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length) < 1:
         raise ValueError(f"sizes must be >= 1, got {c}")
@@ -676,4 +748,8 @@ def _transformer_config(config: dict) -> TransformerConfig:
         raise ValueError(f"grid must be true or false, got {config['grid']!r}")
     if c.num_cells is not None and (c.num_cells < 1 or not c.grid):
         raise ValueError(f"num_cells must be None or >= 1 with grid, got {c.num_cells}")
+    if not isinstance(config.get("memory_norm", False), bool):
+        raise ValueError(f"memory_norm must be true or false, got {config['memory_norm']!r}")
+    if c.encoder_layers < 0 or c.encoder_layers != config.get("encoder_layers", 0):
+        raise ValueError(f"encoder_layers must be an int >= 0, got {config['encoder_layers']!r}")
     return c

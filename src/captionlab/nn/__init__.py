@@ -76,6 +76,7 @@ from captionlab.nn.rnn import (
 )
 from captionlab.nn.transformer import (
     DECODER_LAYER_KEYS,
+    ENCODER_LAYER_KEYS,
     MultiHeadAttention,
     PositionalEncoding,
     decoder_layer_attention,
@@ -84,6 +85,9 @@ from captionlab.nn.transformer import (
     decoder_layer_param_shapes,
     dropout_backward,
     dropout_forward,
+    encoder_layer_backward,
+    encoder_layer_forward,
+    encoder_layer_param_shapes,
     feedforward_backward,
     feedforward_forward,
     layernorm_backward,
@@ -97,6 +101,7 @@ from captionlab.nn.transformer import (
 
 __all__ = [
     "DECODER_LAYER_KEYS",
+    "ENCODER_LAYER_KEYS",
     "MultiHeadAttention",
     "PositionalEncoding",
     "additive_attention_backward",
@@ -110,6 +115,9 @@ __all__ = [
     "decoder_layer_param_shapes",
     "dropout_backward",
     "dropout_forward",
+    "encoder_layer_backward",
+    "encoder_layer_forward",
+    "encoder_layer_param_shapes",
     "eval_numerical_gradient",
     "eval_numerical_gradient_array",
     "feedforward_backward",

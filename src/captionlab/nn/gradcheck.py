@@ -392,7 +392,7 @@ def _check_attention(rand: _Inputs) -> list[GradCheckResult]:
 
 
 def _check_transformer(rand: _Inputs) -> list[GradCheckResult]:
-    """layernorm, dropout, positional_encoding, feedforward, decoder_layer."""
+    """layernorm, dropout, positional_encoding, feedforward, decoder_layer, encoder_layer."""
     step = STEP_TOLERANCE
     E, F, L, heads = 6, 10, 3, 2
     out = _check_layer(
@@ -462,6 +462,31 @@ def _check_transformer(rand: _Inputs) -> list[GradCheckResult]:
         layer_inputs,
         [rand(N, T, E)],
         ["x", "memory", *checked_keys],
+        BLOCK_TOLERANCE,
+    )
+    enc_keys = _transformer.ENCODER_LAYER_KEYS
+    enc_inputs = {"x": rand(N, L, E)}
+    enc_inputs.update({key: layer_inputs[key].copy() for key in enc_keys})
+
+    def encoder_forward(x, *params):
+        rng = np.random.default_rng(7)  # the same dropout masks at every call
+        return _transformer.encoder_layer_forward(
+            x, dict(zip(enc_keys, params, strict=True)), heads, 0.2, rng
+        )
+
+    enc_checked = [key for key in enc_keys if not key.endswith("attn.bk")]  # dbk = 0
+
+    def encoder_backward(dout, cache):
+        dx, dparams = _transformer.encoder_layer_backward(dout, cache)
+        return (dx, *(dparams[key] for key in enc_checked))
+
+    out += _check_layer(
+        "encoder_layer",
+        encoder_forward,
+        encoder_backward,
+        enc_inputs,
+        [rand(N, L, E)],
+        ["x", *enc_checked],
         BLOCK_TOLERANCE,
     )
     return out

@@ -691,6 +691,140 @@ def decoder_layer_backward(
 
 
 # ----------------------------------------------------------------------------------------
+# encoder layer
+# ----------------------------------------------------------------------------------------
+#: The parameters of one encoder layer, in this order.
+ENCODER_LAYER_KEYS: tuple[str, ...] = (
+    *(f"self_attn.{n}" for n in _PROJ),
+    "ffn.W1",
+    "ffn.b1",
+    "ffn.W2",
+    "ffn.b2",
+    "norm1.gamma",
+    "norm1.beta",
+    "norm2.gamma",
+    "norm2.beta",
+)
+
+
+def encoder_layer_param_shapes(E: int, F: int) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter of an encoder layer, keyed by :data:`ENCODER_LAYER_KEYS`:
+    those of :func:`decoder_layer_param_shapes` without the cross-attention and ``norm3``."""
+    shapes = decoder_layer_param_shapes(E, F)
+    return {key: shapes[key] for key in ENCODER_LAYER_KEYS}
+
+
+def encoder_layer_forward(
+    x: np.ndarray,
+    params: dict[str, np.ndarray],
+    num_heads: int,
+    dropout: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, tuple]:
+    """One post-norm Transformer encoder layer (``torch.nn.TransformerEncoderLayer(
+    norm_first=False, activation="relu")``), every position attending to every other::
+
+        x = LN1(x + Dropout(SelfAttention(x, x, x)))
+        x = LN2(x + Dropout(W2 Dropout(ReLU(W1 x + b1)) + b2))
+
+    (For a captioner: the image's grid cells, so that each cell's token can carry where the
+    other objects are before the decoder reads it.)
+
+    Args:
+        x: source sequence of shape (N, L, E).
+        params: dict of arrays keyed by :data:`ENCODER_LAYER_KEYS`, shapes from
+            :func:`encoder_layer_param_shapes`.
+        num_heads: ``h``; must divide E.
+        dropout: the probability of dropping (0 in evaluation mode), at the four places of
+            ``torch.nn.TransformerEncoderLayer``: the attention weights, after each of the
+            two blocks, and inside the feed-forward block.
+        rng: the generator of the dropout masks (needed when ``dropout > 0``).
+
+    Returns:
+        ``(out, cache)`` with out of shape (N, L, E).
+    """
+    check_ndim("x", x, 3, "(N, L, E)")
+    N, L, E = x.shape
+    missing = [key for key in ENCODER_LAYER_KEYS if key not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}")
+    F = params["ffn.W1"].shape[-1]
+    for key, shape in encoder_layer_param_shapes(E, F).items():
+        check_shape(f"params[{key!r}]", params[key], shape, str(shape))
+    if num_heads < 1 or E % num_heads:
+        raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
+    p = params
+
+    # 1. self-attention: q, k, v from one GEMM, the biases riding in it
+    x1 = _with_ones(x)  # (N*L, E+1)
+    Wqkv = _stack_affine(
+        [p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]],
+        [p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]],
+    )  # (E+1, 3E)
+    qkv = _affine1(x1, Wqkv, (N, L))  # (N, L, 3E)
+    sa, _, c_sa = _attend_forward(
+        qkv[..., :E],
+        qkv[..., E : 2 * E],
+        qkv[..., 2 * E :],
+        p["self_attn.Wo"],
+        p["self_attn.bo"],
+        num_heads,
+        None,
+        dropout,
+        rng,
+    )  # (N, L, E)
+    sa, c_d1 = dropout_forward(sa, dropout, rng)
+    h1, c_n1 = _add_layernorm(x, sa, p["norm1.gamma"], p["norm1.beta"])  # (N, L, E)
+
+    # 2. position-wise feed-forward
+    ff, c_ff = feedforward_forward(
+        h1, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"], dropout, rng
+    )  # (N, L, E)
+    ff, c_d2 = dropout_forward(ff, dropout, rng)
+    out, c_n2 = _add_layernorm(h1, ff, p["norm2.gamma"], p["norm2.beta"])  # (N, L, E)
+    return out, (x.shape, x1, Wqkv, num_heads, c_sa, c_d1, c_n1, c_ff, c_d2, c_n2)
+
+
+def encoder_layer_backward(
+    dout: np.ndarray, cache: tuple
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Backward pass of :func:`encoder_layer_forward`.
+
+    Args:
+        dout: upstream gradient of shape (N, L, E).
+        cache: from the forward pass.
+
+    Returns:
+        ``(dx, dparams)``: dx (N, L, E) and a dict of gradients keyed and shaped like
+        ``params``.
+    """
+    x_shape, x1, Wqkv, h, c_sa, c_d1, c_n1, c_ff, c_d2, c_n2 = cache
+    check_shape("dout", dout, x_shape, "(N, L, E)")
+    N, L, E = x_shape
+    g: dict[str, np.ndarray] = {}
+
+    # 2. feed-forward block and its norm
+    dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dout, c_n2)  # (N, L, E)
+    dh1, g["ffn.W1"], g["ffn.b1"], g["ffn.W2"], g["ffn.b2"] = feedforward_backward(
+        dropout_backward(dz, c_d2), c_ff
+    )
+    dh1 += dz  # the residual path
+
+    # 1. self-attention block and its norm; q|k|v's gradients written head by head
+    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dh1, c_n1)
+    dqkv, dqkv_heads = _heads_buffer(N, L, 3, h, E // h, dout.dtype)  # (N, L, 3E)
+    g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
+        dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads)
+    )
+    dx, dWqkv, dbqkv = _affine1_backward(dqkv, x1, Wqkv, x_shape)  # (N, L, E)
+    dx += dz
+    for i, n in enumerate("qkv"):
+        g[f"self_attn.W{n}"] = dWqkv[:, i * E : (i + 1) * E]
+        g[f"self_attn.b{n}"] = dbqkv[i * E : (i + 1) * E]
+    return dx, {key: g[key] for key in ENCODER_LAYER_KEYS}
+
+
+# ----------------------------------------------------------------------------------------
 # the cs231n classes
 # ----------------------------------------------------------------------------------------
 class _Module:

@@ -101,6 +101,23 @@ class TrainConfig:
             "(its recurrent state tells the words apart; no gain measured on the shapes data)"
         },
     )
+    encoder_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "encoder layers (self-attention among the grid cells, then feed-forward) "
+            "before the decoder (--model transformer --grid); unset: 0 (1 did not teach it "
+            "relation direction on the shapes data)",
+            "bound": integer(0, 64, none=True),
+        },
+    )
+    memory_norm: bool | None = field(
+        default=None,
+        metadata={
+            "help": "layer-normalise the projected grid cells before the position embedding "
+            "(--model transformer); unset: off (no gain in relations measured on the shapes "
+            "data)",
+        },
+    )
     epochs: int = field(
         default=10,
         metadata={"help": "passes over the training captions", "bound": integer(1, 100_000)},

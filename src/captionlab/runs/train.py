@@ -59,6 +59,8 @@ def model_spec(config: TrainConfig, store: FeatureStore) -> tuple[type, dict]:
             "dropout": config.dropout, "dim_feedforward": config.hidden_dim,
             "dtype": config.dtype, "grid": config.grid,
             "num_cells": L if config.grid and config.position_embedding else None,
+            "memory_norm": bool(config.memory_norm),
+            "encoder_layers": config.encoder_layers or 0,
         }  # fmt: skip
     return CaptioningRNN, {"input_dim": store.dim, "cell_type": config.cell, **common}
 
