@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= demo_out
 
-.PHONY: demo test test-all lint format bench gradcheck clean venv browser
+.PHONY: demo test test-slow test-all lint format bench gradcheck clean venv browser
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ browser:
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
+
+# The tests marked slow alone (the notebooks that train LSTM, attention and Transformer
+# captioners, whole-model checks at larger sizes): CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow || { rc=$$?; [ $$rc -eq 5 ] && echo 'pytest: no slow tests collected' || exit $$rc; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -117,6 +117,8 @@ def test_rnn_captioning_notebook(kernel_env, tmp_path):
     assert images(nb) >= 5  # data, overfit loss, overfit samples, training curves, captions
 
 
+# 1-2 minutes each: in the slow set, which CI runs after the default one (make test-slow)
+@pytest.mark.slow
 def test_lstm_captioning_notebook(kernel_env, tmp_path):
     nb, text = run_notebook("lstm_captioning.ipynb", kernel_env, tmp_path)
     # next_h, next_c, 6 step grads, h, 5 sequence grads
@@ -130,6 +132,8 @@ def test_lstm_captioning_notebook(kernel_env, tmp_path):
     assert images(nb) >= 5
 
 
+# 1-2 minutes each: in the slow set, which CI runs after the default one (make test-slow)
+@pytest.mark.slow
 def test_transformer_captioning_notebook(kernel_env, tmp_path):
     nb, text = run_notebook("transformer_captioning.ipynb", kernel_env, tmp_path)
     # against torch: MultiHeadAttention (2 cases), the decoder layer; finite differences
@@ -166,6 +170,8 @@ def test_transformer_captioning_notebook(kernel_env, tmp_path):
     assert images(nb) >= 4  # positional encoding, overfit loss, training curves, attention
 
 
+# 1-2 minutes each: in the slow set, which CI runs after the default one (make test-slow)
+@pytest.mark.slow
 def test_attention_captioning_notebook(kernel_env, tmp_path):
     nb, text = run_notebook("attention_captioning.ipynb", kernel_env, tmp_path)
     layer = dict(re.findall(rf"^(\w+) error:\s+{NUMBER}$", text, re.M))
