@@ -562,7 +562,7 @@ def decoder_layer_forward(
         ``(out, cache)`` with out of shape (N, T, E).
     """
     check_ndim("x", x, 3, "(N, T, E)")
-    N, T, E = x.shape
+    N, E = x.shape[0], x.shape[2]
     check_ndim("memory", memory, 3, "(N, L, E)")
     check_shape("memory", memory, (N, None, E), "(N, L, E)")
     missing = [key for key in DECODER_LAYER_KEYS if key not in params]
@@ -575,26 +575,10 @@ def decoder_layer_forward(
         raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
     p = params
 
-    # 1. masked self-attention: q, k, v from one GEMM, the biases riding in it
-    x1 = _with_ones(x)  # (N*T, E+1)
-    Wqkv = _stack_affine(
-        [p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]],
-        [p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]],
-    )  # (E+1, 3E)
-    qkv = _affine1(x1, Wqkv, (N, T))  # (N, T, 3E)
-    sa, _, c_sa = _attend_forward(
-        qkv[..., :E],
-        qkv[..., E : 2 * E],
-        qkv[..., 2 * E :],
-        p["self_attn.Wo"],
-        p["self_attn.bo"],
-        num_heads,
-        tgt_mask,
-        dropout,
-        rng,
+    # 1. masked self-attention and its norm
+    h1, (x1, Wqkv, c_sa, c_d1, c_n1) = _self_attention_block(
+        x, p, num_heads, tgt_mask, dropout, rng
     )  # (N, T, E)
-    sa, c_d1 = dropout_forward(sa, dropout, rng)
-    h1, c_n1 = _add_layernorm(x, sa, p["norm1.gamma"], p["norm1.beta"])  # (N, T, E)
 
     # 2. cross-attention to the memory: k, v from one GEMM
     q = _linear(h1, p["cross_attn.Wq"], p["cross_attn.bq"])  # (N, T, E)
@@ -617,12 +601,8 @@ def decoder_layer_forward(
     ca, c_d2 = dropout_forward(ca, dropout, rng)
     h2, c_n2 = _add_layernorm(h1, ca, p["norm2.gamma"], p["norm2.beta"])  # (N, T, E)
 
-    # 3. position-wise feed-forward
-    ff, c_ff = feedforward_forward(
-        h2, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"], dropout, rng
-    )  # (N, T, E)
-    ff, c_d3 = dropout_forward(ff, dropout, rng)
-    out, c_n3 = _add_layernorm(h2, ff, p["norm3.gamma"], p["norm3.beta"])  # (N, T, E)
+    # 3. position-wise feed-forward and its norm
+    out, (c_ff, c_d3, c_n3) = _feedforward_block(h2, p, "norm3", dropout, rng)  # (N, T, E)
 
     cache = (x.shape, x1, memory.shape, memory1, h1, Wqkv, Wkv, p["cross_attn.Wq"], num_heads)
     cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
@@ -656,11 +636,7 @@ def decoder_layer_backward(
     g: dict[str, np.ndarray] = {}
 
     # 3. feed-forward block and its norm
-    dz, g["norm3.gamma"], g["norm3.beta"] = layernorm_backward(dout, c_n3)  # (N, T, E)
-    dh2, g["ffn.W1"], g["ffn.b1"], g["ffn.W2"], g["ffn.b2"] = feedforward_backward(
-        dropout_backward(dz, c_d3), c_ff
-    )
-    dh2 += dz  # the residual path
+    dh2 = _feedforward_block_backward(dout, (c_ff, c_d3, c_n3), "norm3", g)  # (N, T, E)
 
     # 2. cross-attention block and its norm; q's and k|v's gradients written head by head
     # into merged buffers
@@ -677,7 +653,52 @@ def decoder_layer_backward(
     g["cross_attn.bk"], g["cross_attn.bv"] = dbkv[:E], dbkv[E:]
 
     # 1. self-attention block and its norm
-    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dh1, c_n1)
+    dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
+    return dx, dmemory, {key: g[key] for key in DECODER_LAYER_KEYS}
+
+
+def _self_attention_block(
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    num_heads: int,
+    mask: np.ndarray | None,
+    dropout: float,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, tuple]:
+    """``LN1(x + Dropout(SelfAttention(x, x, x, mask)))`` for x (N, T, E), q, k, v from one
+    GEMM with the biases riding in it; the first block of the decoder and encoder layers.
+    Returns ``(out (N, T, E), cache)``."""
+    N, T, E = x.shape
+    x1 = _with_ones(x)  # (N*T, E+1)
+    Wqkv = _stack_affine(
+        [p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]],
+        [p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]],
+    )  # (E+1, 3E)
+    qkv = _affine1(x1, Wqkv, (N, T))  # (N, T, 3E)
+    sa, _, c_sa = _attend_forward(
+        qkv[..., :E],
+        qkv[..., E : 2 * E],
+        qkv[..., 2 * E :],
+        p["self_attn.Wo"],
+        p["self_attn.bo"],
+        num_heads,
+        mask,
+        dropout,
+        rng,
+    )  # (N, T, E)
+    sa, c_d1 = dropout_forward(sa, dropout, rng)
+    out, c_n1 = _add_layernorm(x, sa, p["norm1.gamma"], p["norm1.beta"])  # (N, T, E)
+    return out, (x1, Wqkv, c_sa, c_d1, c_n1)
+
+
+def _self_attention_block_backward(
+    dout: np.ndarray, cache: tuple, x_shape: tuple, h: int, g: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Backward of :func:`_self_attention_block`: writes the ``self_attn.*`` and ``norm1.*``
+    gradients into ``g`` (q|k|v's head by head into one buffer) and returns dx (N, T, E)."""
+    x1, Wqkv, c_sa, c_d1, c_n1 = cache
+    N, T, E = x_shape
+    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dout, c_n1)
     dqkv, dqkv_heads = _heads_buffer(N, T, 3, h, E // h, dout.dtype)  # (N, T, 3E)
     g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
         dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads)
@@ -687,7 +708,38 @@ def decoder_layer_backward(
     for i, n in enumerate("qkv"):
         g[f"self_attn.W{n}"] = dWqkv[:, i * E : (i + 1) * E]
         g[f"self_attn.b{n}"] = dbqkv[i * E : (i + 1) * E]
-    return dx, dmemory, {key: g[key] for key in DECODER_LAYER_KEYS}
+    return dx
+
+
+def _feedforward_block(
+    x: np.ndarray,
+    p: dict[str, np.ndarray],
+    norm: str,
+    dropout: float,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, tuple]:
+    """``LN(x + Dropout(FFN(x)))`` for x (N, T, E), the norm's parameters ``{norm}.gamma`` and
+    ``{norm}.beta``; the last block of the decoder and encoder layers."""
+    ff, c_ff = feedforward_forward(
+        x, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"], dropout, rng
+    )  # (N, T, E)
+    ff, c_d = dropout_forward(ff, dropout, rng)
+    out, c_n = _add_layernorm(x, ff, p[f"{norm}.gamma"], p[f"{norm}.beta"])  # (N, T, E)
+    return out, (c_ff, c_d, c_n)
+
+
+def _feedforward_block_backward(
+    dout: np.ndarray, cache: tuple, norm: str, g: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Backward of :func:`_feedforward_block`: writes the ``ffn.*`` and norm gradients into
+    ``g`` and returns dx (N, T, E)."""
+    c_ff, c_d, c_n = cache
+    dz, g[f"{norm}.gamma"], g[f"{norm}.beta"] = layernorm_backward(dout, c_n)  # (N, T, E)
+    dx, g["ffn.W1"], g["ffn.b1"], g["ffn.W2"], g["ffn.b2"] = feedforward_backward(
+        dropout_backward(dz, c_d), c_ff
+    )
+    dx += dz  # the residual path
+    return dx
 
 
 # ----------------------------------------------------------------------------------------
@@ -744,7 +796,7 @@ def encoder_layer_forward(
         ``(out, cache)`` with out of shape (N, L, E).
     """
     check_ndim("x", x, 3, "(N, L, E)")
-    N, L, E = x.shape
+    E = x.shape[2]
     missing = [key for key in ENCODER_LAYER_KEYS if key not in params]
     if missing:
         raise ValueError(f"params lacks {missing}")
@@ -755,34 +807,11 @@ def encoder_layer_forward(
         raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
     p = params
 
-    # 1. self-attention: q, k, v from one GEMM, the biases riding in it
-    x1 = _with_ones(x)  # (N*L, E+1)
-    Wqkv = _stack_affine(
-        [p["self_attn.Wq"], p["self_attn.Wk"], p["self_attn.Wv"]],
-        [p["self_attn.bq"], p["self_attn.bk"], p["self_attn.bv"]],
-    )  # (E+1, 3E)
-    qkv = _affine1(x1, Wqkv, (N, L))  # (N, L, 3E)
-    sa, _, c_sa = _attend_forward(
-        qkv[..., :E],
-        qkv[..., E : 2 * E],
-        qkv[..., 2 * E :],
-        p["self_attn.Wo"],
-        p["self_attn.bo"],
-        num_heads,
-        None,
-        dropout,
-        rng,
-    )  # (N, L, E)
-    sa, c_d1 = dropout_forward(sa, dropout, rng)
-    h1, c_n1 = _add_layernorm(x, sa, p["norm1.gamma"], p["norm1.beta"])  # (N, L, E)
-
-    # 2. position-wise feed-forward
-    ff, c_ff = feedforward_forward(
-        h1, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"], dropout, rng
-    )  # (N, L, E)
-    ff, c_d2 = dropout_forward(ff, dropout, rng)
-    out, c_n2 = _add_layernorm(h1, ff, p["norm2.gamma"], p["norm2.beta"])  # (N, L, E)
-    return out, (x.shape, x1, Wqkv, num_heads, c_sa, c_d1, c_n1, c_ff, c_d2, c_n2)
+    # 1. self-attention among all positions, and its norm
+    h1, c_sa = _self_attention_block(x, p, num_heads, None, dropout, rng)  # (N, L, E)
+    # 2. position-wise feed-forward and its norm
+    out, c_ff = _feedforward_block(h1, p, "norm2", dropout, rng)  # (N, L, E)
+    return out, (x.shape, num_heads, c_sa, c_ff)
 
 
 def encoder_layer_backward(
@@ -798,29 +827,11 @@ def encoder_layer_backward(
         ``(dx, dparams)``: dx (N, L, E) and a dict of gradients keyed and shaped like
         ``params``.
     """
-    x_shape, x1, Wqkv, h, c_sa, c_d1, c_n1, c_ff, c_d2, c_n2 = cache
+    x_shape, h, c_sa, c_ff = cache
     check_shape("dout", dout, x_shape, "(N, L, E)")
-    N, L, E = x_shape
     g: dict[str, np.ndarray] = {}
-
-    # 2. feed-forward block and its norm
-    dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dout, c_n2)  # (N, L, E)
-    dh1, g["ffn.W1"], g["ffn.b1"], g["ffn.W2"], g["ffn.b2"] = feedforward_backward(
-        dropout_backward(dz, c_d2), c_ff
-    )
-    dh1 += dz  # the residual path
-
-    # 1. self-attention block and its norm; q|k|v's gradients written head by head
-    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dh1, c_n1)
-    dqkv, dqkv_heads = _heads_buffer(N, L, 3, h, E // h, dout.dtype)  # (N, L, 3E)
-    g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
-        dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads)
-    )
-    dx, dWqkv, dbqkv = _affine1_backward(dqkv, x1, Wqkv, x_shape)  # (N, L, E)
-    dx += dz
-    for i, n in enumerate("qkv"):
-        g[f"self_attn.W{n}"] = dWqkv[:, i * E : (i + 1) * E]
-        g[f"self_attn.b{n}"] = dbqkv[i * E : (i + 1) * E]
+    dh1 = _feedforward_block_backward(dout, c_ff, "norm2", g)  # (N, L, E)
+    dx = _self_attention_block_backward(dh1, c_sa, x_shape, h, g)  # (N, L, E)
     return dx, {key: g[key] for key in ENCODER_LAYER_KEYS}
 
 
