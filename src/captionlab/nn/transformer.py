@@ -565,14 +565,7 @@ def decoder_layer_forward(
     N, E = x.shape[0], x.shape[2]
     check_ndim("memory", memory, 3, "(N, L, E)")
     check_shape("memory", memory, (N, None, E), "(N, L, E)")
-    missing = [key for key in DECODER_LAYER_KEYS if key not in params]
-    if missing:
-        raise ValueError(f"params lacks {missing}")
-    F = params["ffn.W1"].shape[-1]
-    for key, shape in decoder_layer_param_shapes(E, F).items():
-        check_shape(f"params[{key!r}]", params[key], shape, str(shape))
-    if num_heads < 1 or E % num_heads:
-        raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
+    _check_layer_params(params, DECODER_LAYER_KEYS, decoder_layer_param_shapes, E, num_heads)
     p = params
 
     # 1. masked self-attention and its norm
@@ -655,6 +648,19 @@ def decoder_layer_backward(
     # 1. self-attention block and its norm
     dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
     return dx, dmemory, {key: g[key] for key in DECODER_LAYER_KEYS}
+
+
+def _check_layer_params(params: dict, keys: tuple, shapes_of, E: int, num_heads: int) -> None:
+    """ValueError unless ``params`` holds every key of ``keys`` with the shape
+    ``shapes_of(E, F)`` gives (F read off ``ffn.W1``) and ``num_heads`` divides E."""
+    missing = [key for key in keys if key not in params]
+    if missing:
+        raise ValueError(f"params lacks {missing}")
+    F = params["ffn.W1"].shape[-1]
+    for key, shape in shapes_of(E, F).items():
+        check_shape(f"params[{key!r}]", params[key], shape, str(shape))
+    if num_heads < 1 or E % num_heads:
+        raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
 
 
 def _self_attention_block(
@@ -797,14 +803,7 @@ def encoder_layer_forward(
     """
     check_ndim("x", x, 3, "(N, L, E)")
     E = x.shape[2]
-    missing = [key for key in ENCODER_LAYER_KEYS if key not in params]
-    if missing:
-        raise ValueError(f"params lacks {missing}")
-    F = params["ffn.W1"].shape[-1]
-    for key, shape in encoder_layer_param_shapes(E, F).items():
-        check_shape(f"params[{key!r}]", params[key], shape, str(shape))
-    if num_heads < 1 or E % num_heads:
-        raise ValueError(f"num_heads must divide E = {E}, got {num_heads}")
+    _check_layer_params(params, ENCODER_LAYER_KEYS, encoder_layer_param_shapes, E, num_heads)
     p = params
 
     # 1. self-attention among all positions, and its norm
