@@ -338,55 +338,33 @@ def test_equals_the_torch_model_of_the_same_math(bench, grid):
         norm = peer.memory_norm
         expect["memory_norm.gamma"], expect["memory_norm.beta"] = norm.weight.grad, norm.bias.grad
         for i, mod in enumerate(peer.encoder.layers):
-            q = f"encoder.{i}."
-            attn = mod.self_attn
-            W, b = attn.in_proj_weight.grad.numpy(), attn.in_proj_bias.grad.numpy()
-            for j, n in enumerate("qkv"):
-                expect[f"{q}self_attn.W{n}"] = W[j * 8 : (j + 1) * 8].T
-                expect[f"{q}self_attn.b{n}"] = b[j * 8 : (j + 1) * 8]
-            expect[f"{q}self_attn.Wo"] = attn.out_proj.weight.grad.numpy().T
-            expect[f"{q}self_attn.bo"] = attn.out_proj.bias.grad.numpy()
-            expect[q + "ffn.W1"], expect[q + "ffn.b1"] = (
-                mod.linear1.weight.grad.T,
-                mod.linear1.bias.grad,
-            )
-            expect[q + "ffn.W2"], expect[q + "ffn.b2"] = (
-                mod.linear2.weight.grad.T,
-                mod.linear2.bias.grad,
-            )
-            for k in (1, 2):
-                norm = getattr(mod, f"norm{k}")
-                expect[f"{q}norm{k}.gamma"], expect[f"{q}norm{k}.beta"] = (
-                    norm.weight.grad,
-                    norm.bias.grad,
-                )
+            expect.update(_torch_layer_grads(mod, f"encoder.{i}.", {"self_attn": mod.self_attn}))
     expect["W_vocab"], expect["b_vocab"] = peer.vocab.weight.grad.numpy().T, peer.vocab.bias.grad
     for i, mod in enumerate(peer.decoder.layers):
-        q = f"layers.{i}."
-        for ours, attn in (("self_attn", mod.self_attn), ("cross_attn", mod.multihead_attn)):
-            W, b = attn.in_proj_weight.grad.numpy(), attn.in_proj_bias.grad.numpy()
-            for j, n in enumerate("qkv"):
-                expect[f"{q}{ours}.W{n}"] = W[j * 8 : (j + 1) * 8].T
-                expect[f"{q}{ours}.b{n}"] = b[j * 8 : (j + 1) * 8]
-            expect[f"{q}{ours}.Wo"] = attn.out_proj.weight.grad.numpy().T
-            expect[f"{q}{ours}.bo"] = attn.out_proj.bias.grad.numpy()
-        expect[q + "ffn.W1"], expect[q + "ffn.b1"] = (
-            mod.linear1.weight.grad.T,
-            mod.linear1.bias.grad,
-        )
-        expect[q + "ffn.W2"], expect[q + "ffn.b2"] = (
-            mod.linear2.weight.grad.T,
-            mod.linear2.bias.grad,
-        )
-        for k in (1, 2, 3):
-            norm = getattr(mod, f"norm{k}")
-            expect[f"{q}norm{k}.gamma"], expect[f"{q}norm{k}.beta"] = (
-                norm.weight.grad,
-                norm.bias.grad,
-            )
+        attns = {"self_attn": mod.self_attn, "cross_attn": mod.multihead_attn}
+        expect.update(_torch_layer_grads(mod, f"layers.{i}.", attns))
     assert sorted(expect) == sorted(grads)
     for name, g in grads.items():
         np.testing.assert_allclose(g, np.asarray(expect[name]), rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def _torch_layer_grads(mod, prefix: str, attns: dict) -> dict:
+    """The gradients of a torch Transformer encoder or decoder layer (width 8) under our names:
+    each attention's q, k, v, output projections, the feed-forward block, every norm."""
+    g = {}
+    for ours, attn in attns.items():
+        W, b = attn.in_proj_weight.grad.numpy(), attn.in_proj_bias.grad.numpy()
+        for j, n in enumerate("qkv"):
+            g[f"{prefix}{ours}.W{n}"] = W[j * 8 : (j + 1) * 8].T
+            g[f"{prefix}{ours}.b{n}"] = b[j * 8 : (j + 1) * 8]
+        g[f"{prefix}{ours}.Wo"] = attn.out_proj.weight.grad.numpy().T
+        g[f"{prefix}{ours}.bo"] = attn.out_proj.bias.grad.numpy()
+    g[prefix + "ffn.W1"], g[prefix + "ffn.b1"] = mod.linear1.weight.grad.T, mod.linear1.bias.grad
+    g[prefix + "ffn.W2"], g[prefix + "ffn.b2"] = mod.linear2.weight.grad.T, mod.linear2.bias.grad
+    for k in range(1, len(attns) + 2):  # a norm after each attention and the feed-forward
+        norm = getattr(mod, f"norm{k}")
+        g[f"{prefix}norm{k}.gamma"], g[f"{prefix}norm{k}.beta"] = norm.weight.grad, norm.bias.grad
+    return g
 
 
 def test_bench_transformer_runs(bench, capsys):

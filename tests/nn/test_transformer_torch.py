@@ -187,16 +187,23 @@ def _decoder_grads(m) -> dict[str, np.ndarray]:
     return g
 
 
-def test_decoder_layer_equals_torch():
-    torch.manual_seed(5)
-    m = torch.nn.TransformerDecoderLayer(
+def _torch_layer(cls, seed: int):
+    """A float64 post-norm ReLU torch layer (``cls``: TransformerDecoderLayer or
+    TransformerEncoderLayer), dropout 0, with non-trivial biases and norm parameters."""
+    torch.manual_seed(seed)
+    m = cls(
         E, HEADS, dim_feedforward=F, dropout=0.0, activation="relu", batch_first=True,
         norm_first=False,
     ).double()  # fmt: skip
-    with torch.no_grad():  # non-trivial biases and norm parameters
+    with torch.no_grad():
         for name, param in m.named_parameters():
             if "bias" in name or "norm" in name:
                 param.add_(0.5 * torch.randn_like(param))
+    return m
+
+
+def test_decoder_layer_equals_torch():
+    m = _torch_layer(torch.nn.TransformerDecoderLayer, seed=5)
     p = _decoder_params(m)
     assert sorted(p) == sorted(nn.DECODER_LAYER_KEYS)
     rng = np.random.default_rng(5)
@@ -220,15 +227,7 @@ def test_decoder_layer_equals_torch():
 
 
 def test_encoder_layer_equals_torch():
-    torch.manual_seed(6)
-    m = torch.nn.TransformerEncoderLayer(
-        E, HEADS, dim_feedforward=F, dropout=0.0, activation="relu", batch_first=True,
-        norm_first=False,
-    ).double()  # fmt: skip
-    with torch.no_grad():  # non-trivial biases and norm parameters
-        for name, param in m.named_parameters():
-            if "bias" in name or "norm" in name:
-                param.add_(0.5 * torch.randn_like(param))
+    m = _torch_layer(torch.nn.TransformerEncoderLayer, seed=6)
     p = {f"self_attn.{k}": v for k, v in _mha_params(m.self_attn).items()}
     p["ffn.W1"], p["ffn.b1"] = m.linear1.weight.detach().numpy().T.copy(), m.linear1.bias
     p["ffn.W2"], p["ffn.b2"] = m.linear2.weight.detach().numpy().T.copy(), m.linear2.bias
