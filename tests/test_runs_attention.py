@@ -119,13 +119,14 @@ def test_cli_train_evaluate_caption_attention(shapes, tmp_path, capsys):
     dataset, store, _ = shapes
     run = tmp_path / "run"
     argv = ["train", "--data", str(dataset), "--features", str(store), "--model", "attention",
-            "--no-position", "--hidden-dim", "16", "--wordvec-dim", "8", "--attention-dim", "8",
-            "--epochs", "1", "--batch-size", "50", "--val-images", "5", "--out", str(run),
-            "--json"]  # fmt: skip
+            "--no-position", "--locations", "--hidden-dim", "16", "--wordvec-dim", "8",
+            "--attention-dim", "8", "--epochs", "1", "--batch-size", "50", "--val-images", "5",
+            "--out", str(run), "--json"]  # fmt: skip
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["model"] == "attention"
-    assert load_checkpoint(run / "best.npz")[0].num_cells is None  # --no-position
+    model = load_checkpoint(run / "best.npz")[0]
+    assert model.num_cells is None and model.locations  # --no-position --locations
     argv = ["evaluate", "--model", str(run), "--data", str(dataset), "--beam", "2",
             "--no-meteor", "--limit", "4"]  # fmt: skip
     assert cli.main(argv) == 0

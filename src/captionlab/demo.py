@@ -109,6 +109,9 @@ class DemoConfig:
     attention_position: bool = field(
         default=False, metadata={"help": "the attention captioner learns a position embedding"}
     )
+    attention_locations: bool = field(
+        default=False, metadata={"help": "the attention captioner uses the cells' places"}
+    )
     attention_monitor: str = field(
         default="val_loss",
         metadata={
@@ -190,6 +193,7 @@ class DemoConfig:
                                attention_dim=self.attention_dim,
                                attention_penalty=self.attention_penalty,
                                position=self.attention_position,
+                               locations=self.attention_locations,
                                monitor=self.attention_monitor, **common)  # fmt: skip
         if kind == "transformer":
             common.update(hidden_dim=self.transformer_feedforward,

@@ -20,10 +20,11 @@ from captionlab.captioning import (
 from captionlab.errors import DataError
 
 
-def _model(V=11, D=6, W=5, H=7, K=4, cells=None, dtype=np.float64, seed=0, scale=0.6):
+def _model(V=11, D=6, W=5, H=7, K=4, cells=None, dtype=np.float64, seed=0, scale=0.6,
+           locations=False):  # fmt: skip
     model = AttentionCaptioner(
         make_vocab(V), input_dim=D, wordvec_dim=W, hidden_dim=H, attention_dim=K,
-        dtype=dtype, seed=seed, num_cells=cells,
+        dtype=dtype, seed=seed, num_cells=cells, locations=locations,
     )  # fmt: skip
     rng = np.random.default_rng(seed + 7)  # every weight non-zero, decisive scores
     for k, v in model.params.items():
@@ -35,13 +36,17 @@ def _grids(N=4, L=5, D=6, seed=1, dtype=np.float64):
     return np.random.default_rng(seed).standard_normal((N, L, D)).astype(dtype)
 
 
+# (num_cells, locations, L): plain; a position embedding; the cells' places (a 2x2 grid)
+VARIANTS = [(None, False, 5), (5, False, 5), (None, True, 4)]
+
+
 @pytest.mark.parametrize("fold", [True, False])
-@pytest.mark.parametrize("cells", [None, 5])
-def test_teacher_forced_decoding_equals_the_training_loss(fold, cells):
+@pytest.mark.parametrize(("cells", "locations", "L"), VARIANTS)
+def test_teacher_forced_decoding_equals_the_training_loss(fold, cells, locations, L):
     """The step interface scores a caption exactly as the training forward pass does."""
-    model = _model(cells=cells)
+    model = _model(cells=cells, locations=locations)
     model.attention_penalty = 0.0  # the word loss alone
-    A = _grids()
+    A = _grids(L=L)
     captions = make_captions(np.random.default_rng(2), 4, 8, 11)  # <START> ... <END> <NULL>
     loss, _ = model.loss(A, captions)
     logp = caption_logprob(model, A, captions[:, 1:])
@@ -52,7 +57,7 @@ def test_teacher_forced_decoding_equals_the_training_loss(fold, cells):
     # the first step's attention is the training forward's
     cache = model._forward(model._grid(A), captions[:, :-1])
     np.testing.assert_allclose(alpha, cache["alphas"][0], rtol=1e-12)
-    assert scores.shape == (4, 11) and alpha.shape == (4, 5)
+    assert scores.shape == (4, 11) and alpha.shape == (4, L)
 
 
 def test_sample_returns_captions_and_attention_per_word():
@@ -73,11 +78,12 @@ def test_sample_returns_captions_and_attention_per_word():
     np.testing.assert_allclose(one_alpha[0], alphas[3], rtol=1e-12)
 
 
-def test_rows_indexing_their_image_equal_grouped_beams():
+@pytest.mark.parametrize("locations", [False, True])
+def test_rows_indexing_their_image_equal_grouped_beams(locations):
     """The batched per-image attention (rows are each image's beams in order) equals the
     gathered one (rows in any order), and neither copies the grid into the state."""
-    model = _model()
-    A = _grids(N=3)
+    model = _model(locations=locations)
+    A = _grids(N=3, L=9)
     state = model.decode_start(A, max_length=4)
     grouped = state.select(np.repeat(np.arange(3), 2))  # beams 2 per image, in order
     perm = np.array([4, 0, 2, 1, 5, 3])
@@ -91,16 +97,16 @@ def test_rows_indexing_their_image_equal_grouped_beams():
     assert set(st1.rows) == {"h", "c", "img"} and st1.shared["A"] is state.shared["A"]
 
 
-@pytest.mark.parametrize("cells", [None, 5])
-def test_beam_search_returns_each_hypothesis_attention(cells):
-    model = _model(cells=cells)
-    A = _grids(N=5)
+@pytest.mark.parametrize(("cells", "locations", "L"), VARIANTS)
+def test_beam_search_returns_each_hypothesis_attention(cells, locations, L):
+    model = _model(cells=cells, locations=locations)
+    A = _grids(N=5, L=L)
     greedy, greedy_att = greedy_decode(model, A, max_length=8, return_attention=True)
     one = beam_search(model, A, beam_size=1, max_length=8, return_attention=True)
     np.testing.assert_array_equal(one.captions[:, 0], greedy)
     np.testing.assert_allclose(one.attention[:, 0], greedy_att, rtol=1e-10)
     res = beam_search(model, A, beam_size=3, max_length=8, return_attention=True)
-    assert res.attention.shape == (5, 3, 8, 5)
+    assert res.attention.shape == (5, 3, 8, L)
     assert np.all(res.logprobs[:, 0] >= caption_logprob(model, A, greedy) - 1e-9)
     for n in range(5):
         for k in range(3):
@@ -114,18 +120,46 @@ def test_beam_search_returns_each_hypothesis_attention(cells):
     assert sample_temperature(model, A, temperature=0.7, max_length=8, seed=0).shape == (5, 8)
 
 
-@pytest.mark.parametrize("cells", [None, 5])
-def test_checkpoint_round_trip(tmp_path, cells):
-    model = _model(cells=cells, dtype=np.float32)
+@pytest.mark.parametrize(("cells", "locations", "L"), VARIANTS)
+def test_checkpoint_round_trip(tmp_path, cells, locations, L):
+    model = _model(cells=cells, dtype=np.float32, locations=locations)
     path = save_checkpoint(tmp_path / "att.npz", model, extra={"note": "x"})
     loaded, state = load_checkpoint(path)
     assert type(loaded) is AttentionCaptioner and loaded.config == model.config
     assert state["model_config"]["num_cells"] == cells
+    assert state["model_config"]["locations"] is locations and loaded.locations is locations
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
-    A = _grids(N=3, dtype=np.float32)
+    A = _grids(N=3, L=L, dtype=np.float32)
     np.testing.assert_array_equal(loaded.sample(A)[0], model.sample(A)[0])
     assert loaded.feature_shape == (cells, 6)
+
+
+def test_checkpoint_from_before_locations_loads_as_before(tmp_path):
+    """A file whose model header lacks ``locations`` (written before it existed) is the
+    model it was; a header with a non-boolean one fails, naming the field."""
+    import json
+
+    from captionlab.errors import CheckpointError
+
+    model = _model(cells=5, dtype=np.float32)
+    path = save_checkpoint(tmp_path / "a.npz", model)
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    header = json.loads(arrays["__header__"].tobytes())
+    assert header["model"]["locations"] is False
+    del header["model"]["locations"]
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded, _ = load_checkpoint(tmp_path / "old.npz")
+    assert loaded.config == model.config and list(loaded.params) == list(model.params)
+    A = _grids(N=3, dtype=np.float32)
+    np.testing.assert_array_equal(loaded.sample(A)[0], model.sample(A)[0])
+    header["model"]["locations"] = "yes"
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(CheckpointError, match="locations must be true or false"):
+        load_checkpoint(tmp_path / "bad.npz")
 
 
 def test_solver_trains_on_grids_read_minibatch_by_minibatch():

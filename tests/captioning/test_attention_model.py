@@ -9,7 +9,7 @@ from threadpoolctl import threadpool_limits
 
 from captionlab import nn
 from captionlab.captioning import AttentionCaptioner
-from captionlab.captioning.attention_model import PARAM_NAMES
+from captionlab.captioning.attention_model import PARAM_NAMES, cell_locations
 from captionlab.nn.gradcheck import eval_numerical_gradient, rel_error
 
 
@@ -103,10 +103,58 @@ def reference_loss(model, features, captions, mask=None):
     return loss, g
 
 
-def _model(V=9, D=5, W=4, H=6, K=3, dtype=np.float64, seed=0, lam=1.0, scale=None, cells=None):
+def torch_reference_loss(model, features, captions, mask=None):
+    """The module docstring's equations, one step at a time in torch (float64), every
+    gradient by autograd: an independent reference that also covers ``locations`` (the
+    cells' places), which the step layers of :func:`reference_loss` do not have."""
+    import torch
+
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    A0 = torch.tensor(features, requires_grad=True)
+    N, L, _ = features.shape
+    captions_in = torch.tensor(captions[:, :-1])
+    out = captions[:, 1:]
+    null_mask = torch.tensor(out != 0)
+    mask = null_mask if mask is None else torch.tensor(mask)
+    A = A0 + p["W_pos"] if "W_pos" in p else A0
+    side = round(L**0.5)
+    centre = (2 * torch.arange(side, dtype=torch.float64) + 1) / side - 1
+    P = torch.stack([centre.repeat(side), centre.repeat_interleave(side)], dim=1)  # (L, 2)
+    a_mean = A.mean(dim=1)
+    h, c = a_mean @ p["W_h0"] + p["b_h0"], a_mean @ p["W_c0"] + p["b_c0"]
+    H = h.shape[1]
+    loss = torch.zeros((), dtype=torch.float64)
+    total_alpha = torch.zeros((N, L), dtype=torch.float64)
+    for t in range(captions_in.shape[1]):
+        x = p["W_embed"][captions_in[:, t]]
+        e = torch.tanh(A @ p["W_att_a"] + (h @ p["W_att_h"] + p["b_att"])[:, None]) @ p["w_att"]
+        if "W_loc_q" in p:
+            e = e + (h @ p["W_loc_q"] + p["b_loc_q"]) @ P.T
+        alpha = torch.softmax(e, dim=1)
+        beta = torch.sigmoid(h @ p["W_beta"] + p["b_beta"])
+        z = beta * (alpha[:, :, None] * A).sum(dim=1)
+        a = x @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]
+        if "W_loc_z" in p:
+            a = a + (alpha @ P) @ p["W_loc_z"]
+        i, f, o = (torch.sigmoid(a[:, k * H : (k + 1) * H]) for k in range(3))
+        c = f * c + i * torch.tanh(a[:, 3 * H :])
+        h = o * torch.tanh(c)
+        logp = torch.log_softmax(h @ p["W_vocab"] + p["b_vocab"], dim=1)
+        word = logp[torch.arange(N), torch.tensor(out[:, t])]
+        loss = loss - (word * mask[:, t]).sum() / N
+        total_alpha = total_alpha + alpha * null_mask[:, t, None]
+    loss = loss + model.attention_penalty * ((1 - total_alpha) ** 2).sum() / N
+    loss.backward()
+    grads = {k: v.grad.numpy() for k, v in p.items()}
+    grads["features"] = A0.grad.numpy()
+    return loss.item(), grads
+
+
+def _model(V=9, D=5, W=4, H=6, K=3, dtype=np.float64, seed=0, lam=1.0, scale=None, cells=None,
+           locations=False):  # fmt: skip
     model = AttentionCaptioner(
         make_vocab(V), input_dim=D, wordvec_dim=W, hidden_dim=H, attention_dim=K,
-        dtype=dtype, seed=seed, attention_penalty=lam, num_cells=cells,
+        dtype=dtype, seed=seed, attention_penalty=lam, num_cells=cells, locations=locations,
     )  # fmt: skip
     if scale is not None:  # every weight non-zero (biases too), small
         rng = np.random.default_rng(seed + 100)
@@ -153,6 +201,37 @@ def test_fast_path_equals_per_step_reference(shape, lam, position):
         np.testing.assert_allclose(grads[k], ref[k], rtol=1e-10, atol=1e-10, err_msg=k)
 
 
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] in (1, 4, 9)])
+@pytest.mark.parametrize(("lam", "position", "locations"), [
+    (1.0, False, False), (0.0, False, True), (0.3, True, True)])  # fmt: skip
+def test_fast_path_equals_torch_autograd(shape, lam, position, locations):
+    """Loss and every gradient equal the equations run step by step under torch autograd,
+    with the cells' places (``locations``) and without, to 1e-10."""
+    N, L, D, W, H, K, T, V = shape
+    model = _model(V, D, W, H, K, lam=lam, scale=0.5, cells=L if position else None,
+                   locations=locations)  # fmt: skip
+    features, captions = _data(1, N, L, D, T, V)
+    mask = np.random.default_rng(2).random((N, T - 1)) > 0.3
+    loss, grads = model.loss(features, captions, mask=mask, feature_grad=True)
+    ref_loss, ref = torch_reference_loss(model, features, captions, mask=mask)
+    assert abs(loss - ref_loss) <= 1e-10 * max(1.0, abs(ref_loss))
+    assert set(grads) == set(ref) == {*model.params, "features"}
+    assert ("W_loc_q" in grads) == ("W_loc_z" in grads) == locations
+    for k in ref:
+        np.testing.assert_allclose(grads[k], ref[k], rtol=1e-10, atol=1e-10, err_msg=k)
+
+
+def test_cell_locations_are_row_major_centres_in_minus_one_to_one():
+    P = cell_locations(9)
+    np.testing.assert_allclose(P[0], [-2 / 3, -2 / 3])  # top-left first
+    np.testing.assert_allclose(P[1], [0, -2 / 3])  # then along the row (x grows)
+    np.testing.assert_allclose(P[3], [-2 / 3, 0])  # the next row (y grows downwards)
+    np.testing.assert_allclose(P[8], [2 / 3, 2 / 3])
+    np.testing.assert_array_equal(cell_locations(1), [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"square grid .*L=6"):
+        cell_locations(6)
+
+
 def test_fast_path_equals_reference_with_a_mask_override():
     model = _model(scale=0.5)
     features, captions = _data(2)
@@ -167,10 +246,10 @@ def test_fast_path_equals_reference_with_a_mask_override():
 # ------------------------------------------------------------------ gradient checks
 
 
-@pytest.mark.parametrize("position", [False, True])
-def test_whole_model_gradient_check(position):
+@pytest.mark.parametrize(("position", "locations"), [(False, False), (True, False), (False, True)])
+def test_whole_model_gradient_check(position, locations):
     """float64, small sizes, every parameter and the features, relative error < 1e-5."""
-    model = _model(scale=0.4, cells=4 if position else None)
+    model = _model(scale=0.4, cells=4 if position else None, locations=locations)
     features, captions = _data(4)
     mask = captions[:, 1:] != 0
     mask[1, 0] = False  # a caller's mask that differs from the <NULL> mask
@@ -182,6 +261,7 @@ def test_whole_model_gradient_check(position):
     # h = 1e-4: the loss is ~9, so at h = 1e-5 its rounding (~1e-15 * 9 / h) already reaches
     # 1e-10 in the difference quotient, 4e-5 relative on the smallest gradient entries.
     assert ("W_pos" in model.params) == position
+    assert ("W_loc_q" in model.params) == locations
     for name in model.params:
         num = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-4)
         assert rel_error(num, grads[name]) < 1e-5, name
@@ -289,14 +369,16 @@ def test_argument_errors_name_the_argument():
         _model(cells=3).loss(features, captions)
     with pytest.raises(ValueError, match="num_cells"):
         _model(cells=0)
+    with pytest.raises(ValueError, match=r"square grid of s\*s cells .*got \(3, 6, 5\)"):
+        _model(locations=True).loss(np.zeros((3, 6, 5)), captions)
 
 
 def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
     state = np.random.get_state()  # noqa: NPY002 (the global generator is what is checked)
     a, b = _model(seed=5), _model(seed=5)
     after = np.random.get_state()  # noqa: NPY002
-    assert list(a.params) == [k for k in PARAM_NAMES if k != "W_pos"]
-    assert list(_model(seed=5, cells=4).params) == list(PARAM_NAMES)
+    assert list(a.params) == [k for k in PARAM_NAMES if k != "W_pos" and "_loc_" not in k]
+    assert list(_model(seed=5, cells=4, locations=True).params) == list(PARAM_NAMES)
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert np.array_equal(state[1], after[1]) and state[2] == after[2]
 

@@ -9,18 +9,29 @@ The forward pass of :meth:`AttentionCaptioner.loss`, ``A`` the grid (N, L, D), f
 ``t = 1 .. T-1`` with ``x_t = W_embed[captions[:, t-1]]``::
 
     A       = A + W_pos   (only with num_cells = L: a learned position embedding per cell)
+    P       = the cells' centres (L, 2), x and y in [-1, 1]            (only with locations)
     a_mean  = mean over the L cells of A                            (N, D)
     h_0     = a_mean @ W_h0 + b_h0,   c_0 = a_mean @ W_c0 + b_c0     (N, H)
     A_proj  = A @ W_att_a                                            (N, L, K)  once
     e_t     = tanh(A_proj + h_{t-1} @ W_att_h + b_att) @ w_att        (N, L)
+           + P @ (h_{t-1} @ W_loc_q + b_loc_q)                      (N, L)     with locations
     alpha_t = softmax over the L cells of e_t                        (N, L)
     beta_t  = sigmoid(h_{t-1} @ W_beta + b_beta)                     (N, 1)     a scalar gate
     z_t     = beta_t * sum_l alpha_tl A_l                            (N, D)
     a_t     = x_t @ Wx + z_t @ Wz + h_{t-1} @ Wh + b                 (N, 4H)    gates i, f, o, g
+              + (alpha_t @ P) @ W_loc_z                              (N, 4H)    with locations
     h_t, c_t = LSTM(a_t, c_{t-1})                                    (N, H)     as nn.lstm
     scores_t = h_t @ W_vocab + b_vocab                               (N, V)
     loss    = (1/N) sum_{n,t: mask} -log softmax(scores_nt)[captions[n, t]]
               + lambda * (1/N) sum_n sum_l (1 - sum_{t: captions[n, t] != <NULL>} alpha_ntl)^2
+
+With ``locations`` the model knows where each cell is, in two ways no content feature gives
+it: the query moves the attention along a direction in the image (``P @ q_loc`` is a ramp
+whose slope the hidden state sets: "the object furthest right"), and the LSTM reads where it
+looked (``alpha_t @ P``, the attention's centre). A phrase "a A left of a B" needs both: B is
+found from A's place, and the relation word from the two places. Additive attention alone
+can only add the query to each cell's projection before the ``tanh``; it cannot scale a
+cell's place by the query.
 
 The word loss is cs231n's (summed over time, averaged over the batch, ``<NULL>`` targets
 masked, or the positions a caller's ``mask`` keeps). The doubly stochastic penalty (lambda =
@@ -46,6 +57,7 @@ over images without gathering the grid at all.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -77,6 +89,9 @@ PARAM_NAMES = (
     "W_vocab",
     "b_vocab",
     "W_pos",
+    "W_loc_q",
+    "b_loc_q",
+    "W_loc_z",
 )
 
 
@@ -91,6 +106,7 @@ class AttentionConfig:
     attention_penalty: float = 1.0
     num_cells: int | None = None
     dtype: str = "float32"
+    locations: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,14 +137,27 @@ def attention_param_shapes(config: AttentionConfig, vocab_size: int) -> dict[str
     }
     if config.num_cells is not None:
         shapes["W_pos"] = (config.num_cells, D)
+    if config.locations:
+        shapes["W_loc_q"], shapes["b_loc_q"], shapes["W_loc_z"] = (H, 2), (2,), (2, 4 * H)
     return shapes
+
+
+def cell_locations(L: int, dtype=np.float64) -> np.ndarray:
+    """The centres of ``L = s * s`` row-major grid cells (top-left first) as (L, 2) ``(x, y)``
+    in [-1, 1] (x to the right, y down); ValueError when ``L`` is not a square."""
+    side = math.isqrt(L) if L > 0 else 0
+    if side * side != L or side == 0:
+        raise ValueError(f"cell locations need a square grid of s*s cells, got L={L}")
+    centre = (2 * np.arange(side) + 1) / side - 1  # (s,)
+    ys, xs = np.meshgrid(centre, centre, indexing="ij")
+    return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1).astype(dtype)
 
 
 def _attention_config(config: dict) -> AttentionConfig:
     """An :class:`AttentionConfig` from a dict of its fields (a checkpoint's ``model``);
     ValueError names what is wrong."""
     names = set(AttentionConfig.__dataclass_fields__)
-    required = names - {"num_cells"}  # absent in files written before position embeddings
+    required = names - {"num_cells", "locations"}  # absent in files written before them
     missing, unknown = required - set(config), set(config) - names
     if missing or unknown:
         raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
@@ -139,6 +168,7 @@ def _attention_config(config: dict) -> AttentionConfig:
         hidden_dim=int(config["hidden_dim"]), attention_dim=int(config["attention_dim"]),
         attention_penalty=float(config["attention_penalty"]),
         num_cells=None if cells is None else int(cells), dtype=str(config["dtype"]),
+        locations=bool(config.get("locations", False)),
     )  # fmt: skip
     if min(c.input_dim, c.wordvec_dim, c.hidden_dim, c.attention_dim) < 1:
         raise ValueError(f"sizes must be >= 1, got {c}")
@@ -146,6 +176,8 @@ def _attention_config(config: dict) -> AttentionConfig:
         raise ValueError(f"num_cells must be None or >= 1, got {c.num_cells}")
     if np.dtype(c.dtype).kind != "f":
         raise ValueError(f"dtype must be a floating type, got {c.dtype!r}")
+    if not isinstance(config.get("locations", False), bool):
+        raise ValueError(f"locations must be true or false, got {config['locations']!r}")
     return c
 
 
@@ -166,6 +198,8 @@ class AttentionCaptioner:
             to every image's grid, so the context tells the LSTM where it looked (the grid's
             vectors alone know their row and column only partly, docs/feature_probe.md), and
             the model takes grids of exactly ``L`` cells. None: no position embedding.
+        locations: the attention and the LSTM also use each cell's place (see the module
+            docstring; the grid must be square, ``L = s * s`` row-major cells).
 
     Attributes:
         params: dict of parameter arrays, keyed by :data:`PARAM_NAMES`:
@@ -182,6 +216,9 @@ class AttentionCaptioner:
             * ``Wh`` (H, 4H), ``b`` (4H,): hidden state -> gates, and the gates' bias.
             * ``W_vocab`` (H, V), ``b_vocab`` (V,): hidden state -> word scores.
             * ``W_pos`` (L, D): the position embedding (only with ``num_cells``; starts at 0).
+            * ``W_loc_q`` (H, 2), ``b_loc_q`` (2,): the query's slope over the cells'
+              places; ``W_loc_z`` (2, 4H): the attention's centre -> gates (only with
+              ``locations``).
     """
 
     def __init__(
@@ -196,6 +233,7 @@ class AttentionCaptioner:
         *,
         attention_penalty: float = 1.0,
         num_cells: int | None = None,
+        locations: bool = False,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -234,6 +272,10 @@ class AttentionCaptioner:
         p["b_vocab"] = np.zeros(V)
         if num_cells is not None:
             p["W_pos"] = np.zeros((int(num_cells), D))
+        if locations:
+            p["W_loc_q"] = randn(H, 2) / np.sqrt(H)
+            p["b_loc_q"] = np.zeros(2)
+            p["W_loc_z"] = randn(2, 4 * H) / np.sqrt(2)
         self.params = {k: p[k].astype(self.dtype) for k in PARAM_NAMES if k in p}
 
     # ------------------------------------------------------------------ description
@@ -249,7 +291,13 @@ class AttentionCaptioner:
             attention_penalty=self.attention_penalty,
             num_cells=self.num_cells,
             dtype=self.dtype.name,
+            locations=self.locations,
         )
+
+    @property
+    def locations(self) -> bool:
+        """Whether the model uses the cells' places (``W_loc_q``, ``W_loc_z``)."""
+        return "W_loc_q" in self.params
 
     @property
     def num_cells(self) -> int | None:
@@ -290,6 +338,7 @@ class AttentionCaptioner:
             word_to_idx, input_dim=c.input_dim, wordvec_dim=c.wordvec_dim,
             hidden_dim=c.hidden_dim, attention_dim=c.attention_dim, dtype=np.dtype(c.dtype),
             seed=seed, attention_penalty=c.attention_penalty, num_cells=c.num_cells,
+            locations=c.locations,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -297,7 +346,8 @@ class AttentionCaptioner:
         return (
             f"AttentionCaptioner(V={len(self.word_to_idx)}, D={c.input_dim}, "
             f"W={c.wordvec_dim}, H={c.hidden_dim}, K={c.attention_dim}, "
-            f"lambda={c.attention_penalty}, L={c.num_cells}, dtype={c.dtype})"
+            f"lambda={c.attention_penalty}, L={c.num_cells}, locations={c.locations}, "
+            f"dtype={c.dtype})"
         )
 
     # ------------------------------------------------------------------ checks
@@ -312,7 +362,23 @@ class AttentionCaptioner:
                 f"features must be a grid of L={L} cells (the position embedding's), "
                 f"got {features.shape}"
             )
+        if self.locations:
+            side = math.isqrt(features.shape[1])
+            if side * side != features.shape[1]:
+                raise ValueError(
+                    "features must be a square grid of s*s cells (the model uses the cells' "
+                    f"places), got {features.shape}"
+                )
         return features.astype(self.dtype, copy=False)
+
+    def _hcat(self) -> np.ndarray:
+        """h_{t-1}'s projections fused: ``[Wh | W_att_h | W_beta (| W_loc_q)]``
+        (H, 4H + K + 1 (+ 2)): one GEMM per step for all of them."""
+        p = self.params
+        parts = [p["Wh"], p["W_att_h"], p["W_beta"]]
+        if self.locations:
+            parts.append(p["W_loc_q"])
+        return np.concatenate(parts, axis=1)
 
     def _grid(self, features: np.ndarray) -> np.ndarray:
         """The checked grid (N, L, D), plus the position embedding when the model has one."""
@@ -372,7 +438,8 @@ class AttentionCaptioner:
         Returns the cache: ``hs`` (T+1, N, H) with ``hs[0] = h_0``, ``cs`` likewise,
         ``alphas`` (T, N, L), ``betas`` (T, N), ``ctx`` (T, N, D) the unweighted contexts,
         ``zs`` (T, N, D), ``gates`` (T, N, 4H), ``tanh_c`` (T, N, H), ``th`` (T, N, L, K),
-        plus the inputs and the hoisted products.
+        with locations ``locs`` (T, N, 2) the attention's centres and ``P`` (L, 2), plus the
+        inputs and the hoisted products.
         """
         p = self.params
         N, L, D = A.shape
@@ -386,8 +453,11 @@ class AttentionCaptioner:
         x = p["W_embed"][captions_in.T]  # (T, N, W)
         gates = (x.reshape(T * N, -1) @ p["Wx"]).reshape(T, N, 4 * H)  # (T, N, 4H)
         gates += p["b"]
-        # h_{t-1}'s three projections, fused: [Wh | W_att_h | W_beta] (H, 4H + K + 1).
-        W_hcat = np.concatenate([p["Wh"], p["W_att_h"], p["W_beta"]], axis=1)
+        # h_{t-1}'s projections, fused: [Wh | W_att_h | W_beta (| W_loc_q)] (H, 4H + K + 1 (+2)).
+        W_hcat = self._hcat()
+        ib = 4 * H + K  # the beta column; the location query's two follow it
+        P = cell_locations(L, dtype) if self.locations else None  # (L, 2)
+        locs = np.empty((T, N, 2), dtype=dtype) if P is not None else None
         hs = np.empty((T + 1, N, H), dtype=dtype)
         cs = np.empty((T + 1, N, H), dtype=dtype)
         hs[0] = a_mean @ p["W_h0"] + p["b_h0"]
@@ -399,22 +469,27 @@ class AttentionCaptioner:
         ctx = np.empty((T, N, D), dtype=dtype)
         zs = np.empty((T, N, D), dtype=dtype)
         for t in range(T):
-            hp = hs[t] @ W_hcat  # (N, 4H + K + 1)
-            q = hp[:, 4 * H : 4 * H + K] + p["b_att"]  # (N, K)
+            hp = hs[t] @ W_hcat  # (N, 4H + K + 1 (+ 2))
+            q = hp[:, 4 * H : ib] + p["b_att"]  # (N, K)
             _, e = additive_scores(A_proj, q, p["w_att"], out=th[t])  # (N, L)
+            if P is not None:
+                e += (hp[:, ib + 1 :] + p["b_loc_q"]) @ P.T  # (N, L): a ramp over the places
             alphas[t] = masked_softmax(e)
             np.matmul(alphas[t][:, None, :], A, out=ctx[t][:, None, :])  # (N, D)
-            sigmoid(hp[:, -1] + p["b_beta"], out=betas[t])  # (N,)
+            sigmoid(hp[:, ib] + p["b_beta"], out=betas[t])  # (N,)
             np.multiply(ctx[t], betas[t][:, None], out=zs[t])  # (N, D)
             at = gates[t]  # (N, 4H): x_t @ Wx + b so far
             at += hp[:, : 4 * H]
             at += zs[t] @ p["Wz"]
+            if P is not None:
+                np.matmul(alphas[t], P, out=locs[t])  # (N, 2) where it looked
+                at += locs[t] @ p["W_loc_z"]
             hs[t + 1], cs[t + 1], gate_views = lstm_gates_forward(at, cs[t])
             tanh_c[t] = gate_views[4]
         return {
             "A": A, "a_mean": a_mean, "x": x, "W_hcat": W_hcat, "hs": hs, "cs": cs,
             "gates": gates, "tanh_c": tanh_c, "th": th, "alphas": alphas, "betas": betas,
-            "ctx": ctx, "zs": zs,
+            "ctx": ctx, "zs": zs, "P": P, "locs": locs,
         }  # fmt: skip
 
     def _word_loss(
@@ -475,11 +550,15 @@ class AttentionCaptioner:
         _, L, D = A.shape
         K = p["W_att_a"].shape[1]
         dtype = self.dtype
-        W_hcatT = cache["W_hcat"].T  # (4H + K + 1, H)
+        W_hcatT = cache["W_hcat"].T  # (4H + K + 1 (+ 2), H)
         WzT = p["Wz"].T  # (4H, D)
         w_att = p["w_att"]
-        # Per-step gradients kept for the GEMMs after the loop: dhp = [da | dq | dbeta_pre].
-        dhp = np.empty((T, N, 4 * H + K + 1), dtype=dtype)
+        ib = 4 * H + K
+        P = cache["P"]  # (L, 2) or None
+        W_loc_zT = p["W_loc_z"].T if P is not None else None  # (4H, 2)
+        # Per-step gradients kept for the GEMMs after the loop:
+        # dhp = [da | dq | dbeta_pre (| dq_loc)].
+        dhp = np.empty((T, N, W_hcatT.shape[0]), dtype=dtype)
         de = np.empty((T, N, L), dtype=dtype)
         dctx = np.empty((T, N, D), dtype=dtype)
         dA_proj = np.zeros((N, L, K), dtype=dtype)
@@ -495,31 +574,38 @@ class AttentionCaptioner:
             dz = da @ WzT  # (N, D)
             beta = betas[t]  # (N,)
             dbeta = np.einsum("nd,nd->n", dz, ctx[t])  # (N,)
-            dhp[t, :, -1] = dbeta * beta * (1 - beta)  # through the sigmoid
+            dhp[t, :, ib] = dbeta * beta * (1 - beta)  # through the sigmoid
             np.multiply(dz, beta[:, None], out=dctx[t])  # (N, D)
             dalpha = np.matmul(A, dctx[t][:, :, None])[:, :, 0]  # (N, L)
             dalpha += dalpha_pen[t]
+            if P is not None:
+                dalpha += (da @ W_loc_zT) @ P.T  # through the centre alpha @ P
             de[t] = masked_softmax_backward(dalpha, alphas[t])  # (N, L)
+            if P is not None:
+                np.matmul(de[t], P, out=dhp[t, :, ib + 1 :])  # dq_loc (N, 2)
             dpre = additive_scores_backward(de[t], th[t], w_att)  # (N, L, K)
             dA_proj += dpre
-            dpre.sum(axis=1, out=dhp[t, :, 4 * H : 4 * H + K])  # dq (N, K)
+            dpre.sum(axis=1, out=dhp[t, :, 4 * H : ib])  # dq (N, K)
             dh_next = dhp[t] @ W_hcatT  # (N, H)
         dh0, dc0 = dh_next, dc_next
 
         grads: dict[str, np.ndarray] = {}
         # Hoisted: every weight gradient as one GEMM over the T*N rows.
-        dhp2 = dhp.reshape(T * N, 4 * H + K + 1)
-        dW_hcat = hs[:T].reshape(T * N, H).T @ dhp2  # (H, 4H + K + 1); hs[t] = h_{t-1}
+        dhp2 = dhp.reshape(T * N, -1)
+        dW_hcat = hs[:T].reshape(T * N, H).T @ dhp2  # (H, 4H + K + 1 (+ 2)); hs[t] = h_{t-1}
         grads["Wh"] = dW_hcat[:, : 4 * H]
-        grads["W_att_h"] = dW_hcat[:, 4 * H : 4 * H + K]
-        grads["W_beta"] = dW_hcat[:, 4 * H + K :]
-        dsum = dhp2.sum(axis=0)  # (4H + K + 1,)
+        grads["W_att_h"] = dW_hcat[:, 4 * H : ib]
+        grads["W_beta"] = dW_hcat[:, ib : ib + 1]
+        dsum = dhp2.sum(axis=0)  # (4H + K + 1 (+ 2),)
         grads["b"], grads["b_att"], grads["b_beta"] = (
             dsum[: 4 * H],
-            dsum[4 * H : 4 * H + K],
-            dsum[4 * H + K :],
+            dsum[4 * H : ib],
+            dsum[ib : ib + 1],
         )
         da2 = np.ascontiguousarray(dhp2[:, : 4 * H])  # (T*N, 4H)
+        if P is not None:
+            grads["W_loc_q"], grads["b_loc_q"] = dW_hcat[:, ib + 1 :], dsum[ib + 1 :]
+            grads["W_loc_z"] = cache["locs"].reshape(T * N, 2).T @ da2  # (2, 4H)
         x = cache["x"]
         grads["Wx"] = x.reshape(T * N, -1).T @ da2  # (W, 4H)
         grads["Wz"] = cache["zs"].reshape(T * N, D).T @ da2  # (D, 4H)
@@ -574,11 +660,9 @@ class AttentionCaptioner:
         a_mean = A.mean(axis=1)  # (N, D)
         A_proj = (A.reshape(N * L, D) @ p["W_att_a"]).reshape(N, L, K)  # (N, L, K), once
         A_proj += p["b_att"]
-        shared = {
-            "A": A,
-            "A_proj": A_proj,
-            "W_hcat": np.concatenate([p["Wh"], p["W_att_h"], p["W_beta"]], axis=1),
-        }
+        shared = {"A": A, "A_proj": A_proj, "W_hcat": self._hcat()}
+        if self.locations:
+            shared["P"] = cell_locations(L, self.dtype)
         if fold is None:  # the table pays off once it replaces at least V input rows
             fold = N * max_length >= p["W_embed"].shape[0]
         if fold:
@@ -601,26 +685,31 @@ class AttentionCaptioner:
         M, H = h.shape
         Ni, L, D = A.shape
         K = A_proj.shape[2]
-        hp = h @ state.shared["W_hcat"]  # (M, 4H + K + 1)
-        q = hp[:, 4 * H : 4 * H + K]  # (M, K); b_att is in A_proj
+        hp = h @ state.shared["W_hcat"]  # (M, 4H + K + 1 (+ 2))
+        ib = 4 * H + K
+        q = hp[:, 4 * H : ib]  # (M, K); b_att is in A_proj
+        P = state.shared.get("P")  # (L, 2) with locations
+        ramp = (hp[:, ib + 1 :] + p["b_loc_q"]) @ P.T if P is not None else 0.0  # (M, L)
         if M % Ni == 0 and np.array_equal(img, np.repeat(np.arange(Ni), M // Ni)):
             # Rows are each image's B beams in order: attend per image, no grid gathered.
             B = M // Ni
             th = A_proj[:, None] + q.reshape(Ni, B, 1, K)  # (Ni, B, L, K)
             np.tanh(th, out=th)
-            alpha = nn.masked_softmax((th @ p["w_att"]).reshape(M, L))  # (M, L)
+            alpha = nn.masked_softmax((th @ p["w_att"]).reshape(M, L) + ramp)  # (M, L)
             ctx = np.matmul(alpha.reshape(Ni, B, L), A).reshape(M, D)  # (M, D)
         else:
             th = A_proj[img]  # (M, L, K) gathered
             th += q[:, None, :]
             np.tanh(th, out=th)
-            alpha = nn.masked_softmax(th @ p["w_att"])  # (M, L)
+            alpha = nn.masked_softmax(th @ p["w_att"] + ramp)  # (M, L)
             ctx = np.matmul(alpha[:, None, :], A[img])[:, 0]  # (M, D)
-        beta = sigmoid(hp[:, -1:] + p["b_beta"])  # (M, 1)
+        beta = sigmoid(hp[:, ib : ib + 1] + p["b_beta"])  # (M, 1)
         table = state.shared.get("table")
         a = table[words] if table is not None else p["W_embed"][words] @ p["Wx"] + p["b"]
         a += hp[:, : 4 * H]
         a += (ctx * beta) @ p["Wz"]  # (M, 4H)
+        if P is not None:
+            a += (alpha @ P) @ p["W_loc_z"]
         h, c, _ = lstm_gates_forward(a, c)
         scores = h @ p["W_vocab"]  # (M, V)
         scores += p["b_vocab"]

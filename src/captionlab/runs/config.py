@@ -101,6 +101,13 @@ class TrainConfig:
             "(its recurrent state tells the words apart; no gain measured on the shapes data)"
         },
     )
+    locations: bool = field(
+        default=False,
+        metadata={
+            "help": "the attention also moves along, and the LSTM reads, each grid cell's "
+            "place (x, y) (--model attention; see AttentionCaptioner)"
+        },
+    )
     encoder_layers: int | None = field(
         default=None,
         metadata={

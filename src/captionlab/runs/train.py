@@ -46,7 +46,8 @@ def model_spec(config: TrainConfig, store: FeatureStore) -> tuple[type, dict]:
         return AttentionCaptioner, {
             "input_dim": D, "attention_dim": config.attention_dim,
             "attention_penalty": config.attention_penalty,
-            "num_cells": L if config.position_embedding else None, **common,
+            "num_cells": L if config.position_embedding else None,
+            "locations": bool(config.locations), **common,
         }  # fmt: skip
     if config.model == "transformer":
         L, D = None, store.dim
