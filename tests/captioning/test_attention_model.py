@@ -9,7 +9,8 @@ from threadpoolctl import threadpool_limits
 
 from captionlab import nn
 from captionlab.captioning import AttentionCaptioner
-from captionlab.captioning.attention_model import PARAM_NAMES, cell_locations
+from captionlab.captioning.attention_model import PARAM_NAMES
+from captionlab.nn.attention import cell_locations
 from captionlab.nn.gradcheck import eval_numerical_gradient, rel_error
 
 

@@ -65,7 +65,7 @@ import numpy as np
 from captionlab import nn
 from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
-from captionlab.nn.attention import additive_scores, additive_scores_backward
+from captionlab.nn.attention import additive_scores, additive_scores_backward, cell_locations
 from captionlab.nn.functional import masked_softmax, masked_softmax_backward, sigmoid
 from captionlab.nn.lstm import lstm_gates_backward, lstm_gates_forward
 
@@ -140,17 +140,6 @@ def attention_param_shapes(config: AttentionConfig, vocab_size: int) -> dict[str
     if config.locations:
         shapes["W_loc_q"], shapes["b_loc_q"], shapes["W_loc_z"] = (H, 2), (2,), (2, 4 * H)
     return shapes
-
-
-def cell_locations(L: int, dtype=np.float64) -> np.ndarray:
-    """The centres of ``L = s * s`` row-major grid cells (top-left first) as (L, 2) ``(x, y)``
-    in [-1, 1] (x to the right, y down); ValueError when ``L`` is not a square."""
-    side = math.isqrt(L) if L > 0 else 0
-    if side * side != L or side == 0:
-        raise ValueError(f"cell locations need a square grid of s*s cells, got L={L}")
-    centre = (2 * np.arange(side) + 1) / side - 1  # (s,)
-    ys, xs = np.meshgrid(centre, centre, indexing="ij")
-    return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1).astype(dtype)
 
 
 def _attention_config(config: dict) -> AttentionConfig:
