@@ -91,7 +91,7 @@ class DemoConfig:
         default=5e-3, metadata={"help": "Adam learning rate", "bound": real(0, lo_open=True)}
     )
     attention_epochs: int = field(
-        default=4,
+        default=5,
         metadata={"help": "training epochs of attention", "bound": integer(1, 10**5)},
     )
     attention_hidden_dim: int = field(
@@ -110,7 +110,8 @@ class DemoConfig:
         default=False, metadata={"help": "the attention captioner learns a position embedding"}
     )
     attention_locations: bool = field(
-        default=False, metadata={"help": "the attention captioner uses the cells' places"}
+        default=True,
+        metadata={"help": "the attention captioner uses the cells' places (--locations)"},
     )
     attention_monitor: str = field(
         default="val_loss",

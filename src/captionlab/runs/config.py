@@ -101,11 +101,13 @@ class TrainConfig:
             "(its recurrent state tells the words apart; no gain measured on the shapes data)"
         },
     )
-    locations: bool = field(
-        default=False,
+    locations: bool | None = field(
+        default=None,
         metadata={
             "help": "the attention also moves along, and the LSTM reads, each grid cell's "
-            "place (x, y) (--model attention; see AttentionCaptioner)"
+            "place (x, y) (--model attention; see AttentionCaptioner); unset: on (it "
+            "raised the choice of a relation among three objects from 0.54 to 0.75 on the "
+            "shapes data)"
         },
     )
     encoder_layers: int | None = field(
@@ -207,6 +209,13 @@ class TrainConfig:
     def uses_grid(self) -> bool:
         """Whether the model reads the store's grid (attention always; transformer with grid)."""
         return self.model == "attention" or (self.model == "transformer" and self.grid)
+
+    @property
+    def uses_locations(self) -> bool:
+        """``locations``, or the model's default when unset (see the field's help)."""
+        if self.locations is not None:
+            return bool(self.locations)
+        return self.model == "attention"
 
     @property
     def position_embedding(self) -> bool:

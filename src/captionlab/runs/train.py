@@ -47,7 +47,7 @@ def model_spec(config: TrainConfig, store: FeatureStore) -> tuple[type, dict]:
             "input_dim": D, "attention_dim": config.attention_dim,
             "attention_penalty": config.attention_penalty,
             "num_cells": L if config.position_embedding else None,
-            "locations": bool(config.locations), **common,
+            "locations": config.uses_locations, **common,
         }  # fmt: skip
     if config.model == "transformer":
         L, D = None, store.dim
