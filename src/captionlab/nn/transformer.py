@@ -32,6 +32,15 @@ feed-forward size.
   ``x @ [Wq | Wk | Wv]`` and ``k, v`` of its cross-attention with one GEMM
   ``memory @ [Wk | Wv]``; the backward passes do the same for the weight and input
   gradients.
+* **Cell locations** (optional, a decoder layer over a square grid of ``L`` cells with
+  centres ``P`` (L, 2), see :func:`captionlab.nn.attention.cell_locations`): the
+  cross-attention block also reads *where* each head looked, the weighted mean of the
+  cells' places, and adds it through ``W_loc`` (2h, E)::
+
+      loc = [alpha_1 @ P | ... | alpha_h @ P]                  # (N, T, 2h), head i: (x, y)
+      x   = LN2(x + Dropout(CrossAttention(x, memory, memory) + loc @ W_loc))
+
+  ``alpha_i`` (N, T, L) are head ``i``'s attention weights before dropout.
 """
 
 from __future__ import annotations
@@ -520,16 +529,27 @@ DECODER_LAYER_KEYS: tuple[str, ...] = (
 )
 
 
-def decoder_layer_param_shapes(E: int, F: int) -> dict[str, tuple[int, ...]]:
+#: The parameter a decoder layer that reads its cross-attention's cell locations adds.
+DECODER_LOCATION_KEY = "cross_attn.W_loc"
+
+
+def decoder_layer_param_shapes(
+    E: int, F: int, location_heads: int = 0
+) -> dict[str, tuple[int, ...]]:
     """The shape of every parameter of a decoder layer, keyed by :data:`DECODER_LAYER_KEYS`.
 
     Projections ``W`` (E, E) and ``b`` (E,); ``ffn.W1`` (E, F), ``ffn.b1`` (F,),
-    ``ffn.W2`` (F, E), ``ffn.b2`` (E,); ``normK.gamma`` and ``normK.beta`` (E,).
+    ``ffn.W2`` (F, E), ``ffn.b2`` (E,); ``normK.gamma`` and ``normK.beta`` (E,). With
+    ``location_heads = h > 0`` (a layer that reads where its h cross-attention heads looked,
+    see :func:`decoder_layer_forward`'s ``locations``), also :data:`DECODER_LOCATION_KEY`
+    ``cross_attn.W_loc`` (2h, E), after the other cross-attention parameters.
     """
     shapes = {}
     for key in DECODER_LAYER_KEYS:
         name = key.split(".")[1]
         shapes[key] = (E, E) if name in ("Wq", "Wk", "Wv", "Wo") else (E,)
+        if key == "cross_attn.bo" and location_heads:
+            shapes[DECODER_LOCATION_KEY] = (2 * location_heads, E)
     shapes["ffn.W1"], shapes["ffn.b1"], shapes["ffn.W2"] = (E, F), (F,), (F, E)
     return shapes
 
@@ -542,6 +562,7 @@ def decoder_layer_forward(
     tgt_mask: np.ndarray | None = None,
     dropout: float = 0.0,
     rng: np.random.Generator | None = None,
+    locations: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """One post-norm Transformer decoder layer (see the module docstring for the equations).
 
@@ -557,6 +578,9 @@ def decoder_layer_forward(
             places of ``torch.nn.TransformerDecoderLayer``: both attention weights, after
             each of the three blocks, and inside the feed-forward block.
         rng: the generator of the dropout masks (needed when ``dropout > 0``).
+        locations: ``None``, or the memory cells' places ``P`` (L, 2): the cross-attention
+            block then adds ``[alpha_1 @ P | ... | alpha_h @ P] @ W_loc`` (the module
+            docstring), ``params`` holding ``cross_attn.W_loc`` (2h, E) too.
 
     Returns:
         ``(out, cache)`` with out of shape (N, T, E).
@@ -565,7 +589,17 @@ def decoder_layer_forward(
     N, E = x.shape[0], x.shape[2]
     check_ndim("memory", memory, 3, "(N, L, E)")
     check_shape("memory", memory, (N, None, E), "(N, L, E)")
-    _check_layer_params(params, DECODER_LAYER_KEYS, decoder_layer_param_shapes, E, num_heads)
+    keys = DECODER_LAYER_KEYS
+    if locations is not None:
+        check_shape("locations", locations, (memory.shape[1], 2), "(L, 2)")
+        keys = (*keys, DECODER_LOCATION_KEY)
+    _check_layer_params(
+        params,
+        keys,
+        lambda E, F: decoder_layer_param_shapes(E, F, num_heads if locations is not None else 0),
+        E,
+        num_heads,
+    )
     p = params
 
     # 1. masked self-attention and its norm
@@ -580,7 +614,7 @@ def decoder_layer_forward(
         [p["cross_attn.Wk"], p["cross_attn.Wv"]], [p["cross_attn.bk"], p["cross_attn.bv"]]
     )  # (E+1, 2E)
     kv = _affine1(memory1, Wkv, memory.shape[:2])  # (N, L, 2E)
-    ca, _, c_ca = _attend_forward(
+    ca, alpha, c_ca = _attend_forward(
         q,
         kv[..., :E],
         kv[..., E:],
@@ -590,7 +624,12 @@ def decoder_layer_forward(
         None,
         dropout,
         rng,
-    )  # (N, T, E)
+    )  # (N, T, E); alpha (N, h, T, L)
+    c_loc = None
+    if locations is not None:  # where each head looked, (x, y) per head, read by W_loc
+        loc = _looked_at(alpha, locations)  # (N, T, 2h)
+        ca += (loc.reshape(N * loc.shape[1], -1) @ p[DECODER_LOCATION_KEY]).reshape(ca.shape)
+        c_loc = (loc, locations, p[DECODER_LOCATION_KEY])
     ca, c_d2 = dropout_forward(ca, dropout, rng)
     h2, c_n2 = _add_layernorm(h1, ca, p["norm2.gamma"], p["norm2.beta"])  # (N, T, E)
 
@@ -598,8 +637,15 @@ def decoder_layer_forward(
     out, (c_ff, c_d3, c_n3) = _feedforward_block(h2, p, "norm3", dropout, rng)  # (N, T, E)
 
     cache = (x.shape, x1, memory.shape, memory1, h1, Wqkv, Wkv, p["cross_attn.Wq"], num_heads)
-    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
+    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc)
     return out, cache
+
+
+def _looked_at(alpha: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """The places the heads looked at: alpha (N, h, T, L), P (L, 2) -> (N, T, 2h), head
+    ``i``'s ``alpha_i @ P`` in columns ``2i:2i+2``."""
+    N, h, T, _ = alpha.shape
+    return (alpha @ P.astype(alpha.dtype, copy=False)).transpose(0, 2, 1, 3).reshape(N, T, 2 * h)
 
 
 def decoder_layer_attention(cache: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -620,10 +666,11 @@ def decoder_layer_backward(
 
     Returns:
         ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
-        gradients keyed and shaped like ``params``.
+        gradients keyed and shaped like ``params`` (``cross_attn.W_loc`` only with
+        ``locations``).
     """
     x_shape, x1, memory_shape, memory1, h1, Wqkv, Wkv, Wq_c, h = cache[:9]
-    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3 = cache[9:]
+    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc = cache[9:]
     check_shape("dout", dout, x_shape, "(N, T, E)")
     (N, T, E), L = x_shape, memory_shape[1]
     g: dict[str, np.ndarray] = {}
@@ -636,8 +683,17 @@ def decoder_layer_backward(
     dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dh2, c_n2)
     dq, dq_heads = _heads_buffer(N, T, 1, h, E // h, dout.dtype)  # (N, T, E)
     dkv, dkv_heads = _heads_buffer(N, L, 2, h, E // h, dout.dtype)  # (N, L, 2E)
+    dca = dropout_backward(dz, c_d2)  # (N, T, E)
+    dalpha = None
+    if c_loc is not None:  # the location read: dloc = dca @ W_loc^T, dalpha_i = dloc_i @ P^T
+        loc, P, W_loc = c_loc
+        dca2 = dca.reshape(N * T, E)
+        g[DECODER_LOCATION_KEY] = loc.reshape(N * T, 2 * h).T @ dca2  # (2h, E)
+        dloc = (dca2 @ W_loc.T).reshape(N, T, 2 * h)  # (N, T, 2h)
+        dloc = dloc.reshape(N, T, h, 2).transpose(0, 2, 1, 3)  # (N, h, T, 2)
+        dalpha = dloc @ P.T.astype(dloc.dtype, copy=False)  # (N, h, T, L)
     g["cross_attn.Wo"], g["cross_attn.bo"] = _attend_backward(
-        dropout_backward(dz, c_d2), None, c_ca, (*dq_heads, *dkv_heads)
+        dca, dalpha, c_ca, (*dq_heads, *dkv_heads)
     )
     dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(dq, h1, Wq_c)
     dh1 += dz
@@ -647,7 +703,8 @@ def decoder_layer_backward(
 
     # 1. self-attention block and its norm
     dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
-    return dx, dmemory, {key: g[key] for key in DECODER_LAYER_KEYS}
+    keys = DECODER_LAYER_KEYS if c_loc is None else (*DECODER_LAYER_KEYS, DECODER_LOCATION_KEY)
+    return dx, dmemory, {key: g[key] for key in keys}
 
 
 def _check_layer_params(params: dict, keys: tuple, shapes_of, E: int, num_heads: int) -> None:

@@ -104,8 +104,10 @@ class TrainConfig:
     locations: bool = field(
         default=False,
         metadata={
-            "help": "the attention also moves along, and the LSTM reads, each grid cell's "
-            "place (x, y) (--model attention; see AttentionCaptioner)"
+            "help": "use each grid cell's place (x, y): --model attention moves its attention "
+            "along them and its LSTM reads where it looked; --model transformer --grid reads "
+            "where each cross-attention head looked in every decoder layer (see "
+            "AttentionCaptioner, CaptioningTransformer)"
         },
     )
     encoder_layers: int | None = field(
@@ -197,6 +199,12 @@ class TrainConfig:
             raise UserError(
                 f"--num-heads {self.num_heads} must divide --wordvec-dim {self.wordvec_dim} "
                 "(each head takes an equal share of the model width)"
+            )
+        if self.locations and not self.uses_grid:
+            raise UserError(
+                f"--locations needs a model that reads the grid (--model attention, or "
+                f"--model transformer --grid), got --model {self.model}"
+                + (" without --grid" if self.model == "transformer" else "")
             )
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
