@@ -44,6 +44,15 @@ def test_build_model_from_the_train_config():
         TrainConfig(**TINY, locations=True)
     with pytest.raises(UserError, match=r"--locations needs .*got --model rnn"):
         TrainConfig(locations=True)
+    summed = build_model(
+        TrainConfig(**TINY, grid=True, locations=True, location_summary=True), vocab, store
+    )
+    assert summed.location_summary and summed.config.location_summary
+    assert not located.location_summary
+    with pytest.raises(UserError, match=r"--location-summary needs .*without --locations"):
+        TrainConfig(**TINY, grid=True, location_summary=True)
+    with pytest.raises(UserError, match=r"--location-summary needs .*got --model attention"):
+        TrainConfig(model="attention", locations=True, location_summary=True)
     assert build_model(TrainConfig(cell="gru"), vocab, store).cell_type == "gru"
     with pytest.raises(UserError, match="--num-heads 3 must divide --wordvec-dim 8"):
         TrainConfig(**{**TINY, "num_heads": 3})
@@ -62,6 +71,11 @@ def test_demo_config_sets_the_transformers_locations():
     assert tconfig.locations and tconfig.grid and tconfig.model == "transformer"
     assert not config.train_config("attention").locations
     assert not DemoConfig(attention_locations=True).train_config("transformer").locations
+    assert not tconfig.location_summary
+    both = DemoConfig(transformer_locations=True, transformer_location_summary=True)
+    assert both.train_config("transformer").location_summary
+    with pytest.raises(UserError, match="--location-summary needs"):
+        DemoConfig(transformer_location_summary=True).train_config("transformer")
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,13 @@ class DemoConfig:
         default=False,
         metadata={"help": "the transformer reads the places its cross-attention looked at"},
     )
+    transformer_location_summary: bool = field(
+        default=False,
+        metadata={
+            "help": "with transformer_locations: also a gated running mean of the places "
+            "looked at over the words so far"
+        },
+    )
     transformer_learning_rate: float = field(
         default=1e-3,
         metadata={"help": "Adam learning rate of the transformer", "bound": real(0, lo_open=True)},
@@ -206,7 +213,9 @@ class DemoConfig:
                                num_layers=self.transformer_layers,
                                num_heads=self.transformer_heads,
                                dropout=self.transformer_dropout,
-                               locations=self.transformer_locations, **common)  # fmt: skip
+                               locations=self.transformer_locations,
+                               location_summary=self.transformer_location_summary,
+                               **common)  # fmt: skip
         return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 

@@ -50,8 +50,11 @@ CASES["encoder"] = {"grid": True, "num_cells": 5, "memory_norm": True, "encoder_
 CASES["encoder"].update(seed=10, end_bias=2.0)
 #: ... and one that reads where its cross-attention looked, over a square grid of 3x3 cells.
 CASES["locations"] = {"grid": True, "num_cells": 9, "locations": True}
+#: ... and one that also reads a running mean of the places looked at (two running sums per
+#: row and layer when decoding).
+CASES["summary"] = {**CASES["locations"], "location_summary": True, "seed": 4, "end_bias": 2.0}
 #: The grid cells of each case's features.
-CELLS = {"locations": 9}
+CELLS = {"locations": 9, "summary": 9}
 
 
 def _features(grid=True, N=3, seed=3, L=5):
@@ -110,7 +113,7 @@ def test_greedy_equals_recomputing_the_prefix(case):
     np.testing.assert_array_equal(model.sample(features, max_length=10), fast)
 
 
-@pytest.mark.parametrize("case", ["grid", "encoder", "locations"])
+@pytest.mark.parametrize("case", ["grid", "encoder", "locations", "summary"])
 def test_beam_search_with_different_end_times_equals_recomputing_the_prefix(case):
     model = _model(**CASES[case])
     features = _features(True, N=3, L=CELLS.get(case, 5))
@@ -190,14 +193,17 @@ def test_sampling_and_errors():
 def test_checkpoint_round_trip(tmp_path, case):
     model = _model(**CASES[case])
     grid = case != "pooled"
-    cells = {"encoder": 5, "locations": 9}.get(case)
+    cells = {"encoder": 5, "locations": 9, "summary": 9}.get(case)
     assert model.feature_shape == ((cells, D) if grid else (D,))
     path = save_checkpoint(tmp_path / "t.npz", model, extra={"note": "x"})
     loaded, state = load_checkpoint(path)
     assert type(loaded) is CaptioningTransformer
     assert loaded.config == model.config and loaded.feature_shape == model.feature_shape
     assert state["model_config"]["grid"] is grid
-    assert state["model_config"]["locations"] is (case == "locations") is loaded.locations
+    assert state["model_config"]["locations"] is (case in ("locations", "summary"))
+    assert loaded.locations is state["model_config"]["locations"]
+    assert state["model_config"]["location_summary"] is (case == "summary")
+    assert loaded.location_summary is (case == "summary")
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
     features = _features(grid, L=CELLS.get(case, 5))
@@ -287,3 +293,50 @@ def test_checkpoint_with_locations_checks_the_field(tmp_path):
     assert len(loc_arrays) == 2
     with pytest.raises(CheckpointError, match="W_loc"):
         load_checkpoint(write({}, drop=loc_arrays))  # the architecture's arrays missing
+
+
+def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
+    """A locations file from before the summary (no location_summary in its header) loads as
+    the location-only model it was; ``location_summary`` must be a boolean, needs
+    locations, and its w_gate, b_gate, W_sum arrays must match the header."""
+    import json
+
+    def arrays_of(model):
+        path = save_checkpoint(tmp_path / "t.npz", model)
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        return arrays, json.loads(arrays["__header__"].tobytes())
+
+    def write(arrays, header, model_fields, drop=()):
+        changed = {**header, "model": {**header["model"], **model_fields}}
+        out = {k: v for k, v in arrays.items() if k not in drop}
+        out["__header__"] = np.frombuffer(json.dumps(changed).encode(), np.uint8)
+        np.savez(tmp_path / "f.npz", **out)
+        return tmp_path / "f.npz"
+
+    old = _model(**CASES["locations"])
+    arrays, header = arrays_of(old)
+    assert header["model"]["location_summary"] is False
+    del header["model"]["location_summary"]
+    loaded, _ = load_checkpoint(write(arrays, header, {}))
+    assert loaded.config == old.config and not loaded.location_summary
+    features = _features(True, L=9)
+    np.testing.assert_array_equal(
+        greedy_decode(loaded, features, max_length=8), greedy_decode(old, features, 8)
+    )
+    with pytest.raises(CheckpointError, match="w_gate"):  # claims arrays the file has not
+        load_checkpoint(write(arrays, header, {"location_summary": True}))
+
+    arrays, header = arrays_of(_model(**CASES["summary"]))
+    assert header["model"]["location_summary"] is True
+    with pytest.raises(CheckpointError, match="location_summary must be true or false"):
+        load_checkpoint(write(arrays, header, {"location_summary": 1}))
+    with pytest.raises(CheckpointError, match="location_summary must be false for a model "
+                       "without locations"):  # fmt: skip
+        load_checkpoint(write(arrays, header, {"locations": False}))
+    with pytest.raises(CheckpointError, match="W_sum"):  # arrays the architecture has not
+        load_checkpoint(write(arrays, header, {"location_summary": False}))
+    summary_arrays = [k for k in arrays if k.endswith(("w_gate", "b_gate", "W_sum"))]
+    assert len(summary_arrays) == 6
+    with pytest.raises(CheckpointError, match="b_gate"):
+        load_checkpoint(write(arrays, header, {}, drop=summary_arrays[1:2]))

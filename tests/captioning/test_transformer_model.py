@@ -83,6 +83,8 @@ def test_constructor_errors():
         _model(locations=True)
     with pytest.raises(ValueError, match=r"square grid of s\*s cells, got L=6"):
         _model(grid=True, num_cells=6, locations=True)
+    with pytest.raises(ValueError, match=r"location_summary .*needs locations"):
+        _model(grid=True, location_summary=True)
 
 
 def test_locations_add_one_read_per_layer_and_need_a_square_grid():
@@ -260,6 +262,8 @@ def _grid_kwargs(grid, L: int) -> dict:
         return {"grid": True, "num_cells": L, "memory_norm": True, "encoder_layers": 2}
     if grid == "locations":  # L must be a square
         return {"grid": True, "num_cells": L, "locations": True}
+    if grid == "summary":
+        return {"grid": True, "num_cells": L, "locations": True, "location_summary": True}
     return {}
 
 
@@ -272,6 +276,7 @@ def _extended_precision_copy(model):
         c.max_length, 0.0, np.longdouble, seed=0, dim_feedforward=c.dim_feedforward,
         grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
         encoder_layers=c.encoder_layers, locations=c.locations,
+        location_summary=c.location_summary,
     )  # fmt: skip
     wide.params = {k: v.astype(np.longdouble) for k, v in model.params.items()}
     return wide
@@ -282,8 +287,8 @@ def _extended_precision_copy(model):
 )
 @pytest.mark.parametrize(
     "grid",
-    [True, False, "cells", "encoder", "locations"],
-    ids=["grid", "pooled", "grid_cells", "encoder", "locations"],
+    [True, False, "cells", "encoder", "locations", "summary"],
+    ids=["grid", "pooled", "grid_cells", "encoder", "locations", "location_summary"],
 )
 def test_whole_model_gradient_check(grid):
     """Every parameter and the features: relative error < 1e-5 (dropout 0, float64 model).
@@ -295,10 +300,11 @@ def test_whole_model_gradient_check(grid):
     difference check of a whole Transformer fails on noise for most seeds.
     """
     rng = np.random.default_rng(7 if grid else 8)
-    L = 4 if grid == "locations" else 3
+    L = 4 if grid in ("locations", "summary") else 3
     model = _model(**_grid_kwargs(grid, L))
-    assert ("W_pos" in model.params) is (grid in ("cells", "encoder", "locations"))
-    assert model.locations is (grid == "locations")
+    assert ("W_pos" in model.params) is (grid in ("cells", "encoder", "locations", "summary"))
+    assert model.locations is (grid in ("locations", "summary"))
+    assert model.location_summary is (grid == "summary")
     for k, v in model.params.items():  # non-trivial weights, none zero
         model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
             v.shape[0] if v.ndim == 2 else 4
@@ -324,6 +330,51 @@ def test_whole_model_gradient_check(grid):
         )
         errors[name] = rel_error(num, grads[name])
     assert max(errors.values()) < 1e-5, {k: v for k, v in errors.items() if v >= 1e-5}
+
+
+def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(monkeypatch):
+    """Negative control of the location summary in the whole model: a backward whose
+    running sums let each position's gradient reach only itself (no reversed cumulative sum)
+    fails the check on every layer's w_gate."""
+    rng = np.random.default_rng(21)
+    model = _model(**_grid_kwargs("summary", 4))
+    for k, v in model.params.items():
+        model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
+            v.shape[0] if v.ndim == 2 else 4
+        )
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    names = ["layers.0.cross_attn.w_gate", "layers.1.cross_attn.w_gate", "layers.0.cross_attn.Wq"]
+    wide = _extended_precision_copy(model)  # float64 differences of a whole model are noisy
+    wide_features = features.astype(np.longdouble)
+    nums = {
+        name: eval_numerical_gradient(
+            lambda _: _reference_loss(wide, wide_features, captions),
+            wide.params[name],
+            verbose=False,
+            h=1e-6,
+        )
+        for name in names
+    }
+    grads = model.loss(features, captions)[1]
+    assert max(rel_error(nums[n], grads[n]) for n in names) < 1e-5
+
+    class NoCumsum:  # numpy, but cumsum leaves each position's gradient where it is
+        cumsum = staticmethod(lambda a, axis=None: a)
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    real = transformer._location_summary_backward
+
+    def local(dS, cache, g):
+        with monkeypatch.context() as m:
+            m.setattr(transformer, "np", NoCumsum())
+            return real(dS, cache, g)
+
+    monkeypatch.setattr(transformer, "_location_summary_backward", local)
+    wrong = model.loss(features, captions)[1]
+    for name in names[:2]:
+        assert rel_error(nums[name], wrong[name]) > 1e-3, name
 
 
 def test_gradient_check_catches_a_wrong_layernorm_gradient(monkeypatch):
@@ -458,6 +509,18 @@ def _torch_reference_loss(model, features, captions):
         if model.locations:
             looked = (alpha @ P).transpose(1, 2).flatten(2)  # (N, T, 2h): (x, y) per head
             ca = ca + looked @ p[pre + "cross_attn.W_loc"]
+        if model.location_summary:  # gated causal mean of the places, written as a loop
+            gate = torch.sigmoid(x @ p[pre + "cross_attn.w_gate"] + p[pre + "cross_attn.b_gate"])
+            m = looked.unflatten(-1, (h, 2))  # (N, T, h, 2)
+            S = torch.stack(
+                [
+                    (gate[:, : t + 1, :, None] * m[:, : t + 1]).sum(1)
+                    / gate[:, : t + 1].sum(1)[..., None]
+                    for t in range(T)
+                ],
+                dim=1,
+            )  # (N, T, h, 2)
+            ca = ca + S.flatten(2) @ p[pre + "cross_attn.W_sum"]
         x = norm(x + ca, pre + "norm2")
         x = norm(x + ffn(x, pre + "ffn"), pre + "norm3")
     logp = torch.log_softmax(x @ p["W_vocab"] + p["b_vocab"], dim=-1)
@@ -477,8 +540,10 @@ def _torch_reference_loss(model, features, captions):
         {"grid": True, "locations": True},
         {"grid": True, "num_cells": 9, "memory_norm": True, "encoder_layers": 1, "locations": True},
         {"grid": True, "num_cells": 4},
+        {"grid": True, "num_cells": 9, "locations": True, "location_summary": True},
+        {"grid": True, "locations": True, "location_summary": True, "encoder_layers": 1},
     ],
-    ids=["cells", "no_cells", "encoder", "without_locations"],
+    ids=["cells", "no_cells", "encoder", "without_locations", "summary", "summary_no_cells"],
 )
 def test_locations_equal_torch_autograd_of_the_same_equations(kw):
     """Loss and every gradient (features too) with the cells' places equal the equations run
@@ -495,6 +560,7 @@ def test_locations_equal_torch_autograd_of_the_same_equations(kw):
     assert loss == pytest.approx(ref_loss, rel=1e-12)
     assert sorted(grads) == sorted(ref)
     assert any("W_loc" in k for k in grads) is kw.get("locations", False)
+    assert any("w_gate" in k for k in grads) is kw.get("location_summary", False)
     for name, g in grads.items():
         np.testing.assert_allclose(g, ref[name], rtol=1e-10, atol=1e-10, err_msg=name)
 

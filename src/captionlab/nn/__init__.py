@@ -77,6 +77,7 @@ from captionlab.nn.rnn import (
 from captionlab.nn.transformer import (
     DECODER_LAYER_KEYS,
     DECODER_LOCATION_KEY,
+    DECODER_SUMMARY_KEYS,
     ENCODER_LAYER_KEYS,
     MultiHeadAttention,
     PositionalEncoding,
@@ -103,6 +104,7 @@ from captionlab.nn.transformer import (
 __all__ = [
     "DECODER_LAYER_KEYS",
     "DECODER_LOCATION_KEY",
+    "DECODER_SUMMARY_KEYS",
     "ENCODER_LAYER_KEYS",
     "MultiHeadAttention",
     "PositionalEncoding",

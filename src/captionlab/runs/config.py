@@ -110,6 +110,14 @@ class TrainConfig:
             "AttentionCaptioner, CaptioningTransformer)"
         },
     )
+    location_summary: bool = field(
+        default=False,
+        metadata={
+            "help": "with --locations and --model transformer: every decoder layer also reads "
+            "a gated running mean of the places its heads looked at over the words so far, "
+            "so a later word can read where an earlier one was found"
+        },
+    )
     encoder_layers: int | None = field(
         default=None,
         metadata={
@@ -205,6 +213,11 @@ class TrainConfig:
                 f"--locations needs a model that reads the grid (--model attention, or "
                 f"--model transformer --grid), got --model {self.model}"
                 + (" without --grid" if self.model == "transformer" else "")
+            )
+        if self.location_summary and not (self.locations and self.model == "transformer"):
+            raise UserError(
+                "--location-summary needs --model transformer --grid --locations, got "
+                f"--model {self.model}" + ("" if self.locations else " without --locations")
             )
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
