@@ -64,12 +64,16 @@ def attention_captioner(
     return model
 
 
-def transformer(grid: bool = False, cells: bool = False, seed: int = 3) -> CaptioningTransformer:
+def transformer(
+    grid: bool = False, cells: bool = False, seed: int = 3, locations: bool = False
+) -> CaptioningTransformer:
     """A 2-layer CaptioningTransformer with dropout, left in training mode (as built): its
-    explanations must be the decoding model's, without dropout."""
+    explanations must be the decoding model's, without dropout. ``locations``: it reads the
+    places its cross-attention looked at."""
     model = CaptioningTransformer(VOCAB, 6, 8, num_heads=2, num_layers=2, max_length=10,
                                   dropout=0.2, dtype=np.float64, seed=seed, dim_feedforward=12,
-                                  grid=grid, num_cells=4 if cells else None)  # fmt: skip
+                                  grid=grid, num_cells=4 if cells else None,
+                                  locations=locations)  # fmt: skip
     rng = np.random.RandomState(seed)
     for k, v in model.params.items():  # non-trivial weights (the init's are 0.02-small)
         model.params[k] = v + rng.randn(*v.shape) / np.sqrt(v.shape[0] if v.ndim == 2 else 4)
@@ -90,6 +94,10 @@ CAPTIONERS = {
     "transformer": (lambda: transformer(), (3, 6)),
     "transformer_grid": (lambda: transformer(grid=True), (3, 4, 6)),
     "transformer_cells": (lambda: transformer(grid=True, cells=True), (3, 4, 6)),
+    "transformer_locations": (
+        lambda: transformer(grid=True, cells=True, locations=True),
+        (3, 4, 6),
+    ),
 }
 
 

@@ -12,6 +12,7 @@ from captionlab import cli
 from captionlab.captioning import CaptioningTransformer, load_checkpoint
 from captionlab.data.features import FeatureExtractorConfig
 from captionlab.data.shapes import generate_shapes
+from captionlab.demo import DemoConfig
 from captionlab.errors import UserError
 from captionlab.extract import extract_features
 from captionlab.runs.config import TrainConfig
@@ -36,7 +37,22 @@ def test_build_model_from_the_train_config():
     grid = build_model(TrainConfig(**TINY, grid=True), vocab, store)
     assert grid.feature_shape == (4, 6) and grid.config.grid  # position embedding by default
     no_pos = build_model(TrainConfig(**TINY, grid=True, position=False), vocab, store)
-    assert no_pos.feature_shape == (None, 6)
+    assert no_pos.feature_shape == (None, 6) and not no_pos.locations
+    located = build_model(TrainConfig(**TINY, grid=True, locations=True), vocab, store)
+    assert located.locations and located.config.locations and located.feature_shape == (4, 6)
+    with pytest.raises(UserError, match=r"--locations needs .*--model transformer without --grid"):
+        TrainConfig(**TINY, locations=True)
+    with pytest.raises(UserError, match=r"--locations needs .*got --model rnn"):
+        TrainConfig(locations=True)
+    summed = build_model(
+        TrainConfig(**TINY, grid=True, locations=True, location_summary=True), vocab, store
+    )
+    assert summed.location_summary and summed.config.location_summary
+    assert not located.location_summary
+    with pytest.raises(UserError, match=r"--location-summary needs .*without --locations"):
+        TrainConfig(**TINY, grid=True, location_summary=True)
+    with pytest.raises(UserError, match=r"--location-summary needs .*got --model attention"):
+        TrainConfig(model="attention", locations=True, location_summary=True)
     assert build_model(TrainConfig(cell="gru"), vocab, store).cell_type == "gru"
     with pytest.raises(UserError, match="--num-heads 3 must divide --wordvec-dim 8"):
         TrainConfig(**{**TINY, "num_heads": 3})
@@ -44,6 +60,22 @@ def test_build_model_from_the_train_config():
         TrainConfig(model="cnn")
     with pytest.raises(UserError, match="dropout"):
         TrainConfig(dropout=1.0)
+
+
+def test_demo_config_sets_the_transformers_locations():
+    """The demo's (and bench_quality's ``--set``) transformer_locations reaches the run's
+    TrainConfig; off by default, and the attention captioner's own setting stays apart."""
+    assert not DemoConfig().train_config("transformer").locations
+    config = DemoConfig(transformer_locations=True)
+    tconfig = config.train_config("transformer")
+    assert tconfig.locations and tconfig.grid and tconfig.model == "transformer"
+    assert not config.train_config("attention").locations
+    assert not DemoConfig(attention_locations=True).train_config("transformer").locations
+    assert not tconfig.location_summary
+    both = DemoConfig(transformer_locations=True, transformer_location_summary=True)
+    assert both.train_config("transformer").location_summary
+    with pytest.raises(UserError, match="--location-summary needs"):
+        DemoConfig(transformer_location_summary=True).train_config("transformer")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +119,7 @@ def test_cli_train_transformer(shapes_with_grid, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train", "--data", str(dataset), "--features", str(store), "--out", str(out)]
     argv += ["--model", "transformer", "--num-heads", "2", "--num-layers", "1"]
-    argv += ["--dropout", "0", "--grid", "--hidden-dim", "8", "--wordvec-dim", "8"]
+    argv += ["--dropout", "0", "--grid", "--locations", "--hidden-dim", "8", "--wordvec-dim", "8"]
     assert cli.main([*argv, "--epochs", "1", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["cell"] == "transformer"
@@ -95,8 +127,13 @@ def test_cli_train_transformer(shapes_with_grid, tmp_path, capsys):
     assert (config["model"], config["num_heads"], config["grid"], config["dropout"]) == (
         "transformer", 2, True, 0.0,
     )  # fmt: skip
+    assert config["locations"] is True
+    model = load_checkpoint(out / "best.npz")[0]
+    assert model.locations and model.feature_shape == (4, 16)  # a 2x2 grid: square
     assert cli.main(["evaluate", "--model", str(out), "--data", str(dataset), "--beam", "2",
                      "--no-meteor", "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["images"] == 10
     assert cli.main([*argv[:7], "--model", "transformer", "--num-heads", "3"]) == 2
     assert "--num-heads 3 must divide --wordvec-dim" in capsys.readouterr().err
+    assert cli.main([*argv[:7], "--model", "transformer", "--locations"]) == 2
+    assert "--locations needs a model that reads the grid" in capsys.readouterr().err

@@ -139,6 +139,17 @@ class DemoConfig:
         default=0.1,
         metadata={"help": "dropout of the transformer", "bound": real(0, 1, hi_open=True)},
     )
+    transformer_locations: bool = field(
+        default=False,
+        metadata={"help": "the transformer reads the places its cross-attention looked at"},
+    )
+    transformer_location_summary: bool = field(
+        default=False,
+        metadata={
+            "help": "with transformer_locations: also a gated running mean of the places "
+            "looked at over the words so far"
+        },
+    )
     transformer_learning_rate: float = field(
         default=1e-3,
         metadata={"help": "Adam learning rate of the transformer", "bound": real(0, lo_open=True)},
@@ -202,7 +213,10 @@ class DemoConfig:
             return TrainConfig(model="transformer", grid=True, epochs=self.transformer_epochs,
                                num_layers=self.transformer_layers,
                                num_heads=self.transformer_heads,
-                               dropout=self.transformer_dropout, **common)  # fmt: skip
+                               dropout=self.transformer_dropout,
+                               locations=self.transformer_locations,
+                               location_summary=self.transformer_location_summary,
+                               **common)  # fmt: skip
         return TrainConfig(cell=kind, epochs=self.epochs, **common)
 
 

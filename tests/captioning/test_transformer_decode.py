@@ -48,6 +48,13 @@ def _model(seed=3, dtype=np.float64, end_bias=2.0, **kw):
 CASES = {"grid": {"grid": True}, "pooled": {}}
 CASES["encoder"] = {"grid": True, "num_cells": 5, "memory_norm": True, "encoder_layers": 2}
 CASES["encoder"].update(seed=10, end_bias=2.0)
+#: ... and one that reads where its cross-attention looked, over a square grid of 3x3 cells.
+CASES["locations"] = {"grid": True, "num_cells": 9, "locations": True}
+#: ... and one that also reads a running mean of the places looked at (two running sums per
+#: row and layer when decoding).
+CASES["summary"] = {**CASES["locations"], "location_summary": True, "seed": 4, "end_bias": 2.0}
+#: The grid cells of each case's features.
+CELLS = {"locations": 9, "summary": 9}
 
 
 def _features(grid=True, N=3, seed=3, L=5):
@@ -66,7 +73,7 @@ def test_each_step_equals_the_teacher_forced_position(case):
     """Scores of step t = scores at position t of one pass over the whole caption."""
     model = _model(**CASES[case])
     grid = case != "pooled"
-    features = _features(grid)
+    features = _features(grid, L=CELLS.get(case, 5))
     words = np.array([[1, 5, 7, 4, 9, 9], [1, 11, 2, 6, 4, 8], [1, 3, 3, 10, 5, 2]])
     expected = model.eval()._teacher_forced_scores(features, np.c_[words, words[:, :1]])
     model.train()  # decoding never drops out, whatever the mode
@@ -89,7 +96,8 @@ def test_each_step_equals_the_teacher_forced_position(case):
 def test_greedy_equals_recomputing_the_prefix(case):
     model = _model(**CASES[case])
     grid = case != "pooled"
-    features = _features(grid, N=4)
+    L = CELLS.get(case, 5)
+    features = _features(grid, N=4, L=L)
     fast, att = greedy_decode(model, features, max_length=10, return_attention=True)
     slow, att_slow = greedy_decode(
         model, features, max_length=10, return_attention=True, cache=False
@@ -99,16 +107,16 @@ def test_greedy_equals_recomputing_the_prefix(case):
     assert len({e[0] if e.size else None for e in ends}) > 1, ends  # different end times
     if grid:
         np.testing.assert_allclose(att, att_slow, rtol=1e-10, atol=1e-13)
-        assert att.shape == (4, 10, 5)
+        assert att.shape == (4, 10, L)
     else:
         assert att is None and att_slow is None
     np.testing.assert_array_equal(model.sample(features, max_length=10), fast)
 
 
-@pytest.mark.parametrize("case", ["grid", "encoder"])
+@pytest.mark.parametrize("case", ["grid", "encoder", "locations", "summary"])
 def test_beam_search_with_different_end_times_equals_recomputing_the_prefix(case):
     model = _model(**CASES[case])
-    features = _features(True, N=3)
+    features = _features(True, N=3, L=CELLS.get(case, 5))
     fast = beam_search(model, features, beam_size=3, max_length=10, return_attention=True)
     slow = beam_search(
         model, features, beam_size=3, max_length=10, return_attention=True, cache=False
@@ -185,15 +193,20 @@ def test_sampling_and_errors():
 def test_checkpoint_round_trip(tmp_path, case):
     model = _model(**CASES[case])
     grid = case != "pooled"
-    assert model.feature_shape == (((5 if case == "encoder" else None), D) if grid else (D,))
+    cells = {"encoder": 5, "locations": 9, "summary": 9}.get(case)
+    assert model.feature_shape == ((cells, D) if grid else (D,))
     path = save_checkpoint(tmp_path / "t.npz", model, extra={"note": "x"})
     loaded, state = load_checkpoint(path)
     assert type(loaded) is CaptioningTransformer
     assert loaded.config == model.config and loaded.feature_shape == model.feature_shape
     assert state["model_config"]["grid"] is grid
+    assert state["model_config"]["locations"] is (case in ("locations", "summary"))
+    assert loaded.locations is state["model_config"]["locations"]
+    assert state["model_config"]["location_summary"] is (case == "summary")
+    assert loaded.location_summary is (case == "summary")
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
-    features = _features(grid)
+    features = _features(grid, L=CELLS.get(case, 5))
     np.testing.assert_array_equal(
         greedy_decode(loaded, features, max_length=8), greedy_decode(model, features, 8)
     )
@@ -220,8 +233,9 @@ def test_checkpoint_with_a_malformed_config_names_the_field(tmp_path):
 
 
 def test_checkpoint_from_before_memory_norm_and_encoder_loads_as_before(tmp_path):
-    """A file whose model header lacks memory_norm and encoder_layers (written before they
-    existed) is the model it was: no norm, no encoder, the same captions."""
+    """A file whose model header lacks memory_norm, encoder_layers and locations (written
+    before they existed) is the model it was: no norm, no encoder, no locations, the same
+    captions."""
     import json
 
     model = _model(grid=True, num_cells=5)
@@ -230,7 +244,9 @@ def test_checkpoint_from_before_memory_norm_and_encoder_loads_as_before(tmp_path
         arrays = dict(npz)
     header = json.loads(arrays["__header__"].tobytes())
     assert header["model"]["memory_norm"] is False and header["model"]["encoder_layers"] == 0
+    assert header["model"]["locations"] is False
     del header["model"]["memory_norm"], header["model"]["encoder_layers"]
+    del header["model"]["locations"]
     arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(tmp_path / "old.npz", **arrays)
     loaded, _ = load_checkpoint(tmp_path / "old.npz")
@@ -244,3 +260,83 @@ def test_checkpoint_from_before_memory_norm_and_encoder_loads_as_before(tmp_path
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(CheckpointError, match="encoder_layers"):
         load_checkpoint(tmp_path / "bad.npz")
+
+
+def test_checkpoint_with_locations_checks_the_field(tmp_path):
+    """``locations`` must be a boolean, on a grid model, with its W_loc arrays; a header that
+    claims it without them (or the arrays without it) is refused, naming what is wrong."""
+    import json
+
+    model = _model(**CASES["locations"])
+    path = save_checkpoint(tmp_path / "t.npz", model)
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    header = json.loads(arrays["__header__"].tobytes())
+    assert header["model"]["locations"] is True
+
+    def write(model_fields, drop=()):
+        changed = {**header, "model": {**header["model"], **model_fields}}
+        out = {k: v for k, v in arrays.items() if k not in drop}
+        out["__header__"] = np.frombuffer(json.dumps(changed).encode(), np.uint8)
+        np.savez(tmp_path / "bad.npz", **out)
+        return tmp_path / "bad.npz"
+
+    with pytest.raises(CheckpointError, match="locations must be true or false"):
+        load_checkpoint(write({"locations": "yes"}))
+    with pytest.raises(CheckpointError, match="locations must be false for a model without grid"):
+        load_checkpoint(write({"grid": False, "num_cells": None}))
+    with pytest.raises(CheckpointError, match=r"square grid of s\*s cells, got L=8"):
+        load_checkpoint(write({"num_cells": 8}))
+    with pytest.raises(CheckpointError, match="W_loc"):
+        load_checkpoint(write({"locations": False}))  # arrays the architecture has not
+    loc_arrays = [k for k in arrays if "W_loc" in k]
+    assert len(loc_arrays) == 2
+    with pytest.raises(CheckpointError, match="W_loc"):
+        load_checkpoint(write({}, drop=loc_arrays))  # the architecture's arrays missing
+
+
+def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
+    """A locations file from before the summary (no location_summary in its header) loads as
+    the location-only model it was; ``location_summary`` must be a boolean, needs
+    locations, and its w_gate, b_gate, W_sum arrays must match the header."""
+    import json
+
+    def arrays_of(model):
+        path = save_checkpoint(tmp_path / "t.npz", model)
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        return arrays, json.loads(arrays["__header__"].tobytes())
+
+    def write(arrays, header, model_fields, drop=()):
+        changed = {**header, "model": {**header["model"], **model_fields}}
+        out = {k: v for k, v in arrays.items() if k not in drop}
+        out["__header__"] = np.frombuffer(json.dumps(changed).encode(), np.uint8)
+        np.savez(tmp_path / "f.npz", **out)
+        return tmp_path / "f.npz"
+
+    old = _model(**CASES["locations"])
+    arrays, header = arrays_of(old)
+    assert header["model"]["location_summary"] is False
+    del header["model"]["location_summary"]
+    loaded, _ = load_checkpoint(write(arrays, header, {}))
+    assert loaded.config == old.config and not loaded.location_summary
+    features = _features(True, L=9)
+    np.testing.assert_array_equal(
+        greedy_decode(loaded, features, max_length=8), greedy_decode(old, features, 8)
+    )
+    with pytest.raises(CheckpointError, match="w_gate"):  # claims arrays the file has not
+        load_checkpoint(write(arrays, header, {"location_summary": True}))
+
+    arrays, header = arrays_of(_model(**CASES["summary"]))
+    assert header["model"]["location_summary"] is True
+    with pytest.raises(CheckpointError, match="location_summary must be true or false"):
+        load_checkpoint(write(arrays, header, {"location_summary": 1}))
+    with pytest.raises(CheckpointError, match="location_summary must be false for a model "
+                       "without locations"):  # fmt: skip
+        load_checkpoint(write(arrays, header, {"locations": False}))
+    with pytest.raises(CheckpointError, match="W_sum"):  # arrays the architecture has not
+        load_checkpoint(write(arrays, header, {"location_summary": False}))
+    summary_arrays = [k for k in arrays if k.endswith(("w_gate", "b_gate", "W_sum"))]
+    assert len(summary_arrays) == 6
+    with pytest.raises(CheckpointError, match="b_gate"):
+        load_checkpoint(write(arrays, header, {}, drop=summary_arrays[1:2]))

@@ -79,6 +79,50 @@ def test_constructor_errors():
         _model(dropout=1.0)
     with pytest.raises(ValueError, match="num_cells"):
         _model(num_cells=4)  # a position per cell needs a grid model
+    with pytest.raises(ValueError, match=r"locations .*needs a grid model"):
+        _model(locations=True)
+    with pytest.raises(ValueError, match=r"square grid of s\*s cells, got L=6"):
+        _model(grid=True, num_cells=6, locations=True)
+    with pytest.raises(ValueError, match=r"location_summary .*needs locations"):
+        _model(grid=True, location_summary=True)
+
+
+def test_locations_add_one_read_per_layer_and_need_a_square_grid():
+    """locations: ``layers.{l}.cross_attn.W_loc`` (2h, W) after the layer's other
+    cross-attention weights; features must be a square grid (any size without num_cells)."""
+    model = _model(grid=True, locations=True)
+    names = list(model.params)
+    for i in range(2):
+        W_loc = model.params[f"layers.{i}.cross_attn.W_loc"]
+        assert W_loc.shape == (4, 8) and W_loc.std() > 0  # 2 heads x (x, y) -> W
+        assert names.index(f"layers.{i}.cross_attn.W_loc") == (
+            names.index(f"layers.{i}.cross_attn.bo") + 1
+        )
+    assert model.locations and model.config.locations and "locations=True" in repr(model)
+    assert model.expected_shapes() == {k: v.shape for k, v in model.params.items()}
+    assert not _model(grid=True).locations and not _model(grid=True).config.locations
+    rng = np.random.default_rng(13)
+    captions = _captions(rng)
+    for L in (1, 4, 9):
+        assert np.isfinite(model.loss(rng.standard_normal((3, L, 5)), captions)[0])
+    with pytest.raises(ValueError, match=r"square grid of s\*s cells \(N, s\*s, 5\).*\(3, 6, 5\)"):
+        model.loss(rng.standard_normal((3, 6, 5)), captions)
+    with pytest.raises(ValueError, match=r"square grid .*got \(3, 5\)"):
+        model.loss(rng.standard_normal((3, 5)), captions)
+
+
+def test_locations_tell_mirrored_scenes_apart_without_a_position_embedding():
+    """Without positions the cells are a set (test_position_embedding_per_cell); with
+    locations a grid and its mirror image (the same cells, left and right swapped) give
+    different losses."""
+    rng = np.random.default_rng(14)
+    model = _model(grid=True, locations=True)
+    for k, v in model.params.items():
+        model.params[k] = v + rng.standard_normal(v.shape) / np.sqrt(v.shape[0])
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    loss = model.loss(features, captions)[0]
+    mirrored = features[:, [1, 0, 3, 2]]  # 2x2 grid, row-major: x -> -x
+    assert abs(model.loss(mirrored, captions)[0] - loss) > 1e-3 * loss
 
 
 def test_position_embedding_per_cell():
@@ -216,6 +260,10 @@ def _grid_kwargs(grid, L: int) -> dict:
         return {"grid": True, "num_cells": L}
     if grid == "encoder":
         return {"grid": True, "num_cells": L, "memory_norm": True, "encoder_layers": 2}
+    if grid == "locations":  # L must be a square
+        return {"grid": True, "num_cells": L, "locations": True}
+    if grid == "summary":
+        return {"grid": True, "num_cells": L, "locations": True, "location_summary": True}
     return {}
 
 
@@ -227,7 +275,8 @@ def _extended_precision_copy(model):
         model.word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers,
         c.max_length, 0.0, np.longdouble, seed=0, dim_feedforward=c.dim_feedforward,
         grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
-        encoder_layers=c.encoder_layers,
+        encoder_layers=c.encoder_layers, locations=c.locations,
+        location_summary=c.location_summary,
     )  # fmt: skip
     wide.params = {k: v.astype(np.longdouble) for k, v in model.params.items()}
     return wide
@@ -237,7 +286,9 @@ def _extended_precision_copy(model):
     np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision np.longdouble"
 )
 @pytest.mark.parametrize(
-    "grid", [True, False, "cells", "encoder"], ids=["grid", "pooled", "grid_cells", "encoder"]
+    "grid",
+    [True, False, "cells", "encoder", "locations", "summary"],
+    ids=["grid", "pooled", "grid_cells", "encoder", "locations", "location_summary"],
 )
 def test_whole_model_gradient_check(grid):
     """Every parameter and the features: relative error < 1e-5 (dropout 0, float64 model).
@@ -249,13 +300,16 @@ def test_whole_model_gradient_check(grid):
     difference check of a whole Transformer fails on noise for most seeds.
     """
     rng = np.random.default_rng(7 if grid else 8)
-    model = _model(**_grid_kwargs(grid, 3))
-    assert ("W_pos" in model.params) is (grid in ("cells", "encoder"))
+    L = 4 if grid in ("locations", "summary") else 3
+    model = _model(**_grid_kwargs(grid, L))
+    assert ("W_pos" in model.params) is (grid in ("cells", "encoder", "locations", "summary"))
+    assert model.locations is (grid in ("locations", "summary"))
+    assert model.location_summary is (grid == "summary")
     for k, v in model.params.items():  # non-trivial weights, none zero
         model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
             v.shape[0] if v.ndim == 2 else 4
         )
-    features = rng.standard_normal((3, 3, 5) if grid else (3, 5))
+    features = rng.standard_normal((3, L, 5) if grid else (3, 5))
     captions = _captions(rng)
     _, grads = model.loss(features, captions, feature_grad=True)
     wide = _extended_precision_copy(model)
@@ -276,6 +330,51 @@ def test_whole_model_gradient_check(grid):
         )
         errors[name] = rel_error(num, grads[name])
     assert max(errors.values()) < 1e-5, {k: v for k, v in errors.items() if v >= 1e-5}
+
+
+def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(monkeypatch):
+    """Negative control of the location summary in the whole model: a backward whose
+    running sums let each position's gradient reach only itself (no reversed cumulative sum)
+    fails the check on every layer's w_gate."""
+    rng = np.random.default_rng(21)
+    model = _model(**_grid_kwargs("summary", 4))
+    for k, v in model.params.items():
+        model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
+            v.shape[0] if v.ndim == 2 else 4
+        )
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    names = ["layers.0.cross_attn.w_gate", "layers.1.cross_attn.w_gate", "layers.0.cross_attn.Wq"]
+    wide = _extended_precision_copy(model)  # float64 differences of a whole model are noisy
+    wide_features = features.astype(np.longdouble)
+    nums = {
+        name: eval_numerical_gradient(
+            lambda _: _reference_loss(wide, wide_features, captions),
+            wide.params[name],
+            verbose=False,
+            h=1e-6,
+        )
+        for name in names
+    }
+    grads = model.loss(features, captions)[1]
+    assert max(rel_error(nums[n], grads[n]) for n in names) < 1e-5
+
+    class NoCumsum:  # numpy, but cumsum leaves each position's gradient where it is
+        cumsum = staticmethod(lambda a, axis=None: a)
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    real = transformer._location_summary_backward
+
+    def local(dS, cache, g):
+        with monkeypatch.context() as m:
+            m.setattr(transformer, "np", NoCumsum())
+            return real(dS, cache, g)
+
+    monkeypatch.setattr(transformer, "_location_summary_backward", local)
+    wrong = model.loss(features, captions)[1]
+    for name in names[:2]:
+        assert rel_error(nums[name], wrong[name]) > 1e-3, name
 
 
 def test_gradient_check_catches_a_wrong_layernorm_gradient(monkeypatch):
@@ -346,6 +445,124 @@ def test_equals_the_torch_model_of_the_same_math(bench, grid):
     assert sorted(expect) == sorted(grads)
     for name, g in grads.items():
         np.testing.assert_allclose(g, np.asarray(expect[name]), rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def _torch_reference_loss(model, features, captions):
+    """The module docstring's equations written out in torch (float64, dropout 0), every
+    gradient by autograd: an independent reference that also covers ``locations`` (which
+    torch's Transformer layers, the benchmark's peer, do not have)."""
+    import torch
+
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    f0 = torch.tensor(features, requires_grad=True)
+    N, L, _ = features.shape
+    h = model.num_heads
+
+    def attend(x, mem, prefix, mask=None):
+        """Multi-head attention of x (N, S, W) to mem (N, T, W): (out, weights (N, h, S, T))."""
+        q, k, v = (
+            (inp @ p[f"{prefix}.W{n}"] + p[f"{prefix}.b{n}"]).unflatten(-1, (h, -1)).transpose(1, 2)
+            for inp, n in ((x, "q"), (mem, "k"), (mem, "v"))
+        )  # (N, h, S|T, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -math.inf)
+        weights = torch.softmax(scores, dim=-1)
+        y = (weights @ v).transpose(1, 2).flatten(2)  # (N, S, W)
+        return y @ p[f"{prefix}.Wo"] + p[f"{prefix}.bo"], weights
+
+    def norm(x, prefix):
+        return torch.nn.functional.layer_norm(
+            x, x.shape[-1:], p[f"{prefix}.gamma"], p[f"{prefix}.beta"], eps=1e-5
+        )
+
+    def ffn(x, prefix):
+        return (
+            torch.relu(x @ p[f"{prefix}.W1"] + p[f"{prefix}.b1"]) @ p[f"{prefix}.W2"]
+            + p[f"{prefix}.b2"]
+        )
+
+    memory = f0 @ p["W_proj"] + p["b_proj"]  # (N, L, W)
+    if model.memory_norm:
+        memory = norm(memory, "memory_norm")
+    if "W_pos" in p:
+        memory = memory + p["W_pos"]
+    for e in range(model.encoder_layers):
+        memory = norm(
+            memory + attend(memory, memory, f"encoder.{e}.self_attn")[0], f"encoder.{e}.norm1"
+        )
+        memory = norm(memory + ffn(memory, f"encoder.{e}.ffn"), f"encoder.{e}.norm2")
+    side = math.isqrt(L)
+    centre = (2 * torch.arange(side, dtype=torch.float64) + 1) / side - 1
+    P = torch.stack([centre.repeat(side), centre.repeat_interleave(side)], dim=1)  # (L, 2)
+    words = torch.tensor(captions[:, :-1])
+    T = words.shape[1]
+    pos = torch.arange(T, dtype=torch.float64)[:, None]
+    i = torch.arange(model.config.wordvec_dim, dtype=torch.float64)
+    angle = pos * 10000.0 ** (-(i - i % 2) / model.config.wordvec_dim)
+    x = p["W_embed"][words] + torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle))
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for l in range(model.num_layers):
+        pre = f"layers.{l}."
+        x = norm(x + attend(x, x, pre + "self_attn", causal)[0], pre + "norm1")
+        ca, alpha = attend(x, memory, pre + "cross_attn")  # alpha (N, h, T, L)
+        if model.locations:
+            looked = (alpha @ P).transpose(1, 2).flatten(2)  # (N, T, 2h): (x, y) per head
+            ca = ca + looked @ p[pre + "cross_attn.W_loc"]
+        if model.location_summary:  # gated causal mean of the places, written as a loop
+            gate = torch.sigmoid(x @ p[pre + "cross_attn.w_gate"] + p[pre + "cross_attn.b_gate"])
+            m = looked.unflatten(-1, (h, 2))  # (N, T, h, 2)
+            S = torch.stack(
+                [
+                    (gate[:, : t + 1, :, None] * m[:, : t + 1]).sum(1)
+                    / gate[:, : t + 1].sum(1)[..., None]
+                    for t in range(T)
+                ],
+                dim=1,
+            )  # (N, T, h, 2)
+            ca = ca + S.flatten(2) @ p[pre + "cross_attn.W_sum"]
+        x = norm(x + ca, pre + "norm2")
+        x = norm(x + ffn(x, pre + "ffn"), pre + "norm3")
+    logp = torch.log_softmax(x @ p["W_vocab"] + p["b_vocab"], dim=-1)
+    target = torch.tensor(captions[:, 1:])
+    picked = logp.gather(-1, target[..., None])[..., 0]
+    loss = -(picked * (target != 0)).sum() / N
+    loss.backward()
+    grads = {k: v.grad.numpy() for k, v in p.items()}
+    grads["features"] = f0.grad.numpy()
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"grid": True, "num_cells": 4, "locations": True},
+        {"grid": True, "locations": True},
+        {"grid": True, "num_cells": 9, "memory_norm": True, "encoder_layers": 1, "locations": True},
+        {"grid": True, "num_cells": 4},
+        {"grid": True, "num_cells": 9, "locations": True, "location_summary": True},
+        {"grid": True, "locations": True, "location_summary": True, "encoder_layers": 1},
+    ],
+    ids=["cells", "no_cells", "encoder", "without_locations", "summary", "summary_no_cells"],
+)
+def test_locations_equal_torch_autograd_of_the_same_equations(kw):
+    """Loss and every gradient (features too) with the cells' places equal the equations run
+    under torch autograd: 1e-12 relative in the loss, 1e-10 in the gradients."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(15)
+    model = _model(num_layers=2, **kw)
+    for k, v in model.params.items():
+        model.params[k] = v + 0.3 * rng.standard_normal(v.shape)
+    L = kw.get("num_cells", 9)
+    features, captions = rng.standard_normal((3, L, 5)), _captions(rng)
+    loss, grads = model.loss(features, captions, feature_grad=True)
+    ref_loss, ref = _torch_reference_loss(model, features, captions)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    assert sorted(grads) == sorted(ref)
+    assert any("W_loc" in k for k in grads) is kw.get("locations", False)
+    assert any("w_gate" in k for k in grads) is kw.get("location_summary", False)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, ref[name], rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 def _torch_layer_grads(mod, prefix: str, attns: dict) -> dict:

@@ -9,7 +9,13 @@ import pytest
 
 from captionlab import nn
 from captionlab.nn import attention, transformer
-from captionlab.nn.gradcheck import check_layers, eval_numerical_gradient_array, rel_error
+from captionlab.nn.gradcheck import (
+    BLOCK_TOLERANCE,
+    STEP_TOLERANCE,
+    check_layers,
+    eval_numerical_gradient_array,
+    rel_error,
+)
 
 
 # ------------------------------------------------------------------ masked softmax
@@ -331,6 +337,208 @@ def test_decoder_layer_dropout_repeatable_by_rng():
     assert not np.allclose(run[0], run[2])
     with pytest.raises(ValueError, match="lacks"):
         nn.decoder_layer_forward(x, memory, {"ffn.W1": params["ffn.W1"]}, 2)
+
+
+def _decoder_location_inputs(rng, L=4, heads=2, E=6, F=10):
+    x, memory, params = _decoder_inputs(rng, L=L, E=E, F=F)
+    params[nn.DECODER_LOCATION_KEY] = rng.standard_normal((2 * heads, E))
+    for k in (1, 2, 3):
+        params[f"norm{k}.gamma"] += 1
+    return x, memory, params, attention.cell_locations(L)
+
+
+def test_decoder_layer_locations_read_where_each_head_looked():
+    """With locations, LN2's input gains ``[alpha_1 @ P | alpha_2 @ P] @ W_loc``: the layer
+    equals the same layer without the read, its cross-attention output shifted by it."""
+    x, memory, params, P = _decoder_location_inputs(np.random.default_rng(14))
+    shapes = nn.decoder_layer_param_shapes(6, 10, location_heads=2)
+    assert shapes == {k: v.shape for k, v in params.items()}
+    assert list(shapes).index("cross_attn.W_loc") == list(shapes).index("cross_attn.bo") + 1
+    causal = np.tril(np.ones((4, 4)))
+    out, cache = nn.decoder_layer_forward(x, memory, params, 2, causal, locations=P)
+    _, alpha = nn.decoder_layer_attention(cache)  # (N, h, T, L)
+    looked = np.concatenate([alpha[:, 0] @ P, alpha[:, 1] @ P], axis=-1)  # (N, T, 4)
+    plain = {k: v for k, v in params.items() if k != nn.DECODER_LOCATION_KEY}
+    shift = looked @ params[nn.DECODER_LOCATION_KEY]  # (N, T, E), added before LN2
+    plain["cross_attn.bo"] = np.zeros(6)  # the shift stands in for bo, per position
+    _, cache0 = nn.decoder_layer_forward(x, memory, plain, 2, causal)
+    np.testing.assert_allclose(nn.decoder_layer_attention(cache0)[1], alpha, rtol=1e-13)
+    # the layer written out from the public layers, the shift added to LN2's input
+    proj = ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo")
+    sa, _, _ = nn.multihead_attention_forward(
+        x, x, x, *(params[f"self_attn.{k}"] for k in proj), 2, causal
+    )
+    h1, _ = nn.layernorm_forward(x + sa, params["norm1.gamma"], params["norm1.beta"])
+    cross = [plain[f"cross_attn.{k}"] for k in proj]
+    ca, _, _ = nn.multihead_attention_forward(h1, memory, memory, *cross, 2)
+    h2, _ = nn.layernorm_forward(
+        h1 + ca + params["cross_attn.bo"] + shift, params["norm2.gamma"], params["norm2.beta"]
+    )
+    ff, _ = nn.feedforward_forward(h2, *(params[f"ffn.{k}"] for k in ("W1", "b1", "W2", "b2")))
+    ref, _ = nn.layernorm_forward(h2 + ff, params["norm3.gamma"], params["norm3.beta"])
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-13)
+    _, _, dparams = nn.decoder_layer_backward(np.ones_like(out), cache)
+    assert list(dparams) == [*nn.DECODER_LAYER_KEYS, nn.DECODER_LOCATION_KEY]
+    with pytest.raises(ValueError, match=r"locations must have shape \(L, 2\)"):
+        nn.decoder_layer_forward(x, memory, params, 2, causal, locations=P[:3])
+    with pytest.raises(ValueError, match=r"lacks.*W_loc"):
+        nn.decoder_layer_forward(x, memory, plain, 2, causal, locations=P)
+
+
+def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch):
+    """x, memory and every parameter with locations and dropout: relative error < 1e-5 (a
+    decoder layer's tolerance), W_loc's < 1e-7; a backward that leaves out the read's path
+    through the attention weights (dweights) fails it."""
+    x, memory, params, P = _decoder_location_inputs(np.random.default_rng(15))
+    causal = np.tril(np.ones((4, 4)))
+    dout = np.random.default_rng(16).standard_normal(x.shape)
+
+    def forward(x_, memory_, p_):
+        rng = np.random.default_rng(6)  # the same dropout masks at every call
+        return nn.decoder_layer_forward(x_, memory_, p_, 2, causal, 0.2, rng, P)[0]
+
+    def analytic():
+        _, cache = nn.decoder_layer_forward(
+            x, memory, params, 2, causal, 0.2, np.random.default_rng(6), P
+        )
+        return nn.decoder_layer_backward(dout, cache)
+
+    dx, dmemory, dparams = analytic()
+    errors = {
+        "x": rel_error(
+            eval_numerical_gradient_array(lambda v: forward(v, memory, params), x, dout), dx
+        ),
+        "memory": rel_error(
+            eval_numerical_gradient_array(lambda v: forward(x, v, params), memory, dout), dmemory
+        ),
+    }
+    for key in params:
+        if key.endswith("attn.bk"):  # a constant on every key: the softmax ignores it
+            assert np.abs(dparams[key]).max() < 1e-12
+            continue
+        num = eval_numerical_gradient_array(lambda _: forward(x, memory, params), params[key], dout)
+        errors[key] = rel_error(num, dparams[key])
+    # the decoder layer's tolerance (gradcheck.BLOCK_TOLERANCE, as `captionlab gradcheck`):
+    # here self_attn.Wk's 1.1e-7 is the largest (softmax sums cancel); the read's own
+    # weight holds to the single-layer tolerance
+    assert max(errors.values()) < BLOCK_TOLERANCE, errors
+    assert errors[nn.DECODER_LOCATION_KEY] < STEP_TOLERANCE
+    num_wq = eval_numerical_gradient_array(
+        lambda _: forward(x, memory, params), params["cross_attn.Wq"], dout
+    )
+    real = transformer._attend_backward
+    monkeypatch.setattr(
+        transformer, "_attend_backward", lambda dout, dw, cache, out: real(dout, None, cache, out)
+    )
+    assert rel_error(num_wq, analytic()[2]["cross_attn.Wq"]) > 1e-3
+
+
+def _decoder_summary_inputs(rng, L=4, heads=2, E=6, F=10):
+    x, memory, params, P = _decoder_location_inputs(rng, L=L, heads=heads, E=E, F=F)
+    params["cross_attn.w_gate"] = rng.standard_normal((E, heads))
+    params["cross_attn.b_gate"] = rng.standard_normal(heads)
+    params["cross_attn.W_sum"] = rng.standard_normal((2 * heads, E))
+    return x, memory, params, P
+
+
+def test_decoder_layer_location_summary_is_the_gated_causal_mean_of_the_places():
+    """With location_summary, LN2's input also gains ``[S_1 | S_2] @ W_sum``, S_t the
+    g-weighted mean of alpha_s @ P over s <= t, g = sigmoid(h1 @ w_gate + b_gate): the layer
+    equals the location-only layer with bo shifted per position by that read, written out
+    here position by position from its definition."""
+    x, memory, params, P = _decoder_summary_inputs(np.random.default_rng(17))
+    shapes = nn.decoder_layer_param_shapes(6, 10, location_heads=2, location_summary=True)
+    assert shapes == {k: v.shape for k, v in params.items()}
+    names = list(shapes)
+    assert names[names.index("cross_attn.W_loc") + 1 :][:3] == list(nn.DECODER_SUMMARY_KEYS)
+    causal = np.tril(np.ones((4, 4)))
+    out, cache = nn.decoder_layer_forward(x, memory, params, 2, causal, locations=P,
+                                          location_summary=True)  # fmt: skip
+    _, alpha = nn.decoder_layer_attention(cache)  # (N, h, T, L)
+    m = alpha @ P  # (N, h, T, 2)
+    sa, _, _ = nn.multihead_attention_forward(
+        x, x, x, *(params[f"self_attn.{k}"] for k in ("Wq", "bq", "Wk", "bk", "Wv", "bv",
+                                                        "Wo", "bo")), 2, causal
+    )  # fmt: skip
+    h1, _ = nn.layernorm_forward(x + sa, params["norm1.gamma"], params["norm1.beta"])
+    gate = 1 / (1 + np.exp(-(h1 @ params["cross_attn.w_gate"] + params["cross_attn.b_gate"])))
+    S = np.zeros((2, 4, 4))  # (N, T, 2h)
+    for n in range(2):
+        for t in range(4):
+            for i in range(2):
+                w = gate[n, : t + 1, i]
+                S[n, t, 2 * i : 2 * i + 2] = (w[:, None] * m[n, i, : t + 1]).sum(0) / w.sum()
+    assert not np.allclose(S[:, 1:], np.concatenate([m[:, 0], m[:, 1]], -1)[:, 1:])
+    loc_only = {k: v for k, v in params.items() if k not in nn.DECODER_SUMMARY_KEYS}
+    for n in range(2):  # bo stands in for the read of row n at position t; causal: the
+        for t in range(4):  # first t+1 words give position t
+            loc_only["cross_attn.bo"] = (
+                params["cross_attn.bo"] + S[n, t] @ params["cross_attn.W_sum"]
+            )
+            o, _ = nn.decoder_layer_forward(
+                x[n : n + 1, : t + 1], memory[n : n + 1], loc_only, 2,
+                causal[: t + 1, : t + 1], locations=P,
+            )  # fmt: skip
+            np.testing.assert_allclose(out[n, t], o[0, t], rtol=1e-12, atol=1e-13)
+    _, _, dparams = nn.decoder_layer_backward(np.ones_like(out), cache)
+    assert list(dparams) == [*nn.DECODER_LAYER_KEYS, nn.DECODER_LOCATION_KEY,
+                             *nn.DECODER_SUMMARY_KEYS]  # fmt: skip
+    with pytest.raises(ValueError, match="location_summary needs locations"):
+        nn.decoder_layer_forward(x, memory, params, 2, causal, location_summary=True)
+    with pytest.raises(ValueError, match=r"lacks.*w_gate"):
+        nn.decoder_layer_forward(x, memory, loc_only, 2, causal, locations=P,
+                                 location_summary=True)  # fmt: skip
+    with pytest.raises(ValueError, match="location_summary needs location_heads"):
+        nn.decoder_layer_param_shapes(6, 10, location_summary=True)
+
+
+def test_decoder_layer_location_summary_gradient_check_and_negative_control(monkeypatch):
+    """x, memory and every parameter with the running summary and dropout: relative error
+    < 1e-5 (a decoder layer's tolerance), the summary's own weights < 1e-7; a backward that
+    drops the gradient through the normaliser sum g_s fails on w_gate."""
+    x, memory, params, P = _decoder_summary_inputs(np.random.default_rng(18))
+    causal = np.tril(np.ones((4, 4)))
+    dout = np.random.default_rng(19).standard_normal(x.shape)
+
+    def forward(x_, memory_, p_):
+        rng = np.random.default_rng(6)  # the same dropout masks at every call
+        return nn.decoder_layer_forward(x_, memory_, p_, 2, causal, 0.2, rng, P, True)[0]
+
+    def analytic():
+        _, cache = nn.decoder_layer_forward(
+            x, memory, params, 2, causal, 0.2, np.random.default_rng(6), P, True
+        )
+        return nn.decoder_layer_backward(dout, cache)
+
+    dx, dmemory, dparams = analytic()
+    errors = {
+        "x": rel_error(
+            eval_numerical_gradient_array(lambda v: forward(v, memory, params), x, dout), dx
+        ),
+        "memory": rel_error(
+            eval_numerical_gradient_array(lambda v: forward(x, v, params), memory, dout), dmemory
+        ),
+    }
+    for key in params:
+        if key.endswith("attn.bk"):  # a constant on every key: the softmax ignores it
+            assert np.abs(dparams[key]).max() < 1e-12
+            continue
+        num = eval_numerical_gradient_array(lambda _: forward(x, memory, params), params[key], dout)
+        errors[key] = rel_error(num, dparams[key])
+    assert max(errors.values()) < BLOCK_TOLERANCE, errors
+    for key in nn.DECODER_SUMMARY_KEYS:
+        assert errors[key] < STEP_TOLERANCE, (key, errors[key])
+    num_gate = eval_numerical_gradient_array(
+        lambda _: forward(x, memory, params), params["cross_attn.w_gate"], dout
+    )
+    real = transformer._location_summary_backward
+
+    def without_normaliser(dS, cache, grads):
+        x1, w_gate, W_sum, m, g, G, S = cache
+        return real(dS, (x1, w_gate, W_sum, m, g, G, np.zeros_like(S)), grads)  # dG = 0
+
+    monkeypatch.setattr(transformer, "_location_summary_backward", without_normaliser)
+    assert rel_error(num_gate, analytic()[2]["cross_attn.w_gate"]) > 1e-3
 
 
 # ------------------------------------------------------------------ encoder layer

@@ -21,6 +21,12 @@ The forward pass of :meth:`CaptioningTransformer.loss`::
     x      = DecoderLayer_l(x, memory, causal)     # l = 0 .. num_layers-1, post-norm:
              # x = LN1(x + Drop(SelfAttn(x)));  x = LN2(x + Drop(CrossAttn(x, memory)))
              # x = LN3(x + Drop(FFN(x)))        (torch.nn.TransformerDecoderLayer)
+             # with locations, P (L, 2) the cells' centres and alpha_i (N, T', L) head
+             # i's cross-attention weights: x = LN2(x + Drop(CrossAttn(x, memory)
+             #     + [alpha_1 @ P | ... | alpha_h @ P] @ W_loc_l))   (W_loc_l (2h, W))
+             # with location_summary also + [S_1 | ... | S_h] @ W_sum_l, S_i (N, T', 2)
+             # head i's gated causal mean of the places looked at so far, the gates
+             # sigmoid(x1 @ w_gate_l + b_gate_l) (N, T', h), x1 the cross-attention's input
     scores = x @ W_vocab + b_vocab                 # (N, T-1, V)
     loss   = softmax cross-entropy of scores against captions[:, 1:], <NULL> masked,
              summed over time, averaged over N     (as CaptioningRNN)
@@ -45,13 +51,18 @@ values to a per-row cache::
         x_t = LN3(x_t + FFN(x_t))
     scores  = x_t @ W_vocab + b_vocab                       # (M, V)
 
-which is exactly position ``t`` of the teacher-forced pass (the tests compare the two, and
+(with locations, ``LN2``'s sum also holds ``[alpha_1 @ P | ... | alpha_h @ P] @ W_loc``,
+``alpha_i`` (M, L) head ``i``'s weights over the memory; with location_summary also
+``[S_1 | ... | S_h] @ W_sum`` from two running sums per row and layer, ``sum g_s m_s``
+(M, h, 2) and ``sum g_s`` (M, h)) which is exactly position ``t`` of
+the teacher-forced pass (the tests compare the two, and
 ``decode_start(..., cache=False)`` reruns the whole prefix at every step, as the
 assignment's ``sample`` does). Decoding never drops out, whatever the mode.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,6 +70,7 @@ import numpy as np
 from captionlab import nn
 from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
+from captionlab.nn.attention import cell_locations
 
 
 @dataclass(frozen=True)
@@ -70,8 +82,10 @@ class TransformerConfig:
     the right kind): a grid of cells (N, L, D) or pooled vectors (N, D). ``num_cells``
     (grids only) fixes L and adds a learned position embedding per cell. ``memory_norm``
     layer-normalises the projected memory; ``encoder_layers`` encoder layers run over it
-    before the decoder. Both default to the architecture of files written before they
-    existed (off, 0).
+    before the decoder; ``locations`` (grids only) makes every decoder layer read the places
+    its cross-attention heads looked at, and ``location_summary`` (with ``locations``) a
+    gated running mean of the places looked at so far. They default to the architecture of
+    files written before they existed (off, 0, off, off).
     """
 
     input_dim: int = 512
@@ -86,6 +100,8 @@ class TransformerConfig:
     num_cells: int | None = None
     memory_norm: bool = False
     encoder_layers: int = 0
+    locations: bool = False
+    location_summary: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +113,9 @@ def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict
     ``num_cells = L``), ``memory_norm.gamma`` and ``memory_norm.beta`` (W,) (only with
     ``memory_norm``), ``encoder.{e}.{key}`` for each key of
     :data:`captionlab.nn.ENCODER_LAYER_KEYS`, ``layers.{l}.{key}`` for each key of
-    :data:`captionlab.nn.DECODER_LAYER_KEYS`, ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
+    :data:`captionlab.nn.DECODER_LAYER_KEYS` (and ``layers.{l}.cross_attn.W_loc`` (2h, W)
+    with ``locations``; ``layers.{l}.cross_attn.w_gate`` (W, h), ``.b_gate`` (h,) and
+    ``.W_sum`` (2h, W) with ``location_summary``), ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
     V, D, W = vocab_size, config.input_dim, config.wordvec_dim
     shapes: dict[str, tuple] = {"W_embed": (V, W), "W_proj": (D, W), "b_proj": (W,)}
     if config.num_cells is not None:
@@ -107,7 +125,12 @@ def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict
     encoder = nn.encoder_layer_param_shapes(W, config.dim_feedforward)
     for i in range(config.encoder_layers):
         shapes.update({f"encoder.{i}.{key}": shape for key, shape in encoder.items()})
-    layer = nn.decoder_layer_param_shapes(W, config.dim_feedforward)
+    layer = nn.decoder_layer_param_shapes(
+        W,
+        config.dim_feedforward,
+        config.num_heads if config.locations else 0,
+        config.locations and config.location_summary,
+    )
     for i in range(config.num_layers):
         shapes.update({f"layers.{i}.{key}": shape for key, shape in layer.items()})
     shapes["W_vocab"], shapes["b_vocab"] = (W, V), (V,)
@@ -145,6 +168,20 @@ class CaptioningTransformer:
         encoder_layers: post-norm encoder layers (self-attention among the memory's tokens,
             then a feed-forward block, ``F`` wide) between the memory and the decoder, so
             that each cell's token can carry where the other objects are.
+        locations: (with ``grid``; the grid must be square, s*s cells) every decoder layer's
+            cross-attention block also adds where each of its heads looked, the heads'
+            ``alpha_i @ P`` side by side (N, T, 2h), ``P`` (L, 2) the cells' centres (x, y)
+            in [-1, 1] (:func:`captionlab.nn.attention.cell_locations`), times
+            ``layers.{l}.cross_attn.W_loc`` (2h, W): the decoder reads the place of what it
+            attends to as two numbers per head instead of having to learn it from ``W_pos``
+            through the values.
+        location_summary: (with ``locations``) every decoder layer also adds, at each word,
+            a gated mean of the places its heads looked at over the words so far,
+            ``S_t = sum_{s<=t} g_s (alpha_s @ P) / sum_{s<=t} g_s`` per head, gates
+            ``g = sigmoid(x1 @ w_gate + b_gate)`` (one per head, from the cross-attention's
+            input), times ``layers.{l}.cross_attn.W_sum`` (2h, W): a later word (a relation)
+            can read where an earlier one (the subject) was found, which the plain location
+            read, one word's own look, does not carry forward.
 
     Attributes:
         params: dict of parameter arrays, shapes from :func:`transformer_param_shapes`;
@@ -170,6 +207,8 @@ class CaptioningTransformer:
         num_cells: int | None = None,
         memory_norm: bool = False,
         encoder_layers: int = 0,
+        locations: bool = False,
+        location_summary: bool = False,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -186,6 +225,12 @@ class CaptioningTransformer:
             raise ValueError(f"num_cells must be None or an int >= 1 with grid, got {num_cells!r}")
         if int(encoder_layers) != encoder_layers or encoder_layers < 0:
             raise ValueError(f"encoder_layers must be an int >= 0, got {encoder_layers!r}")
+        if locations and not grid:
+            raise ValueError("locations (the cells' places) needs a grid model (grid=True)")
+        if locations and num_cells is not None:
+            cell_locations(int(num_cells))  # ValueError unless the grid is square
+        if location_summary and not locations:
+            raise ValueError("location_summary (a running mean of the places) needs locations")
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError(f"dtype must be a floating type, got {self.dtype}")
@@ -217,6 +262,8 @@ class CaptioningTransformer:
             num_cells=None if num_cells is None else int(num_cells),
             memory_norm=self.memory_norm,
             encoder_layers=self.encoder_layers,
+            locations=bool(locations),
+            location_summary=bool(location_summary),
         )
         self.params: dict[str, np.ndarray] = {}
         for name, shape in transformer_param_shapes(config, len(word_to_idx)).items():
@@ -247,7 +294,20 @@ class CaptioningTransformer:
             num_cells=self.num_cells,
             memory_norm=self.memory_norm,
             encoder_layers=self.encoder_layers,
+            locations=self.locations,
+            location_summary=self.location_summary,
         )
+
+    @property
+    def locations(self) -> bool:
+        """Whether the decoder layers read the places they attend to (``cross_attn.W_loc``)."""
+        return f"layers.0.{nn.DECODER_LOCATION_KEY}" in self.params
+
+    @property
+    def location_summary(self) -> bool:
+        """Whether the decoder layers read a running mean of the places they attended to
+        (``cross_attn.W_sum``)."""
+        return f"layers.0.{nn.DECODER_SUMMARY_KEYS[-1]}" in self.params
 
     @property
     def num_cells(self) -> int | None:
@@ -265,7 +325,8 @@ class CaptioningTransformer:
             f"CaptioningTransformer(V={len(self.word_to_idx)}, D={c.input_dim}, "
             f"W={c.wordvec_dim}, heads={c.num_heads}, layers={c.num_layers}, "
             f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype}, grid={c.grid}, "
-            f"L={c.num_cells}, memory_norm={c.memory_norm}, encoder_layers={c.encoder_layers})"
+            f"L={c.num_cells}, memory_norm={c.memory_norm}, encoder_layers={c.encoder_layers}, "
+            f"locations={c.locations}, location_summary={c.location_summary})"
         )
 
     @property
@@ -299,7 +360,8 @@ class CaptioningTransformer:
             word_to_idx, c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length,
             c.dropout, np.dtype(c.dtype), seed=seed, dim_feedforward=c.dim_feedforward,
             grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
-            encoder_layers=c.encoder_layers,
+            encoder_layers=c.encoder_layers, locations=c.locations,
+            location_summary=c.location_summary,
         )  # fmt: skip
 
     def train(self) -> CaptioningTransformer:
@@ -314,7 +376,12 @@ class CaptioningTransformer:
 
     def _layer_params(self, i: int) -> dict[str, np.ndarray]:
         prefix = f"layers.{i}."
-        return {key: self.params[prefix + key] for key in nn.DECODER_LAYER_KEYS}
+        keys = nn.DECODER_LAYER_KEYS
+        if self.locations:
+            keys = (*keys, nn.DECODER_LOCATION_KEY)
+        if self.location_summary:
+            keys = (*keys, *nn.DECODER_SUMMARY_KEYS)
+        return {key: self.params[prefix + key] for key in keys}
 
     def _encoder_params(self, i: int) -> dict[str, np.ndarray]:
         prefix = f"encoder.{i}."
@@ -334,6 +401,13 @@ class CaptioningTransformer:
                 f"features must be a grid (N, {L}, {D}) (the model's num_cells = {L}), "
                 f"got {features.shape}"
             )
+        if self.locations:
+            L = features.shape[1] if features.ndim == 3 else 0
+            if features.ndim != 3 or math.isqrt(L) ** 2 != L:
+                raise ValueError(
+                    f"features must be a square grid of s*s cells (N, s*s, {D}) (the model "
+                    f"reads the cells' places, locations=True), got {features.shape}"
+                )
         return features.astype(self.dtype, copy=False)
 
     def _check_captions(self, captions: np.ndarray, N: int) -> np.ndarray:
@@ -418,10 +492,12 @@ class CaptioningTransformer:
         x, c_pos = nn.positional_encoding_forward(x, p_drop, rng)  # (N, T', W)
         T = words.shape[1]
         causal = np.tril(np.ones((T, T), dtype=bool))  # word t sees words 0..t
+        P = cell_locations(memory.shape[1], self.dtype) if self.locations else None  # (L, 2)
+        summary = self.location_summary
         c_layers = []
         for i in range(self.num_layers):
             x, c = nn.decoder_layer_forward(
-                x, memory, self._layer_params(i), self.num_heads, causal, p_drop, rng
+                x, memory, self._layer_params(i), self.num_heads, causal, p_drop, rng, P, summary
             )  # (N, T', W)
             c_layers.append(c)
         return x, (c_memory, c_embed, c_pos, c_layers)
@@ -537,7 +613,9 @@ class CaptioningTransformer:
 
         Returns:
             a state with rows ``image`` (N,) and, per layer ``l``, ``k{l}`` (N, h, d, 0)
-            and ``v{l}`` (N, h, 0, d) (with ``cache``) or ``prefix`` (N, 0) (without).
+            and ``v{l}`` (N, h, 0, d) (and with location_summary the running sums
+            ``sum_gm{l}`` (N, h, 2) and ``sum_g{l}`` (N, h), zero) (with ``cache``) or
+            ``prefix`` (N, 0) (without).
         """
         if not 1 <= max_length <= self.max_length:
             raise ValueError(
@@ -556,6 +634,8 @@ class CaptioningTransformer:
         d = W // h
         # Positions 0 .. max_length-1 of the positional encoding, once per call.
         shared: dict = {"pe": nn.sinusoidal_positional_encoding(max_length, W, self.dtype)}
+        if self.locations:
+            shared["P"] = cell_locations(L, self.dtype)  # (L, 2)
         for i in range(self.num_layers):
             lp = self._layer_params(i)
             # the self-attention's q, k, v from one GEMM per step, as in training
@@ -575,6 +655,9 @@ class CaptioningTransformer:
             shared[f"mem_v{i}"] = np.ascontiguousarray(kv[:, :, 1].transpose(0, 2, 1, 3))
             rows[f"k{i}"] = np.empty((N, h, d, 0), dtype=self.dtype)
             rows[f"v{i}"] = np.empty((N, h, 0, d), dtype=self.dtype)
+            if self.location_summary:  # the running sums sum g_s m_s and sum g_s
+                rows[f"sum_gm{i}"] = np.zeros((N, h, 2), dtype=self.dtype)
+                rows[f"sum_g{i}"] = np.zeros((N, h), dtype=self.dtype)
         return DecodeState(rows, shared)
 
     def decode_step(
@@ -600,14 +683,21 @@ class CaptioningTransformer:
         rows = {"image": image}
         attention = None
         for i in range(self.num_layers):
-            x, rows[f"k{i}"], rows[f"v{i}"], alpha = _decoder_layer_step(
+            sums = None
+            if self.location_summary:
+                sums = (state.rows[f"sum_gm{i}"], state.rows[f"sum_g{i}"])
+            x, rows[f"k{i}"], rows[f"v{i}"], alpha, sums = _decoder_layer_step(
                 x,
                 state.rows[f"k{i}"],
                 state.rows[f"v{i}"],
                 _MemoryRows(state.shared[f"mem_k{i}"], state.shared[f"mem_v{i}"], image),
                 state.shared[f"layer{i}"],
                 self.num_heads,
+                state.shared.get("P"),
+                sums,
             )
+            if sums is not None:
+                rows[f"sum_gm{i}"], rows[f"sum_g{i}"] = sums
             attention = alpha
         scores = x @ p["W_vocab"]  # (M, V)
         scores += p["b_vocab"]
@@ -676,15 +766,20 @@ def _decoder_layer_step(
     memory: _MemoryRows,
     p: dict[str, np.ndarray],
     num_heads: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    P: np.ndarray | None = None,
+    sums: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple | None]:
     """One decoder layer (:func:`captionlab.nn.decoder_layer_forward`, dropout 0) at one new
     position of M rows, given the keys (M, h, d, t) and values (M, h, t, d) of the t earlier
     positions. ``p`` holds the layer's parameters plus ``self_attn.Wqkv`` (W, 3W) and
-    ``self_attn.bqkv`` (3W,), the three projections side by side.
+    ``self_attn.bqkv`` (3W,), the three projections side by side; with the cells' places
+    ``P`` (L, 2), also ``cross_attn.W_loc`` (2h, W); with the running sums ``sums`` of
+    the t earlier positions, ``(sum g_s m_s (M, h, 2), sum g_s (M, h))`` (location summary),
+    also ``cross_attn.w_gate``, ``cross_attn.b_gate`` and ``cross_attn.W_sum``.
 
     Returns:
         ``(out (M, W), keys (M, h, d, t+1), values (M, h, t+1, d), cross-attention weights
-        (M, h, L))``.
+        (M, h, L), sums over the t+1 positions or None)``.
     """
     M, W = x.shape
     h = num_heads
@@ -709,19 +804,32 @@ def _decoder_layer_step(
     q = (h1 @ p["cross_attn.Wq"] + p["cross_attn.bq"]).reshape(M, h, d) * scale
     y, alpha = memory.attend(q)  # (M, h, d), (M, h, L)
     ca = y.reshape(M, W) @ p["cross_attn.Wo"] + p["cross_attn.bo"]
+    if P is not None:  # where each head looked, (x, y) per head side by side
+        m = alpha @ P  # (M, h, 2)
+        ca += m.reshape(M, 2 * h) @ p[nn.DECODER_LOCATION_KEY]
+        if sums is not None:  # the gated running mean of the places looked at so far
+            g = nn.sigmoid(h1 @ p["cross_attn.w_gate"] + p["cross_attn.b_gate"])  # (M, h)
+            sums = (sums[0] + g[..., None] * m, sums[1] + g)
+            ca += (sums[0] / sums[1][..., None]).reshape(M, 2 * h) @ p["cross_attn.W_sum"]
     h2, _ = nn.layernorm_forward(h1 + ca, p["norm2.gamma"], p["norm2.beta"])
 
     ff, _ = nn.feedforward_forward(h2, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"])
     out, _ = nn.layernorm_forward(h2 + ff, p["norm3.gamma"], p["norm3.beta"])
-    return out, keys, values, alpha
+    return out, keys, values, alpha, sums
 
 
 def _transformer_config(config: dict) -> TransformerConfig:
     """A :class:`TransformerConfig` from a dict of its fields (a checkpoint's ``model``);
     ValueError names what is wrong."""
     names = set(TransformerConfig.__dataclass_fields__)
-    # absent in files written before position embeddings, memory norms and encoders
-    required = names - {"num_cells", "memory_norm", "encoder_layers"}
+    # absent in files written before position embeddings, memory norms, encoders, locations
+    required = names - {
+        "num_cells",
+        "memory_norm",
+        "encoder_layers",
+        "locations",
+        "location_summary",
+    }
     missing, unknown = required - set(config), set(config) - names
     if missing or unknown:
         raise ValueError(f"model fields must be {sorted(names)}; missing {sorted(missing)}, "
@@ -735,6 +843,8 @@ def _transformer_config(config: dict) -> TransformerConfig:
         num_cells=None if config.get("num_cells") is None else int(config["num_cells"]),
         memory_norm=bool(config.get("memory_norm", False)),
         encoder_layers=int(config.get("encoder_layers", 0)),
+        locations=bool(config.get("locations", False)),
+        location_summary=bool(config.get("location_summary", False)),
     )  # fmt: skip
     if min(c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length) < 1:
         raise ValueError(f"sizes must be >= 1, got {c}")
@@ -752,4 +862,16 @@ def _transformer_config(config: dict) -> TransformerConfig:
         raise ValueError(f"memory_norm must be true or false, got {config['memory_norm']!r}")
     if c.encoder_layers < 0 or c.encoder_layers != config.get("encoder_layers", 0):
         raise ValueError(f"encoder_layers must be an int >= 0, got {config['encoder_layers']!r}")
+    if not isinstance(config.get("locations", False), bool):
+        raise ValueError(f"locations must be true or false, got {config['locations']!r}")
+    if c.locations and not c.grid:
+        raise ValueError("locations must be false for a model without grid")
+    if c.locations and c.num_cells is not None:
+        cell_locations(c.num_cells)  # ValueError unless the grid is square
+    if not isinstance(config.get("location_summary", False), bool):
+        raise ValueError(
+            f"location_summary must be true or false, got {config['location_summary']!r}"
+        )
+    if c.location_summary and not c.locations:
+        raise ValueError("location_summary must be false for a model without locations")
     return c

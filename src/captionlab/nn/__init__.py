@@ -76,6 +76,8 @@ from captionlab.nn.rnn import (
 )
 from captionlab.nn.transformer import (
     DECODER_LAYER_KEYS,
+    DECODER_LOCATION_KEY,
+    DECODER_SUMMARY_KEYS,
     ENCODER_LAYER_KEYS,
     MultiHeadAttention,
     PositionalEncoding,
@@ -101,6 +103,8 @@ from captionlab.nn.transformer import (
 
 __all__ = [
     "DECODER_LAYER_KEYS",
+    "DECODER_LOCATION_KEY",
+    "DECODER_SUMMARY_KEYS",
     "ENCODER_LAYER_KEYS",
     "MultiHeadAttention",
     "PositionalEncoding",

@@ -32,6 +32,27 @@ feed-forward size.
   ``x @ [Wq | Wk | Wv]`` and ``k, v`` of its cross-attention with one GEMM
   ``memory @ [Wk | Wv]``; the backward passes do the same for the weight and input
   gradients.
+* **Cell locations** (optional, a decoder layer over a square grid of ``L`` cells with
+  centres ``P`` (L, 2), see :func:`captionlab.nn.attention.cell_locations`): the
+  cross-attention block also reads *where* each head looked, the weighted mean of the
+  cells' places, and adds it through ``W_loc`` (2h, E)::
+
+      loc = [alpha_1 @ P | ... | alpha_h @ P]                  # (N, T, 2h), head i: (x, y)
+      x   = LN2(x + Dropout(CrossAttention(x, memory, memory) + loc @ W_loc))
+
+  ``alpha_i`` (N, T, L) are head ``i``'s attention weights before dropout.
+* **Running location summary** (optional, on top of the cell locations): each position also
+  reads a gated causal mean of the places the layer's heads looked at so far, so that a
+  word sees where the layer looked at earlier words (the plain location read gives each
+  word only its own look)::
+
+      m_t  = alpha_t @ P                      # (N, h, 2) per position t, head by head
+      g_t  = sigmoid(x1_t @ w_gate + b_gate)  # (N, h), x1 the cross-attention's query input
+      S_t  = sum_{s<=t} g_s m_s / sum_{s<=t} g_s                          # (N, h, 2)
+      x    = LN2(x1 + Dropout(CrossAttention(...) + loc @ W_loc + [S_1 | ... | S_h] @ W_sum))
+
+  with ``w_gate`` (E, h), ``b_gate`` (h,), ``W_sum`` (2h, E): cumulative sums over T, so
+  training stays parallel, and one running pair of sums per row and layer when decoding.
 """
 
 from __future__ import annotations
@@ -42,7 +63,7 @@ from captionlab.nn.attention import (
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
 )
-from captionlab.nn.functional import check_ndim, check_shape
+from captionlab.nn.functional import check_ndim, check_shape, sigmoid
 
 
 # ----------------------------------------------------------------------------------------
@@ -520,16 +541,42 @@ DECODER_LAYER_KEYS: tuple[str, ...] = (
 )
 
 
-def decoder_layer_param_shapes(E: int, F: int) -> dict[str, tuple[int, ...]]:
+#: The parameter a decoder layer that reads its cross-attention's cell locations adds.
+DECODER_LOCATION_KEY = "cross_attn.W_loc"
+
+#: The parameters a decoder layer that reads the running summary of its places adds: the
+#: gate's weights (E, h) and bias (h,), and the read (2h, E).
+DECODER_SUMMARY_KEYS: tuple[str, ...] = (
+    "cross_attn.w_gate",
+    "cross_attn.b_gate",
+    "cross_attn.W_sum",
+)
+
+
+def decoder_layer_param_shapes(
+    E: int, F: int, location_heads: int = 0, location_summary: bool = False
+) -> dict[str, tuple[int, ...]]:
     """The shape of every parameter of a decoder layer, keyed by :data:`DECODER_LAYER_KEYS`.
 
     Projections ``W`` (E, E) and ``b`` (E,); ``ffn.W1`` (E, F), ``ffn.b1`` (F,),
-    ``ffn.W2`` (F, E), ``ffn.b2`` (E,); ``normK.gamma`` and ``normK.beta`` (E,).
+    ``ffn.W2`` (F, E), ``ffn.b2`` (E,); ``normK.gamma`` and ``normK.beta`` (E,). With
+    ``location_heads = h > 0`` (a layer that reads where its h cross-attention heads looked,
+    see :func:`decoder_layer_forward`'s ``locations``), also :data:`DECODER_LOCATION_KEY`
+    ``cross_attn.W_loc`` (2h, E), after the other cross-attention parameters; with
+    ``location_summary`` too, :data:`DECODER_SUMMARY_KEYS` ``cross_attn.w_gate`` (E, h),
+    ``cross_attn.b_gate`` (h,) and ``cross_attn.W_sum`` (2h, E) after it.
     """
+    if location_summary and not location_heads:
+        raise ValueError("location_summary needs location_heads > 0")
     shapes = {}
     for key in DECODER_LAYER_KEYS:
         name = key.split(".")[1]
         shapes[key] = (E, E) if name in ("Wq", "Wk", "Wv", "Wo") else (E,)
+        if key == "cross_attn.bo" and location_heads:
+            shapes[DECODER_LOCATION_KEY] = (2 * location_heads, E)
+            if location_summary:
+                h = location_heads
+                shapes.update(zip(DECODER_SUMMARY_KEYS, [(E, h), (h,), (2 * h, E)], strict=True))
     shapes["ffn.W1"], shapes["ffn.b1"], shapes["ffn.W2"] = (E, F), (F,), (F, E)
     return shapes
 
@@ -542,6 +589,8 @@ def decoder_layer_forward(
     tgt_mask: np.ndarray | None = None,
     dropout: float = 0.0,
     rng: np.random.Generator | None = None,
+    locations: np.ndarray | None = None,
+    location_summary: bool = False,
 ) -> tuple[np.ndarray, tuple]:
     """One post-norm Transformer decoder layer (see the module docstring for the equations).
 
@@ -557,6 +606,13 @@ def decoder_layer_forward(
             places of ``torch.nn.TransformerDecoderLayer``: both attention weights, after
             each of the three blocks, and inside the feed-forward block.
         rng: the generator of the dropout masks (needed when ``dropout > 0``).
+        locations: ``None``, or the memory cells' places ``P`` (L, 2): the cross-attention
+            block then adds ``[alpha_1 @ P | ... | alpha_h @ P] @ W_loc`` (the module
+            docstring), ``params`` holding ``cross_attn.W_loc`` (2h, E) too.
+        location_summary: (with ``locations``) also add the gated causal mean of the places
+            looked at so far, ``[S_1 | ... | S_h] @ W_sum`` (the module docstring),
+            ``params`` holding :data:`DECODER_SUMMARY_KEYS` too. Position ``t``'s mean runs
+            over positions ``0..t`` whatever ``tgt_mask`` is (it is meant for a causal one).
 
     Returns:
         ``(out, cache)`` with out of shape (N, T, E).
@@ -565,7 +621,23 @@ def decoder_layer_forward(
     N, E = x.shape[0], x.shape[2]
     check_ndim("memory", memory, 3, "(N, L, E)")
     check_shape("memory", memory, (N, None, E), "(N, L, E)")
-    _check_layer_params(params, DECODER_LAYER_KEYS, decoder_layer_param_shapes, E, num_heads)
+    keys = DECODER_LAYER_KEYS
+    if location_summary and locations is None:
+        raise ValueError("location_summary needs locations (the cells' places P (L, 2))")
+    if locations is not None:
+        check_shape("locations", locations, (memory.shape[1], 2), "(L, 2)")
+        keys = (*keys, DECODER_LOCATION_KEY)
+        if location_summary:
+            keys = (*keys, *DECODER_SUMMARY_KEYS)
+    _check_layer_params(
+        params,
+        keys,
+        lambda E, F: decoder_layer_param_shapes(
+            E, F, num_heads if locations is not None else 0, location_summary
+        ),
+        E,
+        num_heads,
+    )
     p = params
 
     # 1. masked self-attention and its norm
@@ -580,7 +652,7 @@ def decoder_layer_forward(
         [p["cross_attn.Wk"], p["cross_attn.Wv"]], [p["cross_attn.bk"], p["cross_attn.bv"]]
     )  # (E+1, 2E)
     kv = _affine1(memory1, Wkv, memory.shape[:2])  # (N, L, 2E)
-    ca, _, c_ca = _attend_forward(
+    ca, alpha, c_ca = _attend_forward(
         q,
         kv[..., :E],
         kv[..., E:],
@@ -590,7 +662,16 @@ def decoder_layer_forward(
         None,
         dropout,
         rng,
-    )  # (N, T, E)
+    )  # (N, T, E); alpha (N, h, T, L)
+    c_loc = None
+    if locations is not None:  # where each head looked, (x, y) per head, read by W_loc
+        loc = _looked_at(alpha, locations)  # (N, T, 2h)
+        ca += (loc.reshape(N * loc.shape[1], -1) @ p[DECODER_LOCATION_KEY]).reshape(ca.shape)
+        c_sum = None
+        if location_summary:  # the gated causal mean of the places looked at so far
+            S, c_sum = _location_summary_forward(loc, h1, p)  # (N, T, 2h)
+            ca += (S.reshape(N * S.shape[1], -1) @ p["cross_attn.W_sum"]).reshape(ca.shape)
+        c_loc = (loc, locations, p[DECODER_LOCATION_KEY], c_sum)
     ca, c_d2 = dropout_forward(ca, dropout, rng)
     h2, c_n2 = _add_layernorm(h1, ca, p["norm2.gamma"], p["norm2.beta"])  # (N, T, E)
 
@@ -598,8 +679,49 @@ def decoder_layer_forward(
     out, (c_ff, c_d3, c_n3) = _feedforward_block(h2, p, "norm3", dropout, rng)  # (N, T, E)
 
     cache = (x.shape, x1, memory.shape, memory1, h1, Wqkv, Wkv, p["cross_attn.Wq"], num_heads)
-    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3)
+    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc)
     return out, cache
+
+
+def _looked_at(alpha: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """The places the heads looked at: alpha (N, h, T, L), P (L, 2) -> (N, T, 2h), head
+    ``i``'s ``alpha_i @ P`` in columns ``2i:2i+2``."""
+    N, h, T, _ = alpha.shape
+    return (alpha @ P.astype(alpha.dtype, copy=False)).transpose(0, 2, 1, 3).reshape(N, T, 2 * h)
+
+
+def _location_summary_forward(
+    loc: np.ndarray, x1: np.ndarray, p: dict[str, np.ndarray]
+) -> tuple[np.ndarray, tuple]:
+    """The gated causal mean of the places looked at: loc (N, T, 2h) (head ``i``'s place in
+    columns ``2i:2i+2``), x1 (N, T, E) the gate's input -> ``(S (N, T, 2h), cache)``,
+    ``S_t = sum_{s<=t} g_s m_s / sum_{s<=t} g_s``, ``g = sigmoid(x1 @ w_gate + b_gate)``."""
+    N, T, h2 = loc.shape
+    w_gate = p["cross_attn.w_gate"]
+    g = sigmoid(x1.reshape(N * T, -1) @ w_gate + p["cross_attn.b_gate"]).reshape(N, T, -1)
+    m = loc.reshape(N, T, h2 // 2, 2)
+    G = np.cumsum(g, axis=1)  # (N, T, h), > 0
+    S = np.cumsum(g[..., None] * m, axis=1) / G[..., None]  # (N, T, h, 2)
+    return S.reshape(N, T, h2), (x1, w_gate, p["cross_attn.W_sum"], m, g, G, S)
+
+
+def _location_summary_backward(dS: np.ndarray, cache: tuple, grads: dict) -> tuple:
+    """Backward of :func:`_location_summary_forward`: dS (N, T, 2h) -> ``(dloc (N, T, 2h),
+    dx1 (N, T, E))``, the gate's gradients written into ``grads``."""
+    x1, w_gate, _, m, g, G, S = cache
+    N, T, h, _ = m.shape
+    dS = dS.reshape(N, T, h, 2)
+    dC = dS / G[..., None]  # S = C / G
+    dG = -np.einsum("nthk,nthk->nth", dS, S) / G
+    # C_t and G_t sum positions s <= t: position s receives the sums over t >= s
+    dgm = np.flip(np.cumsum(np.flip(dC, axis=1), axis=1), axis=1)  # (N, T, h, 2)
+    dg = np.einsum("nthk,nthk->nth", dgm, m)
+    dg += np.flip(np.cumsum(np.flip(dG, axis=1), axis=1), axis=1)
+    dloc = (dgm * g[..., None]).reshape(N, T, 2 * h)
+    dz = (dg * g * (1 - g)).reshape(N * T, h)
+    grads["cross_attn.w_gate"] = x1.reshape(N * T, -1).T @ dz  # (E, h)
+    grads["cross_attn.b_gate"] = dz.sum(axis=0)
+    return dloc, (dz @ w_gate.T).reshape(N, T, -1)
 
 
 def decoder_layer_attention(cache: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -620,10 +742,11 @@ def decoder_layer_backward(
 
     Returns:
         ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
-        gradients keyed and shaped like ``params``.
+        gradients keyed and shaped like ``params`` (``cross_attn.W_loc`` only with
+        ``locations``).
     """
     x_shape, x1, memory_shape, memory1, h1, Wqkv, Wkv, Wq_c, h = cache[:9]
-    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3 = cache[9:]
+    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc = cache[9:]
     check_shape("dout", dout, x_shape, "(N, T, E)")
     (N, T, E), L = x_shape, memory_shape[1]
     g: dict[str, np.ndarray] = {}
@@ -636,18 +759,38 @@ def decoder_layer_backward(
     dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dh2, c_n2)
     dq, dq_heads = _heads_buffer(N, T, 1, h, E // h, dout.dtype)  # (N, T, E)
     dkv, dkv_heads = _heads_buffer(N, L, 2, h, E // h, dout.dtype)  # (N, L, 2E)
+    dca = dropout_backward(dz, c_d2)  # (N, T, E)
+    dalpha = dh1_gate = None
+    if c_loc is not None:  # the location read: dloc = dca @ W_loc^T, dalpha_i = dloc_i @ P^T
+        loc, P, W_loc, c_sum = c_loc
+        dca2 = dca.reshape(N * T, E)
+        g[DECODER_LOCATION_KEY] = loc.reshape(N * T, 2 * h).T @ dca2  # (2h, E)
+        dloc = (dca2 @ W_loc.T).reshape(N, T, 2 * h)  # (N, T, 2h)
+        if c_sum is not None:  # the running summary S (N, T, 2h), read by W_sum
+            S = c_sum[-1].reshape(N * T, 2 * h)
+            g["cross_attn.W_sum"] = S.T @ dca2  # (2h, E)
+            dS = (dca2 @ c_sum[2].T).reshape(N, T, 2 * h)
+            dloc_sum, dh1_gate = _location_summary_backward(dS, c_sum, g)
+            dloc += dloc_sum
+        dloc = dloc.reshape(N, T, h, 2).transpose(0, 2, 1, 3)  # (N, h, T, 2)
+        dalpha = dloc @ P.T.astype(dloc.dtype, copy=False)  # (N, h, T, L)
     g["cross_attn.Wo"], g["cross_attn.bo"] = _attend_backward(
-        dropout_backward(dz, c_d2), None, c_ca, (*dq_heads, *dkv_heads)
+        dca, dalpha, c_ca, (*dq_heads, *dkv_heads)
     )
     dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(dq, h1, Wq_c)
     dh1 += dz
+    if dh1_gate is not None:  # the summary's gates read h1
+        dh1 += dh1_gate
     dmemory, dWkv, dbkv = _affine1_backward(dkv, memory1, Wkv, memory_shape)  # (N, L, E)
     g["cross_attn.Wk"], g["cross_attn.Wv"] = dWkv[:, :E], dWkv[:, E:]
     g["cross_attn.bk"], g["cross_attn.bv"] = dbkv[:E], dbkv[E:]
 
     # 1. self-attention block and its norm
     dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
-    return dx, dmemory, {key: g[key] for key in DECODER_LAYER_KEYS}
+    keys = DECODER_LAYER_KEYS if c_loc is None else (*DECODER_LAYER_KEYS, DECODER_LOCATION_KEY)
+    if c_loc is not None and c_loc[3] is not None:
+        keys = (*keys, *DECODER_SUMMARY_KEYS)
+    return dx, dmemory, {key: g[key] for key in keys}
 
 
 def _check_layer_params(params: dict, keys: tuple, shapes_of, E: int, num_heads: int) -> None:

@@ -104,10 +104,20 @@ class TrainConfig:
     locations: bool | None = field(
         default=None,
         metadata={
-            "help": "the attention also moves along, and the LSTM reads, each grid cell's "
-            "place (x, y) (--model attention; see AttentionCaptioner); unset: on (it "
-            "raised the choice of a relation among three objects from 0.54 to 0.75 on the "
-            "shapes data)"
+            "help": "use each grid cell's place (x, y): --model attention moves its attention "
+            "along them and its LSTM reads where it looked; --model transformer --grid reads "
+            "where each cross-attention head looked in every decoder layer (see "
+            "AttentionCaptioner, CaptioningTransformer); unset: on for --model attention "
+            "(it raised the choice of a relation among three objects from 0.54 to 0.75 on "
+            "the shapes data), off otherwise"
+        },
+    )
+    location_summary: bool = field(
+        default=False,
+        metadata={
+            "help": "with --locations and --model transformer: every decoder layer also reads "
+            "a gated running mean of the places its heads looked at over the words so far, "
+            "so a later word can read where an earlier one was found"
         },
     )
     encoder_layers: int | None = field(
@@ -199,6 +209,17 @@ class TrainConfig:
             raise UserError(
                 f"--num-heads {self.num_heads} must divide --wordvec-dim {self.wordvec_dim} "
                 "(each head takes an equal share of the model width)"
+            )
+        if self.locations and not self.uses_grid:
+            raise UserError(
+                f"--locations needs a model that reads the grid (--model attention, or "
+                f"--model transformer --grid), got --model {self.model}"
+                + (" without --grid" if self.model == "transformer" else "")
+            )
+        if self.location_summary and not (self.locations and self.model == "transformer"):
+            raise UserError(
+                "--location-summary needs --model transformer --grid --locations, got "
+                f"--model {self.model}" + ("" if self.locations else " without --locations")
             )
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")

@@ -62,6 +62,8 @@ def model_spec(config: TrainConfig, store: FeatureStore) -> tuple[type, dict]:
             "num_cells": L if config.grid and config.position_embedding else None,
             "memory_norm": bool(config.memory_norm),
             "encoder_layers": config.encoder_layers or 0,
+            "locations": config.uses_locations,
+            "location_summary": bool(config.location_summary),
         }  # fmt: skip
     return CaptioningRNN, {"input_dim": store.dim, "cell_type": config.cell, **common}
 
