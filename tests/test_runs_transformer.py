@@ -36,9 +36,14 @@ def test_build_model_from_the_train_config():
     assert (c.dim_feedforward, c.dropout, c.grid, c.max_length) == (16, 0.1, False, 50)
     grid = build_model(TrainConfig(**TINY, grid=True), vocab, store)
     assert grid.feature_shape == (4, 6) and grid.config.grid  # position embedding by default
-    no_pos = build_model(TrainConfig(**TINY, grid=True, position=False), vocab, store)
+    assert grid.locations and grid.location_summary  # and the places, read and summed
+    no_pos = build_model(
+        TrainConfig(**TINY, grid=True, position=False, locations=False), vocab, store
+    )
     assert no_pos.feature_shape == (None, 6) and not no_pos.locations
-    located = build_model(TrainConfig(**TINY, grid=True, locations=True), vocab, store)
+    located = build_model(
+        TrainConfig(**TINY, grid=True, locations=True, location_summary=False), vocab, store
+    )
     assert located.locations and located.config.locations and located.feature_shape == (4, 6)
     with pytest.raises(UserError, match=r"--locations needs .*--model transformer without --grid"):
         TrainConfig(**TINY, locations=True)
@@ -50,7 +55,7 @@ def test_build_model_from_the_train_config():
     assert summed.location_summary and summed.config.location_summary
     assert not located.location_summary
     with pytest.raises(UserError, match=r"--location-summary needs .*without --locations"):
-        TrainConfig(**TINY, grid=True, location_summary=True)
+        TrainConfig(**TINY, grid=True, locations=False, location_summary=True)
     with pytest.raises(UserError, match=r"--location-summary needs .*got --model attention"):
         TrainConfig(model="attention", locations=True, location_summary=True)
     assert build_model(TrainConfig(cell="gru"), vocab, store).cell_type == "gru"
@@ -63,19 +68,36 @@ def test_build_model_from_the_train_config():
 
 
 def test_demo_config_sets_the_transformers_locations():
-    """The demo's (and bench_quality's ``--set``) transformer_locations reaches the run's
-    TrainConfig; off by default, and the attention captioner's own setting stays apart."""
-    assert not DemoConfig().train_config("transformer").locations
-    config = DemoConfig(transformer_locations=True)
-    tconfig = config.train_config("transformer")
-    assert tconfig.locations and tconfig.grid and tconfig.model == "transformer"
-    assert not config.train_config("attention").locations
-    assert not DemoConfig(attention_locations=True).train_config("transformer").locations
-    assert not tconfig.location_summary
-    both = DemoConfig(transformer_locations=True, transformer_location_summary=True)
-    assert both.train_config("transformer").location_summary
+    """The demo's (and bench_quality's ``--set``) transformer_locations and
+    transformer_location_summary reach the run's TrainConfig: both on by default, each
+    captioner's setting apart from the other's."""
+    tconfig = DemoConfig().train_config("transformer")
+    assert tconfig.locations and tconfig.location_summary and tconfig.grid
+    assert tconfig.uses_locations and tconfig.uses_location_summary
+    assert DemoConfig().train_config("attention").uses_locations
+    off = DemoConfig(transformer_locations=False, transformer_location_summary=False)
+    assert not off.train_config("transformer").uses_locations
+    assert not off.train_config("transformer").uses_location_summary
+    assert off.train_config("attention").uses_locations  # the attention captioner's own
+    assert not DemoConfig(attention_locations=False).train_config("attention").uses_locations
+    assert DemoConfig(attention_locations=False).train_config("transformer").uses_locations
+    read_only = DemoConfig(transformer_location_summary=False).train_config("transformer")
+    assert read_only.uses_locations and not read_only.uses_location_summary
     with pytest.raises(UserError, match="--location-summary needs"):
-        DemoConfig(transformer_location_summary=True).train_config("transformer")
+        DemoConfig(transformer_locations=False).train_config("transformer")
+
+
+def test_train_config_location_defaults_follow_the_model():
+    """Unset, locations are on for every grid reader and the running summary for the grid
+    Transformer; pooled models get neither."""
+    assert TrainConfig(model="attention").uses_locations
+    assert not TrainConfig(model="attention").uses_location_summary
+    grid = TrainConfig(model="transformer", grid=True)
+    assert grid.uses_locations and grid.uses_location_summary
+    pooled = TrainConfig(model="transformer")
+    assert not pooled.uses_locations and not pooled.uses_location_summary
+    assert not TrainConfig(model="rnn").uses_locations
+    assert not TrainConfig(model="transformer", grid=True, locations=False).uses_location_summary
 
 
 @pytest.fixture(scope="module")

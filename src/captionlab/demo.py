@@ -140,11 +140,11 @@ class DemoConfig:
         metadata={"help": "dropout of the transformer", "bound": real(0, 1, hi_open=True)},
     )
     transformer_locations: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "the transformer reads the places its cross-attention looked at"},
     )
     transformer_location_summary: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "with transformer_locations: also a gated running mean of the places "
             "looked at over the words so far"

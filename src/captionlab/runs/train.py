@@ -63,7 +63,7 @@ def model_spec(config: TrainConfig, store: FeatureStore) -> tuple[type, dict]:
             "memory_norm": bool(config.memory_norm),
             "encoder_layers": config.encoder_layers or 0,
             "locations": config.uses_locations,
-            "location_summary": bool(config.location_summary),
+            "location_summary": config.uses_location_summary,
         }  # fmt: skip
     return CaptioningRNN, {"input_dim": store.dim, "cell_type": config.cell, **common}
 
