@@ -385,21 +385,19 @@ def test_decoder_layer_locations_read_where_each_head_looked():
         nn.decoder_layer_forward(x, memory, plain, 2, causal, locations=P)
 
 
-def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch):
-    """x, memory and every parameter with locations and dropout: relative error < 1e-5 (a
-    decoder layer's tolerance), W_loc's < 1e-7; a backward that leaves out the read's path
-    through the attention weights (dweights) fails it."""
-    x, memory, params, P = _decoder_location_inputs(np.random.default_rng(15))
-    causal = np.tril(np.ones((4, 4)))
-    dout = np.random.default_rng(16).standard_normal(x.shape)
+def _located_layer_grad_errors(x, memory, params, P, dout, summary=False):
+    """Relative errors of the decoder layer's analytic gradients (x, memory, every parameter)
+    against finite differences, with locations (and the running summary), causal, dropout 0.2
+    with fixed masks; returns ``(errors, forward, analytic)`` for negative controls."""
+    causal = np.tril(np.ones((x.shape[1], x.shape[1])))
 
     def forward(x_, memory_, p_):
         rng = np.random.default_rng(6)  # the same dropout masks at every call
-        return nn.decoder_layer_forward(x_, memory_, p_, 2, causal, 0.2, rng, P)[0]
+        return nn.decoder_layer_forward(x_, memory_, p_, 2, causal, 0.2, rng, P, summary)[0]
 
     def analytic():
         _, cache = nn.decoder_layer_forward(
-            x, memory, params, 2, causal, 0.2, np.random.default_rng(6), P
+            x, memory, params, 2, causal, 0.2, np.random.default_rng(6), P, summary
         )
         return nn.decoder_layer_backward(dout, cache)
 
@@ -418,6 +416,17 @@ def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch
             continue
         num = eval_numerical_gradient_array(lambda _: forward(x, memory, params), params[key], dout)
         errors[key] = rel_error(num, dparams[key])
+    return errors, forward, analytic
+
+
+def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch):
+    """x, memory and every parameter with locations and dropout: relative error < 1e-5 (a
+    decoder layer's tolerance), W_loc's < 1e-7; a backward that leaves out the read's path
+    through the attention weights (dweights) fails it."""
+    x, memory, params, P = _decoder_location_inputs(np.random.default_rng(15))
+    dout = np.random.default_rng(16).standard_normal(x.shape)
+
+    errors, forward, analytic = _located_layer_grad_errors(x, memory, params, P, dout)
     # the decoder layer's tolerance (gradcheck.BLOCK_TOLERANCE, as `captionlab gradcheck`):
     # here self_attn.Wk's 1.1e-7 is the largest (softmax sums cancel); the read's own
     # weight holds to the single-layer tolerance
@@ -497,34 +506,9 @@ def test_decoder_layer_location_summary_gradient_check_and_negative_control(monk
     < 1e-5 (a decoder layer's tolerance), the summary's own weights < 1e-7; a backward that
     drops the gradient through the normaliser sum g_s fails on w_gate."""
     x, memory, params, P = _decoder_summary_inputs(np.random.default_rng(18))
-    causal = np.tril(np.ones((4, 4)))
     dout = np.random.default_rng(19).standard_normal(x.shape)
 
-    def forward(x_, memory_, p_):
-        rng = np.random.default_rng(6)  # the same dropout masks at every call
-        return nn.decoder_layer_forward(x_, memory_, p_, 2, causal, 0.2, rng, P, True)[0]
-
-    def analytic():
-        _, cache = nn.decoder_layer_forward(
-            x, memory, params, 2, causal, 0.2, np.random.default_rng(6), P, True
-        )
-        return nn.decoder_layer_backward(dout, cache)
-
-    dx, dmemory, dparams = analytic()
-    errors = {
-        "x": rel_error(
-            eval_numerical_gradient_array(lambda v: forward(v, memory, params), x, dout), dx
-        ),
-        "memory": rel_error(
-            eval_numerical_gradient_array(lambda v: forward(x, v, params), memory, dout), dmemory
-        ),
-    }
-    for key in params:
-        if key.endswith("attn.bk"):  # a constant on every key: the softmax ignores it
-            assert np.abs(dparams[key]).max() < 1e-12
-            continue
-        num = eval_numerical_gradient_array(lambda _: forward(x, memory, params), params[key], dout)
-        errors[key] = rel_error(num, dparams[key])
+    errors, forward, analytic = _located_layer_grad_errors(x, memory, params, P, dout, True)
     assert max(errors.values()) < BLOCK_TOLERANCE, errors
     for key in nn.DECODER_SUMMARY_KEYS:
         assert errors[key] < STEP_TOLERANCE, (key, errors[key])
