@@ -57,7 +57,6 @@ over images without gathering the grid at all.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -65,7 +64,12 @@ import numpy as np
 from captionlab import nn
 from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
-from captionlab.nn.attention import additive_scores, additive_scores_backward, cell_locations
+from captionlab.nn.attention import (
+    additive_scores,
+    additive_scores_backward,
+    cell_locations,
+    is_square_grid,
+)
 from captionlab.nn.functional import masked_softmax, masked_softmax_backward, sigmoid
 from captionlab.nn.lstm import lstm_gates_backward, lstm_gates_forward
 
@@ -352,8 +356,7 @@ class AttentionCaptioner:
                 f"got {features.shape}"
             )
         if self.locations:
-            side = math.isqrt(features.shape[1])
-            if side * side != features.shape[1]:
+            if not is_square_grid(features.shape[1]):
                 raise ValueError(
                     "features must be a square grid of s*s cells (the model uses the cells' "
                     f"places), got {features.shape}"

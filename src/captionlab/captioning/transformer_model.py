@@ -62,7 +62,6 @@ assignment's ``sample`` does). Decoding never drops out, whatever the mode.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,7 +69,7 @@ import numpy as np
 from captionlab import nn
 from captionlab.captioning._inputs import check_captions
 from captionlab.captioning.generate import DecodeState, greedy_decode
-from captionlab.nn.attention import cell_locations
+from captionlab.nn.attention import cell_locations, is_square_grid
 
 
 @dataclass(frozen=True)
@@ -402,8 +401,7 @@ class CaptioningTransformer:
                 f"got {features.shape}"
             )
         if self.locations:
-            L = features.shape[1] if features.ndim == 3 else 0
-            if features.ndim != 3 or math.isqrt(L) ** 2 != L:
+            if features.ndim != 3 or not is_square_grid(features.shape[1]):
                 raise ValueError(
                     f"features must be a square grid of s*s cells (N, s*s, {D}) (the model "
                     f"reads the cells' places, locations=True), got {features.shape}"

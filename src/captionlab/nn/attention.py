@@ -23,12 +23,17 @@ from captionlab.nn.functional import (
 )
 
 
+def is_square_grid(L: int) -> bool:
+    """Whether ``L`` cells form a square grid, ``L = s * s`` with ``s >= 1``."""
+    return L > 0 and math.isqrt(L) ** 2 == L
+
+
 def cell_locations(L: int, dtype=np.float64) -> np.ndarray:
     """The centres of ``L = s * s`` row-major grid cells (top-left first) as (L, 2) ``(x, y)``
     in [-1, 1] (x to the right, y down); ValueError when ``L`` is not a square."""
-    side = math.isqrt(L) if L > 0 else 0
-    if side * side != L or side == 0:
+    if not is_square_grid(L):
         raise ValueError(f"cell locations need a square grid of s*s cells, got L={L}")
+    side = math.isqrt(L)
     centre = (2 * np.arange(side) + 1) / side - 1  # (s,)
     ys, xs = np.meshgrid(centre, centre, indexing="ij")
     return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1).astype(dtype)
