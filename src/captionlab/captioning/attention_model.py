@@ -681,19 +681,23 @@ class AttentionCaptioner:
         ib = 4 * H + K
         q = hp[:, 4 * H : ib]  # (M, K); b_att is in A_proj
         P = state.shared.get("P")  # (L, 2) with locations
-        ramp = (hp[:, ib + 1 :] + p["b_loc_q"]) @ P.T if P is not None else 0.0  # (M, L)
-        if M % Ni == 0 and np.array_equal(img, np.repeat(np.arange(Ni), M // Ni)):
-            # Rows are each image's B beams in order: attend per image, no grid gathered.
+        grouped = M % Ni == 0 and np.array_equal(img, np.repeat(np.arange(Ni), M // Ni))
+        if grouped:  # rows are each image's B beams in order: attend per image, no gather
             B = M // Ni
             th = A_proj[:, None] + q.reshape(Ni, B, 1, K)  # (Ni, B, L, K)
             np.tanh(th, out=th)
-            alpha = nn.masked_softmax((th @ p["w_att"]).reshape(M, L) + ramp)  # (M, L)
-            ctx = np.matmul(alpha.reshape(Ni, B, L), A).reshape(M, D)  # (M, D)
+            e = (th @ p["w_att"]).reshape(M, L)  # (M, L)
         else:
             th = A_proj[img]  # (M, L, K) gathered
             th += q[:, None, :]
             np.tanh(th, out=th)
-            alpha = nn.masked_softmax(th @ p["w_att"] + ramp)  # (M, L)
+            e = th @ p["w_att"]  # (M, L)
+        if P is not None:
+            e += (hp[:, ib + 1 :] + p["b_loc_q"]) @ P.T  # a ramp over the places
+        alpha = nn.masked_softmax(e)  # (M, L)
+        if grouped:
+            ctx = np.matmul(alpha.reshape(Ni, M // Ni, L), A).reshape(M, D)  # (M, D)
+        else:
             ctx = np.matmul(alpha[:, None, :], A[img])[:, 0]  # (M, D)
         beta = sigmoid(hp[:, ib : ib + 1] + p["b_beta"])  # (M, 1)
         table = state.shared.get("table")
