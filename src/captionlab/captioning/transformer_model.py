@@ -375,11 +375,7 @@ class CaptioningTransformer:
 
     def _layer_params(self, i: int) -> dict[str, np.ndarray]:
         prefix = f"layers.{i}."
-        keys = nn.DECODER_LAYER_KEYS
-        if self.locations:
-            keys = (*keys, nn.DECODER_LOCATION_KEY)
-        if self.location_summary:
-            keys = (*keys, *nn.DECODER_SUMMARY_KEYS)
+        keys = nn.decoder_layer_keys(self.locations, self.location_summary)
         return {key: self.params[prefix + key] for key in keys}
 
     def _encoder_params(self, i: int) -> dict[str, np.ndarray]:

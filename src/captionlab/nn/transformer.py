@@ -553,6 +553,18 @@ DECODER_SUMMARY_KEYS: tuple[str, ...] = (
 )
 
 
+def decoder_layer_keys(locations: bool = False, location_summary: bool = False) -> tuple[str, ...]:
+    """The parameter names of a decoder layer: :data:`DECODER_LAYER_KEYS`, then
+    :data:`DECODER_LOCATION_KEY` with ``locations`` and :data:`DECODER_SUMMARY_KEYS` with
+    ``location_summary`` too."""
+    keys = DECODER_LAYER_KEYS
+    if locations:
+        keys = (*keys, DECODER_LOCATION_KEY)
+        if location_summary:
+            keys = (*keys, *DECODER_SUMMARY_KEYS)
+    return keys
+
+
 def decoder_layer_param_shapes(
     E: int, F: int, location_heads: int = 0, location_summary: bool = False
 ) -> dict[str, tuple[int, ...]]:
@@ -621,14 +633,11 @@ def decoder_layer_forward(
     N, E = x.shape[0], x.shape[2]
     check_ndim("memory", memory, 3, "(N, L, E)")
     check_shape("memory", memory, (N, None, E), "(N, L, E)")
-    keys = DECODER_LAYER_KEYS
     if location_summary and locations is None:
         raise ValueError("location_summary needs locations (the cells' places P (L, 2))")
     if locations is not None:
         check_shape("locations", locations, (memory.shape[1], 2), "(L, 2)")
-        keys = (*keys, DECODER_LOCATION_KEY)
-        if location_summary:
-            keys = (*keys, *DECODER_SUMMARY_KEYS)
+    keys = decoder_layer_keys(locations is not None, location_summary)
     _check_layer_params(
         params,
         keys,
@@ -787,9 +796,7 @@ def decoder_layer_backward(
 
     # 1. self-attention block and its norm
     dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
-    keys = DECODER_LAYER_KEYS if c_loc is None else (*DECODER_LAYER_KEYS, DECODER_LOCATION_KEY)
-    if c_loc is not None and c_loc[3] is not None:
-        keys = (*keys, *DECODER_SUMMARY_KEYS)
+    keys = decoder_layer_keys(c_loc is not None, c_loc is not None and c_loc[3] is not None)
     return dx, dmemory, {key: g[key] for key in keys}
 
 
