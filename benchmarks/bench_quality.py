@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import statistics
 import sys
 import time
@@ -107,8 +108,10 @@ def demo_config(overrides: list[str]) -> DemoConfig:
 
 
 def fresh_scenes(work: Path, store: Path, n: int, seed: int, image_size: int, progress: bool):
-    """``(ids, paths, scenes, references, {"pooled": (n, D), "grid": (n, L, Dg)})`` of n new
-    scenes, features extracted as ``captionlab caption`` extracts them for new images."""
+    """``(ids, scenes, references, {"pooled": (n, D), "grid": (n, L, Dg)})`` of n new scenes,
+    features extracted as ``captionlab caption`` extracts them for new images. The features
+    are cached beside the images, keyed by the store (its config and file) and the scenes'
+    ``dataset.json`` (so images drawn again at another size are not paired with old ones)."""
     from captionlab.extract import FeatureExtractor
 
     folder = generate_shapes(
@@ -120,6 +123,7 @@ def fresh_scenes(work: Path, store: Path, n: int, seed: int, image_size: int, pr
     st = FeatureStore.open(store)
     stat = Path(store).stat()  # the store's config and this very file (its PCA bases)
     stamp = f"{st.config.to_json()} {Path(store).resolve()} {stat.st_size} {stat.st_mtime_ns}"
+    stamp += " " + hashlib.sha256((folder / "dataset.json").read_bytes()).hexdigest()
     key = np.frombuffer(stamp.encode(), np.uint8)
     if cache.is_file():
         with np.load(cache) as z:
