@@ -123,6 +123,15 @@ class TrainConfig:
             "learnt which way a relation goes)"
         },
     )
+    coverage: bool | None = field(
+        default=None,
+        metadata={
+            "help": "with --model transformer --grid: coverage in every decoder layer's "
+            "cross-attention, each head's scores biased by a learned multiple of how much "
+            "it already looked at each cell at the earlier words (Tu et al. 2016), so it "
+            "can turn to an object it has not named yet; unset: off"
+        },
+    )
     encoder_layers: int | None = field(
         default=None,
         metadata={
@@ -224,6 +233,11 @@ class TrainConfig:
                 "--location-summary needs --model transformer --grid --locations, got "
                 f"--model {self.model}" + ("" if self.uses_locations else " without --locations")
             )
+        if self.coverage and not (self.model == "transformer" and self.uses_grid):
+            raise UserError(
+                f"--coverage needs --model transformer --grid, got --model {self.model}"
+                + (" without --grid" if self.model == "transformer" else "")
+            )
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         if self.dtype not in ("float32", "float64"):
@@ -247,6 +261,13 @@ class TrainConfig:
         if self.location_summary is not None:
             return bool(self.location_summary)
         return self.model == "transformer" and self.uses_grid and self.uses_locations
+
+    @property
+    def uses_coverage(self) -> bool:
+        """``coverage``, or the model's default when unset (see the field's help)."""
+        if self.coverage is not None:
+            return bool(self.coverage)
+        return False
 
     @property
     def position_embedding(self) -> bool:
