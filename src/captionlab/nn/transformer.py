@@ -452,7 +452,8 @@ def coverage_attention_forward(
     Z = q @ np.swapaxes(k, -1, -2)  # (N, h, T, L)
     Z *= scale
     A0 = masked_softmax(Z)  # (N, h, T, L)
-    C = np.zeros_like(A0)
+    C = np.empty_like(A0)
+    C[:, :, 0] = 0
     np.cumsum(A0[:, :, :-1], axis=2, out=C[:, :, 1:])  # sum over s < t
     Z += c.astype(Z.dtype, copy=False)[:, None, None] * C  # the biased scores, in place
     alpha = masked_softmax(Z)  # (N, h, T, L)
@@ -504,7 +505,8 @@ def coverage_attention_backward(
     dc = np.einsum("nhtl,nhtl->h", dY, C)  # (h,)
     # C[t] sums A0[s] over s < t: A0[s] receives the sum of dC[t] over t > s
     dC = dY * c.astype(dY.dtype, copy=False)[:, None, None]  # (N, h, T, L)
-    dA0 = np.zeros_like(dC)
+    dA0 = np.empty_like(dC)
+    dA0[:, :, -1] = 0
     np.cumsum(dC[:, :, :0:-1], axis=2, out=dA0[:, :, -2::-1])  # reversed, exclusive
     dZ = masked_softmax_backward(dA0, A0)
     dZ += dY
