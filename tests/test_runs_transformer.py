@@ -102,13 +102,14 @@ def test_train_config_location_defaults_follow_the_model():
 
 def test_coverage_flag_reaches_the_model():
     """--coverage (and the demo's transformer_coverage) builds a grid Transformer whose
-    cross-attention has coverage (c_cov per layer, zero: the plain model at the start);
+    cross-attention has coverage (c_cov and u_cov per layer, zero: the plain model at the start);
     unset it is off; it needs --model transformer --grid."""
     vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
     store = SimpleNamespace(dim=12, grid_shape=(4, 6), require_grid=lambda: None)
     covered = build_model(TrainConfig(**TINY, grid=True, coverage=True), vocab, store)
     assert covered.coverage and covered.config.coverage and covered.location_summary
-    assert all(covered.params["layers.0.cross_attn.c_cov"] == 0)
+    assert not covered.params["layers.0.cross_attn.c_cov"].any()
+    assert not covered.params["layers.0.cross_attn.u_cov"].any()
     assert not TrainConfig(**TINY, grid=True).uses_coverage
     assert not build_model(TrainConfig(**TINY, grid=True, coverage=False), vocab, store).coverage
     assert not build_model(TrainConfig(**TINY, grid=True), vocab, store).coverage

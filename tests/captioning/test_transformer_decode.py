@@ -34,7 +34,7 @@ def _model(seed=3, dtype=np.float64, end_bias=2.0, **kw):
             value = rng.standard_normal(v.shape) / np.sqrt(v.shape[0])
         elif k.endswith("gamma"):
             value = v
-        elif k.endswith("c_cov"):  # coverage that changes the weights a lot
+        elif k.endswith(("c_cov", "u_cov")):  # coverage that changes the weights a lot
             value = 2.0 * rng.standard_normal(v.shape)
         else:
             value = 0.3 * rng.standard_normal(v.shape)
@@ -59,7 +59,7 @@ CASES["summary"] = {**CASES["locations"], "location_summary": True, "seed": 4, "
 #: weights per row and layer when decoding): over a grid, and with the places and summary
 #: (seeds chosen, as above, for captions and beams that end after different numbers of words).
 CASES["coverage"] = {"grid": True, "coverage": True, "seed": 1, "end_bias": 2.0}
-CASES["coverage_summary"] = {**CASES["summary"], "coverage": True, "seed": 0}
+CASES["coverage_summary"] = {**CASES["summary"], "coverage": True, "seed": 4}
 #: The grid cells of each case's features.
 CELLS = {"locations": 9, "summary": 9, "coverage_summary": 9}
 
@@ -165,14 +165,13 @@ def test_memory_rows_three_paths_agree():
         weights /= weights.sum(axis=-1, keepdims=True)
         return np.einsum("mhl,mhld->mhd", weights, values[image]), weights
 
-    def with_coverage(q, image, c, C):  # softmax(scores + c_i C) and the plain softmax
+    def with_coverage(q, image, g, C):  # softmax(scores + g C) and the plain softmax
         scores = np.einsum("mhd,mhdl->mhl", q, keys[image])
-        weights = np.exp(scores + c[:, None] * C)
+        weights = np.exp(scores + g[..., None] * C)
         weights /= weights.sum(axis=-1, keepdims=True)
         plain = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)
         return np.einsum("mhl,mhld->mhd", weights, values[image]), weights, plain
 
-    c = np.array([-2.0, 1.0])
     for image in (np.arange(3), np.repeat(np.arange(3), 4), np.array([2, 0, 0, 1, 2])):
         q = rng.standard_normal((len(image), h, d))
         y, weights, plain = _MemoryRows(keys, values, image).attend(q)
@@ -180,9 +179,9 @@ def test_memory_rows_three_paths_agree():
         np.testing.assert_allclose(y, y_ref, rtol=1e-12)
         np.testing.assert_allclose(weights, w_ref, rtol=1e-12)
         np.testing.assert_array_equal(plain, weights)  # no coverage: the same weights
-        C = rng.random((len(image), h, L))
-        got = _MemoryRows(keys, values, image).attend(q, (c, C))
-        for a, b in zip(got, with_coverage(q, image, c, C), strict=True):
+        g, C = 2 * rng.standard_normal((len(image), h)), rng.random((len(image), h, L))
+        got = _MemoryRows(keys, values, image).attend(q, (g, C))
+        for a, b in zip(got, with_coverage(q, image, g, C), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12)
         assert not np.allclose(got[1], got[2])
 
@@ -401,7 +400,7 @@ def test_checkpoint_with_coverage_checks_the_field(tmp_path):
         load_checkpoint(write(arrays, header, {"coverage": 1}))
     with pytest.raises(CheckpointError, match="c_cov"):  # arrays the architecture has not
         load_checkpoint(write(arrays, header, {"coverage": False}))
-    cov_arrays = [k for k in arrays if k.endswith("c_cov")]
-    assert len(cov_arrays) == 2
+    cov_arrays = [k for k in arrays if k.endswith(("c_cov", "u_cov"))]
+    assert len(cov_arrays) == 4
     with pytest.raises(CheckpointError, match="c_cov"):
         load_checkpoint(write(arrays, header, {}, drop=cov_arrays))

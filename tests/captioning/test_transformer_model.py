@@ -390,7 +390,8 @@ def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(mo
 def test_whole_model_gradient_check_catches_a_wrong_coverage_gradient(monkeypatch):
     """Negative control of coverage in the whole model: a backward that leaves out the
     gradient through the plain weights the coverage sums fails the check on the
-    cross-attention's Wq; one that drops dc fails it on every layer's c_cov."""
+    cross-attention's Wq; one that drops dc and du fails it on every layer's c_cov and
+    u_cov."""
     rng = np.random.default_rng(22)
     model = _model(**_grid_kwargs("coverage", 4))
     for k, v in model.params.items():
@@ -398,7 +399,8 @@ def test_whole_model_gradient_check_catches_a_wrong_coverage_gradient(monkeypatc
             v.shape[0] if v.ndim == 2 else 4
         )
     features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
-    names = ["layers.0.cross_attn.c_cov", "layers.1.cross_attn.c_cov", "layers.0.cross_attn.Wq"]
+    names = [f"layers.{i}.cross_attn.{n}_cov" for i in (0, 1) for n in "cu"]
+    names.append("layers.0.cross_attn.Wq")
     wide = _extended_precision_copy(model)  # float64 differences of a whole model are noisy
     wide_features = features.astype(np.longdouble)
     nums = {
@@ -414,21 +416,21 @@ def test_whole_model_gradient_check_catches_a_wrong_coverage_gradient(monkeypatc
     assert max(rel_error(nums[n], grads[n]) for n in names) < 1e-5
     real = transformer.coverage_attention_backward
 
-    def without_a0_path(dout, dalpha, cache, out=None):  # c = 0 in the backward only
-        return real(dout, dalpha, (*cache[:-1], np.zeros_like(cache[-1])), out=out)
+    def without_a0_path(dout, dalpha, cache, out=None):  # g = 0 in the backward only
+        return real(dout, dalpha, (*cache[:9], np.zeros_like(cache[9]), *cache[10:]), out=out)
 
     with monkeypatch.context() as m:
         m.setattr(transformer, "coverage_attention_backward", without_a0_path)
         wrong = model.loss(features, captions)[1]
-    assert rel_error(nums[names[2]], wrong[names[2]]) > 1e-3
+    assert rel_error(nums[names[-1]], wrong[names[-1]]) > 1e-3
 
     def without_dc(dout, dalpha, cache, out=None):
-        *d, dc = real(dout, dalpha, cache, out=out)
-        return (*d, 0 * dc)
+        *d, dc, du = real(dout, dalpha, cache, out=out)
+        return (*d, 0 * dc, 0 * du)
 
     monkeypatch.setattr(transformer, "coverage_attention_backward", without_dc)
     wrong = model.loss(features, captions)[1]
-    for name in names[:2]:
+    for name in names[:-1]:
         assert rel_error(nums[name], wrong[name]) > 1e-3, name
 
 
@@ -515,8 +517,8 @@ def _torch_reference_loss(model, features, captions):
 
     def attend(x, mem, prefix, mask=None, c=None):
         """Multi-head attention of x (N, S, W) to mem (N, T, W): (out, weights (N, h, S, T));
-        with coverage c (h,), the scores of position s gain c_i times the sum of head i's
-        plain weights at positions before s."""
+        with coverage c = (c (h,), u (h, d)), the scores of position s gain c_i + q_i u_i /
+        sqrt(d) times the sum of head i's plain weights at positions before s."""
         q, k, v = (
             (inp @ p[f"{prefix}.W{n}"] + p[f"{prefix}.b{n}"]).unflatten(-1, (h, -1)).transpose(1, 2)
             for inp, n in ((x, "q"), (mem, "k"), (mem, "v"))
@@ -527,7 +529,9 @@ def _torch_reference_loss(model, features, captions):
         if c is not None:  # written as a loop over positions
             plain = torch.softmax(scores, dim=-1)
             C = torch.stack([plain[:, :, :s].sum(2) for s in range(scores.shape[2])], dim=2)
-            scores = scores + c[:, None, None] * C
+            cu, u = c  # (h,), (h, d)
+            g = cu[:, None] + torch.einsum("nhsd,hd->nhs", q, u) / math.sqrt(q.shape[-1])
+            scores = scores + g[..., None] * C
         weights = torch.softmax(scores, dim=-1)
         y = (weights @ v).transpose(1, 2).flatten(2)  # (N, S, W)
         return y @ p[f"{prefix}.Wo"] + p[f"{prefix}.bo"], weights
@@ -566,7 +570,9 @@ def _torch_reference_loss(model, features, captions):
     for l in range(model.num_layers):
         pre = f"layers.{l}."
         x = norm(x + attend(x, x, pre + "self_attn", causal)[0], pre + "norm1")
-        c = p[pre + "cross_attn.c_cov"] if model.coverage else None
+        c = None
+        if model.coverage:
+            c = (p[pre + "cross_attn.c_cov"], p[pre + "cross_attn.u_cov"].unflatten(0, (h, -1)))
         ca, alpha = attend(x, memory, pre + "cross_attn", c=c)  # alpha (N, h, T, L)
         if model.locations:
             looked = (alpha @ P).transpose(1, 2).flatten(2)  # (N, T, 2h): (x, y) per head

@@ -27,9 +27,10 @@ The forward pass of :meth:`CaptioningTransformer.loss`::
              # with location_summary also + [S_1 | ... | S_h] @ W_sum_l, S_i (N, T', 2)
              # head i's gated causal mean of the places looked at so far, the gates
              # sigmoid(x1 @ w_gate_l + b_gate_l) (N, T', h), x1 the cross-attention's input
-             # with coverage, head i's weights are alpha_i = softmax(Z_i + c_i C_i), Z_i its
+             # with coverage, head i's weights are alpha_i = softmax(Z_i + g_i C_i), Z_i its
              # plain scores, C_i[t] = sum_{s<t} softmax(Z_i[s]) (N, T', L) what it looked at
-             # before word t, c_i = layers.{l}.cross_attn.c_cov[i] (the loc reads this alpha)
+             # before word t, g_i = c_i + q_i u_i / sqrt(d) (N, T') with c_cov_l (h,) and
+             # u_cov_l (W,) (head i's u_i in its d columns); the loc reads this alpha
     scores = x @ W_vocab + b_vocab                 # (N, T-1, V)
     loss   = softmax cross-entropy of scores against captions[:, 1:], <NULL> masked,
              summed over time, averaged over N     (as CaptioningRNN)
@@ -121,8 +122,8 @@ def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict
     :data:`captionlab.nn.ENCODER_LAYER_KEYS`, ``layers.{l}.{key}`` for each key of
     :data:`captionlab.nn.DECODER_LAYER_KEYS` (and ``layers.{l}.cross_attn.W_loc`` (2h, W)
     with ``locations``; ``layers.{l}.cross_attn.w_gate`` (W, h), ``.b_gate`` (h,) and
-    ``.W_sum`` (2h, W) with ``location_summary``; ``layers.{l}.cross_attn.c_cov`` (h,) with
-    ``coverage``), ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
+    ``.W_sum`` (2h, W) with ``location_summary``; ``layers.{l}.cross_attn.c_cov`` (h,) and
+    ``.u_cov`` (W,) with ``coverage``), ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
     V, D, W = vocab_size, config.input_dim, config.wordvec_dim
     shapes: dict[str, tuple] = {"W_embed": (V, W), "W_proj": (D, W), "b_proj": (W,)}
     if config.num_cells is not None:
@@ -192,10 +193,12 @@ class CaptioningTransformer:
             read, one word's own look, does not carry forward.
         coverage: every decoder layer's cross-attention head ``i`` biases its scores by how
             much it already looked at each cell at the earlier words,
-            ``alpha_i = softmax(Z_i + c_i C_i)``, ``C_i[t] = sum_{s<t} softmax(Z_i[s])``
-            (:func:`captionlab.nn.coverage_attention_forward`), with one learned scalar per
-            head ``layers.{l}.cross_attn.c_cov`` (h,), starting at 0 (the plain model): a
-            head can learn to turn away from an object it has described (or back to it).
+            ``alpha_i = softmax(Z_i + g_i C_i)``, ``C_i[t] = sum_{s<t} softmax(Z_i[s])``,
+            ``g_i = c_i + q_i u_i / sqrt(d)`` (:func:`captionlab.nn.
+            coverage_attention_forward`), with a learned scalar per head
+            ``layers.{l}.cross_attn.c_cov`` (h,) and query direction ``.u_cov`` (W,), both
+            starting at 0 (the plain model): a head can learn to turn away from an object it
+            has described (or back to it), word by word.
 
     Attributes:
         params: dict of parameter arrays, shapes from :func:`transformer_param_shapes`;
@@ -329,8 +332,8 @@ class CaptioningTransformer:
     @property
     def coverage(self) -> bool:
         """Whether the decoder layers' cross-attention is biased by coverage
-        (``cross_attn.c_cov``)."""
-        return f"layers.0.{nn.DECODER_COVERAGE_KEY}" in self.params
+        (``cross_attn.c_cov`` and ``u_cov``)."""
+        return f"layers.0.{nn.DECODER_COVERAGE_KEYS[0]}" in self.params
 
     @property
     def num_cells(self) -> int | None:
@@ -773,8 +776,8 @@ class _MemoryRows:
         self, q: np.ndarray, coverage: tuple[np.ndarray, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """q (M, h, d), scaled -> ``(y (M, h, d), weights (M, h, L), plain (M, h, L))``;
-        with ``coverage = (c (h,), C (M, h, L))`` the weights are
-        ``softmax(scores + c_i C)`` and ``plain`` is ``softmax(scores)``, else both are the
+        with ``coverage = (g (M, h), C (M, h, L))`` the weights are
+        ``softmax(scores + g C)`` and ``plain`` is ``softmax(scores)``, else both are the
         plain weights."""
         M, h, d = q.shape
         N = self.keys.shape[0]
@@ -795,13 +798,13 @@ class _MemoryRows:
 def _coverage_weights(
     scores: np.ndarray, coverage: tuple[np.ndarray, np.ndarray] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """scores (M, h, L) -> ``(softmax(scores), softmax(scores + c_i C))`` with
-    ``coverage = (c (h,), C (M, h, L))``; the plain weights twice without it."""
+    """scores (M, h, L) -> ``(softmax(scores), softmax(scores + g C))`` with
+    ``coverage = (g (M, h), C (M, h, L))``; the plain weights twice without it."""
     plain = nn.masked_softmax(scores)  # (M, h, L)
     if coverage is None:
         return plain, plain
-    c, C = coverage
-    return plain, nn.masked_softmax(scores + c[:, None] * C)
+    g, C = coverage
+    return plain, nn.masked_softmax(scores + g[..., None] * C)
 
 
 def _decoder_layer_step(
@@ -823,7 +826,7 @@ def _decoder_layer_step(
     the t earlier positions, ``(sum g_s m_s (M, h, 2), sum g_s (M, h))`` (location summary),
     also ``cross_attn.w_gate``, ``cross_attn.b_gate`` and ``cross_attn.W_sum``; with
     ``coverage`` (M, h, L), the sum of each head's plain cross-attention weights over the t
-    earlier positions, also ``cross_attn.c_cov`` (h,).
+    earlier positions, also ``cross_attn.c_cov`` (h,) and ``cross_attn.u_cov`` (W,).
 
     Returns:
         ``(out (M, W), keys (M, h, d, t+1), values (M, h, t+1, d), cross-attention weights
@@ -851,7 +854,10 @@ def _decoder_layer_step(
     h1, _ = nn.layernorm_forward(x + sa, p["norm1.gamma"], p["norm1.beta"])  # (M, W)
 
     q = (h1 @ p["cross_attn.Wq"] + p["cross_attn.bq"]).reshape(M, h, d) * scale
-    cov = None if coverage is None else (p[nn.DECODER_COVERAGE_KEY], coverage)
+    cov = None
+    if coverage is not None:  # g = c + q . u (q scaled already), per row and head
+        g = np.einsum("mhd,hd->mh", q, p["cross_attn.u_cov"].reshape(h, d))
+        cov = (g + p["cross_attn.c_cov"], coverage)
     y, alpha, plain = memory.attend(q, cov)  # (M, h, d), (M, h, L), (M, h, L)
     if coverage is not None:
         coverage = coverage + plain  # what each head has looked at, this word included

@@ -75,7 +75,7 @@ from captionlab.nn.rnn import (
     rnn_step_forward,
 )
 from captionlab.nn.transformer import (
-    DECODER_COVERAGE_KEY,
+    DECODER_COVERAGE_KEYS,
     DECODER_LAYER_KEYS,
     DECODER_LOCATION_KEY,
     DECODER_SUMMARY_KEYS,
@@ -106,7 +106,7 @@ from captionlab.nn.transformer import (
 )
 
 __all__ = [
-    "DECODER_COVERAGE_KEY",
+    "DECODER_COVERAGE_KEYS",
     "DECODER_LAYER_KEYS",
     "DECODER_LOCATION_KEY",
     "DECODER_SUMMARY_KEYS",

@@ -60,12 +60,16 @@ feed-forward size.
       Z_i     = q_i k_i^T / sqrt(d)             # (N, T, L) head i's plain scores
       A0_i    = softmax(Z_i)                    # (N, T, L) its plain weights
       C_i[t]  = sum_{s<t} A0_i[s]               # (N, T, L) exclusive causal sum, C_i[0] = 0
-      alpha_i = softmax(Z_i + c_i * C_i)        # the weights used (and read by loc, S_t)
+      g_i     = c_i + q_i u_i / sqrt(d)         # (N, T) the coverage weight of each query
+      alpha_i = softmax(Z_i + g_i * C_i)        # the weights used (and read by loc, S_t)
 
-  with ``c`` (h,) the parameter ``cross_attn.c_cov``, one scalar per head, initialised to 0
-  (the plain layer; the gradient to ``c`` at 0 is not zero). ``C`` sums the *plain* weights,
-  not ``alpha``, so there is no recurrence: one cumulative sum over T in training, one
-  running sum (N, h, L) per row and layer when decoding.
+  with ``c`` (h,) the parameter ``cross_attn.c_cov``, one scalar per head, and ``u``
+  ``cross_attn.u_cov`` (E,), head i's query direction ``u_i`` in columns ``i*d:(i+1)*d``
+  (in effect cell l's key becomes ``k_l + C_i[t, l] u_i``: the query decides, word by word,
+  whether to seek or avoid what the head has seen). Both start at 0 (the plain layer; the
+  gradients there are not zero). ``C`` sums the *plain* weights, not ``alpha``, so there is
+  no recurrence: one cumulative sum over T in training, one running sum (N, h, L) per row
+  and layer when decoding.
 """
 
 from __future__ import annotations
@@ -360,11 +364,11 @@ def _attend_forward(
     mask: np.ndarray | None,
     dropout: float,
     rng: np.random.Generator | None,
-    coverage: np.ndarray | None = None,
+    coverage: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Attention of projected q (N, S, E) to k, v (N, T, E), per head, then ``@ Wo + bo``;
-    with ``coverage`` c (h,) (and no mask), the heads' scores get the coverage bias of
-    :func:`coverage_attention_forward`.
+    with ``coverage = (c (h,), u (h, d))`` (and no mask), the heads' scores get the
+    coverage bias of :func:`coverage_attention_forward`.
 
     Returns ``(out (N, S, E), weights (N, h, S, T), cache)``.
     """
@@ -379,7 +383,7 @@ def _attend_forward(
         )  # weights (N, h, S, T)
     else:
         _, weights, c_sdpa = coverage_attention_forward(
-            *heads, coverage, dropout_mask=drop, out=y_heads
+            *heads, *coverage, dropout_mask=drop, out=y_heads
         )  # weights (N, h, S, T)
     return _linear(y, Wo, bo), weights, (c_sdpa, y, Wo, num_heads)
 
@@ -388,19 +392,19 @@ def _attend_backward(
     dout: np.ndarray, dweights: np.ndarray | None, cache: tuple, out: tuple
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Backward of :func:`_attend_forward`: dout (N, S, E) -> ``(dWo, dbo, dcoverage)``
-    (dcoverage (h,), or ``None`` without coverage); the gradients of q, k, v go into
-    ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
+    (dcoverage ``(dc (h,), du (h, d))``, or ``None`` without coverage); the gradients of
+    q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
     c_sdpa, y, Wo, num_heads = cache
     dy, dWo, dbo = _linear_backward(dout, y, Wo)
     dy_heads = _split_heads(dy, num_heads)
     if len(c_sdpa) == _COVERAGE_CACHE_LEN:
-        *_, dc = coverage_attention_backward(dy_heads, dweights, c_sdpa, out=out)
-        return dWo, dbo, dc
+        *_, dc, du = coverage_attention_backward(dy_heads, dweights, c_sdpa, out=out)
+        return dWo, dbo, (dc, du)
     scaled_dot_product_attention_backward(dy_heads, dweights, c_sdpa, out=out)
     return dWo, dbo, None
 
 
-_COVERAGE_CACHE_LEN = 10
+_COVERAGE_CACHE_LEN = 12
 
 
 def coverage_attention_forward(
@@ -408,6 +412,7 @@ def coverage_attention_forward(
     k: np.ndarray,
     v: np.ndarray,
     c: np.ndarray,
+    u: np.ndarray,
     *,
     dropout_mask: np.ndarray | None = None,
     out: np.ndarray | None = None,
@@ -418,14 +423,18 @@ def coverage_attention_forward(
         Z     = q @ k^T / sqrt(d)                  # (N, h, T, L) plain scores
         A0    = softmax(Z)                         # (N, h, T, L) plain weights
         C[t]  = sum_{s<t} A0[s]                    # (N, h, T, L), exclusive, C[0] = 0
-        alpha = softmax(Z + c_i * C)               # head i's scalar c_i
+        g     = c_i + q @ u_i / sqrt(d)            # (N, h, T) the coverage weight
+        alpha = softmax(Z + g * C)                 # g broadcast over the L keys
         out   = (alpha * dropout_mask) @ v         # (N, h, T, Ev)
 
     (the coverage of Tu et al. 2016 and See et al. 2017, built from the plain weights A0
-    rather than the used ones, so there is no recurrence: all T positions at once). A
-    negative ``c_i`` steers head i away from what it has looked at. With ``c = 0`` this is
-    plain attention, and the gradient to ``c`` there is in general not zero
-    (``dc_i = sum dZ'_i * C_i``, ``dZ'`` the gradient of the biased scores), so ``c``
+    rather than the used ones, so there is no recurrence: all T positions at once). Head i
+    weighs its coverage by a scalar ``c_i`` plus a term of its query, ``q . u_i``: key
+    ``l`` is in effect ``k_l + C[t, l] u_i``, so a query can seek or avoid what the head
+    has seen, word by word (See et al.'s coverage also enters through a learned weight
+    inside the score's function of the decoder state). With ``c = 0`` and ``u = 0`` this is
+    plain attention, and the gradients to ``c`` and ``u`` there are in general not zero
+    (``dg = sum_l dZ' * C``, ``dZ'`` the gradient of the biased scores), so coverage
     initialised at 0 learns. The query positions are meant to be causal (position t's
     coverage sums the queries before it, whatever mask the caller's self-attention used).
 
@@ -434,6 +443,7 @@ def coverage_attention_forward(
         k: keys (N, h, L, d).
         v: values (N, h, L, Ev).
         c: the heads' coverage weights (h,).
+        u: the heads' query directions of the coverage weight (h, d).
         dropout_mask: ``None`` or the inverted-dropout multiplier of ``alpha``,
             broadcastable to (N, h, T, L).
         out: ``None`` or an array (N, h, T, Ev) (any strides) to write the output into.
@@ -448,6 +458,7 @@ def coverage_attention_forward(
     L = k.shape[2]
     check_shape("v", v, (N, h, L, None), "(N, h, L, Ev)")
     check_shape("c", c, (h,), "(h,)")
+    check_shape("u", u, (h, d), "(h, d)")
     scale = 1.0 / np.sqrt(d)
     Z = q @ np.swapaxes(k, -1, -2)  # (N, h, T, L)
     Z *= scale
@@ -455,13 +466,16 @@ def coverage_attention_forward(
     C = np.empty_like(A0)
     C[:, :, 0] = 0
     np.cumsum(A0[:, :, :-1], axis=2, out=C[:, :, 1:])  # sum over s < t
-    Z += c.astype(Z.dtype, copy=False)[:, None, None] * C  # the biased scores, in place
+    g = (q @ u.astype(q.dtype, copy=False)[None, :, :, None])[..., 0]  # (N, h, T)
+    g *= scale
+    g += c.astype(q.dtype, copy=False)[:, None]
+    Z += g[..., None] * C  # the biased scores, in place
     alpha = masked_softmax(Z)  # (N, h, T, L)
     mixed = alpha if dropout_mask is None else alpha * dropout_mask
     if out is not None:
         check_shape("out", out, (N, h, T, v.shape[-1]), "(N, h, T, Ev)")
     out = np.matmul(mixed, v, out=out)  # (N, h, T, Ev)
-    cache = (q, k, v, alpha, mixed, dropout_mask, scale, A0, C, c)
+    cache = (q, k, v, alpha, mixed, dropout_mask, scale, A0, C, g, c, u)
     return out, alpha, cache
 
 
@@ -471,15 +485,16 @@ def coverage_attention_backward(
     cache: tuple,
     *,
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ...]:
     """Backward pass of :func:`coverage_attention_forward`::
 
         dalpha' = (dout @ v^T) * dropout_mask + dalpha
         dY      = softmax_backward(dalpha', alpha)          # the biased scores
-        dc_i    = sum_{n, t, l} dY_i * C_i
-        dA0[s]  = sum_{t>s} c_i dY_i[t]                       # through the coverage
+        dg      = sum_l dY * C                              # (N, h, T)
+        dc_i    = sum_{n, t} dg_i,   du_i = sum_{n, t} dg_i q_i / sqrt(d)
+        dA0[s]  = sum_{t>s} g[t] dY[t]                      # through the coverage
         dZ      = (dY + softmax_backward(dA0, A0)) / sqrt(d)
-        dq = dZ @ k,   dk = dZ^T @ q,   dv = (alpha * dropout_mask)^T @ dout
+        dq = dZ @ k + dg u / sqrt(d),   dk = dZ^T @ q,   dv = (alpha * dropout_mask)^T @ dout
 
     Args:
         dout: gradient of out, (N, h, T, Ev).
@@ -488,9 +503,10 @@ def coverage_attention_backward(
         out: ``None`` or three arrays of dq's, dk's and dv's shapes to write them into.
 
     Returns:
-        ``(dq, dk, dv, dc)`` of shapes (N, h, T, d), (N, h, L, d), (N, h, L, Ev), (h,).
+        ``(dq, dk, dv, dc, du)`` of shapes (N, h, T, d), (N, h, L, d), (N, h, L, Ev), (h,),
+        (h, d).
     """
-    q, k, v, alpha, mixed, dropout_mask, scale, A0, C, c = cache
+    q, k, v, alpha, mixed, dropout_mask, scale, A0, C, g, c, u = cache
     check_shape("dout", dout, (*q.shape[:-1], v.shape[-1]), "(N, h, T, Ev)")
     if dalpha is not None:
         check_shape("dalpha", dalpha, alpha.shape, "(N, h, T, L)")
@@ -502,9 +518,11 @@ def coverage_attention_backward(
     if dalpha is not None:
         dw += dalpha
     dY = masked_softmax_backward(dw, alpha)  # (N, h, T, L)
-    dc = np.einsum("nhtl,nhtl->h", dY, C)  # (h,)
-    # C[t] sums A0[s] over s < t: A0[s] receives the sum of dC[t] over t > s
-    dC = dY * c.astype(dY.dtype, copy=False)[:, None, None]  # (N, h, T, L)
+    dg = np.einsum("nhtl,nhtl->nht", dY, C)  # (N, h, T)
+    dc = dg.sum(axis=(0, 2))  # (h,)
+    du = np.einsum("nht,nhtd->hd", dg, q) * scale  # (h, d)
+    # C[t] sums A0[s] over s < t: A0[s] receives the sum of dC[t] = g[t] dY[t] over t > s
+    dC = dY * g[..., None]  # (N, h, T, L)
     dA0 = np.empty_like(dC)
     dA0[:, :, -1] = 0
     np.cumsum(dC[:, :, :0:-1], axis=2, out=dA0[:, :, -2::-1])  # reversed, exclusive
@@ -512,8 +530,9 @@ def coverage_attention_backward(
     dZ += dY
     dZ *= scale
     dq = np.matmul(dZ, k, out=dq)  # (N, h, T, d)
+    dq += dg[..., None] * (u.astype(dq.dtype, copy=False) * scale)[None, :, None, :]
     dk = np.matmul(np.swapaxes(dZ, -1, -2), q, out=dk)  # (N, h, L, d)
-    return dq, dk, dv, dc.astype(c.dtype, copy=False)
+    return dq, dk, dv, dc.astype(c.dtype, copy=False), du.astype(u.dtype, copy=False)
 
 
 def multihead_attention_forward(
@@ -696,9 +715,10 @@ DECODER_SUMMARY_KEYS: tuple[str, ...] = (
     "cross_attn.W_sum",
 )
 
-#: The parameter a decoder layer with coverage in its cross-attention adds: the heads'
-#: coverage weights c (h,).
-DECODER_COVERAGE_KEY = "cross_attn.c_cov"
+#: The parameters a decoder layer with coverage in its cross-attention adds: the heads'
+#: coverage weights c (h,) and their query directions u (E,) (head i's in columns
+#: ``i*d:(i+1)*d``).
+DECODER_COVERAGE_KEYS: tuple[str, ...] = ("cross_attn.c_cov", "cross_attn.u_cov")
 
 
 def decoder_layer_keys(
@@ -706,14 +726,14 @@ def decoder_layer_keys(
 ) -> tuple[str, ...]:
     """The parameter names of a decoder layer: :data:`DECODER_LAYER_KEYS`, then
     :data:`DECODER_LOCATION_KEY` with ``locations``, :data:`DECODER_SUMMARY_KEYS` with
-    ``location_summary`` too, and :data:`DECODER_COVERAGE_KEY` last with ``coverage``."""
+    ``location_summary`` too, and :data:`DECODER_COVERAGE_KEYS` last with ``coverage``."""
     keys = DECODER_LAYER_KEYS
     if locations:
         keys = (*keys, DECODER_LOCATION_KEY)
         if location_summary:
             keys = (*keys, *DECODER_SUMMARY_KEYS)
     if coverage:
-        keys = (*keys, DECODER_COVERAGE_KEY)
+        keys = (*keys, *DECODER_COVERAGE_KEYS)
     return keys
 
 
@@ -734,8 +754,8 @@ def decoder_layer_param_shapes(
     ``location_summary`` too, :data:`DECODER_SUMMARY_KEYS` ``cross_attn.w_gate`` (E, h),
     ``cross_attn.b_gate`` (h,) and ``cross_attn.W_sum`` (2h, E) after it; with
     ``coverage_heads = h > 0`` (coverage in the cross-attention, see
-    :func:`decoder_layer_forward`'s ``coverage``), :data:`DECODER_COVERAGE_KEY`
-    ``cross_attn.c_cov`` (h,) last.
+    :func:`decoder_layer_forward`'s ``coverage``), :data:`DECODER_COVERAGE_KEYS`
+    ``cross_attn.c_cov`` (h,) and ``cross_attn.u_cov`` (E,) last.
     """
     if location_summary and not location_heads:
         raise ValueError("location_summary needs location_heads > 0")
@@ -750,7 +770,7 @@ def decoder_layer_param_shapes(
                 shapes.update(zip(DECODER_SUMMARY_KEYS, [(E, h), (h,), (2 * h, E)], strict=True))
     shapes["ffn.W1"], shapes["ffn.b1"], shapes["ffn.W2"] = (E, F), (F,), (F, E)
     if coverage_heads:
-        shapes[DECODER_COVERAGE_KEY] = (coverage_heads,)
+        shapes.update(zip(DECODER_COVERAGE_KEYS, [(coverage_heads,), (E,)], strict=True))
     return shapes
 
 
@@ -788,8 +808,9 @@ def decoder_layer_forward(
             ``params`` holding :data:`DECODER_SUMMARY_KEYS` too. Position ``t``'s mean runs
             over positions ``0..t`` whatever ``tgt_mask`` is (it is meant for a causal one).
         coverage: bias the cross-attention's scores by what each head looked at the earlier
-            positions, ``alpha_i = softmax(Z_i + c_i C_i)`` (the module docstring),
-            ``params`` holding :data:`DECODER_COVERAGE_KEY` ``cross_attn.c_cov`` (h,) too;
+            positions, ``alpha_i = softmax(Z_i + g_i C_i)`` (the module docstring),
+            ``params`` holding :data:`DECODER_COVERAGE_KEYS` ``cross_attn.c_cov`` (h,) and
+            ``cross_attn.u_cov`` (E,) too;
             the location read and summary then use these weights. Position ``t``'s coverage
             sums positions ``0..t-1`` whatever ``tgt_mask`` is (meant for a causal one).
 
@@ -842,7 +863,7 @@ def decoder_layer_forward(
         None,
         dropout,
         rng,
-        p[DECODER_COVERAGE_KEY] if coverage else None,
+        _coverage_params(p, num_heads) if coverage else None,
     )  # (N, T, E); alpha (N, h, T, L), with coverage the biased weights
     c_loc = None
     if locations is not None:  # where each head looked, (x, y) per head, read by W_loc
@@ -862,6 +883,12 @@ def decoder_layer_forward(
     cache = (x.shape, x1, memory.shape, memory1, h1, Wqkv, Wkv, p["cross_attn.Wq"], num_heads)
     cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc, coverage)
     return out, cache
+
+
+def _coverage_params(p: dict[str, np.ndarray], h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's coverage parameters as :func:`coverage_attention_forward` takes them:
+    ``(c (h,), u (h, d))``, u a view of ``cross_attn.u_cov`` (E,)."""
+    return p["cross_attn.c_cov"], p["cross_attn.u_cov"].reshape(h, -1)
 
 
 def _looked_at(alpha: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -924,7 +951,7 @@ def decoder_layer_backward(
     Returns:
         ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
         gradients keyed and shaped like ``params`` (``cross_attn.W_loc`` only with
-        ``locations``, ``cross_attn.c_cov`` only with ``coverage``).
+        ``locations``, ``cross_attn.c_cov`` and ``u_cov`` only with ``coverage``).
     """
     x_shape, x1, memory_shape, memory1, h1, Wqkv, Wkv, Wq_c, h = cache[:9]
     c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc, coverage = cache[9:]
@@ -959,7 +986,7 @@ def decoder_layer_backward(
         dca, dalpha, c_ca, (*dq_heads, *dkv_heads)
     )
     if coverage:
-        g[DECODER_COVERAGE_KEY] = dc_cov
+        g["cross_attn.c_cov"], g["cross_attn.u_cov"] = dc_cov[0], dc_cov[1].reshape(E)
     dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(dq, h1, Wq_c)
     dh1 += dz
     if dh1_gate is not None:  # the summary's gates read h1
