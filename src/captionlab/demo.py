@@ -151,7 +151,7 @@ class DemoConfig:
         },
     )
     transformer_coverage: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "the transformer's cross-attention heads are biased by how much they "
             "already looked at each cell (coverage)"

@@ -127,9 +127,12 @@ class TrainConfig:
         default=None,
         metadata={
             "help": "with --model transformer --grid: coverage in every decoder layer's "
-            "cross-attention, each head's scores biased by a learned multiple of how much "
-            "it already looked at each cell at the earlier words (Tu et al. 2016), so it "
-            "can turn to an object it has not named yet; unset: off"
+            "cross-attention, each head's scores biased by how much it already looked at "
+            "each cell at the earlier words, times a learned weight of the word's query "
+            "(Tu et al. 2016, See et al. 2017), so it can turn to an object it has not named "
+            "yet; unset: on with --model transformer --grid (on the shapes data, 3 seeds, it "
+            "named fewer objects twice and raised object F1 from 0.956 / 0.947 to 0.964 / "
+            "0.952, test / fresh scenes)"
         },
     )
     encoder_layers: int | None = field(
@@ -267,7 +270,7 @@ class TrainConfig:
         """``coverage``, or the model's default when unset (see the field's help)."""
         if self.coverage is not None:
             return bool(self.coverage)
-        return False
+        return self.model == "transformer" and self.uses_grid
 
     @property
     def position_embedding(self) -> bool:
