@@ -100,6 +100,33 @@ def test_train_config_location_defaults_follow_the_model():
     assert not TrainConfig(model="transformer", grid=True, locations=False).uses_location_summary
 
 
+def test_coverage_flag_reaches_the_model():
+    """--coverage (and the demo's transformer_coverage) builds a grid Transformer whose
+    cross-attention has coverage (c_cov and u_cov per layer, zero: the plain model at the
+    start); unset it is on for --model transformer --grid, off for every other model; it
+    needs --model transformer --grid."""
+    vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "b"])}
+    store = SimpleNamespace(dim=12, grid_shape=(4, 6), require_grid=lambda: None)
+    covered = build_model(TrainConfig(**TINY, grid=True, coverage=True), vocab, store)
+    assert covered.coverage and covered.config.coverage and covered.location_summary
+    assert not covered.params["layers.0.cross_attn.c_cov"].any()
+    assert not covered.params["layers.0.cross_attn.u_cov"].any()
+    assert TrainConfig(**TINY, grid=True).uses_coverage
+    assert build_model(TrainConfig(**TINY, grid=True), vocab, store).coverage
+    assert not build_model(TrainConfig(**TINY, grid=True, coverage=False), vocab, store).coverage
+    assert not TrainConfig(**TINY).uses_coverage  # pooled: one token, nothing to cover
+    assert not TrainConfig(model="attention").uses_coverage
+    with pytest.raises(UserError, match=r"--coverage needs .*--model transformer without --grid"):
+        TrainConfig(**TINY, coverage=True)
+    with pytest.raises(UserError, match=r"--coverage needs .*got --model attention"):
+        TrainConfig(model="attention", coverage=True)
+    assert DemoConfig().train_config("transformer").coverage is True
+    off = DemoConfig(transformer_coverage=False)
+    assert off.train_config("transformer").coverage is False
+    assert not off.train_config("transformer").uses_coverage
+    assert not DemoConfig().train_config("attention").uses_coverage
+
+
 @pytest.fixture(scope="module")
 def shapes_with_grid(tmp_path_factory):
     """A 40/10/10-image benchmark, 64-px features: pooled 1280-d and the 2x2 grid (block10

@@ -150,6 +150,13 @@ class DemoConfig:
             "looked at over the words so far"
         },
     )
+    transformer_coverage: bool = field(
+        default=True,
+        metadata={
+            "help": "the transformer's cross-attention heads are biased by how much they "
+            "already looked at each cell (coverage)"
+        },
+    )
     transformer_learning_rate: float = field(
         default=1e-3,
         metadata={"help": "Adam learning rate of the transformer", "bound": real(0, lo_open=True)},
@@ -216,6 +223,7 @@ class DemoConfig:
                                dropout=self.transformer_dropout,
                                locations=self.transformer_locations,
                                location_summary=self.transformer_location_summary,
+                               coverage=self.transformer_coverage,
                                **common)  # fmt: skip
         return TrainConfig(cell=kind, epochs=self.epochs, **common)
 

@@ -34,6 +34,8 @@ def _model(seed=3, dtype=np.float64, end_bias=2.0, **kw):
             value = rng.standard_normal(v.shape) / np.sqrt(v.shape[0])
         elif k.endswith("gamma"):
             value = v
+        elif k.endswith(("c_cov", "u_cov")):  # coverage that changes the weights a lot
+            value = 2.0 * rng.standard_normal(v.shape)
         else:
             value = 0.3 * rng.standard_normal(v.shape)
         model.params[k] = value.astype(dtype)
@@ -53,8 +55,13 @@ CASES["locations"] = {"grid": True, "num_cells": 9, "locations": True}
 #: ... and one that also reads a running mean of the places looked at (two running sums per
 #: row and layer when decoding).
 CASES["summary"] = {**CASES["locations"], "location_summary": True, "seed": 4, "end_bias": 2.0}
+#: ... and two with coverage in their cross-attention (a running sum of each head's plain
+#: weights per row and layer when decoding): over a grid, and with the places and summary
+#: (seeds chosen, as above, for captions and beams that end after different numbers of words).
+CASES["coverage"] = {"grid": True, "coverage": True, "seed": 1, "end_bias": 2.0}
+CASES["coverage_summary"] = {**CASES["summary"], "coverage": True, "seed": 4}
 #: The grid cells of each case's features.
-CELLS = {"locations": 9, "summary": 9}
+CELLS = {"locations": 9, "summary": 9, "coverage_summary": 9}
 
 
 def _features(grid=True, N=3, seed=3, L=5):
@@ -113,7 +120,7 @@ def test_greedy_equals_recomputing_the_prefix(case):
     np.testing.assert_array_equal(model.sample(features, max_length=10), fast)
 
 
-@pytest.mark.parametrize("case", ["grid", "encoder", "locations", "summary"])
+@pytest.mark.parametrize("case", [c for c in CASES if c != "pooled"])
 def test_beam_search_with_different_end_times_equals_recomputing_the_prefix(case):
     model = _model(**CASES[case])
     features = _features(True, N=3, L=CELLS.get(case, 5))
@@ -158,12 +165,25 @@ def test_memory_rows_three_paths_agree():
         weights /= weights.sum(axis=-1, keepdims=True)
         return np.einsum("mhl,mhld->mhd", weights, values[image]), weights
 
+    def with_coverage(q, image, g, C):  # softmax(scores + g C) and the plain softmax
+        scores = np.einsum("mhd,mhdl->mhl", q, keys[image])
+        weights = np.exp(scores + g[..., None] * C)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        plain = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)
+        return np.einsum("mhl,mhld->mhd", weights, values[image]), weights, plain
+
     for image in (np.arange(3), np.repeat(np.arange(3), 4), np.array([2, 0, 0, 1, 2])):
         q = rng.standard_normal((len(image), h, d))
-        y, weights = _MemoryRows(keys, values, image).attend(q)
+        y, weights, plain = _MemoryRows(keys, values, image).attend(q)
         y_ref, w_ref = reference(q, image)
         np.testing.assert_allclose(y, y_ref, rtol=1e-12)
         np.testing.assert_allclose(weights, w_ref, rtol=1e-12)
+        np.testing.assert_array_equal(plain, weights)  # no coverage: the same weights
+        g, C = 2 * rng.standard_normal((len(image), h)), rng.random((len(image), h, L))
+        got = _MemoryRows(keys, values, image).attend(q, (g, C))
+        for a, b in zip(got, with_coverage(q, image, g, C), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+        assert not np.allclose(got[1], got[2])
 
 
 def test_float32_decoding_keeps_its_dtype_and_agrees_with_float64():
@@ -193,17 +213,16 @@ def test_sampling_and_errors():
 def test_checkpoint_round_trip(tmp_path, case):
     model = _model(**CASES[case])
     grid = case != "pooled"
-    cells = {"encoder": 5, "locations": 9, "summary": 9}.get(case)
+    cells = {"encoder": 5, **CELLS}.get(case)
     assert model.feature_shape == ((cells, D) if grid else (D,))
     path = save_checkpoint(tmp_path / "t.npz", model, extra={"note": "x"})
     loaded, state = load_checkpoint(path)
     assert type(loaded) is CaptioningTransformer
     assert loaded.config == model.config and loaded.feature_shape == model.feature_shape
     assert state["model_config"]["grid"] is grid
-    assert state["model_config"]["locations"] is (case in ("locations", "summary"))
-    assert loaded.locations is state["model_config"]["locations"]
-    assert state["model_config"]["location_summary"] is (case == "summary")
-    assert loaded.location_summary is (case == "summary")
+    for field in ("locations", "location_summary", "coverage"):
+        assert state["model_config"][field] is CASES[case].get(field, False), field
+        assert getattr(loaded, field) is CASES[case].get(field, False), field
     for k, v in model.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)
     features = _features(grid, L=CELLS.get(case, 5))
@@ -340,3 +359,48 @@ def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
     assert len(summary_arrays) == 6
     with pytest.raises(CheckpointError, match="b_gate"):
         load_checkpoint(write(arrays, header, {}, drop=summary_arrays[1:2]))
+
+
+def test_checkpoint_with_coverage_checks_the_field(tmp_path):
+    """A file from before coverage (no coverage in its header) loads as the model it was;
+    ``coverage`` must be a boolean, and its c_cov arrays must match the header."""
+    import json
+
+    def arrays_of(model):
+        path = save_checkpoint(tmp_path / "t.npz", model)
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        return arrays, json.loads(arrays["__header__"].tobytes())
+
+    def write(arrays, header, model_fields, drop=()):
+        changed = {**header, "model": {**header["model"], **model_fields}}
+        out = {k: v for k, v in arrays.items() if k not in drop}
+        out["__header__"] = np.frombuffer(json.dumps(changed).encode(), np.uint8)
+        np.savez(tmp_path / "f.npz", **out)
+        return tmp_path / "f.npz"
+
+    old = _model(**CASES["summary"])
+    arrays, header = arrays_of(old)
+    assert header["model"]["coverage"] is False
+    del header["model"]["coverage"]
+    loaded, _ = load_checkpoint(write(arrays, header, {}))
+    assert loaded.config == old.config and not loaded.coverage
+    features = _features(True, L=9)
+    np.testing.assert_array_equal(
+        greedy_decode(loaded, features, max_length=8), greedy_decode(old, features, 8)
+    )
+    with pytest.raises(CheckpointError, match="c_cov"):  # claims arrays the file has not
+        load_checkpoint(write(arrays, header, {"coverage": True}))
+
+    arrays, header = arrays_of(_model(**CASES["coverage"]))
+    assert header["model"]["coverage"] is True
+    with pytest.raises(CheckpointError, match="coverage must be true or false, got 'yes'"):
+        load_checkpoint(write(arrays, header, {"coverage": "yes"}))
+    with pytest.raises(CheckpointError, match="coverage must be true or false, got 1"):
+        load_checkpoint(write(arrays, header, {"coverage": 1}))
+    with pytest.raises(CheckpointError, match="c_cov"):  # arrays the architecture has not
+        load_checkpoint(write(arrays, header, {"coverage": False}))
+    cov_arrays = [k for k in arrays if k.endswith(("c_cov", "u_cov"))]
+    assert len(cov_arrays) == 4
+    with pytest.raises(CheckpointError, match="c_cov"):
+        load_checkpoint(write(arrays, header, {}, drop=cov_arrays))

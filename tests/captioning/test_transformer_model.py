@@ -264,6 +264,10 @@ def _grid_kwargs(grid, L: int) -> dict:
         return {"grid": True, "num_cells": L, "locations": True}
     if grid == "summary":
         return {"grid": True, "num_cells": L, "locations": True, "location_summary": True}
+    if grid == "coverage":  # a grid of any L, no position embedding
+        return {"grid": True, "coverage": True}
+    if grid == "coverage_summary":
+        return {**_grid_kwargs("summary", L), "coverage": True}
     return {}
 
 
@@ -276,7 +280,7 @@ def _extended_precision_copy(model):
         c.max_length, 0.0, np.longdouble, seed=0, dim_feedforward=c.dim_feedforward,
         grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
         encoder_layers=c.encoder_layers, locations=c.locations,
-        location_summary=c.location_summary,
+        location_summary=c.location_summary, coverage=c.coverage,
     )  # fmt: skip
     wide.params = {k: v.astype(np.longdouble) for k, v in model.params.items()}
     return wide
@@ -287,9 +291,12 @@ def _extended_precision_copy(model):
 )
 @pytest.mark.parametrize(
     "grid",
-    [True, False, "cells", "encoder", "locations", "summary"],
-    ids=["grid", "pooled", "grid_cells", "encoder", "locations", "location_summary"],
-)
+    [True, False, "cells", "encoder", "locations", "summary", "coverage", "coverage_summary"],
+    ids=[
+        "grid", "pooled", "grid_cells", "encoder", "locations", "location_summary", "coverage",
+        "coverage_summary",
+    ],
+)  # fmt: skip
 def test_whole_model_gradient_check(grid):
     """Every parameter and the features: relative error < 1e-5 (dropout 0, float64 model).
 
@@ -300,11 +307,14 @@ def test_whole_model_gradient_check(grid):
     difference check of a whole Transformer fails on noise for most seeds.
     """
     rng = np.random.default_rng(7 if grid else 8)
-    L = 4 if grid in ("locations", "summary") else 3
+    L = 4 if grid in ("locations", "summary", "coverage_summary") else 3
     model = _model(**_grid_kwargs(grid, L))
-    assert ("W_pos" in model.params) is (grid in ("cells", "encoder", "locations", "summary"))
-    assert model.locations is (grid in ("locations", "summary"))
-    assert model.location_summary is (grid == "summary")
+    assert ("W_pos" in model.params) is (
+        grid in ("cells", "encoder", "locations", "summary", "coverage_summary")
+    )
+    assert model.locations is (grid in ("locations", "summary", "coverage_summary"))
+    assert model.location_summary is (grid in ("summary", "coverage_summary"))
+    assert model.coverage is (grid in ("coverage", "coverage_summary"))
     for k, v in model.params.items():  # non-trivial weights, none zero
         model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
             v.shape[0] if v.ndim == 2 else 4
@@ -374,6 +384,53 @@ def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(mo
     monkeypatch.setattr(transformer, "_location_summary_backward", local)
     wrong = model.loss(features, captions)[1]
     for name in names[:2]:
+        assert rel_error(nums[name], wrong[name]) > 1e-3, name
+
+
+def test_whole_model_gradient_check_catches_a_wrong_coverage_gradient(monkeypatch):
+    """Negative control of coverage in the whole model: a backward that leaves out the
+    gradient through the plain weights the coverage sums fails the check on the
+    cross-attention's Wq; one that drops dc and du fails it on every layer's c_cov and
+    u_cov."""
+    rng = np.random.default_rng(22)
+    model = _model(**_grid_kwargs("coverage", 4))
+    for k, v in model.params.items():
+        model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
+            v.shape[0] if v.ndim == 2 else 4
+        )
+    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
+    names = [f"layers.{i}.cross_attn.{n}_cov" for i in (0, 1) for n in "cu"]
+    names.append("layers.0.cross_attn.Wq")
+    wide = _extended_precision_copy(model)  # float64 differences of a whole model are noisy
+    wide_features = features.astype(np.longdouble)
+    nums = {
+        name: eval_numerical_gradient(
+            lambda _: _reference_loss(wide, wide_features, captions),
+            wide.params[name],
+            verbose=False,
+            h=1e-6,
+        )
+        for name in names
+    }
+    grads = model.loss(features, captions)[1]
+    assert max(rel_error(nums[n], grads[n]) for n in names) < 1e-5
+    real = transformer.coverage_attention_backward
+
+    def without_a0_path(dout, dalpha, cache, out=None):  # g = 0 in the backward only
+        return real(dout, dalpha, (*cache[:9], np.zeros_like(cache[9]), *cache[10:]), out=out)
+
+    with monkeypatch.context() as m:
+        m.setattr(transformer, "coverage_attention_backward", without_a0_path)
+        wrong = model.loss(features, captions)[1]
+    assert rel_error(nums[names[-1]], wrong[names[-1]]) > 1e-3
+
+    def without_dc(dout, dalpha, cache, out=None):
+        *d, dc, du = real(dout, dalpha, cache, out=out)
+        return (*d, 0 * dc, 0 * du)
+
+    monkeypatch.setattr(transformer, "coverage_attention_backward", without_dc)
+    wrong = model.loss(features, captions)[1]
+    for name in names[:-1]:
         assert rel_error(nums[name], wrong[name]) > 1e-3, name
 
 
@@ -458,8 +515,10 @@ def _torch_reference_loss(model, features, captions):
     N, L, _ = features.shape
     h = model.num_heads
 
-    def attend(x, mem, prefix, mask=None):
-        """Multi-head attention of x (N, S, W) to mem (N, T, W): (out, weights (N, h, S, T))."""
+    def attend(x, mem, prefix, mask=None, c=None):
+        """Multi-head attention of x (N, S, W) to mem (N, T, W): (out, weights (N, h, S, T));
+        with coverage c = (c (h,), u (h, d)), the scores of position s gain c_i + q_i u_i /
+        sqrt(d) times the sum of head i's plain weights at positions before s."""
         q, k, v = (
             (inp @ p[f"{prefix}.W{n}"] + p[f"{prefix}.b{n}"]).unflatten(-1, (h, -1)).transpose(1, 2)
             for inp, n in ((x, "q"), (mem, "k"), (mem, "v"))
@@ -467,6 +526,12 @@ def _torch_reference_loss(model, features, captions):
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         if mask is not None:
             scores = scores.masked_fill(~mask, -math.inf)
+        if c is not None:  # written as a loop over positions
+            plain = torch.softmax(scores, dim=-1)
+            C = torch.stack([plain[:, :, :s].sum(2) for s in range(scores.shape[2])], dim=2)
+            cu, u = c  # (h,), (h, d)
+            g = cu[:, None] + torch.einsum("nhsd,hd->nhs", q, u) / math.sqrt(q.shape[-1])
+            scores = scores + g[..., None] * C
         weights = torch.softmax(scores, dim=-1)
         y = (weights @ v).transpose(1, 2).flatten(2)  # (N, S, W)
         return y @ p[f"{prefix}.Wo"] + p[f"{prefix}.bo"], weights
@@ -505,7 +570,10 @@ def _torch_reference_loss(model, features, captions):
     for l in range(model.num_layers):
         pre = f"layers.{l}."
         x = norm(x + attend(x, x, pre + "self_attn", causal)[0], pre + "norm1")
-        ca, alpha = attend(x, memory, pre + "cross_attn")  # alpha (N, h, T, L)
+        c = None
+        if model.coverage:
+            c = (p[pre + "cross_attn.c_cov"], p[pre + "cross_attn.u_cov"].unflatten(0, (h, -1)))
+        ca, alpha = attend(x, memory, pre + "cross_attn", c=c)  # alpha (N, h, T, L)
         if model.locations:
             looked = (alpha @ P).transpose(1, 2).flatten(2)  # (N, T, 2h): (x, y) per head
             ca = ca + looked @ p[pre + "cross_attn.W_loc"]
@@ -542,9 +610,13 @@ def _torch_reference_loss(model, features, captions):
         {"grid": True, "num_cells": 4},
         {"grid": True, "num_cells": 9, "locations": True, "location_summary": True},
         {"grid": True, "locations": True, "location_summary": True, "encoder_layers": 1},
+        {"grid": True, "num_cells": 4, "coverage": True},
+        {"grid": True, "num_cells": 9, "locations": True, "location_summary": True,
+         "coverage": True},
     ],
-    ids=["cells", "no_cells", "encoder", "without_locations", "summary", "summary_no_cells"],
-)
+    ids=["cells", "no_cells", "encoder", "without_locations", "summary", "summary_no_cells",
+         "coverage", "coverage_summary"],
+)  # fmt: skip
 def test_locations_equal_torch_autograd_of_the_same_equations(kw):
     """Loss and every gradient (features too) with the cells' places equal the equations run
     under torch autograd: 1e-12 relative in the loss, 1e-10 in the gradients."""
@@ -561,6 +633,7 @@ def test_locations_equal_torch_autograd_of_the_same_equations(kw):
     assert sorted(grads) == sorted(ref)
     assert any("W_loc" in k for k in grads) is kw.get("locations", False)
     assert any("w_gate" in k for k in grads) is kw.get("location_summary", False)
+    assert any("c_cov" in k for k in grads) is kw.get("coverage", False)
     for name, g in grads.items():
         np.testing.assert_allclose(g, ref[name], rtol=1e-10, atol=1e-10, err_msg=name)
 

@@ -27,6 +27,10 @@ The forward pass of :meth:`CaptioningTransformer.loss`::
              # with location_summary also + [S_1 | ... | S_h] @ W_sum_l, S_i (N, T', 2)
              # head i's gated causal mean of the places looked at so far, the gates
              # sigmoid(x1 @ w_gate_l + b_gate_l) (N, T', h), x1 the cross-attention's input
+             # with coverage, head i's weights are alpha_i = softmax(Z_i + g_i C_i), Z_i its
+             # plain scores, C_i[t] = sum_{s<t} softmax(Z_i[s]) (N, T', L) what it looked at
+             # before word t, g_i = c_i + q_i u_i / sqrt(d) (N, T') with c_cov_l (h,) and
+             # u_cov_l (W,) (head i's u_i in its d columns); the loc reads this alpha
     scores = x @ W_vocab + b_vocab                 # (N, T-1, V)
     loss   = softmax cross-entropy of scores against captions[:, 1:], <NULL> masked,
              summed over time, averaged over N     (as CaptioningRNN)
@@ -54,7 +58,9 @@ values to a per-row cache::
 (with locations, ``LN2``'s sum also holds ``[alpha_1 @ P | ... | alpha_h @ P] @ W_loc``,
 ``alpha_i`` (M, L) head ``i``'s weights over the memory; with location_summary also
 ``[S_1 | ... | S_h] @ W_sum`` from two running sums per row and layer, ``sum g_s m_s``
-(M, h, 2) and ``sum g_s`` (M, h)) which is exactly position ``t`` of
+(M, h, 2) and ``sum g_s`` (M, h); with coverage, the heads' scores biased by a running
+sum of their plain weights over the earlier words, (M, h, L) per row and layer) which is
+exactly position ``t`` of
 the teacher-forced pass (the tests compare the two, and
 ``decode_start(..., cache=False)`` reruns the whole prefix at every step, as the
 assignment's ``sample`` does). Decoding never drops out, whatever the mode.
@@ -83,8 +89,9 @@ class TransformerConfig:
     layer-normalises the projected memory; ``encoder_layers`` encoder layers run over it
     before the decoder; ``locations`` (grids only) makes every decoder layer read the places
     its cross-attention heads looked at, and ``location_summary`` (with ``locations``) a
-    gated running mean of the places looked at so far. They default to the architecture of
-    files written before they existed (off, 0, off, off).
+    gated running mean of the places looked at so far; ``coverage`` biases every decoder
+    layer's cross-attention by what its heads looked at before. They default to the
+    architecture of files written before they existed (off, 0, off, off, off).
     """
 
     input_dim: int = 512
@@ -101,6 +108,7 @@ class TransformerConfig:
     encoder_layers: int = 0
     locations: bool = False
     location_summary: bool = False
+    coverage: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +122,8 @@ def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict
     :data:`captionlab.nn.ENCODER_LAYER_KEYS`, ``layers.{l}.{key}`` for each key of
     :data:`captionlab.nn.DECODER_LAYER_KEYS` (and ``layers.{l}.cross_attn.W_loc`` (2h, W)
     with ``locations``; ``layers.{l}.cross_attn.w_gate`` (W, h), ``.b_gate`` (h,) and
-    ``.W_sum`` (2h, W) with ``location_summary``), ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
+    ``.W_sum`` (2h, W) with ``location_summary``; ``layers.{l}.cross_attn.c_cov`` (h,) and
+    ``.u_cov`` (W,) with ``coverage``), ``W_vocab`` (W, V), ``b_vocab`` (V,)."""
     V, D, W = vocab_size, config.input_dim, config.wordvec_dim
     shapes: dict[str, tuple] = {"W_embed": (V, W), "W_proj": (D, W), "b_proj": (W,)}
     if config.num_cells is not None:
@@ -129,6 +138,7 @@ def transformer_param_shapes(config: TransformerConfig, vocab_size: int) -> dict
         config.dim_feedforward,
         config.num_heads if config.locations else 0,
         config.locations and config.location_summary,
+        config.num_heads if config.coverage else 0,
     )
     for i in range(config.num_layers):
         shapes.update({f"layers.{i}.{key}": shape for key, shape in layer.items()})
@@ -181,6 +191,14 @@ class CaptioningTransformer:
             input), times ``layers.{l}.cross_attn.W_sum`` (2h, W): a later word (a relation)
             can read where an earlier one (the subject) was found, which the plain location
             read, one word's own look, does not carry forward.
+        coverage: every decoder layer's cross-attention head ``i`` biases its scores by how
+            much it already looked at each cell at the earlier words,
+            ``alpha_i = softmax(Z_i + g_i C_i)``, ``C_i[t] = sum_{s<t} softmax(Z_i[s])``,
+            ``g_i = c_i + q_i u_i / sqrt(d)`` (:func:`captionlab.nn.
+            coverage_attention_forward`), with a learned scalar per head
+            ``layers.{l}.cross_attn.c_cov`` (h,) and query direction ``.u_cov`` (W,), both
+            starting at 0 (the plain model): a head can learn to turn away from an object it
+            has described (or back to it), word by word.
 
     Attributes:
         params: dict of parameter arrays, shapes from :func:`transformer_param_shapes`;
@@ -208,6 +226,7 @@ class CaptioningTransformer:
         encoder_layers: int = 0,
         locations: bool = False,
         location_summary: bool = False,
+        coverage: bool = False,
     ) -> None:
         if "<NULL>" not in word_to_idx:
             raise ValueError("word_to_idx must hold '<NULL>'")
@@ -263,6 +282,7 @@ class CaptioningTransformer:
             encoder_layers=self.encoder_layers,
             locations=bool(locations),
             location_summary=bool(location_summary),
+            coverage=bool(coverage),
         )
         self.params: dict[str, np.ndarray] = {}
         for name, shape in transformer_param_shapes(config, len(word_to_idx)).items():
@@ -295,6 +315,7 @@ class CaptioningTransformer:
             encoder_layers=self.encoder_layers,
             locations=self.locations,
             location_summary=self.location_summary,
+            coverage=self.coverage,
         )
 
     @property
@@ -307,6 +328,12 @@ class CaptioningTransformer:
         """Whether the decoder layers read a running mean of the places they attended to
         (``cross_attn.W_sum``)."""
         return f"layers.0.{nn.DECODER_SUMMARY_KEYS[-1]}" in self.params
+
+    @property
+    def coverage(self) -> bool:
+        """Whether the decoder layers' cross-attention is biased by coverage
+        (``cross_attn.c_cov`` and ``u_cov``)."""
+        return f"layers.0.{nn.DECODER_COVERAGE_KEYS[0]}" in self.params
 
     @property
     def num_cells(self) -> int | None:
@@ -325,7 +352,8 @@ class CaptioningTransformer:
             f"W={c.wordvec_dim}, heads={c.num_heads}, layers={c.num_layers}, "
             f"F={c.dim_feedforward}, dropout={c.dropout}, dtype={c.dtype}, grid={c.grid}, "
             f"L={c.num_cells}, memory_norm={c.memory_norm}, encoder_layers={c.encoder_layers}, "
-            f"locations={c.locations}, location_summary={c.location_summary})"
+            f"locations={c.locations}, location_summary={c.location_summary}, "
+            f"coverage={c.coverage})"
         )
 
     @property
@@ -360,7 +388,7 @@ class CaptioningTransformer:
             c.dropout, np.dtype(c.dtype), seed=seed, dim_feedforward=c.dim_feedforward,
             grid=c.grid, num_cells=c.num_cells, memory_norm=c.memory_norm,
             encoder_layers=c.encoder_layers, locations=c.locations,
-            location_summary=c.location_summary,
+            location_summary=c.location_summary, coverage=c.coverage,
         )  # fmt: skip
 
     def train(self) -> CaptioningTransformer:
@@ -375,7 +403,7 @@ class CaptioningTransformer:
 
     def _layer_params(self, i: int) -> dict[str, np.ndarray]:
         prefix = f"layers.{i}."
-        keys = nn.decoder_layer_keys(self.locations, self.location_summary)
+        keys = nn.decoder_layer_keys(self.locations, self.location_summary, self.coverage)
         return {key: self.params[prefix + key] for key in keys}
 
     def _encoder_params(self, i: int) -> dict[str, np.ndarray]:
@@ -487,11 +515,12 @@ class CaptioningTransformer:
         T = words.shape[1]
         causal = np.tril(np.ones((T, T), dtype=bool))  # word t sees words 0..t
         P = cell_locations(memory.shape[1], self.dtype) if self.locations else None  # (L, 2)
-        summary = self.location_summary
+        summary, coverage = self.location_summary, self.coverage
         c_layers = []
         for i in range(self.num_layers):
+            params = self._layer_params(i)
             x, c = nn.decoder_layer_forward(
-                x, memory, self._layer_params(i), self.num_heads, causal, p_drop, rng, P, summary
+                x, memory, params, self.num_heads, causal, p_drop, rng, P, summary, coverage
             )  # (N, T', W)
             c_layers.append(c)
         return x, (c_memory, c_embed, c_pos, c_layers)
@@ -608,7 +637,8 @@ class CaptioningTransformer:
         Returns:
             a state with rows ``image`` (N,) and, per layer ``l``, ``k{l}`` (N, h, d, 0)
             and ``v{l}`` (N, h, 0, d) (and with location_summary the running sums
-            ``sum_gm{l}`` (N, h, 2) and ``sum_g{l}`` (N, h), zero) (with ``cache``) or
+            ``sum_gm{l}`` (N, h, 2) and ``sum_g{l}`` (N, h), zero; with coverage the running
+            sum of each head's plain weights ``cov{l}`` (N, h, L), zero) (with ``cache``) or
             ``prefix`` (N, 0) (without).
         """
         if not 1 <= max_length <= self.max_length:
@@ -652,6 +682,8 @@ class CaptioningTransformer:
             if self.location_summary:  # the running sums sum g_s m_s and sum g_s
                 rows[f"sum_gm{i}"] = np.zeros((N, h, 2), dtype=self.dtype)
                 rows[f"sum_g{i}"] = np.zeros((N, h), dtype=self.dtype)
+            if self.coverage:  # sum over the earlier words of each head's plain weights
+                rows[f"cov{i}"] = np.zeros((N, h, L), dtype=self.dtype)
         return DecodeState(rows, shared)
 
     def decode_step(
@@ -680,7 +712,7 @@ class CaptioningTransformer:
             sums = None
             if self.location_summary:
                 sums = (state.rows[f"sum_gm{i}"], state.rows[f"sum_g{i}"])
-            x, rows[f"k{i}"], rows[f"v{i}"], alpha, sums = _decoder_layer_step(
+            x, rows[f"k{i}"], rows[f"v{i}"], alpha, sums, cov = _decoder_layer_step(
                 x,
                 state.rows[f"k{i}"],
                 state.rows[f"v{i}"],
@@ -689,9 +721,12 @@ class CaptioningTransformer:
                 self.num_heads,
                 state.shared.get("P"),
                 sums,
+                state.rows.get(f"cov{i}"),
             )
             if sums is not None:
                 rows[f"sum_gm{i}"], rows[f"sum_g{i}"] = sums
+            if cov is not None:
+                rows[f"cov{i}"] = cov
             attention = alpha
         scores = x @ p["W_vocab"]  # (M, V)
         scores += p["b_vocab"]
@@ -737,20 +772,39 @@ class _MemoryRows:
     def __init__(self, keys: np.ndarray, values: np.ndarray, image: np.ndarray) -> None:
         self.keys, self.values, self.image = keys, values, image
 
-    def attend(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """q (M, h, d), scaled -> ``(y (M, h, d), weights (M, h, L))``."""
+    def attend(
+        self, q: np.ndarray, coverage: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """q (M, h, d), scaled -> ``(y (M, h, d), weights (M, h, L), plain (M, h, L))``;
+        with ``coverage = (g (M, h), C (M, h, L))`` the weights are
+        ``softmax(scores + g C)`` and ``plain`` is ``softmax(scores)``, else both are the
+        plain weights."""
         M, h, d = q.shape
         N = self.keys.shape[0]
         image = self.image
         if M % N == 0 and np.array_equal(image, np.repeat(np.arange(N), M // N)):
             B = M // N  # B rows per image, image by image: (N, h, B, d) @ (N, h, d, L)
             qg = q.reshape(N, B, h, d).transpose(0, 2, 1, 3)
-            weights = nn.masked_softmax(qg @ self.keys)  # (N, h, B, L)
-            y = (weights @ self.values).transpose(0, 2, 1, 3).reshape(M, h, d)
-            return y, weights.transpose(0, 2, 1, 3).reshape(M, h, -1)
+            scores = (qg @ self.keys).transpose(0, 2, 1, 3).reshape(M, h, -1)  # (M, h, L)
+            plain, weights = _coverage_weights(scores, coverage)
+            wg = weights.reshape(N, B, h, -1).transpose(0, 2, 1, 3)  # (N, h, B, L)
+            y = (wg @ self.values).transpose(0, 2, 1, 3).reshape(M, h, d)
+            return y, weights, plain
         keys, values = self.keys[image], self.values[image]  # (M, h, d, L), (M, h, L, d)
-        weights = nn.masked_softmax(q[:, :, None] @ keys)  # (M, h, 1, L)
-        return (weights @ values)[:, :, 0], weights[:, :, 0]
+        plain, weights = _coverage_weights((q[:, :, None] @ keys)[:, :, 0], coverage)
+        return (weights[:, :, None] @ values)[:, :, 0], weights, plain
+
+
+def _coverage_weights(
+    scores: np.ndarray, coverage: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """scores (M, h, L) -> ``(softmax(scores), softmax(scores + g C))`` with
+    ``coverage = (g (M, h), C (M, h, L))``; the plain weights twice without it."""
+    plain = nn.masked_softmax(scores)  # (M, h, L)
+    if coverage is None:
+        return plain, plain
+    g, C = coverage
+    return plain, nn.masked_softmax(scores + g[..., None] * C)
 
 
 def _decoder_layer_step(
@@ -762,18 +816,22 @@ def _decoder_layer_step(
     num_heads: int,
     P: np.ndarray | None = None,
     sums: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple | None]:
+    coverage: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple | None, np.ndarray | None]:
     """One decoder layer (:func:`captionlab.nn.decoder_layer_forward`, dropout 0) at one new
     position of M rows, given the keys (M, h, d, t) and values (M, h, t, d) of the t earlier
     positions. ``p`` holds the layer's parameters plus ``self_attn.Wqkv`` (W, 3W) and
     ``self_attn.bqkv`` (3W,), the three projections side by side; with the cells' places
     ``P`` (L, 2), also ``cross_attn.W_loc`` (2h, W); with the running sums ``sums`` of
     the t earlier positions, ``(sum g_s m_s (M, h, 2), sum g_s (M, h))`` (location summary),
-    also ``cross_attn.w_gate``, ``cross_attn.b_gate`` and ``cross_attn.W_sum``.
+    also ``cross_attn.w_gate``, ``cross_attn.b_gate`` and ``cross_attn.W_sum``; with
+    ``coverage`` (M, h, L), the sum of each head's plain cross-attention weights over the t
+    earlier positions, also ``cross_attn.c_cov`` (h,) and ``cross_attn.u_cov`` (W,).
 
     Returns:
         ``(out (M, W), keys (M, h, d, t+1), values (M, h, t+1, d), cross-attention weights
-        (M, h, L), sums over the t+1 positions or None)``.
+        (M, h, L), sums over the t+1 positions or None, coverage over the t+1 positions or
+        None)``.
     """
     M, W = x.shape
     h = num_heads
@@ -796,7 +854,13 @@ def _decoder_layer_step(
     h1, _ = nn.layernorm_forward(x + sa, p["norm1.gamma"], p["norm1.beta"])  # (M, W)
 
     q = (h1 @ p["cross_attn.Wq"] + p["cross_attn.bq"]).reshape(M, h, d) * scale
-    y, alpha = memory.attend(q)  # (M, h, d), (M, h, L)
+    cov = None
+    if coverage is not None:  # g = c + q . u (q scaled already), per row and head
+        g = np.einsum("mhd,hd->mh", q, p["cross_attn.u_cov"].reshape(h, d))
+        cov = (g + p["cross_attn.c_cov"], coverage)
+    y, alpha, plain = memory.attend(q, cov)  # (M, h, d), (M, h, L), (M, h, L)
+    if coverage is not None:
+        coverage = coverage + plain  # what each head has looked at, this word included
     ca = y.reshape(M, W) @ p["cross_attn.Wo"] + p["cross_attn.bo"]
     if P is not None:  # where each head looked, (x, y) per head side by side
         m = alpha @ P  # (M, h, 2)
@@ -809,7 +873,7 @@ def _decoder_layer_step(
 
     ff, _ = nn.feedforward_forward(h2, p["ffn.W1"], p["ffn.b1"], p["ffn.W2"], p["ffn.b2"])
     out, _ = nn.layernorm_forward(h2 + ff, p["norm3.gamma"], p["norm3.beta"])
-    return out, keys, values, alpha, sums
+    return out, keys, values, alpha, sums, coverage
 
 
 def _transformer_config(config: dict) -> TransformerConfig:
@@ -823,6 +887,7 @@ def _transformer_config(config: dict) -> TransformerConfig:
         "encoder_layers",
         "locations",
         "location_summary",
+        "coverage",
     }
     missing, unknown = required - set(config), set(config) - names
     if missing or unknown:
@@ -839,6 +904,7 @@ def _transformer_config(config: dict) -> TransformerConfig:
         encoder_layers=int(config.get("encoder_layers", 0)),
         locations=bool(config.get("locations", False)),
         location_summary=bool(config.get("location_summary", False)),
+        coverage=bool(config.get("coverage", False)),
     )  # fmt: skip
     if min(c.input_dim, c.wordvec_dim, c.num_heads, c.num_layers, c.max_length) < 1:
         raise ValueError(f"sizes must be >= 1, got {c}")
@@ -868,4 +934,6 @@ def _transformer_config(config: dict) -> TransformerConfig:
         )
     if c.location_summary and not c.locations:
         raise ValueError("location_summary must be false for a model without locations")
+    if not isinstance(config.get("coverage", False), bool):
+        raise ValueError(f"coverage must be true or false, got {config['coverage']!r}")
     return c

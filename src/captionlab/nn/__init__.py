@@ -75,12 +75,15 @@ from captionlab.nn.rnn import (
     rnn_step_forward,
 )
 from captionlab.nn.transformer import (
+    DECODER_COVERAGE_KEYS,
     DECODER_LAYER_KEYS,
     DECODER_LOCATION_KEY,
     DECODER_SUMMARY_KEYS,
     ENCODER_LAYER_KEYS,
     MultiHeadAttention,
     PositionalEncoding,
+    coverage_attention_backward,
+    coverage_attention_forward,
     decoder_layer_attention,
     decoder_layer_backward,
     decoder_layer_forward,
@@ -103,6 +106,7 @@ from captionlab.nn.transformer import (
 )
 
 __all__ = [
+    "DECODER_COVERAGE_KEYS",
     "DECODER_LAYER_KEYS",
     "DECODER_LOCATION_KEY",
     "DECODER_SUMMARY_KEYS",
@@ -114,6 +118,8 @@ __all__ = [
     "affine_backward",
     "affine_forward",
     "check_layers",
+    "coverage_attention_backward",
+    "coverage_attention_forward",
     "decoder_layer_attention",
     "decoder_layer_backward",
     "decoder_layer_forward",

@@ -53,6 +53,23 @@ feed-forward size.
 
   with ``w_gate`` (E, h), ``b_gate`` (h,), ``W_sum`` (2h, E): cumulative sums over T, so
   training stays parallel, and one running pair of sums per row and layer when decoding.
+* **Coverage** (optional, Tu et al. 2016; See et al. 2017): each cross-attention head's
+  scores are biased by how much the head already looked at each cell at the earlier
+  positions, so that it can learn to turn to what it has not yet described::
+
+      Z_i     = q_i k_i^T / sqrt(d)             # (N, T, L) head i's plain scores
+      A0_i    = softmax(Z_i)                    # (N, T, L) its plain weights
+      C_i[t]  = sum_{s<t} A0_i[s]               # (N, T, L) exclusive causal sum, C_i[0] = 0
+      g_i     = c_i + q_i u_i / sqrt(d)         # (N, T) the coverage weight of each query
+      alpha_i = softmax(Z_i + g_i * C_i)        # the weights used (and read by loc, S_t)
+
+  with ``c`` (h,) the parameter ``cross_attn.c_cov``, one scalar per head, and ``u``
+  ``cross_attn.u_cov`` (E,), head i's query direction ``u_i`` in columns ``i*d:(i+1)*d``
+  (in effect cell l's key becomes ``k_l + C_i[t, l] u_i``: the query decides, word by word,
+  whether to seek or avoid what the head has seen). Both start at 0 (the plain layer; the
+  gradients there are not zero). ``C`` sums the *plain* weights, not ``alpha``, so there is
+  no recurrence: one cumulative sum over T in training, one running sum (N, h, L) per row
+  and layer when decoding.
 """
 
 from __future__ import annotations
@@ -63,7 +80,13 @@ from captionlab.nn.attention import (
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
 )
-from captionlab.nn.functional import check_ndim, check_shape, sigmoid
+from captionlab.nn.functional import (
+    check_ndim,
+    check_shape,
+    masked_softmax,
+    masked_softmax_backward,
+    sigmoid,
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,8 +364,11 @@ def _attend_forward(
     mask: np.ndarray | None,
     dropout: float,
     rng: np.random.Generator | None,
+    coverage: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Attention of projected q (N, S, E) to k, v (N, T, E), per head, then ``@ Wo + bo``.
+    """Attention of projected q (N, S, E) to k, v (N, T, E), per head, then ``@ Wo + bo``;
+    with ``coverage = (c (h,), u (h, d))`` (and no mask), the heads' scores get the
+    coverage bias of :func:`coverage_attention_forward`.
 
     Returns ``(out (N, S, E), weights (N, h, S, T), cache)``.
     """
@@ -350,26 +376,166 @@ def _attend_forward(
     T = k.shape[1]
     drop = dropout_mask((N, num_heads, S, T), dropout, rng, q.dtype)
     y, (y_heads,) = _heads_buffer(N, S, 1, num_heads, E // num_heads, q.dtype)  # (N, S, E)
-    _, weights, c_sdpa = scaled_dot_product_attention_forward(
-        _split_heads(q, num_heads),
-        _split_heads(k, num_heads),
-        _split_heads(v, num_heads),
-        mask,
-        dropout_mask=drop,
-        out=y_heads,
-    )  # weights (N, h, S, T)
+    heads = (_split_heads(q, num_heads), _split_heads(k, num_heads), _split_heads(v, num_heads))
+    if coverage is None:
+        _, weights, c_sdpa = scaled_dot_product_attention_forward(
+            *heads, mask, dropout_mask=drop, out=y_heads
+        )  # weights (N, h, S, T)
+    else:
+        _, weights, c_sdpa = coverage_attention_forward(
+            *heads, *coverage, dropout_mask=drop, out=y_heads
+        )  # weights (N, h, S, T)
     return _linear(y, Wo, bo), weights, (c_sdpa, y, Wo, num_heads)
 
 
 def _attend_backward(
     dout: np.ndarray, dweights: np.ndarray | None, cache: tuple, out: tuple
-) -> tuple[np.ndarray, np.ndarray]:
-    """Backward of :func:`_attend_forward`: dout (N, S, E) -> ``(dWo, dbo)``; the gradients
-    of q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Backward of :func:`_attend_forward`: dout (N, S, E) -> ``(dWo, dbo, dcoverage)``
+    (dcoverage ``(dc (h,), du (h, d))``, or ``None`` without coverage); the gradients of
+    q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
     c_sdpa, y, Wo, num_heads = cache
     dy, dWo, dbo = _linear_backward(dout, y, Wo)
-    scaled_dot_product_attention_backward(_split_heads(dy, num_heads), dweights, c_sdpa, out=out)
-    return dWo, dbo
+    dy_heads = _split_heads(dy, num_heads)
+    if len(c_sdpa) == _COVERAGE_CACHE_LEN:
+        *_, dc, du = coverage_attention_backward(dy_heads, dweights, c_sdpa, out=out)
+        return dWo, dbo, (dc, du)
+    scaled_dot_product_attention_backward(dy_heads, dweights, c_sdpa, out=out)
+    return dWo, dbo, None
+
+
+_COVERAGE_CACHE_LEN = 12
+
+
+def _strictly_lower(T: int, dtype) -> np.ndarray:
+    """(T, T) ones below the diagonal: ``M @ A`` sums, at row t, the rows s < t of A."""
+    return np.tri(T, T, -1, dtype=dtype)
+
+
+def coverage_attention_forward(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    c: np.ndarray,
+    u: np.ndarray,
+    *,
+    dropout_mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Scaled dot-product attention of h heads whose scores are biased by coverage, how
+    much each head already looked at each key at the earlier query positions::
+
+        Z     = q @ k^T / sqrt(d)                  # (N, h, T, L) plain scores
+        A0    = softmax(Z)                         # (N, h, T, L) plain weights
+        C[t]  = sum_{s<t} A0[s]                    # (N, h, T, L), exclusive, C[0] = 0
+        g     = c_i + q @ u_i / sqrt(d)            # (N, h, T) the coverage weight
+        alpha = softmax(Z + g * C)                 # g broadcast over the L keys
+        out   = (alpha * dropout_mask) @ v         # (N, h, T, Ev)
+
+    (the coverage of Tu et al. 2016 and See et al. 2017, built from the plain weights A0
+    rather than the used ones, so there is no recurrence: all T positions at once). Head i
+    weighs its coverage by a scalar ``c_i`` plus a term of its query, ``q . u_i``: key
+    ``l`` is in effect ``k_l + C[t, l] u_i``, so a query can seek or avoid what the head
+    has seen, word by word (See et al.'s coverage also enters through a learned weight
+    inside the score's function of the decoder state). With ``c = 0`` and ``u = 0`` this is
+    plain attention, and the gradients to ``c`` and ``u`` there are in general not zero
+    (``dg = sum_l dZ' * C``, ``dZ'`` the gradient of the biased scores), so coverage
+    initialised at 0 learns. The query positions are meant to be causal (position t's
+    coverage sums the queries before it, whatever mask the caller's self-attention used).
+
+    Args:
+        q: queries (N, h, T, d).
+        k: keys (N, h, L, d).
+        v: values (N, h, L, Ev).
+        c: the heads' coverage weights (h,).
+        u: the heads' query directions of the coverage weight (h, d).
+        dropout_mask: ``None`` or the inverted-dropout multiplier of ``alpha``,
+            broadcastable to (N, h, T, L).
+        out: ``None`` or an array (N, h, T, Ev) (any strides) to write the output into.
+
+    Returns:
+        ``(out, alpha, cache)``: out (N, h, T, Ev) and the weights used, alpha
+        (N, h, T, L), before dropout.
+    """
+    check_ndim("q", q, 4, "(N, h, T, d)")
+    N, h, T, d = q.shape
+    check_shape("k", k, (N, h, None, d), "(N, h, L, d)")
+    L = k.shape[2]
+    check_shape("v", v, (N, h, L, None), "(N, h, L, Ev)")
+    check_shape("c", c, (h,), "(h,)")
+    check_shape("u", u, (h, d), "(h, d)")
+    scale = 1.0 / np.sqrt(d)
+    Z = q @ np.swapaxes(k, -1, -2)  # (N, h, T, L)
+    Z *= scale
+    A0 = masked_softmax(Z)  # (N, h, T, L)
+    # C[t] = sum_{s<t} A0[s] as one batched GEMM with the strictly lower triangle of ones
+    # (5x faster than cumsum along the middle axis at the demo's sizes)
+    C = _strictly_lower(T, A0.dtype) @ A0  # (N, h, T, L)
+    g = (q @ u.astype(q.dtype, copy=False)[None, :, :, None])[..., 0]  # (N, h, T)
+    g *= scale
+    g += c.astype(q.dtype, copy=False)[:, None]
+    Z += g[..., None] * C  # the biased scores, in place
+    alpha = masked_softmax(Z)  # (N, h, T, L)
+    mixed = alpha if dropout_mask is None else alpha * dropout_mask
+    if out is not None:
+        check_shape("out", out, (N, h, T, v.shape[-1]), "(N, h, T, Ev)")
+    out = np.matmul(mixed, v, out=out)  # (N, h, T, Ev)
+    cache = (q, k, v, alpha, mixed, dropout_mask, scale, A0, C, g, c, u)
+    return out, alpha, cache
+
+
+def coverage_attention_backward(
+    dout: np.ndarray,
+    dalpha: np.ndarray | None,
+    cache: tuple,
+    *,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Backward pass of :func:`coverage_attention_forward`::
+
+        dalpha' = (dout @ v^T) * dropout_mask + dalpha
+        dY      = softmax_backward(dalpha', alpha)          # the biased scores
+        dg      = sum_l dY * C                              # (N, h, T)
+        dc_i    = sum_{n, t} dg_i,   du_i = sum_{n, t} dg_i q_i / sqrt(d)
+        dA0[s]  = sum_{t>s} g[t] dY[t]                      # through the coverage
+        dZ      = (dY + softmax_backward(dA0, A0)) / sqrt(d)
+        dq = dZ @ k + dg u / sqrt(d),   dk = dZ^T @ q,   dv = (alpha * dropout_mask)^T @ dout
+
+    Args:
+        dout: gradient of out, (N, h, T, Ev).
+        dalpha: gradient of the returned alpha, (N, h, T, L), or ``None``.
+        cache: from the forward pass.
+        out: ``None`` or three arrays of dq's, dk's and dv's shapes to write them into.
+
+    Returns:
+        ``(dq, dk, dv, dc, du)`` of shapes (N, h, T, d), (N, h, L, d), (N, h, L, Ev), (h,),
+        (h, d).
+    """
+    q, k, v, alpha, mixed, dropout_mask, scale, A0, C, g, c, u = cache
+    check_shape("dout", dout, (*q.shape[:-1], v.shape[-1]), "(N, h, T, Ev)")
+    if dalpha is not None:
+        check_shape("dalpha", dalpha, alpha.shape, "(N, h, T, L)")
+    dq, dk, dv = (None, None, None) if out is None else out
+    dv = np.matmul(np.swapaxes(mixed, -1, -2), dout, out=dv)  # (N, h, L, Ev)
+    dw = dout @ np.swapaxes(v, -1, -2)  # (N, h, T, L)
+    if dropout_mask is not None:
+        dw *= dropout_mask
+    if dalpha is not None:
+        dw += dalpha
+    dY = masked_softmax_backward(dw, alpha)  # (N, h, T, L)
+    dg = np.einsum("nhtl,nhtl->nht", dY, C)  # (N, h, T)
+    dc = dg.sum(axis=(0, 2))  # (h,)
+    du = np.einsum("nht,nhtd->hd", dg, q) * scale  # (h, d)
+    # C[t] sums A0[s] over s < t: A0[s] receives the sum of dC[t] = g[t] dY[t] over t > s
+    dC = dY * g[..., None]  # (N, h, T, L)
+    dA0 = _strictly_lower(dC.shape[2], dC.dtype).T @ dC  # (N, h, T, L)
+    dZ = masked_softmax_backward(dA0, A0)
+    dZ += dY
+    dZ *= scale
+    dq = np.matmul(dZ, k, out=dq)  # (N, h, T, d)
+    dq += dg[..., None] * (u.astype(dq.dtype, copy=False) * scale)[None, :, None, :]
+    dk = np.matmul(np.swapaxes(dZ, -1, -2), q, out=dk)  # (N, h, L, d)
+    return dq, dk, dv, dc.astype(c.dtype, copy=False), du.astype(u.dtype, copy=False)
 
 
 def multihead_attention_forward(
@@ -450,7 +616,7 @@ def multihead_attention_backward(
     dq, (dq_heads,) = _heads_buffer(N, S, 1, h, E // h, dout.dtype)
     dk, (dk_heads,) = _heads_buffer(N, T, 1, h, E // h, dout.dtype)
     dv, (dv_heads,) = _heads_buffer(N, T, 1, h, E // h, dout.dtype)
-    dWo, dbo = _attend_backward(dout, dweights, c_att, (dq_heads, dk_heads, dv_heads))
+    dWo, dbo, _ = _attend_backward(dout, dweights, c_att, (dq_heads, dk_heads, dv_heads))
     dquery, dWq, dbq = _linear_backward(dq, query, Wq)
     dkey, dWk, dbk = _linear_backward(dk, key, Wk)
     dvalue, dWv, dbv = _linear_backward(dv, value, Wv)
@@ -552,21 +718,34 @@ DECODER_SUMMARY_KEYS: tuple[str, ...] = (
     "cross_attn.W_sum",
 )
 
+#: The parameters a decoder layer with coverage in its cross-attention adds: the heads'
+#: coverage weights c (h,) and their query directions u (E,) (head i's in columns
+#: ``i*d:(i+1)*d``).
+DECODER_COVERAGE_KEYS: tuple[str, ...] = ("cross_attn.c_cov", "cross_attn.u_cov")
 
-def decoder_layer_keys(locations: bool = False, location_summary: bool = False) -> tuple[str, ...]:
+
+def decoder_layer_keys(
+    locations: bool = False, location_summary: bool = False, coverage: bool = False
+) -> tuple[str, ...]:
     """The parameter names of a decoder layer: :data:`DECODER_LAYER_KEYS`, then
-    :data:`DECODER_LOCATION_KEY` with ``locations`` and :data:`DECODER_SUMMARY_KEYS` with
-    ``location_summary`` too."""
+    :data:`DECODER_LOCATION_KEY` with ``locations``, :data:`DECODER_SUMMARY_KEYS` with
+    ``location_summary`` too, and :data:`DECODER_COVERAGE_KEYS` last with ``coverage``."""
     keys = DECODER_LAYER_KEYS
     if locations:
         keys = (*keys, DECODER_LOCATION_KEY)
         if location_summary:
             keys = (*keys, *DECODER_SUMMARY_KEYS)
+    if coverage:
+        keys = (*keys, *DECODER_COVERAGE_KEYS)
     return keys
 
 
 def decoder_layer_param_shapes(
-    E: int, F: int, location_heads: int = 0, location_summary: bool = False
+    E: int,
+    F: int,
+    location_heads: int = 0,
+    location_summary: bool = False,
+    coverage_heads: int = 0,
 ) -> dict[str, tuple[int, ...]]:
     """The shape of every parameter of a decoder layer, keyed by :data:`DECODER_LAYER_KEYS`.
 
@@ -576,7 +755,10 @@ def decoder_layer_param_shapes(
     see :func:`decoder_layer_forward`'s ``locations``), also :data:`DECODER_LOCATION_KEY`
     ``cross_attn.W_loc`` (2h, E), after the other cross-attention parameters; with
     ``location_summary`` too, :data:`DECODER_SUMMARY_KEYS` ``cross_attn.w_gate`` (E, h),
-    ``cross_attn.b_gate`` (h,) and ``cross_attn.W_sum`` (2h, E) after it.
+    ``cross_attn.b_gate`` (h,) and ``cross_attn.W_sum`` (2h, E) after it; with
+    ``coverage_heads = h > 0`` (coverage in the cross-attention, see
+    :func:`decoder_layer_forward`'s ``coverage``), :data:`DECODER_COVERAGE_KEYS`
+    ``cross_attn.c_cov`` (h,) and ``cross_attn.u_cov`` (E,) last.
     """
     if location_summary and not location_heads:
         raise ValueError("location_summary needs location_heads > 0")
@@ -590,6 +772,8 @@ def decoder_layer_param_shapes(
                 h = location_heads
                 shapes.update(zip(DECODER_SUMMARY_KEYS, [(E, h), (h,), (2 * h, E)], strict=True))
     shapes["ffn.W1"], shapes["ffn.b1"], shapes["ffn.W2"] = (E, F), (F,), (F, E)
+    if coverage_heads:
+        shapes.update(zip(DECODER_COVERAGE_KEYS, [(coverage_heads,), (E,)], strict=True))
     return shapes
 
 
@@ -603,6 +787,7 @@ def decoder_layer_forward(
     rng: np.random.Generator | None = None,
     locations: np.ndarray | None = None,
     location_summary: bool = False,
+    coverage: bool = False,
 ) -> tuple[np.ndarray, tuple]:
     """One post-norm Transformer decoder layer (see the module docstring for the equations).
 
@@ -625,6 +810,12 @@ def decoder_layer_forward(
             looked at so far, ``[S_1 | ... | S_h] @ W_sum`` (the module docstring),
             ``params`` holding :data:`DECODER_SUMMARY_KEYS` too. Position ``t``'s mean runs
             over positions ``0..t`` whatever ``tgt_mask`` is (it is meant for a causal one).
+        coverage: bias the cross-attention's scores by what each head looked at the earlier
+            positions, ``alpha_i = softmax(Z_i + g_i C_i)`` (the module docstring),
+            ``params`` holding :data:`DECODER_COVERAGE_KEYS` ``cross_attn.c_cov`` (h,) and
+            ``cross_attn.u_cov`` (E,) too;
+            the location read and summary then use these weights. Position ``t``'s coverage
+            sums positions ``0..t-1`` whatever ``tgt_mask`` is (meant for a causal one).
 
     Returns:
         ``(out, cache)`` with out of shape (N, T, E).
@@ -637,12 +828,16 @@ def decoder_layer_forward(
         raise ValueError("location_summary needs locations (the cells' places P (L, 2))")
     if locations is not None:
         check_shape("locations", locations, (memory.shape[1], 2), "(L, 2)")
-    keys = decoder_layer_keys(locations is not None, location_summary)
+    keys = decoder_layer_keys(locations is not None, location_summary, coverage)
     _check_layer_params(
         params,
         keys,
         lambda E, F: decoder_layer_param_shapes(
-            E, F, num_heads if locations is not None else 0, location_summary
+            E,
+            F,
+            num_heads if locations is not None else 0,
+            location_summary,
+            num_heads if coverage else 0,
         ),
         E,
         num_heads,
@@ -671,7 +866,8 @@ def decoder_layer_forward(
         None,
         dropout,
         rng,
-    )  # (N, T, E); alpha (N, h, T, L)
+        _coverage_params(p, num_heads) if coverage else None,
+    )  # (N, T, E); alpha (N, h, T, L), with coverage the biased weights
     c_loc = None
     if locations is not None:  # where each head looked, (x, y) per head, read by W_loc
         loc = _looked_at(alpha, locations)  # (N, T, 2h)
@@ -688,8 +884,14 @@ def decoder_layer_forward(
     out, (c_ff, c_d3, c_n3) = _feedforward_block(h2, p, "norm3", dropout, rng)  # (N, T, E)
 
     cache = (x.shape, x1, memory.shape, memory1, h1, Wqkv, Wkv, p["cross_attn.Wq"], num_heads)
-    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc)
+    cache += (c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc, coverage)
     return out, cache
+
+
+def _coverage_params(p: dict[str, np.ndarray], h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's coverage parameters as :func:`coverage_attention_forward` takes them:
+    ``(c (h,), u (h, d))``, u a view of ``cross_attn.u_cov`` (E,)."""
+    return p["cross_attn.c_cov"], p["cross_attn.u_cov"].reshape(h, -1)
 
 
 def _looked_at(alpha: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -752,10 +954,10 @@ def decoder_layer_backward(
     Returns:
         ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
         gradients keyed and shaped like ``params`` (``cross_attn.W_loc`` only with
-        ``locations``).
+        ``locations``, ``cross_attn.c_cov`` and ``u_cov`` only with ``coverage``).
     """
     x_shape, x1, memory_shape, memory1, h1, Wqkv, Wkv, Wq_c, h = cache[:9]
-    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc = cache[9:]
+    c_sa, c_d1, c_n1, c_ca, c_d2, c_n2, c_ff, c_d3, c_n3, c_loc, coverage = cache[9:]
     check_shape("dout", dout, x_shape, "(N, T, E)")
     (N, T, E), L = x_shape, memory_shape[1]
     g: dict[str, np.ndarray] = {}
@@ -783,9 +985,11 @@ def decoder_layer_backward(
             dloc += dloc_sum
         dloc = dloc.reshape(N, T, h, 2).transpose(0, 2, 1, 3)  # (N, h, T, 2)
         dalpha = dloc @ P.T.astype(dloc.dtype, copy=False)  # (N, h, T, L)
-    g["cross_attn.Wo"], g["cross_attn.bo"] = _attend_backward(
+    g["cross_attn.Wo"], g["cross_attn.bo"], dc_cov = _attend_backward(
         dca, dalpha, c_ca, (*dq_heads, *dkv_heads)
     )
+    if coverage:
+        g["cross_attn.c_cov"], g["cross_attn.u_cov"] = dc_cov[0], dc_cov[1].reshape(E)
     dh1, g["cross_attn.Wq"], g["cross_attn.bq"] = _linear_backward(dq, h1, Wq_c)
     dh1 += dz
     if dh1_gate is not None:  # the summary's gates read h1
@@ -796,7 +1000,9 @@ def decoder_layer_backward(
 
     # 1. self-attention block and its norm
     dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
-    keys = decoder_layer_keys(c_loc is not None, c_loc is not None and c_loc[3] is not None)
+    keys = decoder_layer_keys(
+        c_loc is not None, c_loc is not None and c_loc[3] is not None, coverage
+    )
     return dx, dmemory, {key: g[key] for key in keys}
 
 
@@ -856,7 +1062,7 @@ def _self_attention_block_backward(
     N, T, E = x_shape
     dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dout, c_n1)
     dqkv, dqkv_heads = _heads_buffer(N, T, 3, h, E // h, dout.dtype)  # (N, T, 3E)
-    g["self_attn.Wo"], g["self_attn.bo"] = _attend_backward(
+    g["self_attn.Wo"], g["self_attn.bo"], _ = _attend_backward(
         dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads)
     )
     dx, dWqkv, dbqkv = _affine1_backward(dqkv, x1, Wqkv, x_shape)  # (N, T, E)

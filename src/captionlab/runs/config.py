@@ -123,6 +123,18 @@ class TrainConfig:
             "learnt which way a relation goes)"
         },
     )
+    coverage: bool | None = field(
+        default=None,
+        metadata={
+            "help": "with --model transformer --grid: coverage in every decoder layer's "
+            "cross-attention, each head's scores biased by how much it already looked at "
+            "each cell at the earlier words, times a learned weight of the word's query "
+            "(Tu et al. 2016, See et al. 2017), so it can turn to an object it has not named "
+            "yet; unset: on with --model transformer --grid (on the shapes data, 3 seeds, it "
+            "named fewer objects twice and raised object F1 from 0.956 / 0.947 to 0.964 / "
+            "0.952, test / fresh scenes)"
+        },
+    )
     encoder_layers: int | None = field(
         default=None,
         metadata={
@@ -224,6 +236,11 @@ class TrainConfig:
                 "--location-summary needs --model transformer --grid --locations, got "
                 f"--model {self.model}" + ("" if self.uses_locations else " without --locations")
             )
+        if self.coverage and not (self.model == "transformer" and self.uses_grid):
+            raise UserError(
+                f"--coverage needs --model transformer --grid, got --model {self.model}"
+                + (" without --grid" if self.model == "transformer" else "")
+            )
         if self.cell not in CELL_TYPES:
             raise UserError(f"cell must be one of {', '.join(CELL_TYPES)}, got {self.cell!r}")
         if self.dtype not in ("float32", "float64"):
@@ -247,6 +264,13 @@ class TrainConfig:
         if self.location_summary is not None:
             return bool(self.location_summary)
         return self.model == "transformer" and self.uses_grid and self.uses_locations
+
+    @property
+    def uses_coverage(self) -> bool:
+        """``coverage``, or the model's default when unset (see the field's help)."""
+        if self.coverage is not None:
+            return bool(self.coverage)
+        return self.model == "transformer" and self.uses_grid
 
     @property
     def position_embedding(self) -> bool:

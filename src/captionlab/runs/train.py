@@ -64,6 +64,7 @@ def model_spec(config: TrainConfig, store: FeatureStore) -> tuple[type, dict]:
             "encoder_layers": config.encoder_layers or 0,
             "locations": config.uses_locations,
             "location_summary": config.uses_location_summary,
+            "coverage": config.uses_coverage,
         }  # fmt: skip
     return CaptioningRNN, {"input_dim": store.dim, "cell_type": config.cell, **common}
 
