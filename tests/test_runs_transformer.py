@@ -87,6 +87,18 @@ def test_demo_config_sets_the_transformers_locations():
         DemoConfig(transformer_locations=False).train_config("transformer")
 
 
+def test_demo_config_sets_the_transformers_monitor():
+    """The demo picks the transformer's epoch by validation loss (its own field, apart from
+    the attention captioner's); the train command's default stays ``auto``."""
+    assert DemoConfig().train_config("transformer").monitor == "val_loss"
+    assert DemoConfig(transformer_monitor="auto").train_config("transformer").monitor == "auto"
+    assert DemoConfig(transformer_monitor="auto").train_config("attention").monitor == "val_loss"
+    assert DemoConfig(attention_monitor="auto").train_config("transformer").monitor == "val_loss"
+    assert TrainConfig(**TINY).monitor == "auto"
+    with pytest.raises(UserError, match="monitor must be one of"):
+        DemoConfig(transformer_monitor="bleu").train_config("transformer")
+
+
 def test_train_config_location_defaults_follow_the_model():
     """Unset, locations are on for every grid reader and the running summary for the grid
     Transformer; pooled models get neither."""
