@@ -314,10 +314,9 @@ def test_checkpoint_with_locations_checks_the_field(tmp_path):
         load_checkpoint(write({}, drop=loc_arrays))  # the architecture's arrays missing
 
 
-def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
-    """A locations file from before the summary (no location_summary in its header) loads as
-    the location-only model it was; ``location_summary`` must be a boolean, needs
-    locations, and its w_gate, b_gate, W_sum arrays must match the header."""
+def _checkpoint_editor(tmp_path):
+    """``(arrays_of, write)``: a model's checkpoint arrays and JSON header, and a file written
+    back with header fields changed and arrays dropped (what an old or hand-edited file holds)."""
     import json
 
     def arrays_of(model):
@@ -332,6 +331,15 @@ def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
         out["__header__"] = np.frombuffer(json.dumps(changed).encode(), np.uint8)
         np.savez(tmp_path / "f.npz", **out)
         return tmp_path / "f.npz"
+
+    return arrays_of, write
+
+
+def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
+    """A locations file from before the summary (no location_summary in its header) loads as
+    the location-only model it was; ``location_summary`` must be a boolean, needs
+    locations, and its w_gate, b_gate, W_sum arrays must match the header."""
+    arrays_of, write = _checkpoint_editor(tmp_path)
 
     old = _model(**CASES["locations"])
     arrays, header = arrays_of(old)
@@ -364,20 +372,7 @@ def test_checkpoint_with_location_summary_checks_the_field(tmp_path):
 def test_checkpoint_with_coverage_checks_the_field(tmp_path):
     """A file from before coverage (no coverage in its header) loads as the model it was;
     ``coverage`` must be a boolean, and its c_cov arrays must match the header."""
-    import json
-
-    def arrays_of(model):
-        path = save_checkpoint(tmp_path / "t.npz", model)
-        with np.load(path) as npz:
-            arrays = dict(npz)
-        return arrays, json.loads(arrays["__header__"].tobytes())
-
-    def write(arrays, header, model_fields, drop=()):
-        changed = {**header, "model": {**header["model"], **model_fields}}
-        out = {k: v for k, v in arrays.items() if k not in drop}
-        out["__header__"] = np.frombuffer(json.dumps(changed).encode(), np.uint8)
-        np.savez(tmp_path / "f.npz", **out)
-        return tmp_path / "f.npz"
+    arrays_of, write = _checkpoint_editor(tmp_path)
 
     old = _model(**CASES["summary"])
     arrays, header = arrays_of(old)

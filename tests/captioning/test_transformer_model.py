@@ -342,18 +342,18 @@ def test_whole_model_gradient_check(grid):
     assert max(errors.values()) < 1e-5, {k: v for k, v in errors.items() if v >= 1e-5}
 
 
-def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(monkeypatch):
-    """Negative control of the location summary in the whole model: a backward whose
-    running sums let each position's gradient reach only itself (no reversed cumulative sum)
-    fails the check on every layer's w_gate."""
-    rng = np.random.default_rng(21)
-    model = _model(**_grid_kwargs("summary", 4))
+def _checked_model_gradients(kind: str, names: list[str], seed: int):
+    """A small grid model of ``kind`` with its parameters moved away from their start, whose
+    loss gradients of ``names`` pass the whole-model check (< 1e-5 against finite
+    differences in extended precision); returns ``(model, features, captions, nums)`` with
+    the numerical gradients, for a negative control to compare a broken backward against."""
+    rng = np.random.default_rng(seed)
+    model = _model(**_grid_kwargs(kind, 4))
     for k, v in model.params.items():
         model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
             v.shape[0] if v.ndim == 2 else 4
         )
     features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
-    names = ["layers.0.cross_attn.w_gate", "layers.1.cross_attn.w_gate", "layers.0.cross_attn.Wq"]
     wide = _extended_precision_copy(model)  # float64 differences of a whole model are noisy
     wide_features = features.astype(np.longdouble)
     nums = {
@@ -367,6 +367,15 @@ def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(mo
     }
     grads = model.loss(features, captions)[1]
     assert max(rel_error(nums[n], grads[n]) for n in names) < 1e-5
+    return model, features, captions, nums
+
+
+def test_whole_model_gradient_check_catches_a_wrong_location_summary_gradient(monkeypatch):
+    """Negative control of the location summary in the whole model: a backward whose
+    running sums let each position's gradient reach only itself (no reversed cumulative sum)
+    fails the check on every layer's w_gate."""
+    names = ["layers.0.cross_attn.w_gate", "layers.1.cross_attn.w_gate", "layers.0.cross_attn.Wq"]
+    model, features, captions, nums = _checked_model_gradients("summary", names, seed=21)
 
     class NoCumsum:  # numpy, but cumsum leaves each position's gradient where it is
         cumsum = staticmethod(lambda a, axis=None: a)
@@ -392,28 +401,9 @@ def test_whole_model_gradient_check_catches_a_wrong_coverage_gradient(monkeypatc
     gradient through the plain weights the coverage sums fails the check on the
     cross-attention's Wq; one that drops dc and du fails it on every layer's c_cov and
     u_cov."""
-    rng = np.random.default_rng(22)
-    model = _model(**_grid_kwargs("coverage", 4))
-    for k, v in model.params.items():
-        model.params[k] = v + rng.standard_normal(v.shape) / math.sqrt(
-            v.shape[0] if v.ndim == 2 else 4
-        )
-    features, captions = rng.standard_normal((3, 4, 5)), _captions(rng)
     names = [f"layers.{i}.cross_attn.{n}_cov" for i in (0, 1) for n in "cu"]
     names.append("layers.0.cross_attn.Wq")
-    wide = _extended_precision_copy(model)  # float64 differences of a whole model are noisy
-    wide_features = features.astype(np.longdouble)
-    nums = {
-        name: eval_numerical_gradient(
-            lambda _: _reference_loss(wide, wide_features, captions),
-            wide.params[name],
-            verbose=False,
-            h=1e-6,
-        )
-        for name in names
-    }
-    grads = model.loss(features, captions)[1]
-    assert max(rel_error(nums[n], grads[n]) for n in names) < 1e-5
+    model, features, captions, nums = _checked_model_gradients("coverage", names, seed=22)
     real = transformer.coverage_attention_backward
 
     def without_a0_path(dout, dalpha, cache, out=None):  # g = 0 in the backward only

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from layer_checks import decoder_layer_grad_errors
 
 from captionlab import nn
 from captionlab.nn import attention, transformer
@@ -231,35 +232,9 @@ def test_decoder_layer_coverage_gradient_check_and_negative_control(
     cross-attention's Wq."""
     x, memory, params, P = _inputs(np.random.default_rng(7), locations, summary)
     dout = np.random.default_rng(8).standard_normal(x.shape)
-    causal = np.tril(np.ones((5, 5)))
-
-    def forward(x_, memory_, p_):
-        rng = np.random.default_rng(6)  # the same dropout masks at every call
-        return nn.decoder_layer_forward(
-            x_, memory_, p_, HEADS, causal, 0.2, rng, P, summary, coverage=True
-        )[0]
-
-    def analytic():
-        _, cache = nn.decoder_layer_forward(
-            x, memory, params, HEADS, causal, 0.2, np.random.default_rng(6), P, summary, True
-        )
-        return nn.decoder_layer_backward(dout, cache)
-
-    dx, dmemory, dparams = analytic()
-    errors = {
-        "x": rel_error(
-            eval_numerical_gradient_array(lambda v: forward(v, memory, params), x, dout), dx
-        ),
-        "memory": rel_error(
-            eval_numerical_gradient_array(lambda v: forward(x, v, params), memory, dout), dmemory
-        ),
-    }
-    for key in params:
-        if key.endswith("attn.bk"):  # a constant on every key: the softmax ignores it
-            assert np.abs(dparams[key]).max() < 1e-12
-            continue
-        num = eval_numerical_gradient_array(lambda _: forward(x, memory, params), params[key], dout)
-        errors[key] = rel_error(num, dparams[key])
+    errors, forward, analytic = decoder_layer_grad_errors(
+        x, memory, params, P, dout, summary, coverage=True, heads=HEADS
+    )
     # every one within a single layer's tolerance here (the largest, self_attn.Wk's 8.7e-8
     # with the summary, is where the softmax sums cancel), not only the block tolerance
     assert max(errors.values()) < STEP_TOLERANCE, errors

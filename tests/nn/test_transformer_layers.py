@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from layer_checks import decoder_layer_grad_errors
 
 from captionlab import nn
 from captionlab.nn import attention, transformer
@@ -385,40 +386,6 @@ def test_decoder_layer_locations_read_where_each_head_looked():
         nn.decoder_layer_forward(x, memory, plain, 2, causal, locations=P)
 
 
-def _located_layer_grad_errors(x, memory, params, P, dout, summary=False):
-    """Relative errors of the decoder layer's analytic gradients (x, memory, every parameter)
-    against finite differences, with locations (and the running summary), causal, dropout 0.2
-    with fixed masks; returns ``(errors, forward, analytic)`` for negative controls."""
-    causal = np.tril(np.ones((x.shape[1], x.shape[1])))
-
-    def forward(x_, memory_, p_):
-        rng = np.random.default_rng(6)  # the same dropout masks at every call
-        return nn.decoder_layer_forward(x_, memory_, p_, 2, causal, 0.2, rng, P, summary)[0]
-
-    def analytic():
-        _, cache = nn.decoder_layer_forward(
-            x, memory, params, 2, causal, 0.2, np.random.default_rng(6), P, summary
-        )
-        return nn.decoder_layer_backward(dout, cache)
-
-    dx, dmemory, dparams = analytic()
-    errors = {
-        "x": rel_error(
-            eval_numerical_gradient_array(lambda v: forward(v, memory, params), x, dout), dx
-        ),
-        "memory": rel_error(
-            eval_numerical_gradient_array(lambda v: forward(x, v, params), memory, dout), dmemory
-        ),
-    }
-    for key in params:
-        if key.endswith("attn.bk"):  # a constant on every key: the softmax ignores it
-            assert np.abs(dparams[key]).max() < 1e-12
-            continue
-        num = eval_numerical_gradient_array(lambda _: forward(x, memory, params), params[key], dout)
-        errors[key] = rel_error(num, dparams[key])
-    return errors, forward, analytic
-
-
 def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch):
     """x, memory and every parameter with locations and dropout: relative error < 1e-5 (a
     decoder layer's tolerance), W_loc's < 1e-7; a backward that leaves out the read's path
@@ -426,7 +393,7 @@ def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch
     x, memory, params, P = _decoder_location_inputs(np.random.default_rng(15))
     dout = np.random.default_rng(16).standard_normal(x.shape)
 
-    errors, forward, analytic = _located_layer_grad_errors(x, memory, params, P, dout)
+    errors, forward, analytic = decoder_layer_grad_errors(x, memory, params, P, dout)
     # the decoder layer's tolerance (gradcheck.BLOCK_TOLERANCE, as `captionlab gradcheck`):
     # here self_attn.Wk's 1.1e-7 is the largest (softmax sums cancel); the read's own
     # weight holds to the single-layer tolerance
@@ -508,7 +475,7 @@ def test_decoder_layer_location_summary_gradient_check_and_negative_control(monk
     x, memory, params, P = _decoder_summary_inputs(np.random.default_rng(18))
     dout = np.random.default_rng(19).standard_normal(x.shape)
 
-    errors, forward, analytic = _located_layer_grad_errors(x, memory, params, P, dout, True)
+    errors, forward, analytic = decoder_layer_grad_errors(x, memory, params, P, dout, summary=True)
     assert max(errors.values()) < BLOCK_TOLERANCE, errors
     for key in nn.DECODER_SUMMARY_KEYS:
         assert errors[key] < STEP_TOLERANCE, (key, errors[key])
