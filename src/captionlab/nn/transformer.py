@@ -68,8 +68,8 @@ feed-forward size.
   (in effect cell l's key becomes ``k_l + C_i[t, l] u_i``: the query decides, word by word,
   whether to seek or avoid what the head has seen). Both start at 0 (the plain layer; the
   gradients there are not zero). ``C`` sums the *plain* weights, not ``alpha``, so there is
-  no recurrence: one cumulative sum over T in training, one running sum (N, h, L) per row
-  and layer when decoding.
+  no recurrence: one product with a strictly lower triangle of ones over T in training, one
+  running sum (N, h, L) per row and layer when decoding.
 """
 
 from __future__ import annotations
@@ -385,7 +385,7 @@ def _attend_forward(
         _, weights, c_sdpa = coverage_attention_forward(
             *heads, *coverage, dropout_mask=drop, out=y_heads
         )  # weights (N, h, S, T)
-    return _linear(y, Wo, bo), weights, (c_sdpa, y, Wo, num_heads)
+    return _linear(y, Wo, bo), weights, (c_sdpa, y, Wo, num_heads, coverage is not None)
 
 
 def _attend_backward(
@@ -394,17 +394,14 @@ def _attend_backward(
     """Backward of :func:`_attend_forward`: dout (N, S, E) -> ``(dWo, dbo, dcoverage)``
     (dcoverage ``(dc (h,), du (h, d))``, or ``None`` without coverage); the gradients of
     q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
-    c_sdpa, y, Wo, num_heads = cache
+    c_sdpa, y, Wo, num_heads, with_coverage = cache
     dy, dWo, dbo = _linear_backward(dout, y, Wo)
     dy_heads = _split_heads(dy, num_heads)
-    if len(c_sdpa) == _COVERAGE_CACHE_LEN:
+    if with_coverage:
         *_, dc, du = coverage_attention_backward(dy_heads, dweights, c_sdpa, out=out)
         return dWo, dbo, (dc, du)
     scaled_dot_product_attention_backward(dy_heads, dweights, c_sdpa, out=out)
     return dWo, dbo, None
-
-
-_COVERAGE_CACHE_LEN = 12
 
 
 def _strictly_lower(T: int, dtype) -> np.ndarray:
@@ -938,7 +935,7 @@ def _location_summary_backward(dS: np.ndarray, cache: tuple, grads: dict) -> tup
 def decoder_layer_attention(cache: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The attention weights a :func:`decoder_layer_forward` computed, read from its cache
     (before dropout): ``(self_weights (N, h, T, T), cross_weights (N, h, T, L))``."""
-    c_sa, c_ca = cache[9], cache[12]  # each (c_sdpa, y, Wo, h); c_sdpa[3] the weights
+    c_sa, c_ca = cache[9], cache[12]  # each (c_sdpa, y, Wo, h, coverage); c_sdpa[3] the weights
     return c_sa[0][3], c_ca[0][3]
 
 
