@@ -691,6 +691,32 @@ def test_grid_pipeline_features_equal_the_feature_extractor(scaled):
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
 
 
+def test_a_grid_of_early_taps_stops_the_backbone_there():
+    """A grid read from block10 alone (raw cells, finer than the last map) equals the
+    extractor's, and the pipeline never runs the layers after block10 (the head's conv)."""
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10",
+                                    grid_cells=4, grid_pca_dim=None)  # fmt: skip
+    extractor = FeatureExtractor(config, workers=0)
+    images = np.stack([shapes_image(64, s) for s in range(2)])
+    _, expected = extractor.transform_images_with_grid(images)  # (2, 16, 112)
+    calls = []
+    model = extractor.model
+    hook = model._conv_head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        pipeline = FeaturePipeline(model, config, layout="grid")
+        with torch.no_grad():
+            got = pipeline(preprocess(images)).numpy()
+        assert calls == []  # the grid reads nothing past block10
+        with_head = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=None)
+        with torch.no_grad():
+            FeaturePipeline(model, with_head, layout="grid")(preprocess(images[:1]))
+        assert calls == [1]  # negative control: block10+grid runs the head once
+    finally:
+        hook.remove()
+    assert got.shape == expected.shape == (2, 16, 112)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+
+
 def test_grid_layout_needs_a_grid_config_and_its_pca():
     backbone = load_backbone(fold_bn=True)
     with pytest.raises(UserError, match="makes none"):

@@ -74,7 +74,7 @@ class FeaturePipeline(torch.nn.Module):
 
     ``grid`` layout (AttentionCaptioner, CaptioningTransformer)::
 
-        taps  = backbone.taps(x, ("grid", *config.grid_tap_list))  # {name: (N, C_tap, h, w)}
+        taps  = backbone.taps(x, config.grid_tap_list)            # {name: (N, C_tap, h, w)}
         cells = grid_cells(taps, config.grid_tap_list, side)      # (N, L, Rg)
         grid  = (cells - gpca.mean) @ gpca.components / gpca.scale  # (N, L, Dg)
 
@@ -152,7 +152,9 @@ class FeaturePipeline(torch.nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         if self.layout == "pooled":
             return self.pooled_features(self.backbone.features(x, "grid"))  # (N, C, h, w)
-        taps = self.backbone.taps(x, ("grid", *self.config.grid_tap_list))
+        # only the grid's own taps: the pass stops at the deepest (block10 alone skips the
+        # rest of the network, which the grid does not read)
+        taps = self.backbone.taps(x, self.config.grid_tap_list)
         return self.grid_features(taps)
 
     def pooled_features(self, grid: torch.Tensor) -> torch.Tensor:
