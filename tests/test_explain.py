@@ -682,12 +682,19 @@ def test_grid_pipeline_features_equal_the_feature_extractor(scaled):
         grid_pca = grid_pca.with_unit_rms(cells)
         assert grid_pca.scale != 1.0
     extractor = FeatureExtractor(config, grid_pca=grid_pca, workers=0)
+    assert_pipeline_grid_equals_the_extractors(extractor, (2, config.grid_len, 6))
+
+
+def assert_pipeline_grid_equals_the_extractors(extractor: FeatureExtractor, shape) -> None:
+    """The grid layout of ``extractor``'s config, on two images, equals the extractor's grid
+    up to the store's float16 rounding."""
     images = np.stack([shapes_image(64, s) for s in range(2)])
-    _, expected = extractor.transform_images_with_grid(images)  # (2, L, 6)
-    pipeline = FeaturePipeline(extractor.model, config, layout="grid", grid_pca=grid_pca)
+    _, expected = extractor.transform_images_with_grid(images)  # (2, L, Dg)
+    pipeline = FeaturePipeline(extractor.model, extractor.config, layout="grid",
+                               grid_pca=extractor.grid_pca)  # fmt: skip
     with torch.no_grad():
         got = pipeline(preprocess(images)).numpy()
-    assert got.shape == expected.shape == (2, config.grid_len, 6)
+    assert got.shape == expected.shape == shape
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
 
 
@@ -697,24 +704,20 @@ def test_a_grid_of_early_taps_stops_the_backbone_there():
     config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10",
                                     grid_cells=4, grid_pca_dim=None)  # fmt: skip
     extractor = FeatureExtractor(config, workers=0)
-    images = np.stack([shapes_image(64, s) for s in range(2)])
-    _, expected = extractor.transform_images_with_grid(images)  # (2, 16, 112)
-    calls = []
     model = extractor.model
+    x = preprocess(shapes_image(64))
+    calls = []
     hook = model._conv_head.register_forward_hook(lambda *_: calls.append(1))
     try:
-        pipeline = FeaturePipeline(model, config, layout="grid")
         with torch.no_grad():
-            got = pipeline(preprocess(images)).numpy()
-        assert calls == []  # the grid reads nothing past block10
-        with_head = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=None)
-        with torch.no_grad():
-            FeaturePipeline(model, with_head, layout="grid")(preprocess(images[:1]))
+            FeaturePipeline(model, config, layout="grid")(x)
+            assert calls == []  # the grid reads nothing past block10
+            with_head = FeatureExtractorConfig(image_size=64, grid=True, grid_pca_dim=None)
+            FeaturePipeline(model, with_head, layout="grid")(x)
         assert calls == [1]  # negative control: block10+grid runs the head once
     finally:
         hook.remove()
-    assert got.shape == expected.shape == (2, 16, 112)
-    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    assert_pipeline_grid_equals_the_extractors(extractor, (2, 16, 112))
 
 
 def test_grid_layout_needs_a_grid_config_and_its_pca():
