@@ -2,7 +2,7 @@
 
     python benchmarks/bench_explain.py --model attention=RUN_A --model lstm=RUN_B \\
         --model rnn=RUN_C [--scenes DIR] [--n-scenes 300] [--seed 1515] \\
-        [--methods vanilla,smoothgrad,ig,gradcam,guided-gradcam] \\
+        [--methods vanilla,smoothgrad,ig,layercam,gradcam,guided-gradcam] \\
         [--samples 25] [--noise 0.3] [--steps 32] \\
         [--deletion-scenes 50] [--threads 1] [--json FILE]
 
@@ -13,7 +13,8 @@ word's attention itself (its step's weights over the grid's cells; its peak is t
 the cell it weighs most, its deletion order the cells' weights upsampled to the pixels). The
 grid methods (``gradcam``: Grad-CAM at the captioner's input grid, peak at its top cell's
 centre as the attention's; ``guided-gradcam``: SmoothGrad times it) run for grid captioners
-only. Then:
+only; ``layercam`` (LayerCAM at the backbone's block 10 over SmoothGrad's noisy copies) for
+every captioner. Then:
 
 * **Pointing game** (Zhang et al. 2016): is the peak of the word's map, mapped back to the
   scene's pixels, inside the box of the object the word belongs to. *Belongs to*: the
@@ -63,6 +64,7 @@ from captionlab.explain import (
     guided_gradcam,
     map_peak,
 )
+from captionlab.explain.methods import LAYERCAM_TAP
 from captionlab.explain.words import GRID_METHODS, SMOOTHGRAD_NOISE
 from captionlab.vision import saliency as sal
 from captionlab.vision.backbone import INPUT_RANGE, preprocess
@@ -72,6 +74,7 @@ SAL_OPTIONS = {
     "vanilla": {},
     "smoothgrad": {"samples": 25, "noise": SMOOTHGRAD_NOISE},
     "ig": {"steps": 32},
+    "layercam": {"samples": 25, "noise": SMOOTHGRAD_NOISE},  # SmoothGrad's copies
     "gradcam": {},
     "guided-gradcam": {"samples": 25, "noise": SMOOTHGRAD_NOISE},  # SmoothGrad's
 }  # the command's defaults
@@ -278,6 +281,10 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
             "noise_level": SAL_OPTIONS["smoothgrad"]["noise"],
         },
         "ig": {"steps": SAL_OPTIONS["ig"]["steps"], "baseline": float(INPUT_RANGE[0])},
+        "layercam": {
+            "n_samples": SAL_OPTIONS["layercam"]["samples"],
+            "noise_level": SAL_OPTIONS["layercam"]["noise"],
+        },
     }
     out = {}
     for m in [m for m in methods if m in imagenet]:  # Grad-CAM has no ImageNet peer here
@@ -286,6 +293,9 @@ def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dic
             return explainer.word_maps(pixels, caption, position, m, **SAL_OPTIONS[m])
 
         def imagenet_class(m=m):
+            if m == "layercam":  # at the same block, the class score instead of the word's
+                layer = backbone.tap_module(LAYERCAM_TAP)
+                return sal.layer_cam_of_targets(x, [cls], backbone, layer, **imagenet[m])
             return sal.saliency(x, cls, backbone, m, **imagenet[m])
 
         fns = {"word": word, "imagenet": imagenet_class}
@@ -346,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate", type=int, default=300, help="unseen scenes generated")
     parser.add_argument("--n-scenes", type=int, default=300, help="scenes evaluated (first)")
     parser.add_argument("--seed", type=int, default=1515, help="seed of the unseen scenes")
-    parser.add_argument("--methods", default="vanilla,smoothgrad,ig,gradcam,guided-gradcam",
+    parser.add_argument("--methods",
+                        default="vanilla,smoothgrad,ig,layercam,gradcam,guided-gradcam",
                         help="comma-separated; the grid methods (gradcam, guided-gradcam) are "
                         "skipped for pooled-feature models")  # fmt: skip
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad's noisy copies")
@@ -361,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="a line per scene on stderr")
     args = parser.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
-    for m in ("smoothgrad", "guided-gradcam"):
+    for m in ("smoothgrad", "guided-gradcam", "layercam"):
         SAL_OPTIONS[m]["samples"] = args.samples
         SAL_OPTIONS[m]["noise"] = args.noise
     SAL_OPTIONS["ig"]["steps"] = args.steps

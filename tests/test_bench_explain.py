@@ -100,8 +100,8 @@ def test_bench_runs_an_attention_captioner(bench, attention_run, tmp_path, monke
     result = json.loads((tmp_path / "out.json").read_text())
     (model,) = result["results"]
     assert model["scenes"] == 3 and model["words"] == 9  # "a", the colour, the shape
-    assert list(model["methods"]) == ["vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam",
-                                      "attention", "random"]  # fmt: skip
+    assert list(model["methods"]) == ["vanilla", "smoothgrad", "ig", "layercam", "gradcam",
+                                      "guided-gradcam", "attention", "random"]  # fmt: skip
     for row in model["methods"].values():
         assert row["n_shape"] == row["n_colour"] == 3
         assert 0 <= row["pointing_shape"] <= row["pointing_shape_any"] <= 1

@@ -440,6 +440,114 @@ def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
 
 
+def backbone_after(backbone, h: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
+    """The backbone run by hand from block ``block``'s output ``h``: every later block's tap
+    and the last map (``grid``)."""
+    taps = {f"block{block}": h}
+    for i in range(block + 1, len(backbone._blocks)):
+        h = backbone._blocks[i](h)
+        taps[f"block{i}"] = h
+    taps["grid"] = torch.nn.functional.relu6(backbone._bn1(backbone._conv_head(h)))
+    return taps
+
+
+def layer_cam_reference(A: torch.Tensor, logp: torch.Tensor, positions, S: int) -> np.ndarray:
+    """LayerCAM by hand: ReLU(sum_c ReLU(d logp_t / d A_c) A_c), the mean over A's copies,
+    bilinearly upsampled to S x S; A (n, C, h, w) requires grad, logp (n, T-1)."""
+    cams = []
+    for t in positions:
+        (G,) = torch.autograd.grad(logp[:, t].sum(), A, retain_graph=True)
+        cams.append((G.clamp_min(0) * A.detach()).sum(dim=1).clamp_min(0).mean(dim=0))
+    up = torch.nn.functional.interpolate(torch.stack(cams)[:, None], size=(S, S),
+                                         mode="bilinear", align_corners=False)  # fmt: skip
+    return up[:, 0].float().numpy()
+
+
+@pytest.mark.parametrize(("samples", "noise"), [(1, 0.0), (2, 0.3)])
+def test_layercam_equals_autograd_at_the_block_through_a_torch_copy(samples, noise, backbone64):
+    """LayerCAM of a pooled captioner's words at block7, over SmoothGrad's noisy copies, equals
+    the block's activation and its autograd gradient through a PyTorch copy of the rest of
+    the network, the pooling, the PCA and the LSTM."""
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6, fold_bn=False,
+                                    channels_last=False)  # fmt: skip
+    pca = small_pca(config, seed=1)
+    model = rnn_captioner("lstm", D=6)
+    explainer = Explainer(model, FeaturePipeline(backbone64, config, pca))
+    pixels, positions = shapes_image(64), [0, 2, 3]
+    ours = explainer.word_maps(pixels, CAPTION, positions, "layercam", samples=samples,
+                               noise=noise, seed=5, layer="block7")  # fmt: skip
+    copies = sal.noisy_copies(preprocess(pixels).double(), samples, noise, 5)[0]
+    backbone64.eval()
+    with torch.enable_grad():
+        A = backbone64.taps(copies, ("block7",))["block7"].detach().requires_grad_(True)
+        grid = backbone_after(backbone64, A, 7)["grid"]  # (n, C, 2, 2)
+        pooled = torch.cat([grid.mean(dim=(2, 3)), grid.permute(0, 2, 3, 1).flatten(1)], dim=1)
+        mean, comps = (torch.from_numpy(v).double() for v in (pca.mean, pca.components))
+        features = (pooled - mean) @ comps
+        theirs = layer_cam_reference(A, torch_logprobs(model, features, CAPTION), positions, 64)
+    assert ours.shape == (3, 64, 64) and ours.dtype == np.float32
+    assert theirs.max() > 0 and not np.allclose(theirs[0], theirs[1])
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * theirs.max())
+
+
+def test_grid_layercam_at_a_tapped_block_equals_autograd_through_a_torch_copy(backbone64):
+    """At block10, which feeds both the grid's cells and the rest of the network, LayerCAM of
+    an attention captioner's words equals autograd through a PyTorch copy of both paths."""
+    config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10+grid",
+                                    grid_pca_dim=6, fold_bn=False,
+                                    channels_last=False)  # fmt: skip
+    rng = np.random.default_rng(4)
+    cells = rng.random((40, config.grid_raw_dim), dtype=np.float32)
+    grid_pca = fit_pca(cells, 6).with_unit_rms(cells)
+    model = attention_captioner(position=True)
+    explainer = Explainer(model, FeaturePipeline(backbone64, config, layout="grid",
+                                                 grid_pca=grid_pca))  # fmt: skip
+    pixels, positions = shapes_image(64), [1, 3]
+    ours = explainer.word_maps(pixels, CAPTION, positions, "layercam", samples=1, noise=0.0)
+    backbone64.eval()
+    with torch.enable_grad():
+        # the image twice: with a batch of one, torch 2.13's CPU backward through the network's
+        # head returned another gradient here when it arrived in the transposed cells'
+        # strides (float64, unfolded; a batch of two, or the gradient made contiguous, agree
+        # with each other and with the explainer, which gives one image's map)
+        x = preprocess(pixels).double().expand(2, -1, -1, -1)
+        A = backbone64.taps(x, ("block10",))["block10"].detach().requires_grad_(True)
+        last = backbone_after(backbone64, A, 10)["grid"]
+        b10 = torch.nn.functional.avg_pool2d(A, 2)  # (2, 112, 2, 2)
+        cells = torch.cat([b10, last], dim=1).flatten(2).transpose(1, 2)  # (2, 4, Rg)
+        mean, comps = (torch.from_numpy(v).double() for v in (grid_pca.mean, grid_pca.components))
+        grid = (cells - mean) @ comps
+        logp = torch_attention_logprobs(model, grid / float(grid_pca.scale), CAPTION)
+        theirs = layer_cam_reference(A, logp, positions, 64)
+    assert theirs.max() > 0
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * theirs.max())
+
+
+def test_layercam_layer_must_be_a_block_the_features_reach():
+    pooled = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6)
+    backbone = load_backbone(fold_bn=True)
+    explainer = Explainer(rnn_captioner("lstm"), FeaturePipeline(backbone, pooled,
+                                                                 small_pca(pooled)))  # fmt: skip
+    pixels = shapes_image(64)
+    for layer in ("block16", "grid", "stem", "10"):
+        with pytest.raises(UserError, match=rf"^layer \(--layer\) must be one of block0 .. "
+                           rf"block15, got '{layer}'$"):  # fmt: skip
+            explainer.word_maps(pixels, CAPTION, [0], "layercam", samples=1, layer=layer)
+    assert explainer.word_maps(
+        pixels, CAPTION, [0], "layercam", samples=1, layer="block15"
+    ).shape == (1, 64, 64)  # pooled: every block runs
+    early = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10", grid_cells=4,
+                                   grid_pca_dim=None)  # fmt: skip
+    grid_explainer = Explainer(attention_captioner(D=112),
+                               FeaturePipeline(backbone, early, layout="grid"))  # fmt: skip
+    with pytest.raises(UserError, match=r"^layer block12 is deeper than this model's features "
+                       r"reach: its grid reads block10, and the network stops there$"):  # fmt: skip
+        grid_explainer.word_maps(pixels, CAPTION, [0], "layercam", samples=1, layer="block12")
+    maps = grid_explainer.word_maps(pixels, CAPTION, [0, 1], "layercam", samples=1)  # block10
+    assert maps.shape == (2, 64, 64) and maps.max() > 0
+    assert all(not m._forward_hooks for m in backbone.modules())
+
+
 @pytest.mark.parametrize("position", [False, True])
 def test_cell_relevance_equals_a_torch_autograd_reference(position):
     """Grad-CAM at the input grid, ReLU(sum_d d log p_t / d A[l, d] * A[l, d]) per cell, by the
@@ -538,8 +646,9 @@ def test_explain_leaves_the_callers_backbone_as_found():
     explainer = Explainer(rnn_captioner("lstm", D=1280), FeaturePipeline(backbone, config))
     pixels = shapes_image(64)
     kept = pixels.copy()
-    for method in ("vanilla", "smoothgrad"):
+    for method in ("vanilla", "smoothgrad", "layercam"):
         explainer.explain(pixels, method, caption_ids=CAPTION, samples=2)
+    assert all(not m._forward_hooks for m in backbone.modules())  # LayerCAM's hook removed
     explainer.deletion(pixels, CAPTION, 1, np.random.default_rng(0).random((64, 64)), n_steps=2)
     assert [m.training for m in backbone.modules()] == before["training"]
     assert [p.requires_grad for p in backbone.parameters()] == before["flags"]

@@ -174,6 +174,30 @@ def test_explain_a_grid_captioner_by_gradcam_and_guided_gradcam(grid_run, photo,
     assert (tmp_path / "photo_explain_guided-gradcam.png").is_file()
 
 
+def test_explain_layercam_of_a_pooled_model_at_the_layer_asked_for(run_dir, photo, tmp_path,
+                                                                    capsys):  # fmt: skip
+    """``--method layercam --layer block7``: each word's peak is the peak of the explainer's
+    LayerCAM map at block7 (with the same noisy copies), in the photo's own pixels."""
+    from captionlab.explain import CropGeometry, Explainer, map_peak
+
+    argv = ["explain", "--model", str(run_dir), str(photo), "--out", str(tmp_path),
+            "--method", "layercam", "--layer", "block7", "--samples", "3", "--max-length", "4",
+            "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    (item,) = json.loads(capsys.readouterr().out)["images"]
+    assert (tmp_path / "photo_explain_layercam.png").is_file()
+    explainer = Explainer.from_checkpoint(run_dir, max_length=4)
+    pixels = read_image(str(photo), size=64)
+    ids = explainer.decode(pixels)
+    positions = [w["position"] for w in item["words"]]
+    geo = CropGeometry.of_image(str(photo), 64)
+    maps = {layer: explainer.word_maps(pixels, ids, positions, "layercam", samples=3,
+                                       layer=layer) for layer in ("block7", "block10")}  # fmt: skip
+    assert not np.allclose(maps["block7"], maps["block10"])  # the flag matters
+    for w, m in zip(item["words"], maps["block7"], strict=True):
+        assert w["peak"] == list(geo.to_original(*map_peak(m)))
+
+
 @pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])
 def test_explain_grid_methods_on_a_pooled_model_fail_in_one_line(run_dir, photo, capsys,
                                                                  method):  # fmt: skip
@@ -190,6 +214,10 @@ def test_explain_grid_methods_on_a_pooled_model_fail_in_one_line(run_dir, photo,
         (["--model", "{tmp}/norun", "{photo}"], "norun: no checkpoint there"),
         (["--model", "{run}", "{photo}", "--beam", "0"], "--beam must be >= 1, got 0"),
         (["--model", "{run}", "skimage:nothing"], "unknown bundled photo"),
+        (
+            ["--model", "{run}", "{photo}", "--method", "layercam", "--layer", "block99"],
+            "layer (--layer) must be one of block0 .. block15, got 'block99'",
+        ),
     ],
 )
 def test_explain_errors_are_one_line(run_dir, photo, tmp_path, capsys, args, message):

@@ -10,6 +10,7 @@ import pytest
 from captionlab.errors import UserError
 from captionlab.explain.methods import (
     GRID_METHODS,
+    LAYER_METHODS,
     METHODS,
     PIXEL_METHODS,
     check_method,
@@ -17,13 +18,15 @@ from captionlab.explain.methods import (
 )
 
 
-def test_the_pixel_methods_are_the_saliency_methods_and_grid_ones_follow():
+def test_the_pixel_methods_are_the_saliency_methods_then_layercam_then_the_grid_ones():
     from captionlab.vision import saliency
 
     assert PIXEL_METHODS == saliency.METHODS == ("vanilla", "smoothgrad", "ig")
+    assert LAYER_METHODS == ("layercam",)
     assert GRID_METHODS == ("gradcam", "guided-gradcam")
-    assert METHODS == PIXEL_METHODS + GRID_METHODS
-    assert methods_for("pooled") == PIXEL_METHODS and methods_for("grid") == METHODS
+    assert METHODS == PIXEL_METHODS + LAYER_METHODS + GRID_METHODS
+    assert methods_for("pooled") == PIXEL_METHODS + LAYER_METHODS
+    assert methods_for("grid") == METHODS
     with pytest.raises(ValueError, match="layout must be one of pooled, grid, got 'cells'"):
         methods_for("cells")
 
@@ -31,14 +34,14 @@ def test_the_pixel_methods_are_the_saliency_methods_and_grid_ones_follow():
 def test_check_method_names_the_method_and_the_captioner():
     for method in METHODS:
         check_method(method, "grid", "this AttentionCaptioner")  # every method: no error
-    for method in PIXEL_METHODS:
+    for method in PIXEL_METHODS + LAYER_METHODS:
         check_method(method, "pooled", "this CaptioningRNN")
     for method in GRID_METHODS:
         with pytest.raises(UserError) as err:
             check_method(method, "pooled", "model 'lstm' (lstm)")
         assert str(err.value) == (
             f"method {method} needs a captioner over a grid of cells; model 'lstm' (lstm) reads "
-            "one pooled feature vector (use vanilla, smoothgrad, ig)"
+            "one pooled feature vector (use vanilla, smoothgrad, ig, layercam)"
         )
     with pytest.raises(UserError, match=r"must be one of vanilla, .*guided-gradcam, got 'cam'"):
         check_method("cam", "grid", "this AttentionCaptioner")

@@ -49,7 +49,7 @@ def test_models_are_described_by_name_without_paths(client, runs_dir):
         "attention": False,
         "grid": None,
         "explain": True,
-        "explain_methods": ["vanilla", "smoothgrad", "ig"],  # pooled features
+        "explain_methods": ["vanilla", "smoothgrad", "ig", "layercam"],  # pooled features
     }
     assert attention == {**lstm, "name": "attention", "cell": "attention", "attention": True,
                          "grid": [GRID_SIDE, GRID_SIDE],  # a grid of cells: the grid methods too

@@ -272,7 +272,7 @@ def test_page_in_headless_chromium(request, tmp_path):
 
         # a model over a grid of cells is offered the grid methods: Grad-CAM at its input grid
         shown = "os => os.filter(o => !o.hidden && !o.disabled).map(o => o.value)"
-        grid_methods = ["vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam"]
+        grid_methods = ["vanilla", "smoothgrad", "ig", "layercam", "gradcam", "guided-gradcam"]
         assert page.eval_on_selector_all("#explain-method option", shown) == grid_methods
         page.select_option("#explain-method", "gradcam")
         page.wait_for_selector("#explain .explain-head .meta:has-text('Grad-CAM')")
@@ -288,8 +288,16 @@ def test_page_in_headless_chromium(request, tmp_path):
         # the RNN reads one pooled vector: no grid methods, and the method falls back
         page.select_option("#explain-model", "rnn")
         assert page.input_value("#explain-method") == "smoothgrad"
-        assert page.eval_on_selector_all("#explain-method option", shown) == grid_methods[:3]
+        assert page.eval_on_selector_all("#explain-method option", shown) == grid_methods[:4]
         page.wait_for_selector("#explain img[alt*='crop rnn saw']")
+        # LayerCAM at the backbone's block explains the pooled RNN too
+        page.select_option("#explain-method", "layercam")
+        page.wait_for_selector("#explain .explain-head .meta:has-text('LayerCAM')")
+        assert page.locator("#explain .explain-word").count() >= 1
+        assert "block-10" in page.inner_text("#explain > div > p.meta")
+        layercam = tmp_path / "serve_explain_layercam.png"
+        page.locator("#explain-card").screenshot(path=str(layercam))
+        _save(layercam, layercam.name)
 
         # another model and method: the RNN has no attention row
         page.select_option("#explain-method", "vanilla")

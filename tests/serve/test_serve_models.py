@@ -59,8 +59,8 @@ def test_caption_and_explain_check_their_input(registry):
     for c in captions:
         assert c.attention["grid"] == [GRID_SIDE, GRID_SIDE]
         assert len(c.attention["maps"]) == len(c.attention["images"]) == len(c.words)
-    with pytest.raises(UserError, match="method must be one of vanilla, smoothgrad, ig, gradcam, "
-                       "guided-gradcam, got 'occlusion'"):  # fmt: skip
+    with pytest.raises(UserError, match="method must be one of vanilla, smoothgrad, ig, layercam, "
+                       "gradcam, guided-gradcam, got 'occlusion'"):  # fmt: skip
         registry.explain("attention", good, "occlusion")
     for method in ("gradcam", "guided-gradcam"):  # the grid methods: only for a grid model
         refusal = rf"^method {method} needs a captioner over a grid of cells; model 'lstm' \(lstm\)"

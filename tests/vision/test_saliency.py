@@ -246,3 +246,57 @@ def test_maps_of_several_targets_equal_the_image_repeated_per_target(method, opt
         ValueError, match=r"X must be one image \(1, C, H, W\), got \(2, 3, 12, 12\)"
     ):
         sal.saliency_of_targets(images(N=2), y, model, method, **options)
+
+
+# ----------------------------------------------------------------------------- LayerCAM
+def test_layer_cam_matches_layercam_from_captums_layer_gradients():
+    """LayerCAM = ReLU(sum_c ReLU(dS/dA_c) * A_c) at the layer, one map per target; A and its
+    gradient taken independently by Captum's layer attributions."""
+    from captum.attr import LayerActivation, LayerGradientXActivation
+
+    model, X = tiny_cnn(), images(N=1)
+    layer = model[3]  # the stride-2 conv: 6 x 6 maps
+    targets = [0, 3, 4]
+    ours = sal.layer_cam_of_targets(X, targets, model, layer)
+    assert ours.shape == (3, 6, 6) and not ours.requires_grad
+    A = LayerActivation(model, layer).attribute(X)  # (1, 8, 6, 6)
+    grads = LayerGradientXActivation(model, layer, multiply_by_inputs=False)
+    for k, t in enumerate(targets):
+        G = grads.attribute(X, target=t)  # the layer's gradient alone
+        expected = (G.clamp_min(0) * A).sum(dim=1).clamp_min(0)[0]
+        assert expected.max() > 0
+        torch.testing.assert_close(ours[k], expected, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(ours[0], ours[1])  # the targets' maps differ
+
+
+def test_layer_cam_over_noisy_copies_is_the_mean_of_their_maps_in_any_batches():
+    model, X = tiny_cnn(), images(N=1)
+    layer, targets = model[3], [1, 2]
+    copies = sal.noisy_copies(X, 4, 0.2, seed=3)[0]  # (4, 3, 12, 12): SmoothGrad's copies
+    assert not torch.equal(copies[0], copies[1])
+    each = torch.stack([sal.layer_cam_of_targets(c[None], targets, model, layer) for c in copies])
+    for batch_size in (1, 3, None):
+        got = sal.layer_cam_of_targets(X, targets, model, layer, n_samples=4, noise_level=0.2,
+                                       seed=3, batch_size=batch_size)  # fmt: skip
+        torch.testing.assert_close(got, each.mean(dim=0), rtol=1e-5, atol=1e-7)
+    no_noise = sal.layer_cam_of_targets(X, targets, model, layer, n_samples=3)
+    torch.testing.assert_close(no_noise, sal.layer_cam_of_targets(X, targets, model, layer))
+
+
+def test_layer_cam_leaves_callers_objects_as_found_and_removes_its_hook():
+    model = tiny_cnn()
+    X = caller_state(model, images(N=1))
+    before = snapshot(model, X)
+    sal.layer_cam_of_targets(X, [1, 4], model, model[3], n_samples=2, noise_level=0.1)
+    assert_unchanged(before, model, X)
+    assert not model[3]._forward_hooks
+    stranger = torch.nn.Conv2d(3, 3, 1)  # not in the model: it never runs
+    with pytest.raises(ValueError, match="layer must run once in the model's forward pass, "
+                       "it ran 0 times"):  # fmt: skip
+        sal.layer_cam_of_targets(X, [1], model, stranger)
+    assert not stranger._forward_hooks
+    assert_unchanged(before, model, X)
+    with pytest.raises(ValueError, match=r"X must be one image \(1, C, H, W\)"):
+        sal.layer_cam_of_targets(images(N=2), [1], model, model[3])
+    with pytest.raises(ValueError, match="n_samples must be >= 1, got 0"):
+        sal.layer_cam_of_targets(X, [1], model, model[3], n_samples=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 from captionlab.cli import add_json_flag
 from captionlab.cli._vision import add_device_flag, image_help, write_figure
 from captionlab.errors import UserError
-from captionlab.explain.methods import METHODS  # torch-free
+from captionlab.explain.methods import LAYERCAM_TAP, METHODS  # torch-free
 
 
 def register(subparsers) -> None:
@@ -26,12 +26,16 @@ def register(subparsers) -> None:
         "--method",
         choices=METHODS,
         default="smoothgrad",
-        help="vanilla gradient, SmoothGrad or Integrated Gradients; for captioners over a grid "
-        "of cells (attention, grid Transformer) also gradcam (the word's gradient times the "
-        "features per cell, upsampled) and guided-gradcam (SmoothGrad times gradcam's map). "
-        "benchmarks/bench_explain.py measures which points at the word's object; SmoothGrad "
-        "costs --samples times vanilla",
+        help="vanilla gradient, SmoothGrad or Integrated Gradients; layercam (LayerCAM at the "
+        "backbone's block --layer, averaged over SmoothGrad's noisy copies); for captioners "
+        "over a grid of cells (attention, grid Transformer) also gradcam (the word's gradient "
+        "times the features per cell, upsampled) and guided-gradcam (SmoothGrad times "
+        "gradcam's map). benchmarks/bench_explain.py measures which points at the word's "
+        "object; SmoothGrad and layercam cost --samples times vanilla",
     )
+    p.add_argument("--layer", default=LAYERCAM_TAP, metavar="BLOCK",
+                   help=f"layercam: the backbone block it reads, block0 .. block15 "
+                   f"(default {LAYERCAM_TAP})")  # fmt: skip
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
     p.add_argument("--max-length", type=int, default=None,
                    help="most words in a caption (default: 20, fewer for a Transformer that "
@@ -102,7 +106,7 @@ def run(args) -> dict:
     ):
         result = explainer.explain(
             image, args.method, beam=args.beam,
-            samples=args.samples, steps=args.steps, seed=args.seed,
+            samples=args.samples, steps=args.steps, seed=args.seed, layer=args.layer,
             **({} if args.noise is None else {"noise": args.noise}),
         )  # fmt: skip
         figure = write_figure(explanation_figure(image, result), out / name)

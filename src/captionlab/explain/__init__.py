@@ -44,6 +44,8 @@ _EXPORTS = {
     "guided_gradcam": "words",
     "map_peak": "words",
     "GRID_METHODS": "methods",
+    "LAYERCAM_TAP": "methods",
+    "LAYER_METHODS": "methods",
     "METHODS": "methods",
     "PIXEL_METHODS": "methods",
     "check_method": "methods",

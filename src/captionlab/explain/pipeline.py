@@ -36,6 +36,7 @@ from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.data.pca import PCA
 from captionlab.errors import UserError
 from captionlab.extract import grid_cells, pool_grid
+from captionlab.vision.backbone import TAPS
 
 __all__ = [
     "CaptionScores",
@@ -141,6 +142,15 @@ class FeaturePipeline(torch.nn.Module):
     def image_size(self) -> int:
         """S: the side of the images the pipeline takes."""
         return self.config.image_size
+
+    def runs_tap(self, name: str) -> bool:
+        """Whether :meth:`forward` computes the backbone's tap ``name`` (one of
+        :data:`~captionlab.vision.backbone.TAPS`): a pooled layout runs the whole network to
+        the last map, a grid only as deep as its deepest tap."""
+        deepest = (
+            "grid" if self.layout == "pooled" else max(self.config.grid_tap_list, key=TAPS.index)
+        )
+        return TAPS.index(name) <= TAPS.index(deepest)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, 3, S, S) preprocessed -> (N, D) pooled or (N, L, D) grid features."""

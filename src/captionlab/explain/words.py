@@ -25,7 +25,12 @@ import torch.nn.functional as F
 
 from captionlab.captioning.generate import beam_search, greedy_decode, special_ids
 from captionlab.errors import UserError
-from captionlab.explain.methods import GRID_METHODS, check_method, needs_grid_error
+from captionlab.explain.methods import (
+    GRID_METHODS,
+    LAYERCAM_TAP,
+    check_method,
+    needs_grid_error,
+)
 from captionlab.explain.pipeline import (
     CaptionScores,
     FeaturePipeline,
@@ -35,7 +40,7 @@ from captionlab.explain.pipeline import (
     word_logprobs,
 )
 from captionlab.vision import saliency as sal
-from captionlab.vision.backbone import INPUT_RANGE, preprocess
+from captionlab.vision.backbone import INPUT_RANGE, NUM_BLOCKS, preprocess
 
 __all__ = [
     "CropGeometry",
@@ -262,13 +267,15 @@ class Explainer:
         return next(self.pipeline.backbone.parameters()).device
 
     def _input(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 (S, S, 3) -> preprocessed (1, 3, S, S) on the backbone's device."""
+        """uint8 (S, S, 3) -> preprocessed (1, 3, S, S) on the backbone's device, in its
+        dtype (a float64 backbone, as the tests use, gets float64 pixels)."""
         S = self.image_size
         pixels = np.asarray(pixels)
         if pixels.shape != (S, S, 3) or pixels.dtype != np.uint8:
             raise ValueError(f"pixels must be uint8 ({S}, {S}, 3), got {pixels.dtype} "
                              f"{pixels.shape}")  # fmt: skip
-        return preprocess(pixels).to(self.device)
+        weight = next(self.pipeline.backbone.parameters())  # its device and dtype
+        return preprocess(pixels).to(device=weight.device, dtype=weight.dtype)
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """The captioner's features of one image (S, S, 3): (1, D) or (1, L, D)."""
@@ -331,6 +338,7 @@ class Explainer:
         steps: int = 32,
         seed: int = 0,
         batch_size: int | None = None,
+        layer: str = LAYERCAM_TAP,
     ) -> np.ndarray:
         """Saliency maps (K, S, S) float32 of the words at ``positions`` (K,) of a caption.
 
@@ -340,9 +348,15 @@ class Explainer:
         SmoothGrad ``samples`` noisy copies with noise std ``noise`` of the value range
         (seeded); IG ``steps`` path points from a black image. ``gradcam``: the words' cell
         relevance (:meth:`cell_relevance`) upsampled to the pixels; ``guided-gradcam``:
-        SmoothGrad's maps (same options) times it (:func:`guided_gradcam`).
+        SmoothGrad's maps (same options) times it (:func:`guided_gradcam`); ``layercam``:
+        LayerCAM at the backbone's block ``layer`` over SmoothGrad's noisy copies (same
+        options; :func:`captionlab.vision.saliency.layer_cam_of_targets`), upsampled
+        bilinearly to the pixels.
         """
         check_method(method, self.pipeline.layout, f"this {type(self.captioner).__name__}")
+        if method == "layercam":
+            return self._layer_cam(pixels, caption_ids, positions, layer, samples=samples,
+                                   noise=noise, seed=seed, batch_size=batch_size)  # fmt: skip
         if method in GRID_METHODS:
             cells = self.cell_relevance(pixels, caption_ids, positions, method=method)  # (K, L)
             side = self.pipeline.config.grid_side
@@ -366,6 +380,31 @@ class Explainer:
         scores = self.scores(caption_ids)
         maps = sal.saliency_of_targets(x, positions.to(x.device), scores, method, **options)
         return maps.detach().float().cpu().numpy()
+
+    def _layer_cam(self, pixels, caption_ids, positions, layer: str, *, samples: int,
+                   noise: float, seed: int, batch_size: int | None) -> np.ndarray:  # fmt: skip
+        """:meth:`word_maps` for ``layercam``: (K, S, S) float32."""
+        blocks = [f"block{i}" for i in range(NUM_BLOCKS)]
+        if layer not in blocks:
+            raise UserError(f"layer (--layer) must be one of block0 .. block{NUM_BLOCKS - 1}, "
+                            f"got {layer!r}")  # fmt: skip
+        if not self.pipeline.runs_tap(layer):
+            taps = ", ".join(self.pipeline.config.grid_tap_list)
+            raise UserError(f"layer {layer} is deeper than this model's features reach: its "
+                            f"grid reads {taps}, and the network stops there")  # fmt: skip
+        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
+        S = self.image_size
+        if positions.shape[0] == 0:
+            return np.zeros((0, S, S), np.float32)
+        x = self._input(pixels)
+        cams = sal.layer_cam_of_targets(
+            x, positions.to(x.device), self.scores(caption_ids),
+            self.pipeline.backbone.tap_module(layer), n_samples=samples, noise_level=noise,
+            seed=seed, batch_size=batch_size,
+        )  # (K, h, w)  # fmt: skip
+        up = F.interpolate(cams[:, None].float(), size=(S, S), mode="bilinear",
+                           align_corners=False)  # fmt: skip
+        return up[:, 0].detach().cpu().numpy()
 
     def cell_relevance(
         self,

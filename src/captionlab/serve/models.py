@@ -45,7 +45,8 @@ __all__ = [
 
 MAX_BEAM = 10
 MAX_WORDS = 20  # words per caption at most (the training captions have at most 15)
-SAMPLED_METHODS = ("smoothgrad", "guided-gradcam")  # the explain methods that take ``samples``
+# the explain methods that take ``samples``
+SAMPLED_METHODS = ("smoothgrad", "guided-gradcam", "layercam")
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,15 @@ class EfficientNetLite0(nn.Module):
         """x (N, 3, S, S) -> one tap (see the class docstring and :data:`TAPS`)."""
         return self.taps(x, (tap,))[tap]
 
+    def tap_module(self, name: str) -> nn.Module:
+        """The module whose output is the tap ``name``, ``"block0"`` .. ``"block15"`` (for a
+        forward hook, as LayerCAM uses); ValueError for any other name."""
+        blocks = TAPS[1 : 1 + NUM_BLOCKS]
+        if name not in blocks:
+            raise ValueError(f"tap_module takes a block tap, {blocks[0]} .. {blocks[-1]}; "
+                             f"got {name!r}")  # fmt: skip
+        return self._blocks[blocks.index(name)]
+
     def taps(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """x (N, 3, S, S) -> ``{name: tensor}`` for each name in ``names``, in one pass.
 

@@ -207,6 +207,20 @@ def compute_saliency_maps(
     return _reduce(grads, reduce)
 
 
+def noisy_copies(X: torch.Tensor, n_samples: int, noise_level: float, seed: int) -> torch.Tensor:
+    """SmoothGrad's inputs: ``n_samples`` copies of each image plus Gaussian noise of std
+    ``noise_level`` times the image's value range, ``(N, S, C, H, W)``, detached.
+
+    The noise comes from a private CPU generator seeded with ``seed`` (the global RNG is
+    untouched), so the same call draws the same copies on any device.
+    """
+    N, C, H, W = X.shape
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((N, n_samples, C, H, W), generator=gen, dtype=X.dtype).to(X.device)
+    span = (X.amax(dim=(1, 2, 3)) - X.amin(dim=(1, 2, 3))).reshape(N, 1, 1, 1, 1)
+    return X.detach()[:, None] + noise_level * span * noise
+
+
 def smoothgrad(
     X: torch.Tensor,
     y: int | Sequence[int] | torch.Tensor,
@@ -231,10 +245,7 @@ def smoothgrad(
     N, C, H, W = X.shape
     S = n_samples
     targets = as_targets(y, N, X.device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn((N, S, C, H, W), generator=gen, dtype=X.dtype).to(X.device)
-    span = (X.amax(dim=(1, 2, 3)) - X.amin(dim=(1, 2, 3))).reshape(N, 1, 1, 1, 1)
-    noisy = (X.detach()[:, None] + noise_level * span * noise).reshape(N * S, C, H, W)
+    noisy = noisy_copies(X, S, noise_level, seed).reshape(N * S, C, H, W)
     step = batch_size or default_batch_size(X)
     with frozen(model):
         grads = score_gradients(noisy, targets.repeat_interleave(S), model, step)
@@ -301,6 +312,68 @@ def saliency(
     if method == "ig":
         return integrated_gradients(X, y, model, **options)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def layer_cam_of_targets(
+    X: torch.Tensor,
+    y: Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    *,
+    n_samples: int = 1,
+    noise_level: float = 0.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """LayerCAM maps of ``K`` targets ``y`` (K,) of one image ``X`` (1, C, H, W) at the output
+    ``A`` (1, C', h, w) of ``layer`` (a submodule of ``model`` that runs once per forward),
+    ``(K, h, w)`` at the layer's resolution.
+
+    LayerCAM (Jiang et al. 2021), Grad-CAM with a weight per position instead of one per
+    channel::
+
+        map_k = ReLU( sum_c ReLU(d s_k / d A_c) * A_c )
+
+    averaged over :func:`noisy_copies` of the image (SmoothGrad's ``n_samples`` copies at
+    ``noise_level``; the defaults, one copy without noise, give the map of the image itself).
+    Every target sees the same copies: each chunk of ``batch_size`` copies runs forward once
+    and backward once per target, and each backward stops at the layer.
+    """
+    _check_images(X)
+    if X.shape[0] != 1:
+        raise ValueError(f"X must be one image (1, C, H, W), got {tuple(X.shape)}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    targets = torch.as_tensor(y, dtype=torch.long, device=X.device).reshape(-1)
+    K = targets.shape[0]
+    copies = noisy_copies(X, n_samples, noise_level, seed)[0]  # (S, C, H, W)
+    step = batch_size or default_batch_size(X)
+    outputs: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, inputs, out: outputs.append(out))
+    total: torch.Tensor | None = None
+    try:
+        with frozen(model):
+            for lo in range(0, n_samples, step):
+                # the input needs a gradient so that A is in the graph (parameters are frozen)
+                x = copies[lo : lo + step].clone().requires_grad_(True)
+                outputs.clear()
+                scores = model(x)  # (n, classes)
+                if len(outputs) != 1:
+                    raise ValueError(f"layer must run once in the model's forward pass, "
+                                     f"it ran {len(outputs)} times")  # fmt: skip
+                A = outputs[0]  # (n, C', h, w)
+                if total is None:
+                    total = torch.zeros((K, *A.shape[2:]), dtype=A.dtype, device=A.device)
+                for k in range(K):
+                    (G,) = torch.autograd.grad(
+                        scores[:, targets[k]].sum(), A, retain_graph=k < K - 1
+                    )
+                    cam = (G.clamp_min(0) * A.detach()).sum(dim=1).clamp_min(0)  # (n, h, w)
+                    total[k] += cam.sum(dim=0)
+    finally:
+        handle.remove()
+    assert total is not None
+    return total / n_samples
 
 
 @torch.no_grad()

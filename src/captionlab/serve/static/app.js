@@ -314,10 +314,11 @@ function showSaliency(fig) {
 // ----------------------------------------------------------------------------- explaining
 const METHOD_NAMES = {
   vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", ig: "Integrated Gradients",
-  gradcam: "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
+  layercam: "LayerCAM", gradcam: "Grad-CAM", "guided-gradcam": "Guided Grad-CAM",
 };
 // what the top row of an explanation shows, by method
 const METHOD_NOTES = {
+  layercam: "where the backbone's block-10 features raise the word's probability (LayerCAM, averaged over noisy copies of the image; the dot marks the peak)",
   gradcam: "how much each grid cell's features raise the word's probability (Grad-CAM at the captioner's input grid; the dot marks the most relevant cell)",
   "guided-gradcam": "SmoothGrad's pixels, weighted by the Grad-CAM relevance of their grid cell (the dot marks the peak)",
 };
