@@ -411,10 +411,9 @@ class TorchGridCopy(torch.nn.Module):
         return torch_attention_logprobs(self.model, A, CAPTION)
 
 
-def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
-    """For the attention captioner (position embedding, penalty on), each word's signed pixel
-    gradient and its maps equal autograd through a PyTorch copy of backbone taps + cells +
-    per-cell PCA + captioner."""
+def small_grid_explainer(backbone) -> tuple[Explainer, PCA]:
+    """The attention captioner (position embedding, penalty on) over block10 and the last map
+    at 64 px (2x2 cells, a per-cell PCA to 6 with its scale), explained; and that PCA."""
     config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10+grid",
                                     grid_pca_dim=6, fold_bn=False,
                                     channels_last=False)  # fmt: skip
@@ -422,8 +421,16 @@ def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
     cells = rng.random((40, config.grid_raw_dim), dtype=np.float32)
     grid_pca = fit_pca(cells, 6).with_unit_rms(cells)
     model = attention_captioner(position=True)
-    pipeline = FeaturePipeline(backbone64, config, layout="grid", grid_pca=grid_pca)
-    explainer = Explainer(model, pipeline)
+    pipeline = FeaturePipeline(backbone, config, layout="grid", grid_pca=grid_pca)
+    return Explainer(model, pipeline), grid_pca
+
+
+def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
+    """For the attention captioner (position embedding, penalty on), each word's signed pixel
+    gradient and its maps equal autograd through a PyTorch copy of backbone taps + cells +
+    per-cell PCA + captioner."""
+    explainer, grid_pca = small_grid_explainer(backbone64)
+    model = explainer.captioner
     reference = TorchGridCopy(backbone64, grid_pca, model)
     x = preprocess(shapes_image(64)).double().expand(5, -1, -1, -1)
     words = torch.arange(5)
@@ -493,15 +500,8 @@ def test_layercam_equals_autograd_at_the_block_through_a_torch_copy(samples, noi
 def test_grid_layercam_at_a_tapped_block_equals_autograd_through_a_torch_copy(backbone64):
     """At block10, which feeds both the grid's cells and the rest of the network, LayerCAM of
     an attention captioner's words equals autograd through a PyTorch copy of both paths."""
-    config = FeatureExtractorConfig(image_size=64, grid=True, grid_taps="block10+grid",
-                                    grid_pca_dim=6, fold_bn=False,
-                                    channels_last=False)  # fmt: skip
-    rng = np.random.default_rng(4)
-    cells = rng.random((40, config.grid_raw_dim), dtype=np.float32)
-    grid_pca = fit_pca(cells, 6).with_unit_rms(cells)
-    model = attention_captioner(position=True)
-    explainer = Explainer(model, FeaturePipeline(backbone64, config, layout="grid",
-                                                 grid_pca=grid_pca))  # fmt: skip
+    explainer, grid_pca = small_grid_explainer(backbone64)
+    model = explainer.captioner
     pixels, positions = shapes_image(64), [1, 3]
     ours = explainer.word_maps(pixels, CAPTION, positions, "layercam", samples=1, noise=0.0)
     backbone64.eval()
