@@ -40,18 +40,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=None,
                    help="most words in a caption (default: 20, fewer for a Transformer that "
                    "encodes fewer positions)")  # fmt: skip
-    p.add_argument("--samples", type=int, default=25, help="SmoothGrad: noisy copies")
+    p.add_argument("--samples", type=int, default=25,
+                   help="SmoothGrad and layercam: noisy copies")  # fmt: skip
     p.add_argument(
         "--noise",
         type=float,
         default=None,
-        help="SmoothGrad: noise std / image value range (default 0.3: on held-out shapes "
-        "scenes it points at a word's object more often than saliency's 0.15)",
+        help="SmoothGrad and layercam: noise std / image value range (default 0.3: on "
+        "held-out shapes scenes it points at a word's object more often than saliency's 0.15)",
     )
     p.add_argument(
         "--steps", type=int, default=32, help="Integrated Gradients: path points (black baseline)"
     )
-    p.add_argument("--seed", type=int, default=0, help="SmoothGrad: noise seed")
+    p.add_argument("--seed", type=int, default=0, help="SmoothGrad and layercam: noise seed")
     p.add_argument(
         "--out", default=".", help="folder for the figures, IMAGE_explain_METHOD.png (default: .)"
     )
