@@ -70,5 +70,5 @@ def needs_grid_error(method: str, captioner: str) -> UserError:
     """The refusal of a grid method for ``captioner``, a captioner of pooled features."""
     return UserError(
         f"method {method} needs a captioner over a grid of cells; {captioner} reads one "
-        f"pooled feature vector (use {', '.join((*PIXEL_METHODS, *LAYER_METHODS))})"
+        f"pooled feature vector (use {', '.join(methods_for('pooled'))})"
     )

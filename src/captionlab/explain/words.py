@@ -40,7 +40,7 @@ from captionlab.explain.pipeline import (
     word_logprobs,
 )
 from captionlab.vision import saliency as sal
-from captionlab.vision.backbone import INPUT_RANGE, NUM_BLOCKS, preprocess
+from captionlab.vision.backbone import BLOCK_TAPS, INPUT_RANGE, preprocess
 
 __all__ = [
     "CropGeometry",
@@ -355,8 +355,7 @@ class Explainer:
         """
         check_method(method, self.pipeline.layout, f"this {type(self.captioner).__name__}")
         if method == "layercam":
-            return self._layer_cam(pixels, caption_ids, positions, layer, samples=samples,
-                                   noise=noise, seed=seed, batch_size=batch_size)  # fmt: skip
+            self._check_layer(layer)
         if method in GRID_METHODS:
             cells = self.cell_relevance(pixels, caption_ids, positions, method=method)  # (K, L)
             side = self.pipeline.config.grid_side
@@ -370,6 +369,16 @@ class Explainer:
         if K == 0:
             return np.zeros((0, self.image_size, self.image_size), np.float32)
         x = self._input(pixels)  # (1, 3, S, S)
+        scores = self.scores(caption_ids)
+        if method == "layercam":
+            cams = sal.layer_cam_of_targets(
+                x, positions.to(x.device), scores, self.pipeline.backbone.tap_module(layer),
+                n_samples=samples, noise_level=noise, seed=seed, batch_size=batch_size,
+            )  # (K, h, w)  # fmt: skip
+            S = self.image_size
+            up = F.interpolate(cams[:, None].float(), size=(S, S), mode="bilinear",
+                               align_corners=False)  # fmt: skip
+            return up[:, 0].detach().cpu().numpy()
         options: dict = {
             "vanilla": {},
             "smoothgrad": {"n_samples": samples, "noise_level": noise, "seed": seed,
@@ -377,34 +386,18 @@ class Explainer:
             "ig": {"steps": steps, "baseline": float(INPUT_RANGE[0]), "batch_size": batch_size},
         }[method]  # fmt: skip
         # the image once per word (vanilla and IG run its forward pass once for all words)
-        scores = self.scores(caption_ids)
         maps = sal.saliency_of_targets(x, positions.to(x.device), scores, method, **options)
         return maps.detach().float().cpu().numpy()
 
-    def _layer_cam(self, pixels, caption_ids, positions, layer: str, *, samples: int,
-                   noise: float, seed: int, batch_size: int | None) -> np.ndarray:  # fmt: skip
-        """:meth:`word_maps` for ``layercam``: (K, S, S) float32."""
-        blocks = [f"block{i}" for i in range(NUM_BLOCKS)]
-        if layer not in blocks:
-            raise UserError(f"layer (--layer) must be one of block0 .. block{NUM_BLOCKS - 1}, "
-                            f"got {layer!r}")  # fmt: skip
+    def _check_layer(self, layer: str) -> None:
+        """UserError unless LayerCAM can read block ``layer`` of this explainer's backbone."""
+        if layer not in BLOCK_TAPS:
+            raise UserError(f"layer (--layer) must be one of {BLOCK_TAPS[0]} .. "
+                            f"{BLOCK_TAPS[-1]}, got {layer!r}")  # fmt: skip
         if not self.pipeline.runs_tap(layer):
             taps = ", ".join(self.pipeline.config.grid_tap_list)
             raise UserError(f"layer {layer} is deeper than this model's features reach: its "
                             f"grid reads {taps}, and the network stops there")  # fmt: skip
-        positions = torch.as_tensor(np.asarray(positions, dtype=np.int64))
-        S = self.image_size
-        if positions.shape[0] == 0:
-            return np.zeros((0, S, S), np.float32)
-        x = self._input(pixels)
-        cams = sal.layer_cam_of_targets(
-            x, positions.to(x.device), self.scores(caption_ids),
-            self.pipeline.backbone.tap_module(layer), n_samples=samples, noise_level=noise,
-            seed=seed, batch_size=batch_size,
-        )  # (K, h, w)  # fmt: skip
-        up = F.interpolate(cams[:, None].float(), size=(S, S), mode="bilinear",
-                           align_corners=False)  # fmt: skip
-        return up[:, 0].detach().cpu().numpy()
 
     def cell_relevance(
         self,

@@ -74,7 +74,9 @@ BLOCK_ARGS: tuple[BlockArgs, ...] = (
 NUM_BLOCKS = sum(b.repeats for b in BLOCK_ARGS)  # 16
 
 # Names accepted by EfficientNetLite0.features / .taps.
-TAPS = ("stem", *(f"block{i}" for i in range(NUM_BLOCKS)), "grid", "pooled", "logits")
+# The blocks' outputs by name, "block0" .. "block15" (each is one module's output).
+BLOCK_TAPS = tuple(f"block{i}" for i in range(NUM_BLOCKS))
+TAPS = ("stem", *BLOCK_TAPS, "grid", "pooled", "logits")
 
 
 class SameConv2d(nn.Conv2d):
@@ -180,11 +182,10 @@ class EfficientNetLite0(nn.Module):
     def tap_module(self, name: str) -> nn.Module:
         """The module whose output is the tap ``name``, ``"block0"`` .. ``"block15"`` (for a
         forward hook, as LayerCAM uses); ValueError for any other name."""
-        blocks = TAPS[1 : 1 + NUM_BLOCKS]
-        if name not in blocks:
-            raise ValueError(f"tap_module takes a block tap, {blocks[0]} .. {blocks[-1]}; "
-                             f"got {name!r}")  # fmt: skip
-        return self._blocks[blocks.index(name)]
+        if name not in BLOCK_TAPS:
+            raise ValueError(f"tap_module takes a block tap, {BLOCK_TAPS[0]} .. "
+                             f"{BLOCK_TAPS[-1]}; got {name!r}")  # fmt: skip
+        return self._blocks[BLOCK_TAPS.index(name)]
 
     def taps(self, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """x (N, 3, S, S) -> ``{name: tensor}`` for each name in ``names``, in one pass.
