@@ -4,7 +4,7 @@
         --model rnn=RUN_C [--scenes DIR] [--n-scenes 300] [--seed 1515] \\
         [--methods vanilla,smoothgrad,ig,layercam,gradcam,guided-gradcam] \\
         [--samples 25] [--noise 0.3] [--steps 32] \\
-        [--deletion-scenes 50] [--threads 1] [--json FILE]
+        [--deletion-scenes 50] [--hold-attention] [--threads 1] [--json FILE]
 
 For each trained captioner given (CaptioningRNN on pooled features, AttentionCaptioner or a
 grid CaptioningTransformer), every scene is captioned greedily and each shape and colour
@@ -37,6 +37,10 @@ every captioner. Then:
 * **Cost**, per model: one word's map against one ImageNet-class saliency map of the same
   method, on the same backbone, input and thread count, timed alternately; the minimum of
   the repeats. The load average at the start and the end is printed with the tables.
+
+With ``--hold-attention`` every gradient of a captioner with attention is taken with its
+attention weights held constant (``Explainer(hold_attention=True)``); models of pooled
+features, which have none, are explained as without it.
 
 Scenes are generated with ``--seed`` into ``--scenes`` (cached): a seed other than the
 training data's gives scenes no model trained on. Timings on a shared machine are noisy;
@@ -139,8 +143,17 @@ def inside(point: tuple[int, int], bbox) -> bool:
 
 
 # ----------------------------------------------------------------------- one model
+def _explainer(run: str, hold_attention: bool, **options) -> Explainer:
+    """The run's explainer; ``hold_attention`` for captioners with attention (a model of
+    pooled features has none to hold and is explained as it is)."""
+    explainer = Explainer.from_checkpoint(run, **options)
+    if hold_attention and explainer.pipeline.layout == "grid":
+        explainer = Explainer.from_checkpoint(run, hold_attention=True, **options)
+    return explainer
+
+
 def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
-    explainer = Explainer.from_checkpoint(run, max_length=20)
+    explainer = _explainer(run, args.hold_attention, max_length=20)
     S = explainer.image_size
     scenes = load_scenes(scenes_dir / "scenes.json")
     ids = [i for i, sc in scenes.items() if sc["split"] == "test"][: args.n_scenes]
@@ -243,6 +256,7 @@ def evaluate_model(name: str, run: str, scenes_dir: Path, args) -> dict:
     return {
         "model": name,
         "run": run,
+        "hold_attention": explainer.hold_attention,
         "scenes": len(ids),
         "words": words_seen,
         "not_scored": dict(sorted(skipped.items())),
@@ -261,10 +275,12 @@ def _mean(values: list[float]) -> float | None:
 
 
 # ----------------------------------------------------------------------- cost
-def bench_cost(run: str, scenes_dir: Path, methods: list[str], reps: int) -> dict:
+def bench_cost(
+    run: str, scenes_dir: Path, methods: list[str], reps: int, hold_attention: bool = False
+) -> dict:
     """One word's map against one ImageNet-class map of the same method: same backbone
     (the checkpoint's), same input, alternating repeats, the minimum of each."""
-    explainer = Explainer.from_checkpoint(run)
+    explainer = _explainer(run, hold_attention)
     S = explainer.image_size
     scene = next(iter(load_scenes(scenes_dir / "scenes.json").values()))
     pixels = load_image(scenes_dir / scene["filename"], S)
@@ -367,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deletion-scenes", type=int, default=50,
                         help="the deletion metric on the first this many scenes")  # fmt: skip
     parser.add_argument("--cost-reps", type=int, default=5, help="timing repeats (0: no timing)")
+    parser.add_argument("--hold-attention", action="store_true",
+                        help="captioners with attention: every gradient with the attention "
+                        "weights held constant (Explainer(hold_attention=True))")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--verbose", action="store_true", help="a line per scene on stderr")
@@ -396,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if args.cost_reps:
         for name, run in models:  # each model's own pipeline (pooled or grid) and captioner
-            cost[name] = bench_cost(run, scenes_dir, args.methods, args.cost_reps)
+            cost[name] = bench_cost(run, scenes_dir, args.methods, args.cost_reps,
+                                    args.hold_attention)  # fmt: skip
             save()
     load["end"] = [round(v, 2) for v in os.getloadavg()]
     save()

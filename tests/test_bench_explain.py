@@ -109,3 +109,11 @@ def test_bench_runs_an_attention_captioner(bench, attention_run, tmp_path, monke
     assert set(result["cost"]) == {"att"} and result["cost"]["att"]["image_size"] == 64
     assert set(result["load_average"]) == {"start", "end"}
     assert "att       attention" in printed and "cost of one word's map" in printed
+    # --hold-attention: the same words, the maps with the attention held; recorded as such
+    held = [*argv[: argv.index("--json")], "--methods", "vanilla,gradcam", "--cost-reps", "0",
+            "--hold-attention", "--json", str(tmp_path / "held.json")]  # fmt: skip
+    assert bench.main(held) == 0
+    (model,) = json.loads((tmp_path / "held.json").read_text())["results"]
+    assert model["hold_attention"] is True and model["words"] == 9
+    assert list(model["methods"]) == ["vanilla", "gradcam", "attention", "random"]
+    assert result["results"][0]["hold_attention"] is False

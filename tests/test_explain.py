@@ -368,8 +368,11 @@ def test_word_maps_equal_autograd_through_a_torch_copy(cell, backbone64):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
 
 
-def torch_attention_logprobs(model: AttentionCaptioner, A: torch.Tensor, caption):
-    """A PyTorch copy of AttentionCaptioner's teacher-forced forward: (N, L, D) -> (N, T-1)."""
+def torch_attention_logprobs(
+    model: AttentionCaptioner, A: torch.Tensor, caption, hold_attention: bool = False
+):
+    """A PyTorch copy of AttentionCaptioner's teacher-forced forward: (N, L, D) -> (N, T-1);
+    ``hold_attention``: the attention weights detached (constants to autograd)."""
     p = {k: torch.from_numpy(v) for k, v in model.params.items()}
     if "W_pos" in p:
         A = A + p["W_pos"]
@@ -381,6 +384,8 @@ def torch_attention_logprobs(model: AttentionCaptioner, A: torch.Tensor, caption
     for t in range(len(caption) - 1):
         e = torch.tanh(A_proj + (h @ p["W_att_h"] + p["b_att"])[:, None]) @ p["w_att"]  # (N, L)
         alpha = torch.softmax(e, dim=1)
+        if hold_attention:
+            alpha = alpha.detach()
         beta = torch.sigmoid(h @ p["W_beta"] + p["b_beta"])  # (N, 1)
         z = beta * (alpha[:, :, None] * A).sum(dim=1)  # (N, D)
         a = p["W_embed"][caption[t]] @ p["Wx"] + z @ p["Wz"] + h @ p["Wh"] + p["b"]  # (N, 4H)
@@ -396,9 +401,9 @@ class TorchGridCopy(torch.nn.Module):
     """The grid explanation path in PyTorch: backbone block10 (4x4 at 64 px) average-pooled to
     the last map's 2x2 cells beside it, the per-cell PCA and scale, the attention captioner."""
 
-    def __init__(self, backbone, grid_pca, model):
+    def __init__(self, backbone, grid_pca, model, hold_attention: bool = False):
         super().__init__()
-        self.backbone, self.model = backbone, model
+        self.backbone, self.model, self.hold_attention = backbone, model, hold_attention
         self.mean = torch.from_numpy(grid_pca.mean).double()
         self.components = torch.from_numpy(grid_pca.components).double()
         self.scale = float(grid_pca.scale)
@@ -408,7 +413,7 @@ class TorchGridCopy(torch.nn.Module):
         b10 = torch.nn.functional.avg_pool2d(taps["block10"], 2)  # (N, 112, 2, 2)
         cells = torch.cat([b10, taps["grid"]], dim=1).flatten(2).transpose(1, 2)  # (N, 4, Rg)
         A = (cells - self.mean) @ self.components / self.scale  # (N, 4, 6)
-        return torch_attention_logprobs(self.model, A, CAPTION)
+        return torch_attention_logprobs(self.model, A, CAPTION, self.hold_attention)
 
 
 def small_grid_explainer(backbone) -> tuple[Explainer, PCA]:
@@ -445,6 +450,40 @@ def test_grid_word_maps_equal_autograd_through_a_torch_copy(backbone64):
         a = sal.saliency(x, words, explainer.scores(CAPTION), method, **options)
         b = sal.saliency(x, words, reference, method, **options)
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
+
+
+def test_held_attention_maps_equal_autograd_with_the_attention_detached(backbone64):
+    """Explainer(hold_attention=True): each word's pixel gradient, SmoothGrad and LayerCAM
+    equal autograd through the PyTorch copy with its attention weights detached, and differ
+    from the maps with the attention free (the scores' path is gone, not a no-op)."""
+    explainer, grid_pca = small_grid_explainer(backbone64)
+    model = explainer.captioner
+    held = Explainer(model, explainer.pipeline, hold_attention=True)
+    reference = TorchGridCopy(backbone64, grid_pca, model, hold_attention=True)
+    x = preprocess(shapes_image(64)).double().expand(5, -1, -1, -1)
+    words = torch.arange(5)
+    with torch.no_grad():  # the forward is the model's: holding changes only the backward
+        np.testing.assert_allclose(held.scores(CAPTION)(x[:1]).numpy(),
+                                   reference(x[:1]).numpy(), rtol=1e-10)  # fmt: skip
+    ours = sal.compute_saliency_maps(x, words, held.scores(CAPTION), reduce="none")
+    theirs = sal.compute_saliency_maps(x, words, reference, reduce="none")
+    free = sal.compute_saliency_maps(x, words, explainer.scores(CAPTION), reduce="none")
+    assert theirs.abs().amax() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9 * theirs.abs().amax())
+    assert (ours - free).abs().amax() > 1e-3 * free.abs().amax()  # negative control
+    a = sal.saliency(x, words, held.scores(CAPTION), "smoothgrad", n_samples=2)
+    b = sal.saliency(x, words, reference, "smoothgrad", n_samples=2)
+    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9 * b.abs().amax())
+
+
+def test_hold_attention_needs_the_attention_captioner():
+    """A captioner without attention weights of its own to hold is refused in one line."""
+    config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6)
+    pipeline = FeaturePipeline(load_backbone(fold_bn=True), config, small_pca(config))
+    with pytest.raises(UserError, match=r"^--hold-attention needs the attention captioner.*"
+                       r"this model is a CaptioningRNN$"):  # fmt: skip
+        Explainer(rnn_captioner("lstm"), pipeline, hold_attention=True)
+    Explainer(rnn_captioner("lstm"), pipeline)  # without it, as before
 
 
 def backbone_after(backbone, h: torch.Tensor, block: int) -> dict[str, torch.Tensor]:
@@ -572,6 +611,15 @@ def test_cell_relevance_equals_a_torch_autograd_reference(position):
     assert word_cell_relevance(model, A, CAPTION, []).shape == (0, 4)
     with pytest.raises(ValueError, match=r"positions must be in \[0, 5\), got \[5\]"):
         word_cell_relevance(model, A, CAPTION, [5])
+    # with the attention held: the same definition, autograd with the alphas detached
+    held = word_cell_relevance(model, A, CAPTION, positions, hold_attention=True)
+    logp = torch_attention_logprobs(model, At, CAPTION, hold_attention=True)[0]
+    reference = []
+    for t in positions:
+        (g,) = torch.autograd.grad(logp[t], At, retain_graph=True)
+        reference.append(torch.relu((g * At.detach()).sum(dim=2))[0])
+    np.testing.assert_allclose(held, torch.stack(reference).numpy(), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(held, ours)
 
 
 def test_gradcam_maps_put_each_cell_on_its_pixels():

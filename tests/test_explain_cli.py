@@ -174,6 +174,40 @@ def test_explain_a_grid_captioner_by_gradcam_and_guided_gradcam(grid_run, photo,
     assert (tmp_path / "photo_explain_guided-gradcam.png").is_file()
 
 
+def test_explain_with_the_attention_held(grid_run, photo, tmp_path, capsys):
+    """``--hold-attention``: the attention captioner's peaks are those of the maps with its
+    attention held (and the figure is named for it); a grid Transformer, whose backward
+    cannot hold its attention, is refused in one line."""
+    from captionlab.explain import CropGeometry, Explainer, map_peak
+
+    argv = ["explain", "--model", str(grid_run), str(photo), "--out", str(tmp_path),
+            "--method", "vanilla", "--max-length", "4", "--hold-attention", "--json"]  # fmt: skip
+    if grid_run.parent.name.startswith("explain_transformer"):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert "--hold-attention needs the attention captioner" in err
+        assert "CaptioningTransformer" in err
+        return
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["hold_attention"] is True
+    (item,) = result["images"]
+    assert item["figure"].endswith("photo_explain_vanilla-held.png")
+    pixels = read_image(str(photo), size=64)
+    geo = CropGeometry.of_image(str(photo), 64)
+    maps = {}
+    for hold in (False, True):
+        explainer = Explainer.from_checkpoint(grid_run, max_length=4, hold_attention=hold)
+        ids = explainer.decode(pixels)
+        positions = [w["position"] for w in item["words"]]
+        maps[hold] = explainer.word_maps(pixels, ids, positions, "vanilla")
+    assert [w["peak"] for w in item["words"]] == [
+        list(geo.to_original(*map_peak(m))) for m in maps[True]
+    ]
+    assert not np.allclose(maps[True], maps[False], rtol=1e-3)  # the flag matters
+
+
 def test_explain_layercam_of_a_pooled_model_at_the_layer_asked_for(run_dir, photo, tmp_path,
                                                                     capsys):  # fmt: skip
     """``--method layercam --layer block7``: each word's peak is the peak of the explainer's
@@ -217,6 +251,11 @@ def test_explain_grid_methods_on_a_pooled_model_fail_in_one_line(run_dir, photo,
         (
             ["--model", "{run}", "{photo}", "--method", "layercam", "--layer", "block99"],
             "layer (--layer) must be one of block0 .. block15, got 'block99'",
+        ),
+        (
+            ["--model", "{run}", "{photo}", "--hold-attention"],
+            "--hold-attention needs the attention captioner (--model attention), whose "
+            "attention weights it holds constant; this model is a CaptioningRNN",
         ),
     ],
 )

@@ -270,6 +270,37 @@ def test_whole_model_gradient_check(position, locations):
     assert rel_error(num, grads["features"]) < 1e-5
 
 
+@pytest.mark.parametrize("locations", [False, True])
+def test_held_attention_gradient_check(locations, monkeypatch):
+    """hold_attention=True: the gradient of the loss with every step's attention weights
+    fixed at their values, checked numerically (float64, whole model: < 1e-5 relative)
+    against the loss whose softmax returns those fixed weights; the words' parameters and
+    the features get it, the scores' parameters none, and it differs from the free one."""
+    from captionlab.captioning import attention_model
+
+    model = _model(scale=0.4, lam=0.0, locations=locations)
+    features, captions = _data(4)
+    _, held = model.loss(features, captions, feature_grad=True, hold_attention=True)
+    _, free = model.loss(features, captions, feature_grad=True)
+    alphas = model._forward(model._grid(features), captions[:, :-1])["alphas"].copy()
+
+    def fixed_loss(_):
+        steps = iter(alphas)
+        monkeypatch.setattr(attention_model, "masked_softmax", lambda e: next(steps).copy())
+        try:
+            return model.loss(features, captions)[0]
+        finally:
+            monkeypatch.undo()
+
+    for name in ("features", "Wz", "W_h0", "Wx", "W_vocab"):
+        x = features if name == "features" else model.params[name]
+        num = eval_numerical_gradient(fixed_loss, x, verbose=False, h=1e-4)
+        assert rel_error(num, held[name]) < 1e-5, name
+    for name in ("W_att_a", "W_att_h", "w_att", "b_att") + (("W_loc_q",) if locations else ()):
+        assert not held[name].any(), name
+    assert rel_error(held["features"], free["features"]) > 1e-3
+
+
 def test_gradient_check_catches_a_wrong_gradient(monkeypatch):
     """Negative control: a penalty whose gradient is dropped, and a one-percent error in
     one gradient, both fail the check."""

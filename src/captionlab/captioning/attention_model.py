@@ -386,6 +386,7 @@ class AttentionCaptioner:
         *,
         mask: np.ndarray | None = None,
         feature_grad: bool = False,
+        hold_attention: bool = False,
     ) -> tuple[float, dict]:
         """Training loss and gradients (the CaptioningRNN contract, on a grid).
 
@@ -398,6 +399,12 @@ class AttentionCaptioner:
                 always uses the ``<NULL>`` mask.
             feature_grad: also return the gradient of the loss with respect to
                 ``features``, under the key ``"features"``.
+            hold_attention: take every gradient with the attention weights ``alpha_t``
+                held constant: nothing flows back through the scores ``e_t`` (the
+                attention's weights, its query and the cells' projection get none), only
+                through what the model read, ``z_t``, its centre and the initial state.
+                For explanations ("given where it looked, what made it say the word";
+                conservative propagation, Ali et al. 2022); not for training.
 
         Returns:
             ``(loss, grads)``: the scalar loss (word loss summed over time and averaged over
@@ -421,7 +428,7 @@ class AttentionCaptioner:
         cache = self._forward(A, captions_in)
         loss, dhs = self._word_loss(cache, captions_out, mask)
         penalty, dalpha = self._penalty(cache["alphas"], null_mask)
-        grads = self._backward(cache, dhs, dalpha, captions_in, feature_grad)
+        grads = self._backward(cache, dhs, dalpha, captions_in, feature_grad, hold_attention)
         return float(loss + penalty), grads
 
     def _forward(self, A: np.ndarray, captions_in: np.ndarray) -> dict:
@@ -531,8 +538,10 @@ class AttentionCaptioner:
         dalpha_pen: np.ndarray,
         captions_in: np.ndarray,
         feature_grad: bool,
+        hold_attention: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Backward through time; weight gradients as single GEMMs after the loop."""
+        """Backward through time; weight gradients as single GEMMs after the loop.
+        ``hold_attention``: the alphas are constants (no gradient through the scores)."""
         p = self.params
         A, hs, cs, gates = cache["A"], cache["hs"], cache["cs"], cache["gates"]
         tanh_c, th, alphas, betas, ctx = (
@@ -568,6 +577,13 @@ class AttentionCaptioner:
             dbeta = np.einsum("nd,nd->n", dz, ctx[t])  # (N,)
             dhp[t, :, ib] = dbeta * beta * (1 - beta)  # through the sigmoid
             np.multiply(dz, beta[:, None], out=dctx[t])  # (N, D)
+            if hold_attention:  # the alphas are constants: no gradient into the scores
+                de[t] = 0
+                dhp[t, :, 4 * H : ib] = 0
+                if P is not None:
+                    dhp[t, :, ib + 1 :] = 0
+                dh_next = dhp[t] @ W_hcatT  # (N, H)
+                continue
             dalpha = np.matmul(A, dctx[t][:, :, None])[:, :, 0]  # (N, L)
             dalpha += dalpha_pen[t]
             if P is not None:

@@ -36,6 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--layer", default=LAYERCAM_TAP, metavar="BLOCK",
                    help=f"layercam: the backbone block it reads, block0 .. block15 "
                    f"(default {LAYERCAM_TAP})")  # fmt: skip
+    p.add_argument("--hold-attention", action="store_true",
+                   help="attention captioner: take every gradient with its attention weights "
+                   "held constant, so a word's map shows what in the cells it looked at made it "
+                   "say the word, not also where else it might have looked (on held-out shapes "
+                   "scenes it points at the word's object more often; figure "
+                   "IMAGE_explain_METHOD-held.png)")  # fmt: skip
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
     p.add_argument("--max-length", type=int, default=None,
                    help="most words in a caption (default: 20, fewer for a Transformer that "
@@ -91,8 +97,10 @@ def run(args) -> dict:
 
     _check(args)
     explainer = Explainer.from_checkpoint(
-        args.model, device=args.device, max_length=args.max_length
-    )
+        args.model, device=args.device, max_length=args.max_length,
+        hold_attention=args.hold_attention,
+    )  # fmt: skip
+    label = args.method + ("-held" if args.hold_attention else "")
     S = explainer.image_size
     out = Path(args.out)
     try:
@@ -103,7 +111,7 @@ def run(args) -> dict:
     geometry = [CropGeometry.of_image(spec, S) for spec in args.images]
     results = []
     for spec, image, geo, name in zip(
-        args.images, pixels, geometry, _figure_names(args.images, args.method), strict=True
+        args.images, pixels, geometry, _figure_names(args.images, label), strict=True
     ):
         result = explainer.explain(
             image, args.method, beam=args.beam,
@@ -125,4 +133,5 @@ def run(args) -> dict:
         )  # fmt: skip
         if not args.json:
             print(f"{spec}: {result.caption} -> {figure}")
-    return {"model": args.model, "method": args.method, "beam": args.beam, "images": results}
+    return {"model": args.model, "method": args.method, "hold_attention": args.hold_attention,
+            "beam": args.beam, "images": results}  # fmt: skip

@@ -25,6 +25,7 @@ The word's log-probability at position ``t`` of caption ``c`` (``c_0 = <START>``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,6 +44,7 @@ __all__ = [
     "CaptionerLogProbs",
     "FeaturePipeline",
     "StepScores",
+    "check_hold_attention",
     "evaluation_mode",
     "feature_layout",
     "has_word_free_loss_term",
@@ -236,8 +238,22 @@ def has_word_free_loss_term(captioner) -> bool:
     return float(getattr(captioner, "attention_penalty", 0.0) or 0.0) > 0.0
 
 
+def check_hold_attention(captioner) -> None:
+    """UserError unless ``captioner.loss`` can hold its attention weights constant
+    (``hold_attention=True``): the AttentionCaptioner's can; captioners without attention
+    have nothing to hold, and the Transformer's backward does not offer it."""
+    if "hold_attention" not in inspect.signature(captioner.loss).parameters:
+        raise UserError(f"--hold-attention needs the attention captioner (--model attention), "
+                        f"whose attention weights it holds constant; this model is a "
+                        f"{type(captioner).__name__}")  # fmt: skip
+
+
 def word_feature_grads(
-    captioner, features: np.ndarray, caption: np.ndarray, weights: np.ndarray
+    captioner,
+    features: np.ndarray,
+    caption: np.ndarray,
+    weights: np.ndarray,
+    hold_attention: bool = False,
 ) -> np.ndarray:
     """``sum_t weights[:, t] * d log p_t / d features`` by the captioner's own backward pass.
 
@@ -255,6 +271,8 @@ def word_feature_grads(
         features: (N, D) or (N, L, D).
         caption: (T,) word ids, ``<START>`` first.
         weights: (N, T-1) the gradient of the output with respect to each log-probability.
+        hold_attention: the gradient with the captioner's attention weights held constant
+            (``loss(..., hold_attention=True)``; see :func:`check_hold_attention`).
 
     Returns:
         (N, D) or (N, L, D), in the captioner's dtype.
@@ -267,10 +285,11 @@ def word_feature_grads(
     dtype = np.dtype(getattr(captioner, "dtype", features.dtype))
     out = np.zeros(features.shape, dtype=dtype)
     base = 0.0
+    extra = {"hold_attention": True} if hold_attention else {}
     with evaluation_mode(captioner):  # the decoding interface's model: no dropout
         if has_word_free_loss_term(captioner):
             empty = np.zeros(weights.shape, dtype=bool)
-            base = captioner.loss(features, captions, mask=empty, feature_grad=True)[1]
+            base = captioner.loss(features, captions, mask=empty, feature_grad=True, **extra)[1]
             base = base["features"]
         remaining = weights != 0  # (N, T-1)
         while remaining.any():
@@ -278,7 +297,7 @@ def word_feature_grads(
             cols = remaining[rows].argmax(axis=1)  # (n,) each row's first open position
             mask = np.zeros_like(remaining)
             mask[rows, cols] = True
-            _, g = captioner.loss(features, captions, mask=mask, feature_grad=True)
+            _, g = captioner.loss(features, captions, mask=mask, feature_grad=True, **extra)
             w = weights[rows, cols].astype(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
             word = g["features"] - base  # d(-log p / N) / d features, rows independent
             out[rows] -= N * w * word[rows]
@@ -287,7 +306,11 @@ def word_feature_grads(
 
 
 def word_cell_relevance(
-    captioner, grid: np.ndarray, caption: np.ndarray, positions: np.ndarray | list[int]
+    captioner,
+    grid: np.ndarray,
+    caption: np.ndarray,
+    positions: np.ndarray | list[int],
+    hold_attention: bool = False,
 ) -> np.ndarray:
     """Grad-CAM at the captioner's input grid: how much each cell's features raise a word.
 
@@ -305,6 +328,7 @@ def word_cell_relevance(
         grid: (1, L, D) one image's grid, as the captioner takes it.
         caption: (T,) word ids, ``<START>`` first.
         positions: (K,) the positions ``t`` to explain.
+        hold_attention: as :func:`word_feature_grads`'s.
 
     Returns:
         (K, L) float64, non-negative.
@@ -322,7 +346,7 @@ def word_cell_relevance(
     A = np.repeat(grid, K, axis=0)  # (K, L, D) one copy per word
     weights = np.zeros((K, T - 1))
     weights[np.arange(K), positions] = 1.0
-    dA = word_feature_grads(captioner, A, caption, weights)  # (K, L, D)
+    dA = word_feature_grads(captioner, A, caption, weights, hold_attention)  # (K, L, D)
     return np.maximum((dA.astype(np.float64) * A).sum(axis=2), 0.0)  # (K, L)
 
 
@@ -351,23 +375,28 @@ class CaptionerLogProbs(torch.autograd.Function):
 
     Forward: :func:`word_logprobs` (NumPy, the decoding interface). Backward:
     :func:`word_feature_grads` (NumPy, the captioner's hand-written ``loss`` backward).
-    The captioner's parameters are constants here; only ``features`` gets a gradient.
+    The captioner's parameters are constants here; only ``features`` gets a gradient
+    (with ``hold_attention``, the one with the attention weights held constant).
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, captioner, caption: np.ndarray) -> torch.Tensor:
+    def forward(
+        ctx, features: torch.Tensor, captioner, caption: np.ndarray, hold_attention: bool = False
+    ) -> torch.Tensor:
         dtype = np.dtype(getattr(captioner, "dtype", np.float32))
         f = features.detach().cpu().numpy().astype(dtype, copy=False)
         logp, _ = word_logprobs(captioner, f, caption)
         ctx.captioner, ctx.caption, ctx.features = captioner, caption, f
+        ctx.hold_attention = bool(hold_attention)
         return torch.from_numpy(logp).to(device=features.device, dtype=features.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         weights = grad_output.detach().cpu().numpy()
-        grad = word_feature_grads(ctx.captioner, ctx.features, ctx.caption, weights)
+        grad = word_feature_grads(ctx.captioner, ctx.features, ctx.caption, weights,
+                                  ctx.hold_attention)  # fmt: skip
         out = torch.from_numpy(np.ascontiguousarray(grad))
-        return out.to(device=grad_output.device, dtype=grad_output.dtype), None, None
+        return out.to(device=grad_output.device, dtype=grad_output.dtype), None, None, None
 
 
 class CaptionScores(torch.nn.Module):
@@ -381,16 +410,28 @@ class CaptionScores(torch.nn.Module):
         pipeline: the :class:`FeaturePipeline` of the captioner's checkpoint.
         captioner: the NumPy captioner (read, never modified).
         caption: (T,) word ids, ``<START>`` first (``<END>`` last when it ended).
+        hold_attention: backward with the captioner's attention weights held constant
+            (:func:`check_hold_attention` says which captioners can).
     """
 
-    def __init__(self, pipeline: FeaturePipeline, captioner, caption: np.ndarray) -> None:
+    def __init__(
+        self,
+        pipeline: FeaturePipeline,
+        captioner,
+        caption: np.ndarray,
+        hold_attention: bool = False,
+    ) -> None:
         super().__init__()
+        if hold_attention:
+            check_hold_attention(captioner)
         self.pipeline = pipeline
         self.captioner = captioner
         self.caption = np.array(_captions(caption, 1)[0])
+        self.hold_attention = bool(hold_attention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return CaptionerLogProbs.apply(self.pipeline(x), self.captioner, self.caption)
+        return CaptionerLogProbs.apply(self.pipeline(x), self.captioner, self.caption,
+                                       self.hold_attention)  # fmt: skip
 
 
 class StepScores(torch.nn.Module):

@@ -35,6 +35,7 @@ from captionlab.explain.pipeline import (
     CaptionScores,
     FeaturePipeline,
     StepScores,
+    check_hold_attention,
     feature_layout,
     word_cell_relevance,
     word_logprobs,
@@ -215,9 +216,19 @@ class Explainer:
         pipeline: its :class:`FeaturePipeline` (the checkpoint's image size, pooling, PCA).
         max_length: the most words a decoded caption has (default: 20, or the positions
             a Transformer encodes when fewer).
+        hold_attention: every gradient (each method's maps, Grad-CAM's cell relevance)
+            taken with the captioner's attention weights held constant: what, in the cells
+            it looked at, made it say the word, not also where else it might have looked
+            (the AttentionCaptioner only; a UserError for others).
     """
 
-    def __init__(self, captioner, pipeline: FeaturePipeline, max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        captioner,
+        pipeline: FeaturePipeline,
+        max_length: int | None = None,
+        hold_attention: bool = False,
+    ) -> None:
         layout = feature_layout(captioner)
         if layout != pipeline.layout:
             raise ValueError(f"the captioner takes {layout} features, the pipeline gives "
@@ -231,14 +242,21 @@ class Explainer:
         if positions is not None and max_length > positions:
             raise UserError(f"max_length (--max-length) must be <= {positions}, the positions "
                             f"the captioner encodes, got {max_length}")  # fmt: skip
+        if hold_attention:
+            check_hold_attention(captioner)
         self.captioner = captioner
         self.pipeline = pipeline
         self.max_length = int(max_length)
+        self.hold_attention = bool(hold_attention)
         special_ids(captioner)  # fails early without <START>
 
     @classmethod
     def from_checkpoint(
-        cls, model_path: str | Path, device: str = "cpu", max_length: int | None = None
+        cls,
+        model_path: str | Path,
+        device: str = "cpu",
+        max_length: int | None = None,
+        hold_attention: bool = False,
     ) -> Explainer:
         """The explainer of a trained run (``RUN/``, ``RUN/best`` or a ``.npz``)."""
         from captionlab.captioning import load_checkpoint
@@ -254,7 +272,7 @@ class Explainer:
             layout=feature_layout(captioner),
             grid_pca=extractor.grid_pca,
         )
-        return cls(captioner, pipeline, max_length=max_length)
+        return cls(captioner, pipeline, max_length=max_length, hold_attention=hold_attention)
 
     # ---------------------------------------------------------------------- basics
     @property
@@ -324,7 +342,7 @@ class Explainer:
     # ---------------------------------------------------------------------- maps
     def scores(self, caption_ids: np.ndarray) -> CaptionScores:
         """The saliency "model" of a caption: images -> (N, T-1) word log-probabilities."""
-        return CaptionScores(self.pipeline, self.captioner, caption_ids)
+        return CaptionScores(self.pipeline, self.captioner, caption_ids, self.hold_attention)
 
     def word_maps(
         self,
@@ -411,7 +429,8 @@ class Explainer:
         grids have cells: for one of pooled features it is a UserError naming ``method``."""
         if self.pipeline.layout != "grid":
             raise needs_grid_error(method, f"this {type(self.captioner).__name__}")
-        return word_cell_relevance(self.captioner, self.features(pixels), caption_ids, positions)
+        return word_cell_relevance(self.captioner, self.features(pixels), caption_ids, positions,
+                                   self.hold_attention)  # fmt: skip
 
     def attention_cells(self, pixels: np.ndarray, caption_ids: np.ndarray) -> np.ndarray | None:
         """The captioner's attention over the grid's L cells at every position, (T-1, L)
