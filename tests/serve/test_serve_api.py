@@ -50,11 +50,13 @@ def test_models_are_described_by_name_without_paths(client, runs_dir):
         "grid": None,
         "explain": True,
         "explain_methods": ["vanilla", "smoothgrad", "ig", "layercam"],  # pooled features
+        "hold_attention": False,
     }
     assert attention == {**lstm, "name": "attention", "cell": "attention", "attention": True,
                          "grid": [GRID_SIDE, GRID_SIDE],  # a grid of cells: the grid methods too
                          "explain_methods": [*lstm["explain_methods"], "gradcam",
-                                             "guided-gradcam"]}  # fmt: skip
+                                             "guided-gradcam"],
+                         "hold_attention": True}  # fmt: skip
     assert str(runs_dir) not in client.get("/api/models").text
 
 
@@ -181,6 +183,42 @@ def test_explain_rnn_by_smoothgrad_and_ig(client):
     r = client.post("/api/explain", files=upload(image),
                     data={"model": "rnn", "method": "ig", "steps": 2})  # fmt: skip
     assert r.status_code == 200 and r.json()["steps"] == 2
+
+
+def test_explain_with_the_attention_held_equals_the_held_explainer(client, runs_dir):
+    """hold_attention=true: the attention model's maps are the held Explainer's (peaks and
+    overlays), not the free one's; a model without attention to hold is a 422 naming it."""
+    from captionlab.explain import Explainer
+    from captionlab.serve.imaging import decode_upload, square
+    from captionlab.vision.figures import overlay
+
+    image = png(size=(120, 100))
+    data = {"model": "attention", "method": "vanilla", "hold_attention": "true"}
+    r = client.post("/api/explain", files=upload(image), data=data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["hold_attention"] is True
+    pixels = square(decode_upload(image, 10**8), IMAGE_SIZE)
+    held = Explainer.from_checkpoint(runs_dir / "attention", hold_attention=True)
+    direct = held.explain(pixels, "vanilla")
+    free = Explainer.from_checkpoint(runs_dir / "attention").explain(pixels, "vanilla")
+    assert body["caption"] == direct.caption
+    for w, d in zip(body["words"], direct.words, strict=True):
+        assert w["peak"] == (None if d.peak is None else list(d.peak))
+        shown = decode_data_url(w["saliency"]).astype(int)
+        assert np.abs(shown - np.round(overlay(pixels, d.saliency) * 255)).max() <= 1
+    assert not all(np.allclose(d.saliency, f.saliency, rtol=1e-3)
+                   for d, f in zip(direct.words, free.words, strict=True))  # fmt: skip
+    free_body = client.post("/api/explain", files=upload(image),
+                            data={**data, "hold_attention": "false"}).json()  # fmt: skip
+    assert free_body["hold_attention"] is False
+    r = client.post(
+        "/api/explain",
+        files=upload(image),
+        data={"model": "lstm", "method": "vanilla", "hold_attention": "true"},
+    )
+    assert r.status_code == 422
+    assert "hold_attention needs the attention captioner" in r.text and "'lstm'" in r.text
 
 
 @pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])

@@ -285,8 +285,17 @@ def test_page_in_headless_chromium(request, tmp_path):
         gradcam = tmp_path / "serve_explain_gradcam.png"
         page.locator("#explain-card").screenshot(path=str(gradcam))
         _save(gradcam, gradcam.name)
+        # the attention captioner's attention can be held: ticking the box explains again
+        assert page.is_visible("#explain-hold") and not page.is_checked("#explain-hold")
+        page.check("#explain-hold")
+        page.wait_for_selector("#explain .explain-head .meta:has-text('attention held')")
+        assert explained.count() == len(caption.split())
+        held = tmp_path / "serve_explain_held.png"
+        page.locator("#explain-card").screenshot(path=str(held))
+        _save(held, held.name)
         # the RNN reads one pooled vector: no grid methods, and the method falls back
         page.select_option("#explain-model", "rnn")
+        assert not page.is_visible("#explain-hold")  # no attention to hold
         assert page.input_value("#explain-method") == "smoothgrad"
         assert page.eval_on_selector_all("#explain-method option", shown) == grid_methods[:4]
         page.wait_for_selector("#explain img[alt*='crop rnn saw']")

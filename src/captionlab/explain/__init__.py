@@ -4,7 +4,9 @@ The gradient of one generated word's log-probability, through the captioner's ow
 hand-written backward pass to its input features, then through the feature extraction the
 checkpoint stores (image size, pooling, PCA) and the pretrained CNN to the pixels, as a
 vanilla-gradient, SmoothGrad or Integrated-Gradients map per word; for captioners over a
-grid of cells also Grad-CAM at the captioner's input grid and Guided Grad-CAM.
+grid of cells also Grad-CAM at the captioner's input grid and Guided Grad-CAM; for every
+captioner LayerCAM at a backbone block. For the attention captioner every gradient can be
+taken with its attention weights held constant (``Explainer(..., hold_attention=True)``).
 
 * :mod:`~captionlab.explain.pipeline` -- the torch side: :class:`FeaturePipeline` (pixels ->
   features, equal to :class:`captionlab.extract.FeatureExtractor`'s), the
@@ -48,6 +50,7 @@ _EXPORTS = {
     "LAYER_METHODS": "methods",
     "METHODS": "methods",
     "PIXEL_METHODS": "methods",
+    "can_hold_attention": "methods",
     "check_method": "methods",
     "methods_for": "methods",
 }

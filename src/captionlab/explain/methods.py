@@ -11,6 +11,8 @@ A captioner reads its image as one pooled feature vector (N, D) or as a grid of 
 
 from __future__ import annotations
 
+import inspect
+
 from captionlab.errors import UserError
 from captionlab.vision.settings import SALIENCY_METHODS
 
@@ -21,6 +23,8 @@ __all__ = [
     "LAYOUTS",
     "METHODS",
     "PIXEL_METHODS",
+    "can_hold_attention",
+    "check_hold_attention",
     "check_method",
     "methods_for",
     "needs_grid_error",
@@ -72,3 +76,19 @@ def needs_grid_error(method: str, captioner: str) -> UserError:
         f"method {method} needs a captioner over a grid of cells; {captioner} reads one "
         f"pooled feature vector (use {', '.join(methods_for('pooled'))})"
     )
+
+
+def can_hold_attention(captioner) -> bool:
+    """Whether ``captioner.loss`` can take its gradients with its attention weights held
+    constant (``hold_attention=True``): the AttentionCaptioner's can; captioners without
+    attention have nothing to hold, and the Transformer's backward does not offer it."""
+    loss = getattr(captioner, "loss", None)
+    return loss is not None and "hold_attention" in inspect.signature(loss).parameters
+
+
+def check_hold_attention(captioner) -> None:
+    """UserError unless :func:`can_hold_attention`, naming the captioner's class."""
+    if not can_hold_attention(captioner):
+        raise UserError(f"--hold-attention needs the attention captioner (--model attention), "
+                        f"whose attention weights it holds constant; this model is a "
+                        f"{type(captioner).__name__}")  # fmt: skip

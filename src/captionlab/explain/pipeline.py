@@ -25,7 +25,6 @@ The word's log-probability at position ``t`` of caption ``c`` (``c_0 = <START>``
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,6 +35,7 @@ from captionlab import nn as lnn
 from captionlab.data.feature_config import FeatureExtractorConfig
 from captionlab.data.pca import PCA
 from captionlab.errors import UserError
+from captionlab.explain.methods import check_hold_attention
 from captionlab.extract import grid_cells, pool_grid
 from captionlab.vision.backbone import TAPS
 
@@ -44,7 +44,6 @@ __all__ = [
     "CaptionerLogProbs",
     "FeaturePipeline",
     "StepScores",
-    "check_hold_attention",
     "evaluation_mode",
     "feature_layout",
     "has_word_free_loss_term",
@@ -238,16 +237,6 @@ def has_word_free_loss_term(captioner) -> bool:
     return float(getattr(captioner, "attention_penalty", 0.0) or 0.0) > 0.0
 
 
-def check_hold_attention(captioner) -> None:
-    """UserError unless ``captioner.loss`` can hold its attention weights constant
-    (``hold_attention=True``): the AttentionCaptioner's can; captioners without attention
-    have nothing to hold, and the Transformer's backward does not offer it."""
-    if "hold_attention" not in inspect.signature(captioner.loss).parameters:
-        raise UserError(f"--hold-attention needs the attention captioner (--model attention), "
-                        f"whose attention weights it holds constant; this model is a "
-                        f"{type(captioner).__name__}")  # fmt: skip
-
-
 def word_feature_grads(
     captioner,
     features: np.ndarray,
@@ -272,7 +261,7 @@ def word_feature_grads(
         caption: (T,) word ids, ``<START>`` first.
         weights: (N, T-1) the gradient of the output with respect to each log-probability.
         hold_attention: the gradient with the captioner's attention weights held constant
-            (``loss(..., hold_attention=True)``; see :func:`check_hold_attention`).
+            (``loss(..., hold_attention=True)``).
 
     Returns:
         (N, D) or (N, L, D), in the captioner's dtype.
@@ -411,7 +400,7 @@ class CaptionScores(torch.nn.Module):
         captioner: the NumPy captioner (read, never modified).
         caption: (T,) word ids, ``<START>`` first (``<END>`` last when it ended).
         hold_attention: backward with the captioner's attention weights held constant
-            (:func:`check_hold_attention` says which captioners can).
+            (:func:`~captionlab.explain.methods.can_hold_attention` says which captioners can).
     """
 
     def __init__(

@@ -28,6 +28,7 @@ from captionlab.errors import UserError
 from captionlab.explain.methods import (
     GRID_METHODS,
     LAYERCAM_TAP,
+    check_hold_attention,
     check_method,
     needs_grid_error,
 )
@@ -35,7 +36,6 @@ from captionlab.explain.pipeline import (
     CaptionScores,
     FeaturePipeline,
     StepScores,
-    check_hold_attention,
     feature_layout,
     word_cell_relevance,
     word_logprobs,

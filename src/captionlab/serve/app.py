@@ -442,6 +442,14 @@ def create_app(
             int,
             Form(ge=1, le=EXPLAIN_LIMITS.steps_max, description="Integrated Gradients: points"),
         ] = EXPLAIN_LIMITS.steps_default,
+        hold_attention: Annotated[
+            bool,
+            Form(
+                description="every gradient with the attention weights held constant: what, "
+                "in the cells it looked at, made it say the word (a model with "
+                "hold_attention in GET /api/models: the attention captioner)"
+            ),
+        ] = False,
     ):
         """Why the model says each word of its caption: per word, a saliency map of the
         word's log-probability, through the captioner's own backward pass and the CNN to
@@ -455,7 +463,8 @@ def create_app(
         def run():
             start = time.perf_counter()
             pixels = pixels_of(data, registry.get(name).image_size)
-            out = registry.explain(name, pixels, method, beam=beam, samples=samples, steps=steps)
+            out = registry.explain(name, pixels, method, beam=beam, samples=samples, steps=steps,
+                                   hold_attention=hold_attention)  # fmt: skip
             return {**out, "seconds": time.perf_counter() - start}
 
         return await work.run(run)

@@ -28,7 +28,7 @@ import numpy as np
 
 from captionlab.errors import CheckpointError, UserError
 from captionlab.explain.methods import METHODS as EXPLAIN_METHODS  # torch-free
-from captionlab.explain.methods import check_method, methods_for
+from captionlab.explain.methods import can_hold_attention, check_method, methods_for
 from captionlab.serve.imaging import png_data_url
 
 __all__ = [
@@ -102,7 +102,7 @@ class ServedModel:
     grid_side: int | None = None  # s of the attended s x s grid; None without attention
     explainable: bool = False  # its loss gives the gradient of its input features
     layout: str = "pooled"  # its features: "pooled" (D,) or a "grid" of cells (L, D)
-    _explainer: object = field(default=None, repr=False)
+    _explainers: dict = field(default_factory=dict, repr=False)  # hold_attention -> Explainer
 
     def describe(self) -> dict:
         """What ``GET /api/models`` tells about this model (no paths)."""
@@ -116,6 +116,7 @@ class ServedModel:
             "grid": None if self.grid_side is None else [self.grid_side, self.grid_side],
             "explain": self.explainable,
             "explain_methods": list(self.explain_methods),
+            "hold_attention": self.can_hold_attention,
         }
 
     @property
@@ -125,19 +126,32 @@ class ServedModel:
         return methods_for(self.layout) if self.explainable else ()
 
     @property
-    def explainer(self):
-        """The :class:`~captionlab.explain.Explainer` of this model, built on first use over
-        the backbone its extractor already holds (no second copy of the network)."""
-        if self._explainer is None:
+    def can_hold_attention(self) -> bool:
+        """Whether its explanations can hold its attention weights constant (the attention
+        captioner's; :func:`captionlab.explain.methods.can_hold_attention`)."""
+        return self.explainable and can_hold_attention(self.model)
+
+    def explainer(self, hold_attention: bool = False):
+        """The :class:`~captionlab.explain.Explainer` of this model (with its attention held,
+        or not), built on first use over the backbone its extractor already holds (no
+        second copy of the network; the held and the free explainer share one pipeline)."""
+        hold_attention = bool(hold_attention)
+        if hold_attention not in self._explainers:
             from captionlab.explain import Explainer, FeaturePipeline, feature_layout
 
-            ex = self.extractor
-            layout = feature_layout(self.model)
-            pipeline = FeaturePipeline(
-                ex.model, ex.config, ex.pca, layout=layout, grid_pca=ex.grid_pca
+            other = self._explainers.get(not hold_attention)
+            if other is not None:
+                pipeline = other.pipeline
+            else:
+                ex = self.extractor
+                layout = feature_layout(self.model)
+                pipeline = FeaturePipeline(
+                    ex.model, ex.config, ex.pca, layout=layout, grid_pca=ex.grid_pca
+                )
+            self._explainers[hold_attention] = Explainer(
+                self.model, pipeline, max_length=MAX_WORDS, hold_attention=hold_attention
             )
-            self._explainer = Explainer(self.model, pipeline, max_length=MAX_WORDS)
-        return self._explainer
+        return self._explainers[hold_attention]
 
 
 def _candidates(folder: Path) -> list[tuple[str, Path]]:
@@ -304,6 +318,7 @@ class ModelRegistry:
         beam: int = 1,
         samples: int = EXPLAIN_LIMITS.samples_default,
         steps: int = EXPLAIN_LIMITS.steps_default,
+        hold_attention: bool = False,
     ) -> dict:
         """Why model ``name`` says each word of its caption of ``pixels`` (uint8 (S, S, 3)):
         the caption (greedy, or beam search of size ``beam``), then per word its saliency
@@ -312,6 +327,8 @@ class ModelRegistry:
         (:meth:`captionlab.explain.Explainer.explain`; SmoothGrad seeded, so answers repeat).
         The grid methods (``gradcam``, ``guided-gradcam``) explain only a model over a grid
         of cells; for another the UserError names the method and the model.
+        ``hold_attention``: every gradient with the attention weights held constant (the
+        attention captioner only; for another model a UserError naming it).
         """
         from captionlab.vision.figures import overlay
 
@@ -326,8 +343,12 @@ class ModelRegistry:
             if not 1 <= value <= top:
                 raise UserError(f"{what} must be in 1..{top}, got {value}")
         self.explained(name, method)
+        if hold_attention and not served.can_hold_attention:
+            raise UserError(f"hold_attention needs the attention captioner, whose attention "
+                            f"weights it holds constant; model {served.name!r} is a "
+                            f"{served.cell}")  # fmt: skip
         self._check_pixels(served, pixels)
-        explainer = served.explainer
+        explainer = served.explainer(hold_attention)
         result = explainer.explain(pixels, method, beam=beam, samples=samples, steps=steps, seed=0)
         alphas = None  # (K, L) the cells' weights, as the caption answer gives them
         if served.has_attention and result.words and result.words[0].attention_cells is not None:
@@ -351,6 +372,7 @@ class ModelRegistry:
         return {
             "model": name,
             "method": method,
+            "hold_attention": bool(hold_attention),
             "beam": beam,
             "samples": samples if method in SAMPLED_METHODS else None,
             "steps": steps if method == "ig" else None,

@@ -74,6 +74,10 @@ class ModelInfo(BaseModel):
         "grid of cells (attention, grid transformer); empty when it cannot be explained",
         examples=[["vanilla", "smoothgrad", "ig", "gradcam", "guided-gradcam"]],
     )
+    hold_attention: bool = Field(
+        description="whether POST /api/explain can hold its attention weights constant "
+        "(hold_attention=true: the attention captioner)"
+    )
 
 
 class ExplainedWord(BaseModel):
@@ -100,7 +104,10 @@ class ExplainedWord(BaseModel):
 
 class ExplainOut(BaseModel):
     model: str
-    method: str = Field(description="vanilla, smoothgrad, ig, gradcam or guided-gradcam")
+    method: str = Field(description="vanilla, smoothgrad, ig, layercam, gradcam or guided-gradcam")
+    hold_attention: bool = Field(
+        description="whether every gradient held the attention weights constant"
+    )
     beam: int = Field(description="the caption's beam size (1: greedy)")
     samples: int | None = Field(
         description="SmoothGrad's noisy copies (smoothgrad, guided-gradcam; null otherwise)"

@@ -333,15 +333,18 @@ async function explain(run) {
     return;
   }
   const method = $("#explain-method").value;
+  const hold = $("#explain-hold");
+  const holdAttention = !hold.disabled && hold.checked;
   const seq = ++state.explainSeq;
   const current = () => run === state.run && seq === state.explainSeq;
   const button = $("#explain-go");
   button.disabled = true;
   box.classList.add("busy");
   box.replaceChildren(el("div", { class: "working" }, el("span", { class: "spinner" }),
-    `explaining each word of ${select.value}'s caption by ${METHOD_NAMES[method]}…`));
+    `explaining each word of ${select.value}'s caption by ${METHOD_NAMES[method]}${holdAttention ? ", attention held" : ""}…`));
   try {
-    const out = await api("/api/explain", form({ image: state.image, model: select.value, method, beam: $("#explain-beam").value }));
+    const out = await api("/api/explain", form({ image: state.image, model: select.value, method,
+      beam: $("#explain-beam").value, hold_attention: holdAttention ? "true" : null }));
     if (current()) box.replaceChildren(explanation(out));
   } catch (err) {
     if (current()) box.replaceChildren(errorNode(err.message));
@@ -353,6 +356,7 @@ async function explain(run) {
 function explanation(out) {
   const S = out.image_size;
   const how = [METHOD_NAMES[out.method]];
+  if (out.hold_attention) how.push("attention held");
   if (out.samples) how.push(`${out.samples} samples`);
   if (out.steps) how.push(`${out.steps} steps`);
   how.push(out.beam > 1 ? `beam ${out.beam}` : "greedy", `${out.seconds.toFixed(1)} s`);
@@ -397,7 +401,7 @@ function setupExplaining() {
     explain(state.run);
   });
   $("#explain-model").addEventListener("change", offerMethods);
-  for (const id of ["#explain-model", "#explain-method", "#explain-beam"]) {
+  for (const id of ["#explain-model", "#explain-method", "#explain-beam", "#explain-hold"]) {
     $(id).addEventListener("change", () => { if (state.image) explain(state.run); });
   }
 }
@@ -419,6 +423,11 @@ function offerMethods() {
   select.title = model && missing.length
     ? `${missing.join(" and ")}: only for a model over a grid of cells; ${model.name} (${model.cell}) reads one pooled feature vector`
     : "";
+  // holding the attention: only for a model that can (the attention captioner)
+  const hold = $("#explain-hold");
+  hold.disabled = !(model && model.hold_attention);
+  if (hold.disabled) hold.checked = false;
+  $("#explain-hold-label").hidden = hold.disabled;
 }
 
 function fillExplainModels() {
