@@ -903,6 +903,10 @@ def test_figure_has_a_panel_per_word_and_an_attention_row_when_given():
 
     fig = explanation_figure(pixels, result(False))
     assert len(fig.axes) == 3 and [ax.get_title() for ax in fig.axes] == ["image", "red", "square"]
+    assert "attention held" not in fig.axes[0].get_xlabel()
     fig = explanation_figure(pixels, result(True))
     titles = [ax.get_title() for ax in fig.axes]
     assert len(fig.axes) == 6 and titles[3:] == ["attention", "red", "square"]
+    held = result(True)
+    held.hold_attention = True  # the first panel says how the maps were taken
+    assert "attention held" in explanation_figure(pixels, held).axes[0].get_xlabel()

@@ -57,7 +57,10 @@ def explanation_figure(
             spine.set_visible(False)
     axes[0, 0].imshow(pixels)
     axes[0, 0].set_title("image", fontsize=10)
-    axes[0, 0].set_xlabel(TITLES.get(explanation.method, explanation.method), fontsize=8)
+    how = TITLES.get(explanation.method, explanation.method)
+    if explanation.hold_attention:
+        how += ",\nattention held"
+    axes[0, 0].set_xlabel(how, fontsize=8)
     for c, w in enumerate(words, start=1):
         axes[0, c].imshow(overlay(pixels, w.saliency))
         axes[0, c].set_title(w.word, fontsize=12, fontweight="bold")

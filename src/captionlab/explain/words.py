@@ -102,6 +102,7 @@ class Explanation:
     method: str
     words: list[WordMap] = field(default_factory=list)
     seconds: float = 0.0
+    hold_attention: bool = False  # the maps were taken with the attention weights held
 
     @property
     def has_attention(self) -> bool:
@@ -473,7 +474,8 @@ class Explainer:
         if alpha is not None:  # (1, T-1, L) -> (T-1, S, S)
             side = self.pipeline.config.grid_side
             attention = attention_to_pixels(alpha[0], side, self.image_size)
-        out = Explanation(" ".join(words), caption_ids, method, seconds=seconds)
+        out = Explanation(" ".join(words), caption_ids, method, seconds=seconds,
+                          hold_attention=self.hold_attention)  # fmt: skip
         for t, word in enumerate(words):
             w = WordMap(word=word, position=t, prob=float(np.exp(logp[0, t])),
                         saliency=maps[t], attention=None, peak=peaks[t])  # fmt: skip
