@@ -147,8 +147,9 @@ def _explainer(run: str, hold_attention: bool, **options) -> Explainer:
     """The run's explainer; ``hold_attention`` for captioners with attention (a model of
     pooled features has none to hold and is explained as it is)."""
     explainer = Explainer.from_checkpoint(run, **options)
-    if hold_attention and explainer.pipeline.layout == "grid":
-        explainer = Explainer.from_checkpoint(run, hold_attention=True, **options)
+    if hold_attention and explainer.pipeline.layout == "grid":  # the same model and pipeline
+        explainer = Explainer(explainer.captioner, explainer.pipeline,
+                              max_length=explainer.max_length, hold_attention=True)  # fmt: skip
     return explainer
 
 

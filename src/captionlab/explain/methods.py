@@ -86,9 +86,10 @@ def can_hold_attention(captioner) -> bool:
     return loss is not None and "hold_attention" in inspect.signature(loss).parameters
 
 
-def check_hold_attention(captioner) -> None:
-    """UserError unless :func:`can_hold_attention`, naming the captioner's class."""
+def check_hold_attention(captioner, option: str = "--hold-attention", who: str = "") -> None:
+    """UserError unless :func:`can_hold_attention`; the message names ``option`` (the
+    command's flag, or the API's field) and the model (``who``, else the captioner's class)."""
     if not can_hold_attention(captioner):
-        raise UserError(f"--hold-attention needs the attention captioner (--model attention), "
-                        f"whose attention weights it holds constant; this model is a "
-                        f"{type(captioner).__name__}")  # fmt: skip
+        who = who or f"this model is a {type(captioner).__name__}"
+        raise UserError(f"{option} needs the attention captioner (--model attention), whose "
+                        f"attention weights it holds constant; {who}")  # fmt: skip

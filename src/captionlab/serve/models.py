@@ -28,7 +28,12 @@ import numpy as np
 
 from captionlab.errors import CheckpointError, UserError
 from captionlab.explain.methods import METHODS as EXPLAIN_METHODS  # torch-free
-from captionlab.explain.methods import can_hold_attention, check_method, methods_for
+from captionlab.explain.methods import (
+    can_hold_attention,
+    check_hold_attention,
+    check_method,
+    methods_for,
+)
 from captionlab.serve.imaging import png_data_url
 
 __all__ = [
@@ -139,15 +144,14 @@ class ServedModel:
         if hold_attention not in self._explainers:
             from captionlab.explain import Explainer, FeaturePipeline, feature_layout
 
-            other = self._explainers.get(not hold_attention)
-            if other is not None:
-                pipeline = other.pipeline
+            built = next(iter(self._explainers.values()), None)
+            if built is not None:
+                pipeline = built.pipeline
             else:
                 ex = self.extractor
-                layout = feature_layout(self.model)
-                pipeline = FeaturePipeline(
-                    ex.model, ex.config, ex.pca, layout=layout, grid_pca=ex.grid_pca
-                )
+                pipeline = FeaturePipeline(ex.model, ex.config, ex.pca,
+                                           layout=feature_layout(self.model),
+                                           grid_pca=ex.grid_pca)  # fmt: skip
             self._explainers[hold_attention] = Explainer(
                 self.model, pipeline, max_length=MAX_WORDS, hold_attention=hold_attention
             )
@@ -343,10 +347,9 @@ class ModelRegistry:
             if not 1 <= value <= top:
                 raise UserError(f"{what} must be in 1..{top}, got {value}")
         self.explained(name, method)
-        if hold_attention and not served.can_hold_attention:
-            raise UserError(f"hold_attention needs the attention captioner, whose attention "
-                            f"weights it holds constant; model {served.name!r} is a "
-                            f"{served.cell}")  # fmt: skip
+        if hold_attention:
+            check_hold_attention(served.model, "hold_attention",
+                                 f"model {served.name!r} is a {served.cell}")  # fmt: skip
         self._check_pixels(served, pixels)
         explainer = served.explainer(hold_attention)
         result = explainer.explain(pixels, method, beam=beam, samples=samples, steps=steps, seed=0)
