@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from captionlab.data.shapes import COLOURS, generate_shapes, load_scenes, parse_caption
 from captionlab.explain import (
@@ -65,6 +66,7 @@ from captionlab.explain import (
     Explainer,
     attention_to_pixels,
     cell_peak,
+    fuse_maps,
     guided_gradcam,
     map_peak,
 )
@@ -310,9 +312,13 @@ def bench_cost(
             return explainer.word_maps(pixels, caption, position, m, **SAL_OPTIONS[m])
 
         def imagenet_class(m=m):
-            if m == "layercam":  # at the same block, the class score instead of the word's
-                layer = backbone.tap_module(LAYERCAM_TAP)
-                return sal.layer_cam_of_targets(x, [cls], backbone, layer, **imagenet[m])
+            if m == "layercam":  # at the same blocks, the class score instead of the word's
+                blocks = SAL_OPTIONS[m].get("layer", LAYERCAM_TAP).split(",")
+                layers = [backbone.tap_module(b) for b in blocks]
+                cams = sal.layer_cams_of_targets(x, [cls], backbone, layers, **imagenet[m])
+                ups = [F.interpolate(c[:, None], size=(S, S), mode="bilinear",
+                                     align_corners=False)[:, 0].numpy() for c in cams]  # fmt: skip
+                return ups[0] if len(ups) == 1 else fuse_maps(ups)
             return sal.saliency(x, cls, backbone, m, **imagenet[m])
 
         fns = {"word": word, "imagenet": imagenet_class}
@@ -384,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deletion-scenes", type=int, default=50,
                         help="the deletion metric on the first this many scenes")  # fmt: skip
     parser.add_argument("--cost-reps", type=int, default=5, help="timing repeats (0: no timing)")
+    parser.add_argument("--layer", default=LAYERCAM_TAP, metavar="BLOCK[,BLOCK]",
+                        help="layercam: the block(s) it reads, fused when several (as "
+                        f"captionlab explain --layer; default {LAYERCAM_TAP})")  # fmt: skip
     parser.add_argument("--hold-attention", action="store_true",
                         help="captioners with attention: every gradient with the attention "
                         "weights held constant (Explainer(hold_attention=True))")  # fmt: skip
@@ -396,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         SAL_OPTIONS[m]["samples"] = args.samples
         SAL_OPTIONS[m]["noise"] = args.noise
     SAL_OPTIONS["ig"]["steps"] = args.steps
+    SAL_OPTIONS["layercam"]["layer"] = args.layer
     torch.set_num_threads(args.threads)
     scenes_dir = Path(args.scenes)
     generate_shapes(scenes_dir, n_train=0, n_val=0, n_test=args.generate, seed=args.seed,

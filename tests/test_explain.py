@@ -19,6 +19,7 @@ from captionlab.explain import (
     FeaturePipeline,
     attention_to_pixels,
     cell_peak,
+    fuse_maps,
     guided_gradcam,
     map_peak,
     word_cell_relevance,
@@ -480,7 +481,7 @@ def test_hold_attention_needs_the_attention_captioner():
     """A captioner without attention weights of its own to hold is refused in one line."""
     config = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6)
     pipeline = FeaturePipeline(load_backbone(fold_bn=True), config, small_pca(config))
-    with pytest.raises(UserError, match=r"^--hold-attention needs the attention captioner.*"
+    with pytest.raises(UserError, match=r"^--hold-attention needs a captioner with attention.*"
                        r"this model is a CaptioningRNN$"):  # fmt: skip
         Explainer(rnn_captioner("lstm"), pipeline, hold_attention=True)
     Explainer(rnn_captioner("lstm"), pipeline)  # without it, as before
@@ -542,7 +543,9 @@ def test_grid_layercam_at_a_tapped_block_equals_autograd_through_a_torch_copy(ba
     explainer, grid_pca = small_grid_explainer(backbone64)
     model = explainer.captioner
     pixels, positions = shapes_image(64), [1, 3]
-    ours = explainer.word_maps(pixels, CAPTION, positions, "layercam", samples=1, noise=0.0)
+    ours = explainer.word_maps(
+        pixels, CAPTION, positions, "layercam", samples=1, noise=0.0, layer="block10"
+    )
     backbone64.eval()
     with torch.enable_grad():
         # the image twice: with a batch of one, torch 2.13's CPU backward through the network's
@@ -562,16 +565,37 @@ def test_grid_layercam_at_a_tapped_block_equals_autograd_through_a_torch_copy(ba
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6 * theirs.max())
 
 
+def test_layercam_at_several_blocks_is_the_geometric_mean_of_each_blocks_scaled_map(backbone64):
+    """``layer="block4,block10"``: each block's map as LayerCAM at that block alone gives it
+    (the same noisy copies), scaled to a maximum of 1, fused by their geometric mean; a
+    block whose map is zero everywhere makes the fused map zero."""
+    explainer, _ = small_grid_explainer(backbone64)
+    pixels, positions = shapes_image(64), [0, 1, 3]
+    options = {"samples": 2, "noise": 0.3, "seed": 4}
+    fused = explainer.word_maps(pixels, CAPTION, positions, "layercam", layer="block4,block10",
+                                **options)  # fmt: skip
+    each = [explainer.word_maps(pixels, CAPTION, positions, "layercam", layer=b, **options)
+            for b in ("block4", "block10")]  # fmt: skip
+    scaled = [m / m.max(axis=(1, 2), keepdims=True) for m in each]
+    assert fused.shape == (3, 64, 64) and fused.dtype == np.float32
+    np.testing.assert_allclose(fused, np.sqrt(scaled[0] * scaled[1]), rtol=1e-4, atol=1e-6)
+    assert fused.max() <= 1 + 1e-6
+    flat = fuse_maps([each[0], np.zeros_like(each[1])])
+    assert not flat.any()
+
+
 def test_layercam_layer_must_be_a_block_the_features_reach():
     pooled = FeatureExtractorConfig(image_size=64, pool="avg+2x2", pca_dim=6)
     backbone = load_backbone(fold_bn=True)
     explainer = Explainer(rnn_captioner("lstm"), FeaturePipeline(backbone, pooled,
                                                                  small_pca(pooled)))  # fmt: skip
     pixels = shapes_image(64)
-    for layer in ("block16", "grid", "stem", "10"):
+    for layer in ("block16", "grid", "stem", "10", "block4,", "block4,grid"):
         with pytest.raises(UserError, match=rf"^layer \(--layer\) must be one of block0 .. "
-                           rf"block15, got '{layer}'$"):  # fmt: skip
+                           rf"block15, or several joined by commas, got '{layer}'$"):  # fmt: skip
             explainer.word_maps(pixels, CAPTION, [0], "layercam", samples=1, layer=layer)
+    with pytest.raises(UserError, match=r"^layer \(--layer\) names a block twice"):
+        explainer.word_maps(pixels, CAPTION, [0], "layercam", samples=1, layer="block4,block4")
     assert explainer.word_maps(
         pixels, CAPTION, [0], "layercam", samples=1, layer="block15"
     ).shape == (1, 64, 64)  # pooled: every block runs
@@ -582,7 +606,10 @@ def test_layercam_layer_must_be_a_block_the_features_reach():
     with pytest.raises(UserError, match=r"^layer block12 is deeper than this model's features "
                        r"reach: its grid reads block10, and the network stops there$"):  # fmt: skip
         grid_explainer.word_maps(pixels, CAPTION, [0], "layercam", samples=1, layer="block12")
-    maps = grid_explainer.word_maps(pixels, CAPTION, [0, 1], "layercam", samples=1)  # block10
+    with pytest.raises(UserError, match=r"^layer block12 is deeper"):
+        grid_explainer.word_maps(pixels, CAPTION, [0], "layercam", samples=1,
+                                 layer="block4,block12")  # fmt: skip
+    maps = grid_explainer.word_maps(pixels, CAPTION, [0, 1], "layercam", samples=1)  # default
     assert maps.shape == (2, 64, 64) and maps.max() > 0
     assert all(not m._forward_hooks for m in backbone.modules())
 

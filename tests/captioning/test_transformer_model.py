@@ -406,16 +406,16 @@ def test_whole_model_gradient_check_catches_a_wrong_coverage_gradient(monkeypatc
     model, features, captions, nums = _checked_model_gradients("coverage", names, seed=22)
     real = transformer.coverage_attention_backward
 
-    def without_a0_path(dout, dalpha, cache, out=None):  # g = 0 in the backward only
-        return real(dout, dalpha, (*cache[:9], np.zeros_like(cache[9]), *cache[10:]), out=out)
+    def without_a0_path(dout, dalpha, cache, **kw):  # g = 0 in the backward only
+        return real(dout, dalpha, (*cache[:9], np.zeros_like(cache[9]), *cache[10:]), **kw)
 
     with monkeypatch.context() as m:
         m.setattr(transformer, "coverage_attention_backward", without_a0_path)
         wrong = model.loss(features, captions)[1]
     assert rel_error(nums[names[-1]], wrong[names[-1]]) > 1e-3
 
-    def without_dc(dout, dalpha, cache, out=None):
-        *d, dc, du = real(dout, dalpha, cache, out=out)
+    def without_dc(dout, dalpha, cache, **kw):
+        *d, dc, du = real(dout, dalpha, cache, **kw)
         return (*d, 0 * dc, 0 * du)
 
     monkeypatch.setattr(transformer, "coverage_attention_backward", without_dc)
@@ -431,8 +431,8 @@ def test_gradient_check_catches_a_wrong_layernorm_gradient(monkeypatch):
     features, captions = rng.standard_normal((3, 3, 5)), _captions(rng)
     real = transformer.layernorm_backward
 
-    def wrong(dout, cache):
-        dx, dgamma, dbeta = real(dout, cache)
+    def wrong(dout, cache, hold_scale=False):
+        dx, dgamma, dbeta = real(dout, cache, hold_scale)
         return dx, dgamma * 1.01, dbeta
 
     name = "layers.1.norm2.gamma"
@@ -494,10 +494,12 @@ def test_equals_the_torch_model_of_the_same_math(bench, grid):
         np.testing.assert_allclose(g, np.asarray(expect[name]), rtol=1e-9, atol=1e-9, err_msg=name)
 
 
-def _torch_reference_loss(model, features, captions):
+def _torch_reference_loss(model, features, captions, hold=False):
     """The module docstring's equations written out in torch (float64, dropout 0), every
     gradient by autograd: an independent reference that also covers ``locations`` (which
-    torch's Transformer layers, the benchmark's peer, do not have)."""
+    torch's Transformer layers, the benchmark's peer, do not have). ``hold``: every
+    attention's weights and every layer norm's ``1 / sqrt(var + eps)`` detached (constants
+    to autograd), the gradient ``loss(..., hold_attention=True)`` takes."""
     import torch
 
     p = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
@@ -523,10 +525,16 @@ def _torch_reference_loss(model, features, captions):
             g = cu[:, None] + torch.einsum("nhsd,hd->nhs", q, u) / math.sqrt(q.shape[-1])
             scores = scores + g[..., None] * C
         weights = torch.softmax(scores, dim=-1)
+        if hold:
+            weights = weights.detach()
         y = (weights @ v).transpose(1, 2).flatten(2)  # (N, S, W)
         return y @ p[f"{prefix}.Wo"] + p[f"{prefix}.bo"], weights
 
     def norm(x, prefix):
+        if hold:  # the scale a constant, the centring not
+            centred = x - x.mean(-1, keepdim=True)
+            rstd = 1 / torch.sqrt((centred.detach() ** 2).mean(-1, keepdim=True) + 1e-5)
+            return centred * rstd * p[f"{prefix}.gamma"] + p[f"{prefix}.beta"]
         return torch.nn.functional.layer_norm(
             x, x.shape[-1:], p[f"{prefix}.gamma"], p[f"{prefix}.beta"], eps=1e-5
         )
@@ -586,7 +594,7 @@ def _torch_reference_loss(model, features, captions):
     picked = logp.gather(-1, target[..., None])[..., 0]
     loss = -(picked * (target != 0)).sum() / N
     loss.backward()
-    grads = {k: v.grad.numpy() for k, v in p.items()}
+    grads = {k: np.zeros(v.shape) if v.grad is None else v.grad.numpy() for k, v in p.items()}
     grads["features"] = f0.grad.numpy()
     return loss.item(), grads
 
@@ -626,6 +634,44 @@ def test_locations_equal_torch_autograd_of_the_same_equations(kw):
     assert any("c_cov" in k for k in grads) is kw.get("coverage", False)
     for name, g in grads.items():
         np.testing.assert_allclose(g, ref[name], rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"grid": True, "num_cells": 9, "memory_norm": True, "encoder_layers": 1, "locations": True},
+        {"grid": True, "num_cells": 9, "locations": True, "location_summary": True,
+         "coverage": True},
+        {"grid": False},
+    ],
+    ids=["encoder", "coverage_summary", "pooled"],
+)  # fmt: skip
+def test_held_attention_equals_torch_autograd_with_the_weights_and_scales_detached(kw):
+    """``loss(..., hold_attention=True)``: every gradient (features too) equals autograd
+    through the same equations with each attention's weights and each layer norm's scale
+    detached (1e-10); the loss is the usual one; the scores' own parameters (the cross-
+    attention's query and key projections, the coverage) get nothing, and the features'
+    gradient is not the free one."""
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(16)
+    model = _model(num_layers=2, **kw)
+    for k, v in model.params.items():
+        model.params[k] = v + 0.3 * rng.standard_normal(v.shape)
+    features = rng.standard_normal((3, 9, 5) if kw["grid"] else (3, 5))
+    captions = _captions(rng)
+    loss, grads = model.loss(features, captions, feature_grad=True, hold_attention=True)
+    free_loss, free = model.loss(features, captions, feature_grad=True)
+    assert loss == free_loss
+    if kw["grid"]:
+        ref_loss, ref = _torch_reference_loss(model, features, captions, hold=True)
+        assert loss == pytest.approx(ref_loss, rel=1e-12)
+        assert sorted(grads) == sorted(ref)
+        for name, g in grads.items():
+            np.testing.assert_allclose(g, ref[name], rtol=1e-10, atol=1e-10, err_msg=name)
+    for name in grads:
+        if name.endswith(("cross_attn.Wq", "cross_attn.Wk", "c_cov", "u_cov")):
+            assert not np.any(grads[name]), name
+    assert rel_error(grads["features"], free["features"]) > 1e-3
 
 
 def _torch_layer_grads(mod, prefix: str, attns: dict) -> dict:

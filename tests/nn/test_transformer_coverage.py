@@ -244,8 +244,8 @@ def test_decoder_layer_coverage_gradient_check_and_negative_control(
     )
     real = transformer.coverage_attention_backward
 
-    def without_coverage_path(dout, dalpha, cache, out=None):  # g = 0 here: dA0 = 0
-        return real(dout, dalpha, (*cache[:9], np.zeros_like(cache[9]), *cache[10:]), out=out)
+    def without_coverage_path(dout, dalpha, cache, **kw):  # g = 0 here: dA0 = 0
+        return real(dout, dalpha, (*cache[:9], np.zeros_like(cache[9]), *cache[10:]), **kw)
 
     monkeypatch.setattr(transformer, "coverage_attention_backward", without_coverage_path)
     assert rel_error(num_wq, analytic()[2]["cross_attn.Wq"]) > 1e-3

@@ -550,8 +550,8 @@ def test_checker_fails_on_a_wrong_softmax_backward(monkeypatch):
 def test_checker_fails_on_a_wrong_layernorm_and_feedforward_backward(monkeypatch):
     real_ln, real_ff = transformer.layernorm_backward, transformer.feedforward_backward
 
-    def wrong_ln(dout, cache):
-        dx, dgamma, dbeta = real_ln(dout, cache)
+    def wrong_ln(dout, cache, hold_scale=False):
+        dx, dgamma, dbeta = real_ln(dout, cache, hold_scale)
         return dx * 1.01, dgamma, dbeta
 
     def wrong_ff(dout, cache):

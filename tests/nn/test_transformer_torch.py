@@ -157,6 +157,44 @@ def test_layernorm_equals_torch():
     _close(dbeta, tb.grad.numpy())
 
 
+def test_held_weights_and_scale_equal_torch_with_them_detached():
+    """``hold_weights``: the attention's weights constants (dq = dk = 0, dv as before, into
+    the caller's buffers too); ``hold_scale``: the norm's 1 / sqrt(var + eps) a constant.
+    Both equal torch autograd with those detached."""
+    rng = np.random.default_rng(5)
+    q, k = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 6, 5))
+    v = rng.standard_normal((2, 3, 6, 7))
+    out, weights, cache = nn.scaled_dot_product_attention_forward(q, k, v, None)
+    dout = rng.standard_normal(out.shape)
+    buffers = tuple(np.full(a.shape, 7.0) for a in (q, k, v))
+    dq, dk, dv = nn.scaled_dot_product_attention_backward(dout, None, cache, hold_weights=True)
+    held = nn.scaled_dot_product_attention_backward(
+        dout, None, cache, out=buffers, hold_weights=True
+    )
+    tv = torch.tensor(v, requires_grad=True)
+    (torch.tensor(weights) @ tv * torch.tensor(dout)).sum().backward()  # weights constant
+    assert not dq.any() and not dk.any()
+    _close(dv, tv.grad.numpy())
+    assert all(h is b for h, b in zip(held, buffers, strict=True))
+    assert not buffers[0].any() and not buffers[1].any()
+    _close(buffers[2], tv.grad.numpy())
+
+    x = 3 + 2 * rng.standard_normal((N, 5, E))
+    gamma, beta = rng.standard_normal(E), rng.standard_normal(E)
+    dout = rng.standard_normal(x.shape)
+    _, cache = nn.layernorm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = nn.layernorm_backward(dout, cache, hold_scale=True)
+    tx = torch.tensor(x, requires_grad=True)
+    centred = tx - tx.mean(-1, keepdim=True)
+    rstd = 1 / torch.sqrt((centred.detach() ** 2).mean(-1, keepdim=True) + 1e-5)
+    (centred * rstd * torch.tensor(gamma) * torch.tensor(dout)).sum().backward()
+    _close(dx, tx.grad.numpy())
+    free = nn.layernorm_backward(dout, cache)
+    _close(dgamma, free[1])  # the parameters' gradients do not change
+    _close(dbeta, free[2])
+    assert np.abs(dx - free[0]).max() > 1e-3
+
+
 def _decoder_params(m) -> dict[str, np.ndarray]:
     """captionlab's decoder-layer parameters from a torch.nn.TransformerDecoderLayer."""
     p = {}

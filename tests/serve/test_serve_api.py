@@ -218,7 +218,7 @@ def test_explain_with_the_attention_held_equals_the_held_explainer(client, runs_
         data={"model": "lstm", "method": "vanilla", "hold_attention": "true"},
     )
     assert r.status_code == 422
-    assert "hold_attention needs the attention captioner" in r.text and "'lstm'" in r.text
+    assert "hold_attention needs a captioner with attention" in r.text and "'lstm'" in r.text
 
 
 @pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])

@@ -85,6 +85,9 @@ def test_a_transformer_over_a_grid_has_attention_and_is_explained(tmp_path):
     assert out["caption"] == greedy.text and out["grid"] == [GRID_SIDE, GRID_SIDE]
     assert all(w["attention"].startswith("data:image/png;base64,") for w in out["words"])
     assert info["explain_methods"] == list(METHODS)  # a grid model: the grid methods too
+    assert info["hold_attention"] is True  # its attention and layer norms held
+    held = registry.explain("transformer", pixels, "vanilla", hold_attention=True)
+    assert held["caption"] == out["caption"] and held["hold_attention"] is True
     cam = registry.explain("transformer", pixels, "gradcam")
     assert cam["caption"] == greedy.text and len(cam["words"]) == len(greedy.words)
     centres = {int((i + 0.5) * IMAGE_SIZE / GRID_SIDE) for i in range(GRID_SIDE)}

@@ -283,6 +283,22 @@ def test_layer_cam_over_noisy_copies_is_the_mean_of_their_maps_in_any_batches():
     torch.testing.assert_close(no_noise, sal.layer_cam_of_targets(X, targets, model, layer))
 
 
+def test_layer_cams_at_several_layers_equal_each_layers_own():
+    """One pass for several layers gives each layer's map as :func:`layer_cam_of_targets`
+    would alone (same noisy copies), and removes every hook."""
+    model, X = tiny_cnn(), images(N=1)
+    layers, targets = [model[0], model[3]], [1, 2, 4]
+    options = {"n_samples": 3, "noise_level": 0.2, "seed": 5, "batch_size": 2}
+    maps = sal.layer_cams_of_targets(X, targets, model, layers, **options)
+    assert [tuple(m.shape) for m in maps] == [(3, 12, 12), (3, 6, 6)]
+    for layer, got in zip(layers, maps, strict=True):
+        alone = sal.layer_cam_of_targets(X, targets, model, layer, **options)
+        torch.testing.assert_close(got, alone, rtol=1e-6, atol=1e-8)
+        assert not layer._forward_hooks
+    with pytest.raises(ValueError, match="at least one layer"):
+        sal.layer_cams_of_targets(X, targets, model, [])
+
+
 def test_layer_cam_leaves_callers_objects_as_found_and_removes_its_hook():
     model = tiny_cnn()
     X = caller_state(model, images(N=1))

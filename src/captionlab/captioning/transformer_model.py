@@ -469,13 +469,14 @@ class CaptioningTransformer:
         return memory, (features.shape, features2, c_norm, c_encoder)
 
     def _encode_backward(
-        self, dmemory: np.ndarray, cache: tuple, grads: dict, feature_grad: bool
+        self, dmemory: np.ndarray, cache: tuple, grads: dict, feature_grad: bool, hold: bool
     ) -> np.ndarray | None:
         """Backward of :meth:`_encode`: dmemory (N, L, W) -> the parameters' gradients,
-        written into ``grads``, and dfeatures (the features' shape) if ``feature_grad``."""
+        written into ``grads``, and dfeatures (the features' shape) if ``feature_grad``;
+        ``hold`` as :meth:`loss`'s ``hold_attention``."""
         features_shape, features2, c_norm, c_encoder = cache
         for i in reversed(range(self.encoder_layers)):
-            dmemory, dlayer = nn.encoder_layer_backward(dmemory, c_encoder[i])  # (N, L, W)
+            dmemory, dlayer = nn.encoder_layer_backward(dmemory, c_encoder[i], hold)  # (N, L, W)
             for key, g in dlayer.items():
                 grads[f"encoder.{i}.{key}"] = g
         N, L, W = dmemory.shape
@@ -483,7 +484,7 @@ class CaptioningTransformer:
             grads["W_pos"] = dmemory.sum(axis=0)  # (L, W): added to every image's memory
         if self.memory_norm:
             dmemory, grads["memory_norm.gamma"], grads["memory_norm.beta"] = nn.layernorm_backward(
-                dmemory, c_norm
+                dmemory, c_norm, hold
             )
         dmemory = dmemory.reshape(N * L, W)
         grads["W_proj"] = features2.T @ dmemory  # (D, W)
@@ -526,21 +527,22 @@ class CaptioningTransformer:
         return x, (c_memory, c_embed, c_pos, c_layers)
 
     def _backward(
-        self, dx: np.ndarray, cache: tuple, feature_grad: bool
+        self, dx: np.ndarray, cache: tuple, feature_grad: bool, hold: bool = False
     ) -> tuple[dict, np.ndarray | None]:
         """Backward of :meth:`_forward`: dx (N, T', W) -> (grads without the output
-        projection, dfeatures of the features' shape or ``None`` unless ``feature_grad``)."""
+        projection, dfeatures of the features' shape or ``None`` unless ``feature_grad``);
+        ``hold`` as :meth:`loss`'s ``hold_attention``."""
         c_memory, c_embed, c_pos, c_layers = cache
         grads: dict[str, np.ndarray] = {}
         dmemory = None
         for i in reversed(range(self.num_layers)):
-            dx, dmem, dlayer = nn.decoder_layer_backward(dx, c_layers[i])
+            dx, dmem, dlayer = nn.decoder_layer_backward(dx, c_layers[i], hold)
             dmemory = dmem if dmemory is None else dmemory + dmem  # (N, L, W)
             for key, g in dlayer.items():
                 grads[f"layers.{i}.{key}"] = g
         dx = nn.positional_encoding_backward(dx, c_pos)
         grads["W_embed"] = nn.word_embedding_backward(dx, c_embed)
-        return grads, self._encode_backward(dmemory, c_memory, grads, feature_grad)
+        return grads, self._encode_backward(dmemory, c_memory, grads, feature_grad, hold)
 
     def _teacher_forced_scores(self, features: np.ndarray, captions: np.ndarray) -> np.ndarray:
         """Word scores (N, T-1, V) for every position of ``captions[:, :-1]`` (for tests
@@ -557,6 +559,7 @@ class CaptioningTransformer:
         *,
         mask: np.ndarray | None = None,
         feature_grad: bool = False,
+        hold_attention: bool = False,
     ) -> tuple[float, dict]:
         """Training loss and gradients (the cs231n captioning contract).
 
@@ -569,6 +572,12 @@ class CaptioningTransformer:
                 ``<NULL>``-derived mask.
             feature_grad: also return the gradient of the loss with respect to
                 ``features`` as ``grads["features"]`` (features' shape, the model's dtype).
+            hold_attention: take every gradient with the attention weights (self-,
+                cross- and encoder attention, with their coverage and the places read)
+                and the layer norms' row scales held constant: nothing flows back through
+                the scores or a norm's variance (conservative propagation, Ali et al.
+                2022). For explanations ("given where it looked, what made it say the
+                word"); not for training.
 
         Returns:
             ``(loss, grads)``: the scalar loss (summed over time, averaged over N) and a
@@ -608,7 +617,9 @@ class CaptioningTransformer:
             dx_rows, dW_vocab, db_vocab = x_rows, np.zeros_like(p["W_vocab"]), p["b_vocab"] * 0
         dx = np.zeros((N * Tm1, W), dtype=x.dtype)
         dx[rows] = dx_rows
-        grads, dfeatures = self._backward(dx.reshape(N, Tm1, W), cache, feature_grad)
+        grads, dfeatures = self._backward(
+            dx.reshape(N, Tm1, W), cache, feature_grad, hold_attention
+        )
         grads["W_vocab"], grads["b_vocab"] = dW_vocab, db_vocab
         grads = {name: grads[name] for name in p}
         if feature_grad:

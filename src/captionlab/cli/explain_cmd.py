@@ -33,14 +33,16 @@ def register(subparsers) -> None:
         "gradcam's map). benchmarks/bench_explain.py measures which points at the word's "
         "object; SmoothGrad and layercam cost --samples times vanilla",
     )
-    p.add_argument("--layer", default=LAYERCAM_TAP, metavar="BLOCK",
-                   help=f"layercam: the backbone block it reads, block0 .. block15 "
-                   f"(default {LAYERCAM_TAP})")  # fmt: skip
+    p.add_argument("--layer", default=LAYERCAM_TAP, metavar="BLOCK[,BLOCK]",
+                   help=f"layercam: the backbone block it reads, block0 .. block15, or several "
+                   f"joined by commas, whose maps are fused (each scaled to 1, their geometric "
+                   f"mean: high where every block's is) (default {LAYERCAM_TAP})")  # fmt: skip
     p.add_argument("--hold-attention", action="store_true",
-                   help="attention captioner: take every gradient with its attention weights "
-                   "held constant, so a word's map shows what in the cells it looked at made it "
-                   "say the word, not also where else it might have looked (on held-out shapes "
-                   "scenes it points at the word's object more often; figure "
+                   help="attention captioner or Transformer: take every gradient with its "
+                   "attention weights (and the Transformer's layer-norm scales) held constant, "
+                   "so a word's map shows what in the cells it looked at made it say the word, "
+                   "not also where else it might have looked (on held-out shapes scenes it "
+                   "points at the word's object more often; figure "
                    "IMAGE_explain_METHOD-held.png)")  # fmt: skip
     p.add_argument("--beam", type=int, default=1, help="beam size of the caption (1 = greedy)")
     p.add_argument("--max-length", type=int, default=None,

@@ -5,8 +5,9 @@ hand-written backward pass to its input features, then through the feature extra
 checkpoint stores (image size, pooling, PCA) and the pretrained CNN to the pixels, as a
 vanilla-gradient, SmoothGrad or Integrated-Gradients map per word; for captioners over a
 grid of cells also Grad-CAM at the captioner's input grid and Guided Grad-CAM; for every
-captioner LayerCAM at a backbone block. For the attention captioner every gradient can be
-taken with its attention weights held constant (``Explainer(..., hold_attention=True)``).
+captioner LayerCAM at a backbone block, or at several fused. For the attention captioner and
+the Transformer every gradient can be taken with their attention weights held constant
+(``Explainer(..., hold_attention=True)``; the Transformer's layer norms' scales too).
 
 * :mod:`~captionlab.explain.pipeline` -- the torch side: :class:`FeaturePipeline` (pixels ->
   features, equal to :class:`captionlab.extract.FeatureExtractor`'s), the
@@ -43,6 +44,7 @@ _EXPORTS = {
     "WordMap": "words",
     "attention_to_pixels": "words",
     "cell_peak": "words",
+    "fuse_maps": "words",
     "guided_gradcam": "words",
     "map_peak": "words",
     "GRID_METHODS": "methods",

@@ -50,6 +50,7 @@ __all__ = [
     "WordMap",
     "attention_to_pixels",
     "cell_peak",
+    "fuse_maps",
     "guided_gradcam",
     "map_peak",
 ]
@@ -107,6 +108,17 @@ class Explanation:
     @property
     def has_attention(self) -> bool:
         return any(w.attention is not None for w in self.words)
+
+
+def fuse_maps(maps: list[np.ndarray]) -> np.ndarray:
+    """Maps of the same words at several blocks, each (K, S, S) and non-negative -> their
+    fusion (K, S, S): each word's map scaled to a maximum of 1 (an all-zero map stays zero),
+    then the geometric mean over the blocks, high only where every block's map is."""
+    fused = np.ones_like(maps[0], dtype=np.float64)
+    for m in maps:
+        top = m.reshape(m.shape[0], -1).max(axis=1).reshape(-1, 1, 1)
+        fused *= np.divide(m, top, out=np.zeros_like(m, dtype=np.float64), where=top > 0)
+    return (fused ** (1 / len(maps))).astype(np.float32)
 
 
 def map_peak(m: np.ndarray) -> tuple[int, int] | None:
@@ -370,11 +382,15 @@ class Explainer:
         SmoothGrad's maps (same options) times it (:func:`guided_gradcam`); ``layercam``:
         LayerCAM at the backbone's block ``layer`` over SmoothGrad's noisy copies (same
         options; :func:`captionlab.vision.saliency.layer_cam_of_targets`), upsampled
-        bilinearly to the pixels.
+        bilinearly to the pixels; ``layer`` may name several blocks, ``"block4,block10"``:
+        LayerCAM at each (one backward pass for all), each upsampled and scaled to a maximum
+        of 1, fused by their geometric mean (:func:`fuse_maps`), so that the map is high only
+        where every block's is (a deep block's map says which object, a shallower one's
+        where in it; Jiang et al. 2021 fuse the blocks' maps too).
         """
         check_method(method, self.pipeline.layout, f"this {type(self.captioner).__name__}")
         if method == "layercam":
-            self._check_layer(layer)
+            blocks = self._check_layer(layer)
         if method in GRID_METHODS:
             cells = self.cell_relevance(pixels, caption_ids, positions, method=method)  # (K, L)
             side = self.pipeline.config.grid_side
@@ -390,14 +406,16 @@ class Explainer:
         x = self._input(pixels)  # (1, 3, S, S)
         scores = self.scores(caption_ids)
         if method == "layercam":
-            cams = sal.layer_cam_of_targets(
-                x, positions.to(x.device), scores, self.pipeline.backbone.tap_module(layer),
+            modules = [self.pipeline.backbone.tap_module(b) for b in blocks]
+            cams = sal.layer_cams_of_targets(
+                x, positions.to(x.device), scores, modules,
                 n_samples=samples, noise_level=noise, seed=seed, batch_size=batch_size,
-            )  # (K, h, w)  # fmt: skip
+            )  # each (K, h_i, w_i)  # fmt: skip
             S = self.image_size
-            up = F.interpolate(cams[:, None].float(), size=(S, S), mode="bilinear",
-                               align_corners=False)  # fmt: skip
-            return up[:, 0].detach().cpu().numpy()
+            ups = [F.interpolate(c[:, None].float(), size=(S, S), mode="bilinear",
+                                 align_corners=False)[:, 0].detach().cpu().numpy()
+                   for c in cams]  # fmt: skip
+            return ups[0] if len(ups) == 1 else fuse_maps(ups)
         options: dict = {
             "vanilla": {},
             "smoothgrad": {"n_samples": samples, "noise_level": noise, "seed": seed,
@@ -408,15 +426,22 @@ class Explainer:
         maps = sal.saliency_of_targets(x, positions.to(x.device), scores, method, **options)
         return maps.detach().float().cpu().numpy()
 
-    def _check_layer(self, layer: str) -> None:
-        """UserError unless LayerCAM can read block ``layer`` of this explainer's backbone."""
-        if layer not in BLOCK_TAPS:
-            raise UserError(f"layer (--layer) must be one of {BLOCK_TAPS[0]} .. "
-                            f"{BLOCK_TAPS[-1]}, got {layer!r}")  # fmt: skip
-        if not self.pipeline.runs_tap(layer):
-            taps = ", ".join(self.pipeline.config.grid_tap_list)
-            raise UserError(f"layer {layer} is deeper than this model's features reach: its "
-                            f"grid reads {taps}, and the network stops there")  # fmt: skip
+    def _check_layer(self, layer: str) -> tuple[str, ...]:
+        """The blocks of ``layer`` (one block, or several joined by commas), or a UserError
+        unless LayerCAM can read each of this explainer's backbone."""
+        blocks = tuple(b.strip() for b in str(layer).split(","))
+        for block in blocks:
+            if block not in BLOCK_TAPS:
+                raise UserError(f"layer (--layer) must be one of {BLOCK_TAPS[0]} .. "
+                                f"{BLOCK_TAPS[-1]}, or several joined by commas, got "
+                                f"{layer!r}")  # fmt: skip
+            if not self.pipeline.runs_tap(block):
+                taps = ", ".join(self.pipeline.config.grid_tap_list)
+                raise UserError(f"layer {block} is deeper than this model's features reach: "
+                                f"its grid reads {taps}, and the network stops there")  # fmt: skip
+        if len(set(blocks)) != len(blocks):
+            raise UserError(f"layer (--layer) names a block twice: {layer!r}")
+        return blocks
 
     def cell_relevance(
         self,

@@ -232,12 +232,21 @@ def scaled_dot_product_attention_forward(
     return out, weights, (q, k, v, weights, mixed, dropout_mask, scale)
 
 
+def _zeros_into(buffer: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    """``buffer`` zeroed (a caller's output view), or new zeros shaped like ``like``."""
+    if buffer is None:
+        return np.zeros_like(like)
+    buffer[...] = 0
+    return buffer
+
+
 def scaled_dot_product_attention_backward(
     dout: np.ndarray,
     dweights: np.ndarray | None,
     cache: tuple,
     *,
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    hold_weights: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward pass of :func:`scaled_dot_product_attention_forward`::
 
@@ -245,6 +254,10 @@ def scaled_dot_product_attention_backward(
         dW      = (dout @ v^T) * dropout_mask + dweights
         dscores = weights * (dW - sum_j dW * weights) / sqrt(E)
         dq      = dscores @ k        dk = dscores^T @ q
+
+    With ``hold_weights`` the weights are constants: ``dq = dk = 0`` (nothing flows back
+    through the scores; ``dweights`` is ignored), only ``dv`` (for explanations, see
+    :meth:`captionlab.captioning.CaptioningTransformer.loss`).
 
     Args:
         dout: gradient with respect to out, shape (..., Tq, Ev).
@@ -271,6 +284,8 @@ def scaled_dot_product_attention_backward(
         check_shape("out[1]", dk, k.shape, "(..., Tk, E)")
         check_shape("out[2]", dv, v.shape, "(..., Tk, Ev)")
     dv = np.matmul(np.swapaxes(mixed, -1, -2), dout, out=dv)  # (..., Tk, Ev)
+    if hold_weights:
+        return _zeros_into(dq, q), _zeros_into(dk, k), dv
     dw = dout @ np.swapaxes(v, -1, -2)  # (..., Tq, Tk)
     if dropout_mask is not None:
         dw *= dropout_mask

@@ -77,6 +77,7 @@ from __future__ import annotations
 import numpy as np
 
 from captionlab.nn.attention import (
+    _zeros_into,
     scaled_dot_product_attention_backward,
     scaled_dot_product_attention_forward,
 )
@@ -208,16 +209,23 @@ def _add_layernorm(
     return _normalize_centred(y, gamma, beta, 1e-5)
 
 
-def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layernorm_backward(
+    dout: np.ndarray, cache: tuple, hold_scale: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward pass of :func:`layernorm_forward`::
 
         g = dout * gamma
         dx = (g - mean(g, -1) - xhat * mean(g * xhat, -1)) / sqrt(var + eps)
         dgamma = sum(dout * xhat) over all but the last axis,  dbeta = sum(dout)
 
+    With ``hold_scale`` the row scale ``1 / sqrt(var + eps)`` is a constant (the centring
+    stays): ``dx = (g - mean(g, -1)) / sqrt(var + eps)`` (for explanations: conservative
+    propagation's rule for layer norms, Ali et al. 2022).
+
     Args:
         dout: upstream gradient of shape (..., D).
         cache: from the forward pass.
+        hold_scale: hold the row scale constant (above).
 
     Returns:
         ``(dx, dgamma, dbeta)`` of shapes (..., D), (D,), (D,).
@@ -229,10 +237,11 @@ def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.n
     dgamma = np.einsum("ij,ij->j", dout2, xhat.reshape(-1, D))  # (D,)
     dbeta = np.sum(dout2, axis=0)  # (D,)
     dx = dout * gamma  # g, (..., D)
-    mean_gx = np.einsum("...i,...i->...", dx, xhat)[..., None]  # (..., 1)
-    mean_gx /= D
+    mean_gx = None if hold_scale else np.einsum("...i,...i->...", dx, xhat)[..., None]
     dx -= _row_means(dx)
-    dx -= xhat * mean_gx
+    if mean_gx is not None:  # (..., 1)
+        mean_gx /= D
+        dx -= xhat * mean_gx
     dx *= rstd
     return dx, dgamma, dbeta
 
@@ -389,18 +398,21 @@ def _attend_forward(
 
 
 def _attend_backward(
-    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple, out: tuple
+    dout: np.ndarray, dweights: np.ndarray | None, cache: tuple, out: tuple, hold: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Backward of :func:`_attend_forward`: dout (N, S, E) -> ``(dWo, dbo, dcoverage)``
     (dcoverage ``(dc (h,), du (h, d))``, or ``None`` without coverage); the gradients of
-    q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`)."""
+    q, k, v go into ``out``, their (N, h, S|T, d) head views (see :func:`_heads_buffer`).
+    ``hold``: the weights are constants (``hold_weights`` of the attention's backward)."""
     c_sdpa, y, Wo, num_heads, with_coverage = cache
     dy, dWo, dbo = _linear_backward(dout, y, Wo)
     dy_heads = _split_heads(dy, num_heads)
     if with_coverage:
-        *_, dc, du = coverage_attention_backward(dy_heads, dweights, c_sdpa, out=out)
+        *_, dc, du = coverage_attention_backward(
+            dy_heads, dweights, c_sdpa, out=out, hold_weights=hold
+        )
         return dWo, dbo, (dc, du)
-    scaled_dot_product_attention_backward(dy_heads, dweights, c_sdpa, out=out)
+    scaled_dot_product_attention_backward(dy_heads, dweights, c_sdpa, out=out, hold_weights=hold)
     return dWo, dbo, None
 
 
@@ -487,6 +499,7 @@ def coverage_attention_backward(
     cache: tuple,
     *,
     out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    hold_weights: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Backward pass of :func:`coverage_attention_forward`::
 
@@ -503,6 +516,8 @@ def coverage_attention_backward(
         dalpha: gradient of the returned alpha, (N, h, T, L), or ``None``.
         cache: from the forward pass.
         out: ``None`` or three arrays of dq's, dk's and dv's shapes to write them into.
+        hold_weights: alpha is a constant: only ``dv``; dq, dk, dc, du are zero (as
+            :func:`~captionlab.nn.attention.scaled_dot_product_attention_backward`'s).
 
     Returns:
         ``(dq, dk, dv, dc, du)`` of shapes (N, h, T, d), (N, h, L, d), (N, h, L, Ev), (h,),
@@ -514,6 +529,8 @@ def coverage_attention_backward(
         check_shape("dalpha", dalpha, alpha.shape, "(N, h, T, L)")
     dq, dk, dv = (None, None, None) if out is None else out
     dv = np.matmul(np.swapaxes(mixed, -1, -2), dout, out=dv)  # (N, h, L, Ev)
+    if hold_weights:
+        return _zeros_into(dq, q), _zeros_into(dk, k), dv, np.zeros_like(c), np.zeros_like(u)
     dw = dout @ np.swapaxes(v, -1, -2)  # (N, h, T, L)
     if dropout_mask is not None:
         dw *= dropout_mask
@@ -940,13 +957,17 @@ def decoder_layer_attention(cache: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decoder_layer_backward(
-    dout: np.ndarray, cache: tuple
+    dout: np.ndarray, cache: tuple, hold: bool = False
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Backward pass of :func:`decoder_layer_forward`.
 
     Args:
         dout: upstream gradient of shape (N, T, E).
         cache: from the forward pass.
+        hold: take the gradients with every attention weight and every layer norm's
+            row scale held constant (``hold_weights`` / ``hold_scale`` of their backward
+            passes; conservative propagation, Ali et al. 2022): for explanations, not
+            training.
 
     Returns:
         ``(dx, dmemory, dparams)``: dx (N, T, E), dmemory (N, L, E) and a dict of
@@ -960,11 +981,11 @@ def decoder_layer_backward(
     g: dict[str, np.ndarray] = {}
 
     # 3. feed-forward block and its norm
-    dh2 = _feedforward_block_backward(dout, (c_ff, c_d3, c_n3), "norm3", g)  # (N, T, E)
+    dh2 = _feedforward_block_backward(dout, (c_ff, c_d3, c_n3), "norm3", g, hold)  # (N, T, E)
 
     # 2. cross-attention block and its norm; q's and k|v's gradients written head by head
     # into merged buffers
-    dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dh2, c_n2)
+    dz, g["norm2.gamma"], g["norm2.beta"] = layernorm_backward(dh2, c_n2, hold)
     dq, dq_heads = _heads_buffer(N, T, 1, h, E // h, dout.dtype)  # (N, T, E)
     dkv, dkv_heads = _heads_buffer(N, L, 2, h, E // h, dout.dtype)  # (N, L, 2E)
     dca = dropout_backward(dz, c_d2)  # (N, T, E)
@@ -981,9 +1002,10 @@ def decoder_layer_backward(
             dloc_sum, dh1_gate = _location_summary_backward(dS, c_sum, g)
             dloc += dloc_sum
         dloc = dloc.reshape(N, T, h, 2).transpose(0, 2, 1, 3)  # (N, h, T, 2)
-        dalpha = dloc @ P.T.astype(dloc.dtype, copy=False)  # (N, h, T, L)
+        if not hold:  # held weights take no gradient from the places read either
+            dalpha = dloc @ P.T.astype(dloc.dtype, copy=False)  # (N, h, T, L)
     g["cross_attn.Wo"], g["cross_attn.bo"], dc_cov = _attend_backward(
-        dca, dalpha, c_ca, (*dq_heads, *dkv_heads)
+        dca, dalpha, c_ca, (*dq_heads, *dkv_heads), hold
     )
     if coverage:
         g["cross_attn.c_cov"], g["cross_attn.u_cov"] = dc_cov[0], dc_cov[1].reshape(E)
@@ -996,7 +1018,7 @@ def decoder_layer_backward(
     g["cross_attn.bk"], g["cross_attn.bv"] = dbkv[:E], dbkv[E:]
 
     # 1. self-attention block and its norm
-    dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g)
+    dx = _self_attention_block_backward(dh1, (x1, Wqkv, c_sa, c_d1, c_n1), x_shape, h, g, hold)
     keys = decoder_layer_keys(
         c_loc is not None, c_loc is not None and c_loc[3] is not None, coverage
     )
@@ -1051,16 +1073,22 @@ def _self_attention_block(
 
 
 def _self_attention_block_backward(
-    dout: np.ndarray, cache: tuple, x_shape: tuple, h: int, g: dict[str, np.ndarray]
+    dout: np.ndarray,
+    cache: tuple,
+    x_shape: tuple,
+    h: int,
+    g: dict[str, np.ndarray],
+    hold: bool = False,
 ) -> np.ndarray:
     """Backward of :func:`_self_attention_block`: writes the ``self_attn.*`` and ``norm1.*``
-    gradients into ``g`` (q|k|v's head by head into one buffer) and returns dx (N, T, E)."""
+    gradients into ``g`` (q|k|v's head by head into one buffer) and returns dx (N, T, E).
+    ``hold``: as :func:`decoder_layer_backward`'s."""
     x1, Wqkv, c_sa, c_d1, c_n1 = cache
     N, T, E = x_shape
-    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dout, c_n1)
+    dz, g["norm1.gamma"], g["norm1.beta"] = layernorm_backward(dout, c_n1, hold)
     dqkv, dqkv_heads = _heads_buffer(N, T, 3, h, E // h, dout.dtype)  # (N, T, 3E)
     g["self_attn.Wo"], g["self_attn.bo"], _ = _attend_backward(
-        dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads)
+        dropout_backward(dz, c_d1), None, c_sa, tuple(dqkv_heads), hold
     )
     dx, dWqkv, dbqkv = _affine1_backward(dqkv, x1, Wqkv, x_shape)  # (N, T, E)
     dx += dz
@@ -1088,12 +1116,12 @@ def _feedforward_block(
 
 
 def _feedforward_block_backward(
-    dout: np.ndarray, cache: tuple, norm: str, g: dict[str, np.ndarray]
+    dout: np.ndarray, cache: tuple, norm: str, g: dict[str, np.ndarray], hold: bool = False
 ) -> np.ndarray:
     """Backward of :func:`_feedforward_block`: writes the ``ffn.*`` and norm gradients into
-    ``g`` and returns dx (N, T, E)."""
+    ``g`` and returns dx (N, T, E); ``hold`` holds the norm's scale."""
     c_ff, c_d, c_n = cache
-    dz, g[f"{norm}.gamma"], g[f"{norm}.beta"] = layernorm_backward(dout, c_n)  # (N, T, E)
+    dz, g[f"{norm}.gamma"], g[f"{norm}.beta"] = layernorm_backward(dout, c_n, hold)  # (N, T, E)
     dx, g["ffn.W1"], g["ffn.b1"], g["ffn.W2"], g["ffn.b2"] = feedforward_backward(
         dropout_backward(dz, c_d), c_ff
     )
@@ -1167,13 +1195,17 @@ def encoder_layer_forward(
 
 
 def encoder_layer_backward(
-    dout: np.ndarray, cache: tuple
+    dout: np.ndarray, cache: tuple, hold: bool = False
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Backward pass of :func:`encoder_layer_forward`.
 
     Args:
         dout: upstream gradient of shape (N, L, E).
         cache: from the forward pass.
+        hold: take the gradients with every attention weight and every layer norm's
+            row scale held constant (``hold_weights`` / ``hold_scale`` of their backward
+            passes; conservative propagation, Ali et al. 2022): for explanations, not
+            training.
 
     Returns:
         ``(dx, dparams)``: dx (N, L, E) and a dict of gradients keyed and shaped like
@@ -1182,8 +1214,8 @@ def encoder_layer_backward(
     x_shape, h, c_sa, c_ff = cache
     check_shape("dout", dout, x_shape, "(N, L, E)")
     g: dict[str, np.ndarray] = {}
-    dh1 = _feedforward_block_backward(dout, c_ff, "norm2", g)  # (N, L, E)
-    dx = _self_attention_block_backward(dh1, c_sa, x_shape, h, g)  # (N, L, E)
+    dh1 = _feedforward_block_backward(dout, c_ff, "norm2", g, hold)  # (N, L, E)
+    dx = _self_attention_block_backward(dh1, c_sa, x_shape, h, g, hold)  # (N, L, E)
     return dx, {key: g[key] for key in ENCODER_LAYER_KEYS}
 
 

@@ -447,7 +447,8 @@ def create_app(
             Form(
                 description="every gradient with the attention weights held constant: what, "
                 "in the cells it looked at, made it say the word (a model with "
-                "hold_attention in GET /api/models: the attention captioner)"
+                "hold_attention in GET /api/models: the attention captioner, the "
+                "Transformer)"
             ),
         ] = False,
     ):

@@ -133,7 +133,8 @@ class ServedModel:
     @property
     def can_hold_attention(self) -> bool:
         """Whether its explanations can hold its attention weights constant (the attention
-        captioner's; :func:`captionlab.explain.methods.can_hold_attention`)."""
+        captioner's and the Transformer's;
+        :func:`captionlab.explain.methods.can_hold_attention`)."""
         return self.explainable and can_hold_attention(self.model)
 
     def explainer(self, hold_attention: bool = False):
@@ -332,7 +333,7 @@ class ModelRegistry:
         The grid methods (``gradcam``, ``guided-gradcam``) explain only a model over a grid
         of cells; for another the UserError names the method and the model.
         ``hold_attention``: every gradient with the attention weights held constant (the
-        attention captioner only; for another model a UserError naming it).
+        attention captioner and the Transformer; for another model a UserError naming it).
         """
         from captionlab.vision.figures import overlay
 

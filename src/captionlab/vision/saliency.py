@@ -339,41 +339,71 @@ def layer_cam_of_targets(
     Every target sees the same copies: each chunk of ``batch_size`` copies runs forward once
     and backward once per target, and each backward stops at the layer.
     """
+    (cams,) = layer_cams_of_targets(X, y, model, [layer], n_samples=n_samples,
+                                    noise_level=noise_level, seed=seed,
+                                    batch_size=batch_size)  # fmt: skip
+    return cams
+
+
+def layer_cams_of_targets(
+    X: torch.Tensor,
+    y: Sequence[int] | torch.Tensor,
+    model: torch.nn.Module,
+    layers: Sequence[torch.nn.Module],
+    *,
+    n_samples: int = 1,
+    noise_level: float = 0.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[torch.Tensor]:
+    """:func:`layer_cam_of_targets` at several layers at once: one ``(K, h_i, w_i)`` map per
+    layer of ``layers``, each equal to that function's at that layer. Each backward runs
+    once for all the layers and stops at the shallowest."""
     _check_images(X)
     if X.shape[0] != 1:
         raise ValueError(f"X must be one image (1, C, H, W), got {tuple(X.shape)}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one layer")
     targets = torch.as_tensor(y, dtype=torch.long, device=X.device).reshape(-1)
     K = targets.shape[0]
     copies = noisy_copies(X, n_samples, noise_level, seed)[0]  # (S, C, H, W)
     step = batch_size or default_batch_size(X)
-    outputs: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda module, inputs, out: outputs.append(out))
-    total: torch.Tensor | None = None
+    outputs: list[list[torch.Tensor]] = [[] for _ in layers]
+    handles = [
+        layer.register_forward_hook(lambda module, inputs, out, seen=seen: seen.append(out))
+        for layer, seen in zip(layers, outputs, strict=True)
+    ]
+    totals: list[torch.Tensor] | None = None
     try:
         with frozen(model):
             for lo in range(0, n_samples, step):
                 # the input needs a gradient so that A is in the graph (parameters are frozen)
                 x = copies[lo : lo + step].clone().requires_grad_(True)
-                outputs.clear()
+                for seen in outputs:
+                    seen.clear()
                 scores = model(x)  # (n, classes)
-                if len(outputs) != 1:
-                    raise ValueError(f"layer must run once in the model's forward pass, "
-                                     f"it ran {len(outputs)} times")  # fmt: skip
-                A = outputs[0]  # (n, C', h, w)
-                if total is None:
-                    total = torch.zeros((K, *A.shape[2:]), dtype=A.dtype, device=A.device)
+                for seen in outputs:
+                    if len(seen) != 1:
+                        raise ValueError(f"layer must run once in the model's forward pass, "
+                                         f"it ran {len(seen)} times")  # fmt: skip
+                As = [seen[0] for seen in outputs]  # each (n, C_i, h_i, w_i)
+                if totals is None:
+                    totals = [A.new_zeros((K, *A.shape[2:])) for A in As]
                 for k in range(K):
-                    (G,) = torch.autograd.grad(
-                        scores[:, targets[k]].sum(), A, retain_graph=k < K - 1
+                    Gs = torch.autograd.grad(
+                        scores[:, targets[k]].sum(), As, retain_graph=k < K - 1
                     )
-                    cam = (G.clamp_min(0) * A.detach()).sum(dim=1).clamp_min(0)  # (n, h, w)
-                    total[k] += cam.sum(dim=0)
+                    for total, G, A in zip(totals, Gs, As, strict=True):
+                        cam = (G.clamp_min(0) * A.detach()).sum(dim=1).clamp_min(0)  # (n, h, w)
+                        total[k] += cam.sum(dim=0)
     finally:
-        handle.remove()
-    assert total is not None
-    return total / n_samples
+        for handle in handles:
+            handle.remove()
+    assert totals is not None
+    return [total / n_samples for total in totals]
 
 
 @torch.no_grad()
