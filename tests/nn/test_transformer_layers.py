@@ -403,9 +403,11 @@ def test_decoder_layer_locations_gradient_check_and_negative_control(monkeypatch
         lambda _: forward(x, memory, params), params["cross_attn.Wq"], dout
     )
     real = transformer._attend_backward
-    monkeypatch.setattr(
-        transformer, "_attend_backward", lambda dout, dw, cache, out: real(dout, None, cache, out)
-    )
+
+    def without_dalpha(dout, dw, cache, out, hold=False):
+        return real(dout, None, cache, out, hold)
+
+    monkeypatch.setattr(transformer, "_attend_backward", without_dalpha)
     assert rel_error(num_wq, analytic()[2]["cross_attn.Wq"]) > 1e-3
 
 
