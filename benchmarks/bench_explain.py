@@ -58,7 +58,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from captionlab.data.shapes import COLOURS, generate_shapes, load_scenes, parse_caption
 from captionlab.explain import (
@@ -66,8 +65,8 @@ from captionlab.explain import (
     Explainer,
     attention_to_pixels,
     cell_peak,
-    fuse_maps,
     guided_gradcam,
+    layer_cam_maps,
     map_peak,
 )
 from captionlab.explain.methods import LAYERCAM_TAP
@@ -314,11 +313,8 @@ def bench_cost(
         def imagenet_class(m=m):
             if m == "layercam":  # at the same blocks, the class score instead of the word's
                 blocks = SAL_OPTIONS[m].get("layer", LAYERCAM_TAP).split(",")
-                layers = [backbone.tap_module(b) for b in blocks]
-                cams = sal.layer_cams_of_targets(x, [cls], backbone, layers, **imagenet[m])
-                ups = [F.interpolate(c[:, None], size=(S, S), mode="bilinear",
-                                     align_corners=False)[:, 0].numpy() for c in cams]  # fmt: skip
-                return ups[0] if len(ups) == 1 else fuse_maps(ups)
+                layers = [backbone.tap_module(b.strip()) for b in blocks]
+                return layer_cam_maps(x, [cls], backbone, layers, **imagenet[m])
             return sal.saliency(x, cls, backbone, m, **imagenet[m])
 
         fns = {"word": word, "imagenet": imagenet_class}

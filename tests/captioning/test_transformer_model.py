@@ -649,9 +649,9 @@ def test_locations_equal_torch_autograd_of_the_same_equations(kw):
 def test_held_attention_equals_torch_autograd_with_the_weights_and_scales_detached(kw):
     """``loss(..., hold_attention=True)``: every gradient (features too) equals autograd
     through the same equations with each attention's weights and each layer norm's scale
-    detached (1e-10); the loss is the usual one; the scores' own parameters (the cross-
-    attention's query and key projections, the coverage) get nothing, and the features'
-    gradient is not the free one."""
+    detached (1e-10); the loss is the usual one; the scores' own parameters (every
+    attention's query and key projections, the coverage) get nothing, where free they get a
+    gradient, and the features' gradient is not the free one."""
     pytest.importorskip("torch")
     rng = np.random.default_rng(16)
     model = _model(num_layers=2, **kw)
@@ -668,9 +668,13 @@ def test_held_attention_equals_torch_autograd_with_the_weights_and_scales_detach
         assert sorted(grads) == sorted(ref)
         for name, g in grads.items():
             np.testing.assert_allclose(g, ref[name], rtol=1e-10, atol=1e-10, err_msg=name)
-    for name in grads:
-        if name.endswith(("cross_attn.Wq", "cross_attn.Wk", "c_cov", "u_cov")):
-            assert not np.any(grads[name]), name
+    scored = ("attn.Wq", "attn.bq", "attn.Wk", "attn.bk", "c_cov", "u_cov")
+    held = [name for name in grads if name.endswith(scored)]
+    assert any("self_attn" in name for name in held)  # every attention's, the words' too
+    for name in held:
+        assert not np.any(grads[name]), name
+        if name.endswith(("attn.Wq", "attn.Wk")) and (kw["grid"] or "self_attn" in name):
+            assert np.any(free[name]), name  # free, the scores do get a gradient
     assert rel_error(grads["features"], free["features"]) > 1e-3
 
 

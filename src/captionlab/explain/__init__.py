@@ -46,6 +46,7 @@ _EXPORTS = {
     "cell_peak": "words",
     "fuse_maps": "words",
     "guided_gradcam": "words",
+    "layer_cam_maps": "words",
     "map_peak": "words",
     "GRID_METHODS": "methods",
     "LAYERCAM_TAP": "methods",

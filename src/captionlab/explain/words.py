@@ -52,6 +52,7 @@ __all__ = [
     "cell_peak",
     "fuse_maps",
     "guided_gradcam",
+    "layer_cam_maps",
     "map_peak",
 ]
 
@@ -119,6 +120,22 @@ def fuse_maps(maps: list[np.ndarray]) -> np.ndarray:
         top = m.reshape(m.shape[0], -1).max(axis=1).reshape(-1, 1, 1)
         fused *= np.divide(m, top, out=np.zeros_like(m, dtype=np.float64), where=top > 0)
     return (fused ** (1 / len(maps))).astype(np.float32)
+
+
+def layer_cam_maps(
+    x: torch.Tensor, targets, model: torch.nn.Module, layers: list, **options
+) -> np.ndarray:
+    """LayerCAM of ``targets`` (K,) of one image ``x`` (1, C, S, S) at ``layers`` (modules of
+    ``model``; :func:`captionlab.vision.saliency.layer_cams_of_targets` with ``options``),
+    each block's map upsampled bilinearly to the pixels, (K, S, S) float32; several blocks
+    fused by :func:`fuse_maps`. The word maps' ``layercam`` and the benchmark's ImageNet-class
+    peer of it, so that both compute the same thing."""
+    S = x.shape[-1]
+    cams = sal.layer_cams_of_targets(x, targets, model, layers, **options)  # each (K, h_i, w_i)
+    ups = [F.interpolate(c[:, None].float(), size=(S, S), mode="bilinear",
+                         align_corners=False)[:, 0].detach().cpu().numpy()
+           for c in cams]  # fmt: skip
+    return ups[0] if len(ups) == 1 else fuse_maps(ups)
 
 
 def map_peak(m: np.ndarray) -> tuple[int, int] | None:
@@ -407,15 +424,8 @@ class Explainer:
         scores = self.scores(caption_ids)
         if method == "layercam":
             modules = [self.pipeline.backbone.tap_module(b) for b in blocks]
-            cams = sal.layer_cams_of_targets(
-                x, positions.to(x.device), scores, modules,
-                n_samples=samples, noise_level=noise, seed=seed, batch_size=batch_size,
-            )  # each (K, h_i, w_i)  # fmt: skip
-            S = self.image_size
-            ups = [F.interpolate(c[:, None].float(), size=(S, S), mode="bilinear",
-                                 align_corners=False)[:, 0].detach().cpu().numpy()
-                   for c in cams]  # fmt: skip
-            return ups[0] if len(ups) == 1 else fuse_maps(ups)
+            return layer_cam_maps(x, positions.to(x.device), scores, modules, n_samples=samples,
+                                  noise_level=noise, seed=seed, batch_size=batch_size)  # fmt: skip
         options: dict = {
             "vanilla": {},
             "smoothgrad": {"n_samples": samples, "noise_level": noise, "seed": seed,
