@@ -282,7 +282,17 @@ def test_held_attention_gradient_check(locations, monkeypatch):
     features, captions = _data(4)
     _, held = model.loss(features, captions, feature_grad=True, hold_attention=True)
     _, free = model.loss(features, captions, feature_grad=True)
-    alphas = model._forward(model._grid(features), captions[:, :-1])["alphas"].copy()
+    alphas = []  # each step's weights as the loss computes them (rows sorted, packed)
+
+    def record(e):
+        alphas.append(real_softmax(e).copy())
+        return alphas[-1].copy()
+
+    real_softmax = attention_model.masked_softmax
+    monkeypatch.setattr(attention_model, "masked_softmax", record)
+    model.loss(features, captions)
+    monkeypatch.undo()
+    assert len(alphas) == captions.shape[1] - 1
 
     def fixed_loss(_):
         steps = iter(alphas)
@@ -438,3 +448,51 @@ def test_overfits_50_captions_of_random_grids():
                 model.params[k], configs[k] = nn.optim.adam(model.params[k], grads[k], configs[k])
     assert history[0] > 20
     assert history[-1] < 0.1, history[-10:]
+
+
+@pytest.mark.parametrize(("lam", "locations", "hold"), [(0.0, False, False), (1.5, True, False),
+                                                       (0.0, True, True)])  # fmt: skip
+def test_captions_of_different_lengths_run_packed_with_the_same_loss_and_gradients(
+    lam, locations, hold, monkeypatch
+):
+    """The loss sorts captions longest first and runs each step on the rows still running
+    (up to the last counted word, or the last word with the penalty on); loss, every
+    gradient and the features' (in the caller's order) equal every row running every step."""
+    from captionlab import nn
+
+    model = _model(scale=0.4, lam=lam, locations=locations)
+    rng = np.random.default_rng(8)
+    features = rng.standard_normal((7, 4, 5))
+    captions = make_captions(rng, 7, 9, 9)
+    mask = captions[:, 1:] != 0
+    mask[2] = False
+    mask[2, 0] = True  # one word counted early in a caption: it runs one step (no penalty)
+    lengths = (captions[:, 1:] != 0).sum(axis=1)
+    assert np.any(np.diff(lengths) > 0) and len(set(lengths)) > 2
+    counted = []
+    real_lengths = nn.Lengths
+
+    def spy(lengths, N, T):
+        counted.append(real_lengths(lengths, N, T).counts)
+        return counted[-1]
+
+    class Packed:
+        def __init__(self, lengths, N, T):
+            self.counts = spy(lengths, N, T)
+
+    class Full:
+        def __init__(self, lengths, N, T):
+            self.counts = np.full(T, N)
+
+    def run():
+        return model.loss(features, captions, mask=mask, feature_grad=True, hold_attention=hold)
+
+    monkeypatch.setattr(nn, "Lengths", Packed)
+    loss, grads = run()
+    assert counted[-1][0] == 7 and counted[-1][-1] < 7  # rows did drop out
+    assert (counted[-1][1] == 6) == (lam == 0)  # caption 2 stops after one step only then
+    monkeypatch.setattr(nn, "Lengths", Full)
+    ref_loss, ref = run()
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    for k in ref:
+        np.testing.assert_allclose(grads[k], ref[k], rtol=1e-10, atol=1e-13, err_msg=k)

@@ -312,3 +312,49 @@ def test_scores_only_at_unmasked_positions_equal_the_full_computation(cell):
     empty[:, 0] = 1
     loss0, grads0 = model.loss(features, empty)
     assert loss0 == 0.0 and all(not g.any() for g in grads0.values())
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("cell", CELLS)
+def test_captions_of_different_lengths_run_packed_with_the_same_loss_and_gradients(
+    cell, fold, monkeypatch
+):
+    """The loss sorts the captions longest first and runs each only up to its last counted
+    word (nn's ``lengths=``); loss, every gradient and the feature gradient (in the caller's
+    row order) equal the plain recurrence over all steps. ``fold`` covers both input paths
+    (the embedding folded into a table when V < N*(T-1), or not)."""
+    from captionlab.nn import functional
+
+    rng = np.random.default_rng(11)
+    V = 20 if fold else 80
+    model = CaptioningRNN(
+        make_vocab(V), input_dim=6, wordvec_dim=5, hidden_dim=7, cell_type=cell,
+        dtype=np.float64, seed=3,
+    )  # fmt: skip
+    features, captions = rng.standard_normal((9, 6)), make_captions(rng, 9, 10, V)
+    lengths = (captions[:, 1:] != 0).sum(axis=1)
+    assert np.any(np.diff(lengths) > 0) and len(set(lengths)) > 2  # unsorted, several lengths
+    mask = captions[:, 1:] != 0
+    mask[4] = False
+    mask[4, 1] = True  # one word counted early in a long caption: it runs two steps
+    seen = []
+    plain_of = functional.Lengths.of.__func__
+
+    def spy(cls, lengths, N, T):
+        seen.append(np.array(lengths))
+        return plain_of(cls, lengths, N, T)
+
+    monkeypatch.setattr(functional.Lengths, "of", classmethod(spy))
+    got = [model.loss(features, captions, mask=m, feature_grad=True) for m in (None, mask)]
+    assert seen and all(np.all(np.diff(s) <= 0) for s in seen)  # sorted, packed
+    expected = lengths.copy()
+    expected[4] = 2
+    want = {tuple(np.sort(lengths)[::-1]), tuple(np.sort(expected)[::-1])}
+    assert {tuple(int(v) for v in s) for s in seen} == want
+    monkeypatch.setattr(functional.Lengths, "of", classmethod(lambda cls, lengths, N, T: None))
+    ref = [model.loss(features, captions, mask=m, feature_grad=True) for m in (None, mask)]
+    for (loss, grads), (ref_loss, ref_grads) in zip(got, ref, strict=True):
+        assert loss == pytest.approx(ref_loss, rel=1e-12)
+        assert set(grads) == set(ref_grads)
+        for k in grads:
+            np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-10, atol=1e-13, err_msg=k)

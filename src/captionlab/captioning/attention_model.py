@@ -425,14 +425,35 @@ class AttentionCaptioner:
                     f"mask must be boolean (N, T-1) = {captions_out.shape}, "
                     f"got {mask.dtype} {mask.shape}"
                 )
-        cache = self._forward(A, captions_in)
+        # Each caption runs only up to the last step anything reads (its last counted word,
+        # or its last word when the attention penalty is on): the rows are sorted longest
+        # first and every step computes a shrinking prefix of them (as CaptioningRNN does).
+        runs = mask | null_mask if self.attention_penalty else mask
+        T = runs.shape[1]
+        lengths = np.where(runs.any(axis=1), T - np.argmax(runs[:, ::-1], axis=1), 0)
+        order = None
+        if np.any(np.diff(lengths) > 0):
+            order = np.argsort(-lengths, kind="stable")
+            A, captions_in, captions_out = A[order], captions_in[order], captions_out[order]
+            mask, null_mask, lengths = mask[order], null_mask[order], lengths[order]
+        counts = nn.Lengths(lengths, N, T).counts  # (T,) rows that run each step
+        cache = self._forward(A, captions_in, counts)
         loss, dhs = self._word_loss(cache, captions_out, mask)
         penalty, dalpha = self._penalty(cache["alphas"], null_mask)
-        grads = self._backward(cache, dhs, dalpha, captions_in, feature_grad, hold_attention)
+        grads = self._backward(
+            cache, dhs, dalpha, captions_in, counts, feature_grad, hold_attention
+        )
+        if feature_grad and order is not None:  # back to the caller's row order
+            grads["features"][order] = grads["features"].copy()
         return float(loss + penalty), grads
 
-    def _forward(self, A: np.ndarray, captions_in: np.ndarray) -> dict:
+    def _forward(
+        self, A: np.ndarray, captions_in: np.ndarray, counts: np.ndarray | None = None
+    ) -> dict:
         """Teacher-forced forward pass over ``captions_in`` (N, T); internally time-major.
+
+        Step ``t`` runs the first ``counts[t]`` rows (non-increasing; ``None``: all N); the
+        other rows' states and attention are 0 there.
 
         Returns the cache: ``hs`` (T+1, N, H) with ``hs[0] = h_0``, ``cs`` likewise,
         ``alphas`` (T, N, L), ``betas`` (T, N), ``ctx`` (T, N, D) the unweighted contexts,
@@ -445,6 +466,8 @@ class AttentionCaptioner:
         T = captions_in.shape[1]
         H, K = p["W_h0"].shape[1], p["W_att_a"].shape[1]
         dtype = self.dtype
+        if counts is None:
+            counts = np.full(T, N)
         a_mean = A.mean(axis=1)  # (N, D)
         # Hoisted: the grid's projection, once per image.
         A_proj = (A.reshape(N * L, D) @ p["W_att_a"]).reshape(N, L, K)  # (N, L, K)
@@ -457,34 +480,37 @@ class AttentionCaptioner:
         ib = 4 * H + K  # the beta column; the location query's two follow it
         P = cell_locations(L, dtype) if self.locations else None  # (L, 2)
         locs = np.empty((T, N, 2), dtype=dtype) if P is not None else None
-        hs = np.empty((T + 1, N, H), dtype=dtype)
-        cs = np.empty((T + 1, N, H), dtype=dtype)
+        # Zeros where a row has stopped: the hoisted products after the loop read them.
+        locs = np.zeros((T, N, 2), dtype=dtype) if P is not None else None
+        hs = np.zeros((T + 1, N, H), dtype=dtype)
+        cs = np.zeros((T + 1, N, H), dtype=dtype)
         hs[0] = a_mean @ p["W_h0"] + p["b_h0"]
         cs[0] = a_mean @ p["W_c0"] + p["b_c0"]
-        tanh_c = np.empty((T, N, H), dtype=dtype)
-        th = np.empty((T, N, L, K), dtype=dtype)
-        alphas = np.empty((T, N, L), dtype=dtype)
-        betas = np.empty((T, N), dtype=dtype)
-        ctx = np.empty((T, N, D), dtype=dtype)
-        zs = np.empty((T, N, D), dtype=dtype)
+        tanh_c = np.zeros((T, N, H), dtype=dtype)
+        th = np.zeros((T, N, L, K), dtype=dtype)
+        alphas = np.zeros((T, N, L), dtype=dtype)
+        betas = np.zeros((T, N), dtype=dtype)
+        ctx = np.zeros((T, N, D), dtype=dtype)
+        zs = np.zeros((T, N, D), dtype=dtype)
         for t in range(T):
-            hp = hs[t] @ W_hcat  # (N, 4H + K + 1 (+ 2))
-            q = hp[:, 4 * H : ib] + p["b_att"]  # (N, K)
-            _, e = additive_scores(A_proj, q, p["w_att"], out=th[t])  # (N, L)
+            n = counts[t]  # the rows still running: a prefix
+            hp = hs[t, :n] @ W_hcat  # (n, 4H + K + 1 (+ 2))
+            q = hp[:, 4 * H : ib] + p["b_att"]  # (n, K)
+            _, e = additive_scores(A_proj[:n], q, p["w_att"], out=th[t, :n])  # (n, L)
             if P is not None:
-                e += (hp[:, ib + 1 :] + p["b_loc_q"]) @ P.T  # (N, L): a ramp over the places
-            alphas[t] = masked_softmax(e)
-            np.matmul(alphas[t][:, None, :], A, out=ctx[t][:, None, :])  # (N, D)
-            sigmoid(hp[:, ib] + p["b_beta"], out=betas[t])  # (N,)
-            np.multiply(ctx[t], betas[t][:, None], out=zs[t])  # (N, D)
-            at = gates[t]  # (N, 4H): x_t @ Wx + b so far
+                e += (hp[:, ib + 1 :] + p["b_loc_q"]) @ P.T  # (n, L): a ramp over the places
+            alphas[t, :n] = masked_softmax(e)
+            np.matmul(alphas[t, :n, None, :], A[:n], out=ctx[t, :n, None, :])  # (n, D)
+            sigmoid(hp[:, ib] + p["b_beta"], out=betas[t, :n])  # (n,)
+            np.multiply(ctx[t, :n], betas[t, :n, None], out=zs[t, :n])  # (n, D)
+            at = gates[t, :n]  # (n, 4H): x_t @ Wx + b so far
             at += hp[:, : 4 * H]
-            at += zs[t] @ p["Wz"]
+            at += zs[t, :n] @ p["Wz"]
             if P is not None:
-                np.matmul(alphas[t], P, out=locs[t])  # (N, 2) where it looked
-                at += locs[t] @ p["W_loc_z"]
-            hs[t + 1], cs[t + 1], gate_views = lstm_gates_forward(at, cs[t])
-            tanh_c[t] = gate_views[4]
+                np.matmul(alphas[t, :n], P, out=locs[t, :n])  # (n, 2) where it looked
+                at += locs[t, :n] @ p["W_loc_z"]
+            hs[t + 1, :n], cs[t + 1, :n], gate_views = lstm_gates_forward(at, cs[t, :n])
+            tanh_c[t, :n] = gate_views[4]
         return {
             "A": A, "a_mean": a_mean, "x": x, "W_hcat": W_hcat, "hs": hs, "cs": cs,
             "gates": gates, "tanh_c": tanh_c, "th": th, "alphas": alphas, "betas": betas,
@@ -537,11 +563,14 @@ class AttentionCaptioner:
         dhs: np.ndarray,
         dalpha_pen: np.ndarray,
         captions_in: np.ndarray,
+        counts: np.ndarray,
         feature_grad: bool,
         hold_attention: bool = False,
     ) -> dict[str, np.ndarray]:
         """Backward through time; weight gradients as single GEMMs after the loop.
-        ``hold_attention``: the alphas are constants (no gradient through the scores)."""
+        Step ``t`` runs the first ``counts[t]`` rows (as the forward did); the other rows'
+        gradients are 0 there. ``hold_attention``: the alphas are constants (no gradient
+        through the scores)."""
         p = self.params
         A, hs, cs, gates = cache["A"], cache["hs"], cache["cs"], cache["gates"]
         tanh_c, th, alphas, betas, ctx = (
@@ -559,42 +588,40 @@ class AttentionCaptioner:
         W_loc_zT = p["W_loc_z"].T if P is not None else None  # (4H, 2)
         # Per-step gradients kept for the GEMMs after the loop:
         # dhp = [da | dq | dbeta_pre (| dq_loc)].
-        dhp = np.empty((T, N, W_hcatT.shape[0]), dtype=dtype)
-        de = np.empty((T, N, L), dtype=dtype)
-        dctx = np.empty((T, N, D), dtype=dtype)
+        # Zeros where a row has stopped: the hoisted products after the loop read them.
+        dhp = np.zeros((T, N, W_hcatT.shape[0]), dtype=dtype)
+        de = np.zeros((T, N, L), dtype=dtype)
+        dctx = np.zeros((T, N, D), dtype=dtype)
         dA_proj = np.zeros((N, L, K), dtype=dtype)
+        # The gradients reaching h_t and c_t from step t + 1; rows that have not started
+        # (counts grow as t falls) keep their zeros.
         dh_next = np.zeros((N, H), dtype=dtype)
         dc_next = np.zeros((N, H), dtype=dtype)
         for t in range(T - 1, -1, -1):
-            at = gates[t]
+            n = counts[t]
+            at = gates[t, :n]
             gate_views = (at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :])
-            da, dc_next = lstm_gates_backward(
-                dhs[t] + dh_next, dc_next, cs[t], (*gate_views, tanh_c[t])
-            )  # (N, 4H), (N, H)
-            dhp[t, :, : 4 * H] = da
-            dz = da @ WzT  # (N, D)
-            beta = betas[t]  # (N,)
-            dbeta = np.einsum("nd,nd->n", dz, ctx[t])  # (N,)
-            dhp[t, :, ib] = dbeta * beta * (1 - beta)  # through the sigmoid
-            np.multiply(dz, beta[:, None], out=dctx[t])  # (N, D)
-            if hold_attention:  # the alphas are constants: no gradient into the scores
-                de[t] = 0
-                dhp[t, :, 4 * H : ib] = 0
+            da, dc_next[:n] = lstm_gates_backward(
+                dhs[t, :n] + dh_next[:n], dc_next[:n], cs[t, :n], (*gate_views, tanh_c[t, :n])
+            )  # (n, 4H), (n, H)
+            dhp[t, :n, : 4 * H] = da
+            dz = da @ WzT  # (n, D)
+            beta = betas[t, :n]  # (n,)
+            dbeta = np.einsum("nd,nd->n", dz, ctx[t, :n])  # (n,)
+            dhp[t, :n, ib] = dbeta * beta * (1 - beta)  # through the sigmoid
+            np.multiply(dz, beta[:, None], out=dctx[t, :n])  # (n, D)
+            if not hold_attention:  # held, the alphas are constants: no gradient to scores
+                dalpha = np.matmul(A[:n], dctx[t, :n, :, None])[:, :, 0]  # (n, L)
+                dalpha += dalpha_pen[t, :n]
                 if P is not None:
-                    dhp[t, :, ib + 1 :] = 0
-                dh_next = dhp[t] @ W_hcatT  # (N, H)
-                continue
-            dalpha = np.matmul(A, dctx[t][:, :, None])[:, :, 0]  # (N, L)
-            dalpha += dalpha_pen[t]
-            if P is not None:
-                dalpha += (da @ W_loc_zT) @ P.T  # through the centre alpha @ P
-            de[t] = masked_softmax_backward(dalpha, alphas[t])  # (N, L)
-            if P is not None:
-                np.matmul(de[t], P, out=dhp[t, :, ib + 1 :])  # dq_loc (N, 2)
-            dpre = additive_scores_backward(de[t], th[t], w_att)  # (N, L, K)
-            dA_proj += dpre
-            dpre.sum(axis=1, out=dhp[t, :, 4 * H : ib])  # dq (N, K)
-            dh_next = dhp[t] @ W_hcatT  # (N, H)
+                    dalpha += (da @ W_loc_zT) @ P.T  # through the centre alpha @ P
+                de[t, :n] = masked_softmax_backward(dalpha, alphas[t, :n])  # (n, L)
+                if P is not None:
+                    np.matmul(de[t, :n], P, out=dhp[t, :n, ib + 1 :])  # dq_loc (n, 2)
+                dpre = additive_scores_backward(de[t, :n], th[t, :n], w_att)  # (n, L, K)
+                dA_proj[:n] += dpre
+                dpre.sum(axis=1, out=dhp[t, :n, 4 * H : ib])  # dq (n, K)
+            np.matmul(dhp[t, :n], W_hcatT, out=dh_next[:n])  # (n, H)
         dh0, dc0 = dh_next, dc_next
 
         grads: dict[str, np.ndarray] = {}

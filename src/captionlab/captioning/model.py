@@ -212,6 +212,20 @@ class CaptioningRNN:
         p = self.params
         N, Tm1 = captions_in.shape
         V = p["W_embed"].shape[0]
+        # Each caption runs only up to its last counted word: the rows are sorted longest
+        # first, so the recurrence computes a shrinking prefix of rows at each step and no
+        # product of the padding (PyTorch's packed sequences; the same loss and gradients).
+        lengths = np.where(mask.any(axis=1), Tm1 - np.argmax(mask[:, ::-1], axis=1), 0)
+        order = None
+        if np.any(np.diff(lengths) > 0):
+            order = np.argsort(-lengths, kind="stable")
+            features, captions_in, captions_out = (
+                features[order],
+                captions_in[order],
+                captions_out[order],
+            )
+            mask, lengths = mask[order], lengths[order]
+        packed = nn.Lengths.of(lengths, N, Tm1)  # None: every caption runs every step
 
         h0, cache_proj = nn.affine_forward(features, p["W_proj"], p["b_proj"])  # (N, H)
         # The recurrence's input projection x @ Wx of the embedded words x = W_embed[words].
@@ -225,13 +239,18 @@ class CaptioningRNN:
             xa, cache_embed = nn.word_embedding_forward(captions_in, table)  # (N, T-1, G*H)
         else:
             x, cache_embed = nn.word_embedding_forward(captions_in, p["W_embed"])  # (N,T-1,W)
-            xa = x @ p["Wx"]  # (N, T-1, G*H)
+            x2 = x.reshape(N * Tm1, -1)
+            if packed is None:
+                xa = x @ p["Wx"]  # (N, T-1, G*H)
+            else:  # only the steps that run; the recurrence reads nothing else
+                xa = np.zeros((N, Tm1, p["Wx"].shape[1]), dtype=x.dtype)
+                xa.reshape(N * Tm1, -1)[packed.index] = x2[packed.index] @ p["Wx"]
         if self.cell_type == "rnn":
-            h, cache_rnn = nn.rnn_recurrence_forward(xa, h0, p["Wh"], p["b"])
+            h, cache_rnn = nn.rnn_recurrence_forward(xa, h0, p["Wh"], p["b"], lengths)
         elif self.cell_type == "lstm":
-            h, cache_rnn = nn.lstm_recurrence_forward(xa, h0, p["Wh"], p["b"])
+            h, cache_rnn = nn.lstm_recurrence_forward(xa, h0, p["Wh"], p["b"], lengths)
         else:
-            h, cache_rnn = nn.gru_recurrence_forward(xa, h0, p["Wh"], p["b"], p["bh"])
+            h, cache_rnn = nn.gru_recurrence_forward(xa, h0, p["Wh"], p["b"], p["bh"], lengths)
         # h: (N, T-1, H)
         # Word scores only where a word is predicted: <NULL> targets (the padding, often a
         # third of the positions) cost nothing in the loss, so their scores, softmax and
@@ -274,11 +293,18 @@ class CaptioningRNN:
             grads["W_embed"] = dtable @ p["Wx"].T  # (V, W)
         else:
             dxa2 = dxa.reshape(N * Tm1, G)
-            grads["Wx"] = x.reshape(N * Tm1, -1).T @ dxa2  # (W, G*H)
-            dx = (dxa2 @ p["Wx"].T).reshape(N, Tm1, -1)  # (N, T-1, W)
-            grads["W_embed"] = nn.word_embedding_backward(dx, cache_embed)
+            if packed is None:
+                grads["Wx"] = x2.T @ dxa2  # (W, G*H)
+                dx = dxa2 @ p["Wx"].T  # (N*(T-1), W)
+            else:  # dxa is zero past each caption's length: only the real steps' rows
+                grads["Wx"] = packed.rows_product(x, dxa)  # (W, G*H)
+                dx = np.zeros_like(x2)
+                dx[packed.index] = dxa2[packed.index] @ p["Wx"].T
+            grads["W_embed"] = nn.word_embedding_backward(dx.reshape(x.shape), cache_embed)
         dfeatures, grads["W_proj"], grads["b_proj"] = nn.affine_backward(dh0, cache_proj)
         if feature_grad:
+            if order is not None:  # back to the caller's row order
+                dfeatures[order] = dfeatures.copy()
             grads["features"] = dfeatures
         return float(loss), grads
 

@@ -26,6 +26,7 @@ from captionlab.nn.attention import (
     scaled_dot_product_attention_forward,
 )
 from captionlab.nn.functional import (
+    Lengths,
     log_softmax,
     masked_softmax,
     masked_softmax_backward,
@@ -111,6 +112,7 @@ __all__ = [
     "DECODER_LOCATION_KEY",
     "DECODER_SUMMARY_KEYS",
     "ENCODER_LAYER_KEYS",
+    "Lengths",
     "MultiHeadAttention",
     "PositionalEncoding",
     "additive_attention_backward",

@@ -214,3 +214,73 @@ def check_recurrent(
     check_shape("Wx", Wx, (D, gates * H), f"(D, {g}H)")
     check_shape("b", b, (gates * H,), f"({g}H,)")
     return N, T, D, H
+
+
+class Lengths:
+    """Sequences of different lengths in one batch, longest first (a packed batch).
+
+    Row ``n`` of an ``(N, T, ...)`` batch runs only its first ``lengths[n]`` steps; with the
+    rows sorted longest first, the rows that run step ``t`` are the first ``counts[t]``, so a
+    recurrence works on a prefix of its buffers at each step: no gather, and the products of
+    the steps past a row's end (padding) are never computed. The layers set the outputs at
+    those positions to zero and ignore the gradients that arrive there.
+
+    Attributes:
+        lengths: (N,) int, non-increasing, each in [0, T].
+        counts: (T,) int, ``counts[t]`` = the number of rows with ``lengths > t``.
+        index: the flat positions ``n * T + t`` with ``t < lengths[n]``, in row order (the
+            rows of an ``(N * T, ...)`` reshape that hold real steps).
+    """
+
+    def __init__(self, lengths: np.ndarray, N: int, T: int) -> None:
+        lengths = np.asarray(lengths)
+        check_shape("lengths", lengths, (N,), "(N,)")
+        if lengths.size and lengths.dtype.kind not in "iu":
+            raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+        lengths = lengths.astype(np.intp)
+        if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+            raise ValueError(
+                f"lengths must be in [0, T] = [0, {T}], got values from {lengths.min()} "
+                f"to {lengths.max()}"
+            )
+        if np.any(np.diff(lengths) > 0):
+            raise ValueError(
+                "lengths must be non-increasing (sort the batch longest first), got "
+                f"{np.array2string(lengths[:8], separator=', ')}{' ...' if N > 8 else ''}"
+            )
+        self.lengths = lengths
+        self.N, self.T = N, T
+        self.counts = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,)
+        self.full = bool(np.all(lengths == T))
+        self._index: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, lengths: np.ndarray | None, N: int, T: int) -> Lengths | None:
+        """``Lengths`` checked, or ``None`` when ``lengths`` is ``None`` or every row runs
+        all ``T`` steps (the layers' plain path)."""
+        if lengths is None:
+            return None
+        packed = cls(lengths, N, T)
+        return None if packed.full else packed
+
+    @property
+    def index(self) -> np.ndarray:
+        if self._index is None:
+            runs = np.arange(self.T)[None, :] < self.lengths[:, None]  # (N, T)
+            self._index = np.flatnonzero(runs)
+        return self._index
+
+    def zero_padding(self, buf: np.ndarray) -> None:
+        """In place: ``buf[n, t] = 0`` wherever ``t >= lengths[n]``; buf (N, T, ...)."""
+        for t, n in enumerate(self.counts):
+            if n < self.N:
+                buf[n:, t] = 0
+
+    def rows_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a2.T @ b2`` over the real steps only: a (N, T, K), b (N, T, M) -> (K, M).
+
+        The padding rows hold zeros in one operand; gathering the real rows first costs a
+        copy and saves their share of the product, which pays when there is padding."""
+        K, M = a.shape[2], b.shape[2]
+        a2, b2 = a.reshape(-1, K), b.reshape(-1, M)
+        return a2[self.index].T @ b2[self.index]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from captionlab.nn import kernels
-from captionlab.nn.functional import check_recurrence, check_recurrent, check_shape
+from captionlab.nn.functional import Lengths, check_recurrence, check_recurrent, check_shape
 
 
 def gru_cell_forward(
@@ -150,7 +150,12 @@ def gru_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ..
 
 
 def gru_recurrence_forward(
-    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray, bh: np.ndarray
+    xa: np.ndarray,
+    h0: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+    bh: np.ndarray,
+    lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """The GRU over a sequence given its input projections (``gru_forward`` after ``x @ Wx``).
 
@@ -163,18 +168,22 @@ def gru_recurrence_forward(
         Wh: hidden-to-hidden weights of shape (H, 3H).
         b: input bias of shape (3H,).
         bh: recurrent bias of shape (3H,).
+        lengths: (N,) steps each row runs, non-increasing (longest row first); the steps
+            past a row's length are skipped (``h`` is 0 there) and so are their products
+            (see :class:`~captionlab.nn.functional.Lengths`). ``None``: all T steps.
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H), and the cache for
         :func:`gru_recurrence_backward`.
     """
-    _, _, H = check_recurrence(xa, h0, Wh, b, gates=3)
+    N, T, H = check_recurrence(xa, h0, Wh, b, gates=3)
     check_shape("bh", bh, (3 * H,), "(3H,)")
+    packed = Lengths.of(lengths, N, T)
     dtype = np.result_type(xa, h0, Wh, b, bh)
-    return _gru_recurrence(np.array(xa, dtype=dtype), h0, Wh, b, bh)
+    return _gru_recurrence(np.array(xa, dtype=dtype), h0, Wh, b, bh, packed)
 
 
-def _gru_recurrence(gates, h0, Wh, b, bh):
+def _gru_recurrence(gates, h0, Wh, b, bh, packed=None):
     """:func:`gru_recurrence_forward` on ``gates`` = xa, a C-contiguous array it may own."""
     N, T, G = gates.shape
     H = G // 3
@@ -189,9 +198,13 @@ def _gru_recurrence(gates, h0, Wh, b, bh):
     hprev[:, 0] = h0
     hw = np.empty((N, 3 * H), dtype=dtype)
     for t in range(T):
-        np.matmul(hprev[:, t], Wh, out=hw)  # (N, 3H)
-        k.gru_forward_step(gates, hw, b, bh, ha_n, h, hprev, t)  # gates[:, t] = r, z, n
-    return h, (Wh, gates, ha_n, hprev)
+        n = N if packed is None else packed.counts[t]  # rows still running: a prefix
+        np.matmul(hprev[:n, t], Wh, out=hw[:n])  # (n, 3H)
+        # gates[:, t] = r, z, n
+        k.gru_forward_step(gates[:n], hw[:n], b, bh, ha_n[:n], h[:n], hprev[:n], t)
+    if packed is not None:
+        packed.zero_padding(h)
+    return h, (Wh, gates, ha_n, hprev, packed)
 
 
 def gru_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -199,14 +212,15 @@ def gru_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, .
 
     Args:
         dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
-            gradient that flows back from later steps: this function adds that).
+            gradient that flows back from later steps: this function adds that); ignored
+            past each row's length when the forward had ``lengths``.
         cache: from the forward pass.
 
     Returns:
         ``(dxa, dh0, dWh, db, dbh)`` of shapes (N, T, 3H), (N, H), (H, 3H), (3H,), (3H,);
-        ``dxa`` is the gradient of the input projections.
+        ``dxa`` is the gradient of the input projections, 0 past each row's length.
     """
-    Wh, gates, ha_n, hprev = cache
+    Wh, gates, ha_n, hprev, packed = cache
     N, T, H = ha_n.shape
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
     dtype = gates.dtype
@@ -220,11 +234,28 @@ def gru_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, .
     carry = np.zeros((N, H), dtype=dtype)  # dh_{t+1} * z_{t+1}
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
-        k.gru_backward_step(dh, dhw, carry, gates, ha_n, hprev, dxa, dha, db, dbh, t)
-        np.matmul(dha[:, t], WhT, out=dhw)
+        n = N if packed is None else packed.counts[t]  # rows [n:] have dxa = dha = 0 here
+        k.gru_backward_step(
+            dh[:n],
+            dhw[:n],
+            carry[:n],
+            gates[:n],
+            ha_n[:n],
+            hprev[:n],
+            dxa[:n],
+            dha[:n],
+            db,
+            dbh,
+            t,
+        )
+        np.matmul(dha[:n, t], WhT, out=dhw[:n])
     dh0 = dhw + carry  # dh_{-1} = dha_0 @ Wh.T + dh_0 * z_0
-    # Hoisted: the weight gradient as one GEMM over the N*T rows.
-    dWh = hprev.reshape(N * T, H).T @ dha.reshape(N * T, 3 * H)  # (H, 3H)
+    # Hoisted: the weight gradient as one GEMM over the N*T rows (the real steps' rows).
+    if packed is None:
+        dWh = hprev.reshape(N * T, H).T @ dha.reshape(N * T, 3 * H)  # (H, 3H)
+    else:
+        packed.zero_padding(dxa)
+        dWh = packed.rows_product(hprev, dha)
     return dxa, dh0, dWh, db, dbh
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from captionlab.nn import kernels
-from captionlab.nn.functional import check_recurrence, check_recurrent, check_shape
+from captionlab.nn.functional import Lengths, check_recurrence, check_recurrent, check_shape
 
 
 def lstm_cell_forward(
@@ -188,7 +188,11 @@ def lstm_step_backward(
 
 
 def lstm_recurrence_forward(
-    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray
+    xa: np.ndarray,
+    h0: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+    lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """The LSTM over a sequence given its input projections (``lstm_forward`` after ``x @ Wx``).
 
@@ -200,16 +204,21 @@ def lstm_recurrence_forward(
         h0: initial hidden state of shape (N, H); the initial cell state is zero.
         Wh: hidden-to-hidden weights of shape (H, 4H).
         b: bias of shape (4H,).
+        lengths: (N,) steps each row runs, non-increasing (longest row first); the steps
+            past a row's length are skipped (``h`` is 0 there) and so are their products
+            (see :class:`~captionlab.nn.functional.Lengths`). ``None``: all T steps.
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H), and the cache for
         :func:`lstm_recurrence_backward`.
     """
-    check_recurrence(xa, h0, Wh, b, gates=4)
-    return _lstm_recurrence(np.array(xa, dtype=np.result_type(xa, h0, Wh, b)), h0, Wh, b)
+    N, T, _ = check_recurrence(xa, h0, Wh, b, gates=4)
+    packed = Lengths.of(lengths, N, T)
+    dtype = np.result_type(xa, h0, Wh, b)
+    return _lstm_recurrence(np.array(xa, dtype=dtype), h0, Wh, b, packed)
 
 
-def _lstm_recurrence(gates, h0, Wh, b):
+def _lstm_recurrence(gates, h0, Wh, b, packed=None):
     """:func:`lstm_recurrence_forward` on ``gates`` = xa, a C-contiguous array it may own."""
     N, T, G = gates.shape
     H = G // 4
@@ -225,9 +234,13 @@ def _lstm_recurrence(gates, h0, Wh, b):
     hprev[:, 0] = h0
     hw = np.empty((N, 4 * H), dtype=dtype)
     for t in range(T):
-        np.matmul(hprev[:, t], Wh, out=hw)  # (N, 4H)
-        k.lstm_forward_step(gates, hw, b, c, tanh_c, h, hprev, t)  # gates[:, t] = i, f, o, g
-    return h, (Wh, gates, c, tanh_c, hprev)
+        n = N if packed is None else packed.counts[t]  # rows still running: a prefix
+        np.matmul(hprev[:n, t], Wh, out=hw[:n])  # (n, 4H)
+        # gates[:, t] = i, f, o, g
+        k.lstm_forward_step(gates[:n], hw[:n], b, c[:n], tanh_c[:n], h[:n], hprev[:n], t)
+    if packed is not None:
+        packed.zero_padding(h)
+    return h, (Wh, gates, c, tanh_c, hprev, packed)
 
 
 def lstm_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -235,14 +248,16 @@ def lstm_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, 
 
     Args:
         dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
-            gradient that flows back from later steps: this function adds that).
+            gradient that flows back from later steps: this function adds that); ignored
+            past each row's length when the forward had ``lengths``.
         cache: from the forward pass.
 
     Returns:
         ``(dxa, dh0, dWh, db)`` of shapes (N, T, 4H), (N, H), (H, 4H), (4H,); ``dxa`` is the
-        gradient of the input projections (and of the pre-activations).
+        gradient of the input projections (and of the pre-activations), 0 past each row's
+        length.
     """
-    Wh, gates, c, tanh_c, hprev = cache
+    Wh, gates, c, tanh_c, hprev, packed = cache
     N, T, H = tanh_c.shape
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
     dtype = gates.dtype
@@ -254,10 +269,15 @@ def lstm_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, 
     dc = np.zeros((N, H), dtype=dtype)  # gradient of c_t, carried backwards
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
-        k.lstm_backward_step(dh, dhw, dc, gates, c, tanh_c, da, db, t)
-        np.matmul(da[:, t], WhT, out=dhw)
-    # Hoisted: the weight gradient as one GEMM over the N*T rows.
-    dWh = hprev.reshape(N * T, H).T @ da.reshape(N * T, 4 * H)  # (H, 4H)
+        n = N if packed is None else packed.counts[t]  # rows [n:] have da = 0 here
+        k.lstm_backward_step(dh[:n], dhw[:n], dc[:n], gates[:n], c[:n], tanh_c[:n], da[:n], db, t)
+        np.matmul(da[:n, t], WhT, out=dhw[:n])
+    # Hoisted: the weight gradient as one GEMM over the N*T rows (the real steps' rows).
+    if packed is None:
+        dWh = hprev.reshape(N * T, H).T @ da.reshape(N * T, 4 * H)  # (H, 4H)
+    else:
+        packed.zero_padding(da)
+        dWh = packed.rows_product(hprev, da)
     return da, dhw, dWh, db
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from captionlab.nn import kernels
-from captionlab.nn.functional import check_recurrence, check_recurrent, check_shape
+from captionlab.nn.functional import Lengths, check_recurrence, check_recurrent, check_shape
 
 
 def rnn_cell_forward(xa: np.ndarray, prev_h: np.ndarray, Wh: np.ndarray) -> np.ndarray:
@@ -98,7 +98,11 @@ def rnn_step_backward(dnext_h: np.ndarray, cache: tuple) -> tuple[np.ndarray, ..
 
 
 def rnn_recurrence_forward(
-    xa: np.ndarray, h0: np.ndarray, Wh: np.ndarray, b: np.ndarray
+    xa: np.ndarray,
+    h0: np.ndarray,
+    Wh: np.ndarray,
+    b: np.ndarray,
+    lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """The RNN over a sequence given its input projections (``rnn_forward`` after ``x @ Wx``).
 
@@ -110,6 +114,9 @@ def rnn_recurrence_forward(
         h0: initial hidden state of shape (N, H).
         Wh: hidden-to-hidden weights of shape (H, H).
         b: bias of shape (H,).
+        lengths: (N,) steps each row runs, non-increasing (longest row first); the steps
+            past a row's length are skipped (``h`` is 0 there) and so are their products
+            (see :class:`~captionlab.nn.functional.Lengths`). ``None``: all T steps.
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H) (kept in the cache too: do not
@@ -117,6 +124,7 @@ def rnn_recurrence_forward(
         :func:`rnn_recurrence_backward`.
     """
     N, T, H = check_recurrence(xa, h0, Wh, b, gates=1)
+    packed = Lengths.of(lengths, N, T)
     dtype = np.result_type(xa, h0, Wh, b)
     xa = np.ascontiguousarray(xa, dtype=dtype)
     Wh = np.asarray(Wh, dtype=dtype)
@@ -127,9 +135,13 @@ def rnn_recurrence_forward(
     hprev[:, 0] = h0
     hw = np.empty((N, H), dtype=dtype)
     for t in range(T):
-        np.matmul(hprev[:, t], Wh, out=hw)  # (N, H)
-        k.rnn_forward_step(xa, hw, b, h, hprev, t)  # h_t = tanh(x_t Wx + h_{t-1} Wh + b)
-    return h, (Wh, h, hprev)
+        n = N if packed is None else packed.counts[t]  # rows still running: a prefix
+        np.matmul(hprev[:n, t], Wh, out=hw[:n])  # (n, H)
+        # h_t = tanh(x_t Wx + h_{t-1} Wh + b)
+        k.rnn_forward_step(xa[:n], hw[:n], b, h[:n], hprev[:n], t)
+    if packed is not None:
+        packed.zero_padding(h)
+    return h, (Wh, h, hprev, packed)
 
 
 def rnn_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, ...]:
@@ -137,14 +149,16 @@ def rnn_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, .
 
     Args:
         dh: upstream gradients of all hidden states, shape (N, T, H) (not including the
-            gradient that flows back from later steps: this function adds that).
+            gradient that flows back from later steps: this function adds that); ignored
+            past each row's length when the forward had ``lengths``.
         cache: from the forward pass.
 
     Returns:
         ``(dxa, dh0, dWh, db)`` of shapes (N, T, H), (N, H), (H, H), (H,); ``dxa`` is the
-        gradient of the input projections (and of the pre-activations).
+        gradient of the input projections (and of the pre-activations), 0 past each row's
+        length.
     """
-    Wh, h, hprev = cache
+    Wh, h, hprev, packed = cache
     N, T, H = h.shape
     check_shape("dh", dh, (N, T, H), "(N, T, H)")
     dtype = h.dtype
@@ -155,10 +169,15 @@ def rnn_recurrence_backward(dh: np.ndarray, cache: tuple) -> tuple[np.ndarray, .
     dhw = np.zeros((N, H), dtype=dtype)  # gradient reaching h_t from step t + 1
     WhT = Wh.T
     for t in range(T - 1, -1, -1):
-        k.rnn_backward_step(dh, dhw, h, da, db, t)  # da_t = dh_t * (1 - h_t^2)
-        np.matmul(da[:, t], WhT, out=dhw)
-    # Hoisted: the weight gradient as one GEMM over the N*T rows.
-    dWh = hprev.reshape(N * T, H).T @ da.reshape(N * T, H)  # (H, H)
+        n = N if packed is None else packed.counts[t]  # rows [n:] have da = 0 here
+        k.rnn_backward_step(dh[:n], dhw[:n], h[:n], da[:n], db, t)  # da_t = dh_t (1 - h_t^2)
+        np.matmul(da[:n, t], WhT, out=dhw[:n])
+    # Hoisted: the weight gradient as one GEMM over the N*T rows (the real steps' rows).
+    if packed is None:
+        dWh = hprev.reshape(N * T, H).T @ da.reshape(N * T, H)  # (H, H)
+    else:
+        packed.zero_padding(da)
+        dWh = packed.rows_product(hprev, da)
     return da, dhw, dWh, db
 
 
