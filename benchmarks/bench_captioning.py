@@ -20,7 +20,8 @@ W=256, H=512, V=1004) with 2 threads, in one process, this script times
 * with ``--epoch-steps 300``: the time of that many training steps (loss, gradients and an
   Adam update of every parameter) at the demo's shapes (``--epoch-size``, N=128 captions of
   17 tokens, D=512, W=128, H=256, V=40), for the LSTM and the RNN: one epoch of the demo's
-  8,000 scenes x 5 captions is ~310 such steps.
+  8,000 scenes x 5 captions is ~310 such steps; and the demo's attention captioner (a 5 x 5
+  grid of 256 components, K=128, cell locations).
 
 Cases are interleaved repeat by repeat, with a pause whenever the library switches (OpenBLAS
 and torch worker threads slow each other for a while after a switch); the minimum and the
@@ -192,19 +193,28 @@ def demo_epoch(args) -> None:
         f"T={T1 - 1}, D={D}, W={W}, H={H}, V={V}, float32, kernels {kernels}, "
         f"{args.threads} threads, {args.clock} clock, min / median of {args.repeats}"
     )
-    for cell in ("lstm", "rnn"):
-        model = CaptioningRNN(
-            vocab(V), input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, seed=0
-        )
+    L, DA, K = 25, 256, 128  # the demo's grid: 5 x 5 cells of 256 PCA components; K
+    grid = rng.standard_normal((N, L, DA)).astype(np.float32)
+    for cell in ("lstm", "rnn", "attention"):
+        if cell == "attention":  # the demo's attention captioner (with cell locations)
+            model = AttentionCaptioner(
+                vocab(V), DA, W, H, K, dtype=np.float32, seed=0, locations=True
+            )
+            inputs = grid
+        else:
+            model = CaptioningRNN(
+                vocab(V), input_dim=D, wordvec_dim=W, hidden_dim=H, cell_type=cell, seed=0
+            )
+            inputs = feats
         configs = {k: {"learning_rate": 5e-3} for k in model.params}
 
-        def steps(model=model, configs=configs):
+        def steps(model=model, configs=configs, inputs=inputs):
             for _ in range(args.epoch_steps):
-                _, grads = model.loss(feats, captions)
+                _, grads = model.loss(inputs, captions)
                 for k, dw in grads.items():
                     model.params[k], configs[k] = optim.adam(model.params[k], dw, configs[k])
 
-        model.loss(feats, captions)  # warm-up (compiles or loads the kernels)
+        model.loss(inputs, captions)  # warm-up (compiles or loads the kernels)
         ts = [timed(steps) for _ in range(args.repeats)]
         print(
             f"  {cell}: {min(ts):.2f} s / {statistics.median(ts):.2f} s "
@@ -241,7 +251,7 @@ def versus_torch(args) -> None:
     print(
         f"captioning benchmark: N={N}, T={T}, D={D}, W={W}, H={H}, V={V}, cell={args.cell}, "
         f"threads={args.threads}, repeats={args.repeats} (min / median), {args.clock} clock, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, malloc {getattr(nn, 'memory_policy', lambda: 'system')()}"
     )
     results: dict[str, dict[str, list[float]]] = {}
     for dtype in (np.float32, np.float64):

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         nn.kernels.set_num_threads(a.threads)
     print(
         f"N={N} T={T} D={D} H={H}, {a.threads} threads, median of {a.repeats}, "
-        f"{a.clock} clock, numpy {np.__version__}, torch {torch.__version__}"
+        f"{a.clock} clock, numpy {np.__version__}, torch {torch.__version__}, "
+        f"malloc {nn.memory_policy() if hasattr(nn, 'memory_policy') else 'system'}"
     )
     print(
         "gemm = the fast path's matrix products alone; 1 - gemm/fast is the share of its\n"

@@ -15,7 +15,8 @@ attention, feed-forward, decoder layer, and the cs231n classes ``PositionalEncod
 ``MultiHeadAttention``), :mod:`~captionlab.nn.gradcheck`, :mod:`~captionlab.nn.optim`,
 :mod:`~captionlab.nn.kernels` (the element-wise work between the matrix products: fused
 numba kernels by default, the NumPy reference with ``CAPTIONLAB_KERNELS=numpy`` or
-``with nn.use_kernels("numpy"): ...``).
+``with nn.use_kernels("numpy"): ...``), :mod:`~captionlab.nn.memory` (freed memory kept
+for reuse, set on import: ``CAPTIONLAB_MALLOC=system`` opts out).
 """
 
 from captionlab.nn import optim
@@ -66,6 +67,7 @@ from captionlab.nn.lstm import (
     lstm_step_backward,
     lstm_step_forward,
 )
+from captionlab.nn.memory import memory_policy, retain_freed_memory
 from captionlab.nn.rnn import (
     rnn_backward,
     rnn_cell_forward,
@@ -156,12 +158,14 @@ __all__ = [
     "lstm_step_forward",
     "masked_softmax",
     "masked_softmax_backward",
+    "memory_policy",
     "multihead_attention_backward",
     "multihead_attention_forward",
     "optim",
     "positional_encoding_backward",
     "positional_encoding_forward",
     "rel_error",
+    "retain_freed_memory",
     "rnn_backward",
     "rnn_cell_forward",
     "rnn_forward",
@@ -181,3 +185,5 @@ __all__ = [
     "word_embedding_backward",
     "word_embedding_forward",
 ]
+
+retain_freed_memory()  # see captionlab.nn.memory; CAPTIONLAB_MALLOC=system leaves malloc alone
