@@ -180,6 +180,27 @@ def test_softmax_loss_and_embedding_scatter(M, V, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("R", "C", "k"), [(5, 7, 3), (3, 4, 4), (128, 5020, 5), (40, 50, 10)])
+def test_topk_rows_picks_the_k_best_ties_to_the_lower_column(R, C, k, dtype):
+    """Beam search's choice: the k best columns of every row, best first, equal scores in
+    column order, -inf allowed (finished beams); both kernel sets, exactly."""
+    rng = np.random.default_rng(R + C)
+    total = rng.standard_normal((R, C)).astype(dtype)
+    total[:, ::3] = np.round(total[:, ::3], 1)  # many ties
+    total[0, : C // 2] = -np.inf
+    total[-1] = 0.5  # a row of one value: columns 0..k-1
+    picks = []
+    for name in ("numpy", "numba"):
+        out = np.full((R, k), -1, dtype=np.intp)
+        with nn.use_kernels(name):
+            kernels.active().topk_rows(total, out)
+        picks.append(out)
+    np.testing.assert_array_equal(picks[1], picks[0])
+    want = np.array([sorted(range(C), key=lambda j, r=r: (-total[r, j], j))[:k] for r in range(R)])
+    np.testing.assert_array_equal(picks[0], want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_exp_matches_numpy_everywhere(dtype):
     """The kernels' own exp: ~1 ulp, inf/0 where np.exp overflows/underflows, NaN kept."""
     from numba import njit

@@ -209,13 +209,9 @@ def _topk_rows(total: np.ndarray, k: int) -> np.ndarray:
     ties go to the lower index (so k=1 is ``argmax``)."""
     if k == 1:
         return np.argmax(total, axis=1)[:, None]
-    if k < total.shape[1]:
-        idx = np.sort(np.argpartition(-total, k - 1, axis=1)[:, :k], axis=1)
-    else:
-        idx = np.broadcast_to(np.arange(total.shape[1]), total.shape).copy()
-    vals = np.take_along_axis(total, idx, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1)
+    out = np.empty((total.shape[0], min(k, total.shape[1])), dtype=np.intp)
+    nn.kernels.active().topk_rows(np.ascontiguousarray(total), out)
+    return out
 
 
 class _Beams:

@@ -67,6 +67,7 @@ KERNEL_NAMES = {
     "gru_cell": 0,
     "softmax_cross_entropy": 0,
     "scatter_add_rows": 1,
+    "topk_rows": 0,
 }
 
 #: Below this many elements per call a numba kernel runs on the calling thread only:
@@ -315,6 +316,17 @@ def scatter_add_rows(idx, src, out):
         out: (V, W), accumulated.
     """
     np.add.at(out, idx, src)
+
+
+def topk_rows(total, out):
+    """The column indices of the ``k`` largest entries of each row, best first; ties go to
+    the lower index (so k = 1 is ``argmax``; beam search's choice of candidates).
+
+    Args:
+        total: (R, C) scores, NaN-free (``-inf`` allowed).
+        out: (R, k) integer output, ``k <= C``.
+    """
+    out[...] = np.argsort(-total, axis=1, kind="stable")[:, : out.shape[1]]
 
 
 # ---------------------------------------------------------------------------- switch

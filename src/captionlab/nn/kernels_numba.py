@@ -414,3 +414,29 @@ def scatter_add_rows(idx, src, out):
             o, s = out[idx[r], j0:j1], src[r, j0:j1]
             for j in range(o.shape[0]):
                 o[j] += s[j]
+
+
+@njit(parallel=True, **_OPT)
+def topk_rows(total, out):
+    """The k = out.shape[1] largest entries' columns of each row of total (R, C), best
+    first, ties to the lower column: one pass per row keeping the k best in order (k is a
+    beam's width, so most entries cost one comparison)."""
+    R, C = total.shape
+    k = out.shape[1]
+    for r in prange(R):
+        row, best = total[r], out[r]
+        vals = np.empty(k, dtype=total.dtype)
+        n = 0
+        for j in range(C):
+            v = row[j]
+            if n == k and not v > vals[k - 1]:
+                continue
+            i = n if n < k else k - 1  # the slot it takes, then bubble it up
+            while i > 0 and v > vals[i - 1]:  # strictly: an equal earlier column stays first
+                vals[i] = vals[i - 1]
+                best[i] = best[i - 1]
+                i -= 1
+            vals[i] = v
+            best[i] = j
+            if n < k:
+                n += 1
