@@ -1,4 +1,5 @@
-"""Checks of what every captioner's ``loss`` takes, written once."""
+"""What every captioner's ``loss`` does to its inputs first, written once: the checks, and
+the order that packs its captions."""
 
 from __future__ import annotations
 
@@ -16,3 +17,22 @@ def check_captions(captions: np.ndarray, N: int) -> np.ndarray:
     if captions.shape[1] < 2:
         raise ValueError(f"captions need T >= 2 tokens, got T={captions.shape[1]}")
     return captions
+
+
+def longest_first(runs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """How a loss packs its captions (``captionlab.nn.Lengths``): longest first.
+
+    Args:
+        runs: (N, T) boolean, the steps whose outputs the loss reads.
+
+    Returns:
+        ``(lengths, order)``: each caption's length, its last read step + 1 (0 when none),
+        in the packed order (non-increasing); and the stable permutation that sorts the
+        rows longest first, or ``None`` when they already are.
+    """
+    T = runs.shape[1]
+    lengths = np.where(runs.any(axis=1), T - np.argmax(runs[:, ::-1], axis=1), 0)
+    if not np.any(np.diff(lengths) > 0):
+        return lengths, None
+    order = np.argsort(-lengths, kind="stable")
+    return lengths[order], order

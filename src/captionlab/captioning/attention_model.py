@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
-from captionlab.captioning._inputs import check_captions
+from captionlab.captioning._inputs import check_captions, longest_first
 from captionlab.captioning.generate import DecodeState, greedy_decode
 from captionlab.nn.attention import (
     additive_scores,
@@ -428,15 +428,11 @@ class AttentionCaptioner:
         # Each caption runs only up to the last step anything reads (its last counted word,
         # or its last word when the attention penalty is on): the rows are sorted longest
         # first and every step computes a shrinking prefix of them (as CaptioningRNN does).
-        runs = mask | null_mask if self.attention_penalty else mask
-        T = runs.shape[1]
-        lengths = np.where(runs.any(axis=1), T - np.argmax(runs[:, ::-1], axis=1), 0)
-        order = None
-        if np.any(np.diff(lengths) > 0):
-            order = np.argsort(-lengths, kind="stable")
+        lengths, order = longest_first(mask | null_mask if self.attention_penalty else mask)
+        if order is not None:
             A, captions_in, captions_out = A[order], captions_in[order], captions_out[order]
-            mask, null_mask, lengths = mask[order], null_mask[order], lengths[order]
-        counts = nn.Lengths(lengths, N, T).counts  # (T,) rows that run each step
+            mask, null_mask = mask[order], null_mask[order]
+        counts = nn.Lengths(lengths, N, mask.shape[1]).counts  # (T,) rows that run each step
         cache = self._forward(A, captions_in, counts)
         loss, dhs = self._word_loss(cache, captions_out, mask)
         penalty, dalpha = self._penalty(cache["alphas"], null_mask)
@@ -479,7 +475,6 @@ class AttentionCaptioner:
         W_hcat = self._hcat()
         ib = 4 * H + K  # the beta column; the location query's two follow it
         P = cell_locations(L, dtype) if self.locations else None  # (L, 2)
-        locs = np.empty((T, N, 2), dtype=dtype) if P is not None else None
         # Zeros where a row has stopped: the hoisted products after the loop read them.
         locs = np.zeros((T, N, 2), dtype=dtype) if P is not None else None
         hs = np.zeros((T + 1, N, H), dtype=dtype)

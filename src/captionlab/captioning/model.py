@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from captionlab import nn
-from captionlab.captioning._inputs import check_captions
+from captionlab.captioning._inputs import check_captions, longest_first
 from captionlab.captioning.generate import DecodeState, greedy_decode
 
 CELL_TYPES = ("rnn", "lstm", "gru")
@@ -215,16 +215,10 @@ class CaptioningRNN:
         # Each caption runs only up to its last counted word: the rows are sorted longest
         # first, so the recurrence computes a shrinking prefix of rows at each step and no
         # product of the padding (PyTorch's packed sequences; the same loss and gradients).
-        lengths = np.where(mask.any(axis=1), Tm1 - np.argmax(mask[:, ::-1], axis=1), 0)
-        order = None
-        if np.any(np.diff(lengths) > 0):
-            order = np.argsort(-lengths, kind="stable")
-            features, captions_in, captions_out = (
-                features[order],
-                captions_in[order],
-                captions_out[order],
-            )
-            mask, lengths = mask[order], lengths[order]
+        lengths, order = longest_first(mask)
+        if order is not None:
+            features, captions_in = features[order], captions_in[order]
+            captions_out, mask = captions_out[order], mask[order]
         packed = nn.Lengths.of(lengths, N, Tm1)  # None: every caption runs every step
 
         h0, cache_proj = nn.affine_forward(features, p["W_proj"], p["b_proj"])  # (N, H)

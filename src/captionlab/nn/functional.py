@@ -11,6 +11,8 @@
 * ``masked_softmax(x, mask)``: softmax along the last axis over the entries where ``mask``
   is true, with max subtraction; masked entries get exactly 0 and a row with no entry left
   is all zeros (not NaN). ``masked_softmax_backward`` is its backward pass.
+* ``Lengths``: a batch of sequences of different lengths, longest first (what the
+  recurrences' ``lengths=`` is checked into: rows per step, the real steps' rows).
 
 The ``*_from_negated_`` helpers take the *negated* (and for tanh doubled) argument in place;
 ``sigmoid`` and ``tanh`` are built on them. The NumPy kernels of :mod:`captionlab.nn.kernels`
