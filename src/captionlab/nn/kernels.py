@@ -3,7 +3,8 @@ their fused numba twins.
 
 The layers do their matrix products with NumPy (BLAS) and hand everything between the
 products to a *kernel*: one step's gate arithmetic, the softmax of the loss, the scatter of
-the embedding's backward (and, for beam search, the best candidates of each row). Each kernel exists twice, with the same name and signature:
+the embedding's backward (and, for beam search, the best candidates of each row). Each
+kernel exists twice, with the same name and signature:
 
 * here, in plain NumPy: several passes over memory on one thread, easy to read; this is
   the reference the tests hold the fast kernels to (1e-6 relative in float32, 1e-12 in
