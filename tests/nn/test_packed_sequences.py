@@ -117,3 +117,8 @@ def test_lengths_counts_and_index():
     np.testing.assert_array_equal(packed.counts, [3, 2, 2])
     np.testing.assert_array_equal(packed.index, [0, 1, 2, 3, 4, 5, 6])
     assert Lengths.of(None, 4, 3) is None and Lengths.of(np.full(4, 3), 4, 3) is None
+    assert Lengths.of(packed, 4, 3) is packed  # made once, passed on without a second check
+    other = Lengths.of(packed, 4, 4)  # another T: checked again for it
+    np.testing.assert_array_equal(other.counts, [3, 2, 2, 0])
+    with pytest.raises(ValueError, match=r"shape \(N,\)"):
+        Lengths.of(packed, 5, 3)

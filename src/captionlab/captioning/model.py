@@ -240,11 +240,11 @@ class CaptioningRNN:
                 xa = np.zeros((N, Tm1, p["Wx"].shape[1]), dtype=x.dtype)
                 xa.reshape(N * Tm1, -1)[packed.index] = x2[packed.index] @ p["Wx"]
         if self.cell_type == "rnn":
-            h, cache_rnn = nn.rnn_recurrence_forward(xa, h0, p["Wh"], p["b"], lengths)
+            h, cache_rnn = nn.rnn_recurrence_forward(xa, h0, p["Wh"], p["b"], packed)
         elif self.cell_type == "lstm":
-            h, cache_rnn = nn.lstm_recurrence_forward(xa, h0, p["Wh"], p["b"], lengths)
+            h, cache_rnn = nn.lstm_recurrence_forward(xa, h0, p["Wh"], p["b"], packed)
         else:
-            h, cache_rnn = nn.gru_recurrence_forward(xa, h0, p["Wh"], p["b"], p["bh"], lengths)
+            h, cache_rnn = nn.gru_recurrence_forward(xa, h0, p["Wh"], p["b"], p["bh"], packed)
         # h: (N, T-1, H)
         # Word scores only where a word is predicted: <NULL> targets (the padding, often a
         # third of the positions) cost nothing in the loss, so their scores, softmax and

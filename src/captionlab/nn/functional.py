@@ -253,17 +253,20 @@ class Lengths:
         self.lengths = lengths
         self.N, self.T = N, T
         self.counts = (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,)
-        self.full = bool(np.all(lengths == T))
         self._index: np.ndarray | None = None
 
     @classmethod
-    def of(cls, lengths: np.ndarray | None, N: int, T: int) -> Lengths | None:
-        """``Lengths`` checked, or ``None`` when ``lengths`` is ``None`` or every row runs
-        all ``T`` steps (the layers' plain path)."""
+    def of(cls, lengths: np.ndarray | Lengths | None, N: int, T: int) -> Lengths | None:
+        """``lengths`` checked into a ``Lengths`` (one already made for this N and T is taken
+        as it is), or ``None`` when it is ``None`` or every row runs all ``T`` steps (the
+        layers' plain path)."""
         if lengths is None:
             return None
-        packed = cls(lengths, N, T)
-        return None if packed.full else packed
+        if isinstance(lengths, Lengths) and (lengths.N, lengths.T) == (N, T):
+            packed = lengths
+        else:
+            packed = cls(lengths.lengths if isinstance(lengths, Lengths) else lengths, N, T)
+        return None if np.all(packed.lengths == T) else packed
 
     @property
     def index(self) -> np.ndarray:

@@ -204,9 +204,10 @@ def lstm_recurrence_forward(
         h0: initial hidden state of shape (N, H); the initial cell state is zero.
         Wh: hidden-to-hidden weights of shape (H, 4H).
         b: bias of shape (4H,).
-        lengths: (N,) steps each row runs, non-increasing (longest row first); the steps
-            past a row's length are skipped (``h`` is 0 there) and so are their products
-            (see :class:`~captionlab.nn.functional.Lengths`). ``None``: all T steps.
+        lengths: (N,) steps each row runs, non-increasing (longest row first), or a
+            :class:`~captionlab.nn.functional.Lengths` already made of them; the steps past
+            a row's length are skipped (``h`` is 0 there) and so are their products.
+            ``None``: all T steps.
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H), and the cache for

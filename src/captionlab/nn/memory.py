@@ -6,7 +6,7 @@ steps, their gradients, the word scores. With glibc's defaults (Linux), an alloc
 and free memory at the top of the heap goes back to the kernel; so each step's buffers are
 new pages, and the first write to every 4 KiB page of them traps into the kernel, which
 zeroes it. That is about 5,000 page faults in one training step of the cs231n-size LSTM
-captioner (N=128, T=16, H=512): 4-18 % of its time, and 27 % of a demo-size step (H=256),
+captioner (N=128, T=16, H=512): 4-20 % of its time, and 27 % of a demo-size step (H=256),
 measured on a 2-core AMD EPYC (Zen 4) virtual machine, where faults are dear.
 
 :func:`retain_freed_memory` sets glibc's two thresholds (``mallopt``): blocks up to 32 MiB

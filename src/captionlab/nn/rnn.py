@@ -114,9 +114,10 @@ def rnn_recurrence_forward(
         h0: initial hidden state of shape (N, H).
         Wh: hidden-to-hidden weights of shape (H, H).
         b: bias of shape (H,).
-        lengths: (N,) steps each row runs, non-increasing (longest row first); the steps
-            past a row's length are skipped (``h`` is 0 there) and so are their products
-            (see :class:`~captionlab.nn.functional.Lengths`). ``None``: all T steps.
+        lengths: (N,) steps each row runs, non-increasing (longest row first), or a
+            :class:`~captionlab.nn.functional.Lengths` already made of them; the steps past
+            a row's length are skipped (``h`` is 0 there) and so are their products.
+            ``None``: all T steps.
 
     Returns:
         h, the hidden states of all steps, shape (N, T, H) (kept in the cache too: do not
